@@ -1,0 +1,59 @@
+"""What a user sees from the `streamer` command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from streamer.cli import build_parser
+from streamer.testing.infra import Infrastructure
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streamer", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_help_names_every_command() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("demo", "infra", "fake-incident-io"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("command", ["demo", "infra", "fake-incident-io"])
+def test_each_command_explains_itself(command: str) -> None:
+    result = run(command, "--help")
+    assert result.returncode == 0
+    assert len(result.stdout.splitlines()) > 4
+
+
+def test_a_malformed_source_is_rejected_with_the_expected_form() -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["fake-incident-io", "--source", "only-an-id"])
+    result = run("fake-incident-io", "--source", "only-an-id")
+    assert result.returncode == 2
+    assert "expected ID:TOKEN" in result.stderr
+
+
+@pytest.mark.integration
+def test_demo_says_what_runs_where(infrastructure: Infrastructure) -> None:
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": infrastructure.bootstrap_servers,
+        "SCHEMA_REGISTRY_URL": infrastructure.schema_registry_url,
+    }
+    result = run("demo", "--check", env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"kafka:            {infrastructure.bootstrap_servers}" in result.stdout
+    assert infrastructure.schema_registry_url in result.stdout
+    assert "/v2/alert_events/http/" in result.stdout
+    assert "demo-token" not in result.stdout  # the token is never printed
