@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Downloads (Maven jars, podman state) are cached here, so warm runs do not fetch again.
 export STREAMER_CACHE_DIR := $(CURDIR)/.cache
 
-.PHONY: demo test lint unit install clean
+.PHONY: demo test lint unit install clean bench-decoding
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,3 +34,7 @@ unit: $(BIN)/.installed
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+## bench-decoding: decoding throughput as a ratio of raw fastavro (not part of make test)
+bench-decoding: $(BIN)/.installed
+	$(BIN)/python bench/decoding.py
