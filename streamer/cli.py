@@ -32,12 +32,17 @@ def _parse_source(text: str) -> tuple[str, str, int]:
 
 
 def _stop_on_sigterm() -> None:
-    """SIGTERM ends the command like Ctrl-C does, so containers and servers are cleaned up."""
+    """SIGTERM and SIGINT end the command like Ctrl-C, so containers and servers are removed.
+
+    SIGINT is set explicitly: a process started in the background by a script inherits
+    SIGINT as ignored, and Python then never turns it into KeyboardInterrupt.
+    """
 
     def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 def _wait_for_ctrl_c() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -57,3 +58,27 @@ def test_demo_says_what_runs_where(infrastructure: Infrastructure) -> None:
     assert infrastructure.schema_registry_url in result.stdout
     assert "/v2/alert_events/http/" in result.stdout
     assert "demo-token" not in result.stdout  # the token is never printed
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_demo_stops_cleanly_on_a_signal_even_from_a_script(infrastructure, signal_number) -> None:
+    # Started from a script, SIGINT arrives ignored unless the command sets it itself.
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": infrastructure.bootstrap_servers,
+        "SCHEMA_REGISTRY_URL": infrastructure.schema_registry_url,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamer", "demo"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if "Ctrl-C stops everything" in line:
+            break
+    process.send_signal(signal_number)
+    assert process.wait(timeout=30) == 0
