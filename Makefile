@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Downloads (Maven jars, podman state) are cached here, so warm runs do not fetch again.
 export STREAMER_CACHE_DIR := $(CURDIR)/.cache
 
-.PHONY: demo test lint unit install clean bench-decoding
+.PHONY: demo test lint unit install clean bench-decoding bench-routing
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,3 +38,7 @@ clean:
 ## bench-decoding: decoding throughput as a ratio of raw fastavro (not part of make test)
 bench-decoding: $(BIN)/.installed
 	$(BIN)/python bench/decoding.py
+
+## bench-routing: routing + rendering throughput, 50 routes, against plain dict look-ups
+bench-routing: $(BIN)/.installed
+	$(BIN)/python bench/routing.py

@@ -15,6 +15,16 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 AlertStatus = Literal["firing", "resolved"]
 
+# streamer's own bounds on rendered fields. incident.io documents none; these keep an
+# alert readable on a phone and a request far below any proxy's body limit. A template
+# that renders past one is a template error for that event (see routing).
+FIELD_LIMITS: dict[str, int] = {
+    "title": 1_000,
+    "deduplication_key": 500,
+    "description": 20_000,
+    "source_url": 2_048,
+}
+
 
 class AlertEventPayload(BaseModel):
     # strict: the API takes JSON types as they are ("1" is not 1); unknown fields are

@@ -125,6 +125,67 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules_check(args: argparse.Namespace) -> int:
+    from streamer.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config, check_secrets=not args.no_secrets)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    routes = sum(1 for _ in config.rules.walk())
+    print(
+        f"{config.path}: OK ({len(config.file.destinations)} destinations, {routes} routes, "
+        f"{len(config.file.topics)} topics)"
+    )
+    return 0
+
+
+def cmd_rules_test(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from streamer.config import ConfigError, load_config
+    from streamer.decoding import DecodeError, EventDecoder
+
+    try:
+        config = load_config(args.config, check_secrets=False)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    decoder = EventDecoder("json", config.reader_schema)
+    results = []
+    failed = False
+    for event_file in args.event:
+        result: dict[str, object] = {"event": event_file}
+        results.append(result)
+        try:
+            event = decoder.decode(Path(event_file).read_bytes())
+        except (OSError, DecodeError) as e:
+            result["error"] = f"cannot read the event: {e}"
+            failed = True
+            continue
+        decision = config.rules.evaluate(event)
+        result["matched_routes"] = list(decision.matched)
+        result["deliveries"] = [
+            {
+                "route": d.route,
+                "destination": d.destination,
+                "payload": d.payload.model_dump(exclude_none=True),
+            }
+            for d in decision.deliveries
+        ]
+        result["dead_letters"] = [
+            {"route": f.route, "destination": f.destination, "reason": f.reason}
+            for f in decision.failures
+        ]
+        result["dropped"] = decision.dropped
+        if args.explain:
+            result["explain"] = config.rules.explain(event)
+    print(json.dumps(results, indent=2))
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streamer",
@@ -173,6 +234,54 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="start them, print the addresses, then stop and exit 0"
     )
     infra.set_defaults(func=cmd_infra)
+
+    rules = commands.add_parser(
+        "rules",
+        help="check a configuration file, or test which alerts events become",
+        description="Offline tools for the routing rules, like amtool's `config routes test`.",
+    )
+    rules_commands = rules.add_subparsers(dest="rules_command", required=True, metavar="COMMAND")
+    check = rules_commands.add_parser(
+        "check",
+        help="validate a configuration file; exit 0 if it is valid, 1 with every problem",
+        description=(
+            "Validates the whole file as `streamer run` would before consuming: settings, "
+            "field paths against the reader schema, regexes, templates, destinations, route "
+            "names, and that every token variable or file is set. Each problem is printed as "
+            "file:line: route: what is wrong."
+        ),
+    )
+    check.add_argument("--config", required=True, metavar="FILE", help="the YAML configuration")
+    check.add_argument(
+        "--no-secrets",
+        action="store_true",
+        help="do not check that token variables and files exist "
+        "(for checking the rules away from where they run)",
+    )
+    check.set_defaults(func=cmd_rules_check)
+    test = rules_commands.add_parser(
+        "test",
+        help="print, as JSON, which routes events match and the alerts they become",
+        description=(
+            "Evaluates each event (a JSON file valid under the reader schema; see "
+            "examples/events/) against the rules and prints, per event, the matched routes, "
+            "each delivery with its destination and rendered payload, dead letters with "
+            "their reason, and whether the rules dropped it. Nothing is sent. Exit 1 if an "
+            "event file cannot be read."
+        ),
+    )
+    test.add_argument("--config", required=True, metavar="FILE", help="the YAML configuration")
+    test.add_argument(
+        "--event",
+        required=True,
+        action="append",
+        metavar="EVENT.json",
+        help="an event file (repeatable)",
+    )
+    test.add_argument(
+        "--explain", action="store_true", help="also say why each route did or did not match"
+    )
+    test.set_defaults(func=cmd_rules_test)
 
     fake = commands.add_parser(
         "fake-incident-io",

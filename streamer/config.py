@@ -1,0 +1,572 @@
+"""The operator's configuration file: Kafka, topics, destinations and the routing tree.
+
+`load_config(path)` reads one YAML file, validates all of it and compiles the rules
+once. Every problem is collected and reported together as a `ConfigError`, each line
+naming `file:line`, the route path where there is one, and what is wrong, so an operator
+fixes a file in one pass. Nothing is consumed before a file loads cleanly.
+
+Secrets: a destination's token is read from an environment variable or a file, never
+written in the file; it is held as a `SecretStr`, so it prints as `**********`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from jinja2 import TemplateSyntaxError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+)
+
+from streamer.decoding import WireFormat, load_schema
+from streamer.routing import Matcher, OnTemplateError, Route, Rules
+from streamer.templates import (
+    DEFAULT_METADATA,
+    CompiledExpression,
+    CompiledTemplate,
+    undeclared_variables,
+)
+
+TEMPLATE_FIELDS = ("title", "description", "deduplication_key", "source_url", "status")
+DROP = "drop"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TokenSource(_Model):
+    """Where a destination's secret token comes from: exactly one of env and file."""
+
+    env: str | None = None
+    file: Path | None = None
+
+
+class Destination(_Model):
+    """An incident.io HTTP alert source."""
+
+    alert_source_config_id: str = Field(min_length=1)
+    token: TokenSource
+    url: str = "https://api.incident.io"
+    events_per_minute: PositiveInt = 120
+
+
+class Topic(_Model):
+    name: str = Field(min_length=1)
+    format: WireFormat = "confluent"
+    writer_schema: str | None = None  # `raw` only: the schema producers write with
+
+
+class KafkaSettings(_Model):
+    bootstrap_servers: str = "localhost:9092"
+    group_id: str = "streamer"
+    dead_letter_topic: str = "streamer.dead-letters"
+    properties: dict[str, str | int | float | bool] = {}  # any librdkafka property
+
+
+class SchemaRegistrySettings(_Model):
+    url: str
+
+
+class Templates(_Model):
+    title: str | None = None
+    description: str | None = None
+    deduplication_key: str | None = None
+    source_url: str | None = None
+    status: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class RouteSpec(_Model):
+    name: str = Field(min_length=1)
+    match: list[str] = []
+    when: str | None = None
+    destination: str | None = None  # inherited from the parent route; "drop" drops
+    continue_: bool = Field(False, alias="continue")
+    templates: Templates = Templates()
+    on_template_error: OnTemplateError | None = None
+    routes: list[RouteSpec] = []
+
+
+class DefaultRoute(_Model):
+    destination: str
+    templates: Templates = Templates()
+    on_template_error: OnTemplateError | None = None
+
+
+class ConfigFile(_Model):
+    kafka: KafkaSettings = KafkaSettings()
+    schema_registry: SchemaRegistrySettings | None = None
+    reader_schema: str = "schemas/monitoring_event.v2.avsc"
+    topics: list[Topic] = Field(min_length=1)
+    destinations: dict[str, Destination] = Field(min_length=1)
+    default: Literal["drop"] | DefaultRoute = "drop"
+    routes: list[RouteSpec] = []
+
+
+class ConfigError(Exception):
+    """Everything wrong with a configuration file, one problem per line."""
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        super().__init__(f"{path}: {count}:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    file: ConfigFile
+    rules: Rules
+    reader_schema: dict[str, Any]
+    tokens: Mapping[str, SecretStr]  # destination name -> token
+
+
+Loc = tuple[str | int, ...]
+
+
+class _Problems:
+    """Collects problems with the line each came from in the YAML file."""
+
+    def __init__(self, path: Path, root: yaml.Node | None, data: Any) -> None:
+        self.path, self.root, self.data = path, root, data
+        self.items: list[tuple[int, str]] = []
+
+    def add(self, loc: Loc, message: str) -> None:
+        where = _route_path(self.data, loc) or ".".join(map(str, loc)) or "(file)"
+        line = _line_of(self.root, loc)
+        self.items.append((line, f"{self.path}:{line}: {where}: {message}"))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise ConfigError(self.path, [text for _, text in sorted(self.items)])
+
+
+def _line_of(node: yaml.Node | None, loc: Loc) -> int:
+    """The 1-based line of the deepest YAML node along `loc` that exists."""
+    if node is None:
+        return 1
+    line = node.start_mark.line + 1
+    for key in loc:
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == key or (key == "continue_" and k.value == "continue"):
+                    child = v
+                    line = k.start_mark.line + 1
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            child = node.value[key]
+        if child is None:
+            return line
+        node = child
+        line = node.start_mark.line + 1
+    return line
+
+
+def _route_path(data: Any, loc: Loc) -> str:
+    """ "route a > b" for a location inside the routing tree, "" elsewhere."""
+    names: list[str] = []
+    node = data
+    keys = list(loc)
+    while len(keys) >= 2 and keys[0] == "routes" and isinstance(keys[1], int):
+        routes = node.get("routes") if isinstance(node, dict) else None
+        if not isinstance(routes, list) or keys[1] >= len(routes):
+            break
+        node = routes[keys[1]]
+        names.append(
+            str(node.get("name", f"#{keys[1]}")) if isinstance(node, dict) else f"#{keys[1]}"
+        )
+        keys = keys[2:]
+    if not names:
+        return "default route" if loc[:1] == ("default",) else ""
+    rest = ".".join(map(str, keys))
+    return f"route {' > '.join(names)}" + (f" ({rest})" if rest else "")
+
+
+class _SchemaPaths:
+    """Which dotted paths exist in the reader schema (for matchers and templates)."""
+
+    def __init__(self, schema: dict[str, Any]) -> None:
+        self.schema = schema
+        self.names: dict[str, Any] = {}
+        self._collect(schema)
+
+    def _collect(self, schema: Any) -> None:
+        if isinstance(schema, list):
+            for branch in schema:
+                self._collect(branch)
+        elif isinstance(schema, dict):
+            if "name" in schema and schema.get("type") in ("record", "enum", "fixed"):
+                self.names[schema["name"]] = schema
+                namespace = schema.get("namespace")
+                if namespace:
+                    self.names[f"{namespace}.{schema['name']}"] = schema
+            for f in schema.get("fields", []):
+                self._collect(f["type"])
+            for key in ("items", "values"):
+                if key in schema:
+                    self._collect(schema[key])
+
+    def top_level(self) -> set[str]:
+        return {f["name"] for f in self.schema["fields"]}
+
+    def problem(self, path: tuple[str, ...]) -> str | None:
+        """None if `path` can address a value, else why not."""
+        return self._walk(self.schema, path, [])
+
+    def _walk(self, schema: Any, path: tuple[str, ...], seen: list[str]) -> str | None:
+        if isinstance(schema, str) and schema in self.names:
+            schema = self.names[schema]
+        if isinstance(schema, list):  # a union: any branch will do
+            reasons = [self._walk(b, path, seen) for b in schema if b != "null"]
+            return (
+                None
+                if any(r is None for r in reasons)
+                else next((r for r in reasons if r), "only null")
+            )
+        if not path:
+            return None
+        here = ".".join(seen) or "the event"
+        if isinstance(schema, dict) and schema.get("type") == "record":
+            fields = {f["name"]: f["type"] for f in schema["fields"]}
+            if path[0] not in fields:
+                return f"{here} has no field {path[0]!r} (fields: {', '.join(sorted(fields))})"
+            return self._walk(fields[path[0]], path[1:], [*seen, path[0]])
+        if isinstance(schema, dict) and schema.get("type") == "map":
+            return self._walk(schema["values"], path[1:], [*seen, path[0]])
+        return f"{here} is a plain value; it has no field {path[0]!r}"
+
+
+def _read_token(source: TokenSource, base: Path) -> str:
+    if source.env:
+        value = os.environ.get(source.env, "")
+        if not value:
+            raise ValueError(f"the environment variable {source.env} is not set")
+        return value.strip()
+    assert source.file is not None
+    file = source.file if source.file.is_absolute() else base / source.file
+    try:
+        value = file.read_text().strip()
+    except OSError as e:
+        raise ValueError(f"cannot read the token file {file}: {e.strerror}") from None
+    if not value:
+        raise ValueError(f"the token file {file} is empty")
+    return value
+
+
+class _RulesCompiler:
+    def __init__(self, config: ConfigFile, paths: _SchemaPaths, problems: _Problems) -> None:
+        self.config = config
+        self.paths = paths
+        self.problems = problems
+        self.names_seen: dict[str, Loc] = {}
+        self.variables = paths.top_level() | {"event"}
+
+    def template(self, source: str, loc: Loc) -> CompiledTemplate | None:
+        try:
+            compiled = CompiledTemplate(source)
+        except TemplateSyntaxError as e:
+            self.problems.add(loc, f"template syntax error: {e.message}")
+            return None
+        self._check_variables(undeclared_variables(source), loc)
+        return compiled
+
+    def _check_variables(self, used: set[str], loc: Loc) -> None:
+        unknown = used - self.variables
+        if unknown:
+            self.problems.add(
+                loc,
+                f"unknown variable(s) {', '.join(sorted(unknown))}; "
+                f"templates see {', '.join(sorted(self.variables))}",
+            )
+
+    def templates(
+        self, spec: Templates, inherited: Mapping[str, CompiledTemplate], loc: Loc
+    ) -> dict[str, CompiledTemplate]:
+        out = dict(inherited)
+        for name in TEMPLATE_FIELDS:
+            source = getattr(spec, name)
+            if source is not None:
+                compiled = self.template(source, (*loc, "templates", name))
+                if compiled is not None:
+                    out[name] = compiled
+        return out
+
+    def metadata(self, tree: Mapping[str, Any], loc: Loc) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            if isinstance(value, Mapping):
+                out[key] = self.metadata(value, (*loc, key))
+            elif isinstance(value, str | int | float | bool):
+                compiled = self.template(str(value), (*loc, key))
+                if compiled is not None:
+                    out[key] = compiled
+            else:
+                self.problems.add(
+                    (*loc, key), "metadata values are templates (text) or nested maps"
+                )
+        return out
+
+    def destination(self, name: str | None, loc: Loc) -> str | None:
+        if name is None or name == DROP:
+            return None
+        if name not in self.config.destinations:
+            known = ", ".join(sorted(self.config.destinations)) or "none"
+            self.problems.add(
+                (*loc, "destination"),
+                f"unknown destination {name!r} (destinations: {known}; or 'drop')",
+            )
+        return name
+
+    def route(self, spec: RouteSpec, loc: Loc, parent: Route | None) -> Route:
+        if spec.name in self.names_seen:
+            self.problems.add(
+                (*loc, "name"), f"duplicate route name {spec.name!r}; names must be unique"
+            )
+        self.names_seen[spec.name] = loc
+        matchers = []
+        for i, text in enumerate(spec.match):
+            try:
+                matcher = Matcher.parse(text)
+            except ValueError as e:
+                self.problems.add((*loc, "match", i), str(e))
+                continue
+            problem = self.paths.problem(matcher.path)
+            if problem:
+                self.problems.add(
+                    (*loc, "match", i), f"unknown field path {'.'.join(matcher.path)}: {problem}"
+                )
+            matchers.append(matcher)
+        when = None
+        if spec.when is not None:
+            try:
+                when = CompiledExpression(spec.when)
+            except TemplateSyntaxError as e:
+                self.problems.add((*loc, "when"), f"expression syntax error: {e.message}")
+            else:
+                self._check_variables(
+                    undeclared_variables(spec.when, expression=True), (*loc, "when")
+                )
+        inherited_destination = parent.destination if parent else None
+        explicit = spec.destination
+        destination = (
+            self.destination(explicit, loc) if explicit is not None else inherited_destination
+        )
+        path = f"{parent.path} > {spec.name}" if parent else spec.name
+        route = Route(
+            name=spec.name,
+            path=path,
+            matchers=tuple(matchers),
+            when=when,
+            destination=destination,
+            templates=self.templates(spec.templates, parent.templates if parent else {}, loc),
+            metadata=(
+                self.metadata(spec.templates.metadata, (*loc, "templates", "metadata"))
+                if spec.templates.metadata is not None
+                else (parent.metadata if parent else self.metadata(DEFAULT_METADATA, loc))
+            ),
+            on_template_error=spec.on_template_error
+            or (parent.on_template_error if parent else "dead-letter"),
+            continue_=spec.continue_,
+        )
+        children = tuple(
+            self.route(child, (*loc, "routes", i), route) for i, child in enumerate(spec.routes)
+        )
+        if explicit is None and parent is None:
+            # Children inherit it; without one, an event no child matches would vanish.
+            self.problems.add(
+                loc, "a top-level route needs `destination:` (a destination name, or drop)"
+            )
+        return Route(**{**route.__dict__, "children": children})
+
+    def rules(self) -> Rules:
+        routes = tuple(
+            self.route(spec, ("routes", i), None) for i, spec in enumerate(self.config.routes)
+        )
+        default = None
+        if isinstance(self.config.default, DefaultRoute):
+            spec = self.config.default
+            default = Route(
+                name="default",
+                path="default",
+                destination=self.destination(spec.destination, ("default",)),
+                templates=self.templates(spec.templates, {}, ("default",)),
+                metadata=self.metadata(
+                    spec.templates.metadata or DEFAULT_METADATA,
+                    ("default", "templates", "metadata"),
+                ),
+                on_template_error=spec.on_template_error or "dead-letter",
+            )
+        return Rules(routes, default)
+
+
+def load_config(path: str | Path, *, check_secrets: bool = True) -> Config:
+    """Reads, validates and compiles a configuration file; raises ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(path, [f"{path}: cannot read the file: {e.strerror}"]) from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        raise ConfigError(path, [f"{path}:{line}: not valid YAML: {e}"]) from None
+    problems = _Problems(path, root, data)
+    if not isinstance(data, dict):
+        problems.add(
+            (), "the file must be a YAML mapping (kafka:, topics:, destinations:, routes:)"
+        )
+        problems.raise_if_any()
+    config, invalid_destinations = _validate_sections(data, problems)
+
+    base = path.parent
+    reader_schema: dict[str, Any] = {}
+    schema_file = Path(config.reader_schema)
+    try:
+        reader_schema = load_schema(
+            schema_file if schema_file.is_absolute() else base / schema_file
+        )
+    except ValueError as e:
+        problems.add(("reader_schema",), str(e))
+        problems.raise_if_any()
+
+    for i, topic in enumerate(config.topics):
+        if topic.format == "raw" and not topic.writer_schema:
+            problems.add(
+                ("topics", i, "format"), "the raw format needs writer_schema: (a .avsc file)"
+            )
+        if topic.format == "confluent" and config.schema_registry is None:
+            problems.add(
+                ("topics", i, "format"), "the confluent format needs schema_registry: url:"
+            )
+    tokens: dict[str, SecretStr] = {}
+    for name, destination in config.destinations.items():
+        if name in invalid_destinations:
+            continue
+        token_loc: Loc = ("destinations", name, "token")
+        if (destination.token.env is None) == (destination.token.file is None):
+            problems.add(token_loc, "give exactly one of env: (a variable name) or file: (a path)")
+        elif check_secrets:
+            try:
+                tokens[name] = SecretStr(_read_token(destination.token, base))
+            except ValueError as e:
+                problems.add(token_loc, str(e))
+    rules = _RulesCompiler(config, _SchemaPaths(reader_schema), problems).rules()
+    problems.raise_if_any()
+    return Config(path, config, rules, reader_schema, tokens)
+
+
+_SECTION_TYPES: dict[str, Any] = {
+    "kafka": KafkaSettings,
+    "schema_registry": SchemaRegistrySettings | None,
+    "reader_schema": str,
+    "default": Literal["drop"] | DefaultRoute,
+}
+
+
+def _validate(type_: Any, data: Any, loc: Loc, problems: _Problems) -> Any:
+    """The validated value, or None after adding each of its problems."""
+    try:
+        return TypeAdapter(type_).validate_python(data)
+    except ValidationError as e:
+        for error in e.errors():
+            problems.add((*loc, *_without_union_tags(error["loc"])), _message(error))
+        return None
+
+
+def _route_spec(raw: Any, loc: Loc, problems: _Problems) -> RouteSpec | None:
+    """One route and, separately, each child: a bad child does not hide its siblings."""
+    if not isinstance(raw, dict):
+        problems.add(loc, "a route is a mapping (name:, match:, destination:, ...)")
+        return None
+    children_raw = raw.get("routes", [])
+    spec: RouteSpec | None = _validate(
+        RouteSpec, {k: v for k, v in raw.items() if k != "routes"}, loc, problems
+    )
+    if not isinstance(children_raw, list):
+        problems.add((*loc, "routes"), "routes: must be a list of routes")
+        children_raw = []
+    children = [_route_spec(c, (*loc, "routes", i), problems) for i, c in enumerate(children_raw)]
+    if spec is None:
+        return None
+    return spec.model_copy(update={"routes": [c for c in children if c is not None]})
+
+
+def _validate_sections(data: dict[str, Any], problems: _Problems) -> tuple[ConfigFile, set[str]]:
+    """Validates each part on its own, so one bad part does not hide the others'.
+
+    Returns the valid parts and the names of destinations that were invalid.
+    """
+    for key in data.keys() - ConfigFile.model_fields.keys():
+        problems.add((key,), "unknown setting (check the spelling; see examples/streamer.yaml)")
+    parts: dict[str, Any] = {}
+    for key in ("kafka", "schema_registry", "reader_schema", "default"):
+        if key in data:
+            parts[key] = _validate(_SECTION_TYPES[key], data[key], (key,), problems)
+    topics = data.get("topics")
+    destinations = data.get("destinations")
+    routes = data.get("routes", [])
+    if not isinstance(topics, list) or not topics:
+        problems.add(("topics",), "topics: must list at least one topic")
+        topics = []
+    if not isinstance(destinations, dict) or not destinations:
+        problems.add(("destinations",), "destinations: must name at least one destination")
+        destinations = {}
+    if not isinstance(routes, list):
+        problems.add(("routes",), "routes: must be a list of routes")
+        routes = []
+    parts["topics"] = [_validate(Topic, t, ("topics", i), problems) for i, t in enumerate(topics)]
+    parts["destinations"] = {
+        name: _validate(Destination, d, ("destinations", name), problems)
+        for name, d in destinations.items()
+    }
+    parts["routes"] = [_route_spec(r, ("routes", i), problems) for i, r in enumerate(routes)]
+    valid_topics = [t for t in parts["topics"] if t is not None]
+    # An invalid destination keeps its name, so routes naming it are not blamed as well.
+    valid_destinations = {
+        name: d
+        or Destination.model_construct(alert_source_config_id="?", token=TokenSource(env="?"))
+        for name, d in parts["destinations"].items()
+    }
+    invalid = {name for name, d in parts["destinations"].items() if d is None}
+    config = ConfigFile.model_construct(
+        kafka=parts.get("kafka") or KafkaSettings(),
+        schema_registry=parts.get("schema_registry"),
+        reader_schema=parts.get("reader_schema")
+        or ConfigFile.model_fields["reader_schema"].default,
+        topics=valid_topics,
+        destinations=valid_destinations,
+        default=parts.get("default") or "drop",
+        routes=[r for r in parts["routes"] if r is not None],
+    )
+    return config, invalid
+
+
+def _without_union_tags(loc: Iterable[str | int]) -> Loc:
+    # pydantic names union branches in locations ("DefaultRoute"); operators never wrote those.
+    return tuple(k for k in loc if not (isinstance(k, str) and k[:1].isupper()))
+
+
+def _message(error: Any) -> str:
+    kind, message = error["type"], error["msg"]
+    if kind == "extra_forbidden":
+        return "unknown setting (check the spelling; see examples/streamer.yaml)"
+    if kind == "missing":
+        return "required setting is missing"
+    return str(message)

@@ -1,0 +1,95 @@
+"""A changed configuration is applied whole, or rejected while the old one stays."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+from streamer.config import load_config
+from streamer.reload import ConfigReloader
+from tests.rules_helpers import HEADER, alert
+
+ROUTE_TO_A = "routes: [{name: r, destination: a}]\n"
+ROUTE_TO_B = "routes: [{name: r, destination: b}]\n"
+
+
+def destinations(reloader: ConfigReloader) -> list[str]:
+    return [d.destination for d in reloader.current.rules.evaluate(alert()).deliveries]
+
+
+def write(path: Path, body: str) -> None:
+    path.write_text(HEADER.replace("{env: TOKEN_B}", "{file: token-b}") + body)
+
+
+def make(tmp_path: Path, monkeypatch) -> tuple[Path, ConfigReloader]:
+    monkeypatch.setenv("TOKEN_A", "a")
+    (tmp_path / "token-b").write_text("b-1")
+    path = tmp_path / "streamer.yaml"
+    write(path, ROUTE_TO_A)
+    return path, ConfigReloader(load_config(path))
+
+
+def test_an_unchanged_file_is_not_reloaded(tmp_path, monkeypatch) -> None:
+    _, reloader = make(tmp_path, monkeypatch)
+    assert reloader.check() is False
+
+
+def test_a_changed_file_is_applied(tmp_path, monkeypatch) -> None:
+    path, reloader = make(tmp_path, monkeypatch)
+    applied = []
+    reloader._on_applied = applied.append
+    write(path, ROUTE_TO_B)
+    assert reloader.check() is True
+    assert destinations(reloader) == ["b"] and applied == [reloader.current]
+
+
+def test_an_invalid_change_is_rejected_and_the_old_rules_stay(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    path, reloader = make(tmp_path, monkeypatch)
+    write(path, "routes: [{name: r, destination: nowhere}]\n")
+    with caplog.at_level(logging.ERROR, logger="streamer.reload"):
+        assert reloader.check() is False
+        assert reloader.check() is False  # the same bad content is reported once
+    assert destinations(reloader) == ["a"]
+    [record] = caplog.records
+    assert "unknown destination 'nowhere'" in record.getMessage()
+    write(path, ROUTE_TO_B)  # fixed: applied
+    assert reloader.check() is True and destinations(reloader) == ["b"]
+
+
+def test_a_rotated_token_file_is_picked_up(tmp_path, monkeypatch) -> None:
+    _, reloader = make(tmp_path, monkeypatch)
+    (tmp_path / "token-b").write_text("b-2")
+    assert reloader.check() is True
+    assert reloader.current.tokens["b"].get_secret_value() == "b-2"
+
+
+def test_a_configmap_style_symlink_swap_is_noticed(tmp_path, monkeypatch) -> None:
+    # Kubernetes mounts a ConfigMap as name -> ..data/name, ..data -> ..<timestamp>/, and
+    # updates it by pointing ..data at a new folder with one atomic rename.
+    monkeypatch.setenv("TOKEN_A", "a")
+    monkeypatch.setenv("TOKEN_B", "b")
+    mount = tmp_path / "config"
+    (mount / "..2026_11_26_1").mkdir(parents=True)
+    (mount / "..2026_11_26_1" / "streamer.yaml").write_text(HEADER + ROUTE_TO_A)
+    (mount / "..data").symlink_to("..2026_11_26_1")
+    (mount / "streamer.yaml").symlink_to("..data/streamer.yaml")
+    reloader = ConfigReloader(load_config(mount / "streamer.yaml"))
+
+    (mount / "..2026_11_26_2").mkdir()
+    (mount / "..2026_11_26_2" / "streamer.yaml").write_text(HEADER + ROUTE_TO_B)
+    (mount / "..data_tmp").symlink_to("..2026_11_26_2")
+    os.rename(mount / "..data_tmp", mount / "..data")
+
+    assert reloader.check() is True
+    assert destinations(reloader) == ["b"]
+
+
+def test_the_watcher_stops_when_told(tmp_path, monkeypatch) -> None:
+    _, reloader = make(tmp_path, monkeypatch)
+    stop = threading.Event()
+    stop.set()
+    reloader.run(stop, interval=3600)  # returns at once: the stop was already set
