@@ -1,0 +1,172 @@
+"""What has been fetched, what may be delivered next, and what may be committed.
+
+The `DeliveryLedger` is the ordering and offset core of the service. It is pure: no
+Kafka, no HTTP, no clock; the engine feeds it messages and results.
+
+Invariants it keeps (each is property-tested in tests/test_ledger.py):
+
+1. **No loss.** Per partition, the commit offset is the first offset whose message is
+   not terminal (all its jobs finished), or one past the last message added when all are.
+   It never passes a message that is not terminal.
+2. **Per-key order, no overlap.** Jobs with the same `OrderingKey` (destination +
+   deduplication key) become *active* one at a time, in the order they were added; the
+   next becomes active only when the previous one finished. Jobs of other keys do not
+   wait for each other. A job with no key (a dead letter of an undecodable message) is
+   active at once.
+3. **Fencing.** Each assignment of a partition has an epoch. Revoking or losing a
+   partition forgets its messages and queued jobs; a job of an old epoch that finishes
+   later releases its key (so keys never stay stuck) but cannot move any watermark.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+Partition = tuple[str, int]  # (topic, partition)
+
+
+@dataclass(frozen=True)
+class OrderingKey:
+    destination: str
+    deduplication_key: str
+
+
+@dataclass(eq=False)
+class Job:
+    """One delivery (or one dead letter) of one message. Identity, not value, equality."""
+
+    partition: Partition
+    offset: int
+    key: OrderingKey | None
+    work: Any
+    epoch: int
+    attempts: int = 0
+
+
+@dataclass
+class _Message:
+    offset: int
+    unfinished: int
+
+
+@dataclass
+class _PartitionState:
+    epoch: int
+    next_offset: int | None  # one past the last message added; None before the first
+    messages: deque[_Message] = field(default_factory=deque)  # in offset order
+    by_offset: dict[int, _Message] = field(default_factory=dict)
+
+
+class DeliveryLedger:
+    def __init__(self) -> None:
+        self._partitions: dict[Partition, _PartitionState] = {}
+        self._epochs = 0
+        self._keys: dict[Hashable, deque[Job]] = {}  # head = the active job
+
+    # -- assignment ---------------------------------------------------------------------
+
+    def assign(self, partition: Partition) -> None:
+        self._epochs += 1
+        self._partitions[partition] = _PartitionState(self._epochs, None)
+
+    def revoke(self, partition: Partition) -> None:
+        """Forget the partition: its queued jobs are dropped, its active jobs fenced."""
+        state = self._partitions.pop(partition, None)
+        if state is None:
+            return
+        for key, queue in list(self._keys.items()):
+            # The head may be running: keep it, so the key stays busy until it returns.
+            kept = [queue[0]] + [j for j in list(queue)[1:] if j.partition != partition]
+            self._keys[key] = deque(kept)
+
+    lose = revoke  # on_lost: the same forgetting; the engine commits nothing for it
+
+    @property
+    def partitions(self) -> list[Partition]:
+        return list(self._partitions)
+
+    def owns(self, job: Job) -> bool:
+        state = self._partitions.get(job.partition)
+        return state is not None and state.epoch == job.epoch
+
+    # -- messages and jobs ----------------------------------------------------------------
+
+    def add(
+        self, partition: Partition, offset: int, works: Iterable[tuple[OrderingKey | None, Any]]
+    ) -> list[Job]:
+        """Records a fetched message and its jobs; returns the jobs active now.
+
+        No works means the message is terminal at once (dropped by the rules on purpose).
+        """
+        state = self._partitions[partition]
+        if state.next_offset is not None and offset < state.next_offset:
+            raise ValueError(f"{partition} offset {offset} was already added")
+        state.next_offset = offset + 1
+        jobs = [Job(partition, offset, key, work, state.epoch) for key, work in works]
+        if not jobs:
+            return []
+        message = _Message(offset, len(jobs))
+        state.messages.append(message)
+        state.by_offset[offset] = message
+        active = []
+        for job in jobs:
+            if job.key is None:
+                active.append(job)
+                continue
+            queue = self._keys.setdefault(job.key, deque())
+            queue.append(job)
+            if len(queue) == 1:
+                active.append(job)
+        return active
+
+    def finish(self, job: Job) -> list[Job]:
+        """A job reached a terminal state; returns the job of its key that is active now."""
+        if self.owns(job):
+            state = self._partitions[job.partition]
+            message = state.by_offset[job.offset]
+            message.unfinished -= 1
+            while state.messages and state.messages[0].unfinished == 0:
+                done = state.messages.popleft()
+                del state.by_offset[done.offset]
+        if job.key is None:
+            return []
+        queue = self._keys.get(job.key)
+        if not queue or queue[0] is not job:
+            raise ValueError("finish() of a job that is not its key's active job")
+        queue.popleft()
+        while queue and not self.owns(queue[0]):  # defensive: drop fenced leftovers
+            queue.popleft()
+        if not queue:
+            del self._keys[job.key]
+            return []
+        return [queue[0]]
+
+    # -- what may be committed ------------------------------------------------------------
+
+    def commit_offset(self, partition: Partition) -> int | None:
+        """The next offset to read once everything before it is terminal; None if unknown."""
+        state = self._partitions.get(partition)
+        if state is None:
+            return None
+        if state.messages:
+            return state.messages[0].offset
+        return state.next_offset
+
+    def commit_offsets(self) -> dict[Partition, int]:
+        offsets = {p: self.commit_offset(p) for p in self._partitions}
+        return {p: o for p, o in offsets.items() if o is not None}
+
+    def unfinished(self, partition: Partition | None = None) -> int:
+        """Messages fetched but not terminal (all partitions, or one)."""
+        if partition is not None:
+            state = self._partitions.get(partition)
+            return len(state.messages) if state else 0
+        return sum(len(s.messages) for s in self._partitions.values())
+
+    def next_offset(self, partition: Partition) -> int | None:
+        """One past the last message added: where to seek back to after a pause."""
+        state = self._partitions.get(partition)
+        return state.next_offset if state else None
