@@ -125,6 +125,66 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_reachable(config: object, timeout: float) -> str | None:
+    """None if the broker (and the registry, when a topic needs it) answer; else why not."""
+    import httpx
+    from confluent_kafka.admin import AdminClient
+
+    from streamer.config import Config
+    from streamer.engine import kafka_settings
+
+    assert isinstance(config, Config)
+    admin = AdminClient({**kafka_settings(config), "log_level": 0})
+    try:
+        admin.list_topics(timeout=timeout)
+    except Exception as e:
+        return (
+            f"the Kafka brokers at {config.file.kafka.bootstrap_servers} did not answer "
+            f"within {timeout:.0f} s ({e}); check kafka.bootstrap_servers and the network"
+        )
+    registry = config.file.schema_registry
+    if registry and any(t.format == "confluent" for t in config.file.topics):
+        try:
+            httpx.get(f"{registry.url.rstrip('/')}/subjects", timeout=timeout).raise_for_status()
+        except httpx.HTTPError as e:
+            return (
+                f"the schema registry at {registry.url} did not answer ({e}); "
+                "check schema_registry.url"
+            )
+    return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import logging
+
+    from streamer.config import ConfigError, load_config
+    from streamer.engine import Engine
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    problem = _check_reachable(config, args.startup_timeout)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()  # the engine drains and commits; a second signal is not needed
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    topics = ", ".join(t.name for t in config.file.topics)
+    print(f"streamer: consuming {topics} as group {config.file.kafka.group_id}", flush=True)
+    Engine(config).run(stop)
+    return 0
+
+
 def cmd_rules_check(args: argparse.Namespace) -> int:
     from streamer.config import ConfigError, load_config
 
@@ -197,6 +257,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"streamer {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="consume, route and deliver: the service itself",
+        description=(
+            "Consumes the configured topics in a consumer group, decodes and routes each "
+            "event, delivers alert events to incident.io with per-key ordering and rate "
+            "limits, dead-letters what cannot be delivered, and commits an offset only when "
+            "everything before it is terminal. SIGTERM or Ctrl-C: stop fetching, drain within "
+            "delivery.shutdown_grace_seconds, commit, leave the group. The configuration file "
+            "is re-read when it changes."
+        ),
+    )
+    run.add_argument("--config", required=True, metavar="FILE", help="the YAML configuration")
+    run.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for the brokers and registry at start-up "
+        "before exiting with an error (default: %(default)s)",
+    )
+    run.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log level (default: %(default)s)",
+    )
+    run.set_defaults(func=cmd_run)
 
     demo = commands.add_parser(
         "demo",

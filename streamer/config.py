@@ -79,6 +79,26 @@ class SchemaRegistrySettings(_Model):
     url: str
 
 
+class DeliverySettings(_Model):
+    """How events are delivered; the defaults suit incident.io's documented limits."""
+
+    max_unfinished: PositiveInt = 10_000  # fetched but not terminal; past it, partitions pause
+    workers: PositiveInt = 16  # concurrent requests to incident.io
+    request_timeout_seconds: float = Field(10.0, gt=0)
+    backoff_base_seconds: float = Field(0.5, gt=0)
+    backoff_cap_seconds: float = Field(30.0, gt=0)
+    max_retry_seconds: float | None = Field(None, gt=0)  # None: retry 5xx/timeouts forever
+    hold_retry_seconds: float = Field(30.0, gt=0)  # a held destination is probed this often
+    requests_per_minute_per_api_key: PositiveInt = 1200
+    rate_limit_margin_seconds: float = Field(0.5, ge=0)
+    rate_limit_share: Literal["partitions"] | float = "partitions"
+    commit_interval_seconds: float = Field(1.0, gt=0)
+    commit_every_messages: PositiveInt = 1000
+    revoke_drain_seconds: float = Field(10.0, gt=0)
+    shutdown_grace_seconds: float = Field(25.0, gt=0)
+    reload_interval_seconds: float = Field(2.0, gt=0)
+
+
 class Templates(_Model):
     title: str | None = None
     description: str | None = None
@@ -108,6 +128,7 @@ class DefaultRoute(_Model):
 class ConfigFile(_Model):
     kafka: KafkaSettings = KafkaSettings()
     schema_registry: SchemaRegistrySettings | None = None
+    delivery: DeliverySettings = DeliverySettings()
     reader_schema: str = "schemas/monitoring_event.v2.avsc"
     topics: list[Topic] = Field(min_length=1)
     destinations: dict[str, Destination] = Field(min_length=1)
@@ -474,6 +495,7 @@ def load_config(path: str | Path, *, check_secrets: bool = True) -> Config:
 
 _SECTION_TYPES: dict[str, Any] = {
     "kafka": KafkaSettings,
+    "delivery": DeliverySettings,
     "schema_registry": SchemaRegistrySettings | None,
     "reader_schema": str,
     "default": Literal["drop"] | DefaultRoute,
@@ -516,7 +538,7 @@ def _validate_sections(data: dict[str, Any], problems: _Problems) -> tuple[Confi
     for key in data.keys() - ConfigFile.model_fields.keys():
         problems.add((key,), "unknown setting (check the spelling; see examples/streamer.yaml)")
     parts: dict[str, Any] = {}
-    for key in ("kafka", "schema_registry", "reader_schema", "default"):
+    for key in ("kafka", "schema_registry", "delivery", "reader_schema", "default"):
         if key in data:
             parts[key] = _validate(_SECTION_TYPES[key], data[key], (key,), problems)
     topics = data.get("topics")
@@ -547,6 +569,7 @@ def _validate_sections(data: dict[str, Any], problems: _Problems) -> tuple[Confi
     invalid = {name for name, d in parts["destinations"].items() if d is None}
     config = ConfigFile.model_construct(
         kafka=parts.get("kafka") or KafkaSettings(),
+        delivery=parts.get("delivery") or DeliverySettings(),
         schema_registry=parts.get("schema_registry"),
         reader_schema=parts.get("reader_schema")
         or ConfigFile.model_fields["reader_schema"].default,

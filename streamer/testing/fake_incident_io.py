@@ -136,6 +136,26 @@ def _error(status: int, type_: str, request_id: str, errors: Iterable[FieldError
     )
 
 
+_ERROR_TYPES = {
+    400: "bad_request",
+    401: "authentication_error",
+    403: "authorization_error",
+    404: "not_found",
+    413: "request_too_large",
+    422: "validation_error",
+    429: "too_many_requests",
+}
+
+
+def _fault_reply(status: int, request_id: str) -> _Reply:
+    """What incident.io's answer with that status looks like (a 5xx by default)."""
+    type_ = _ERROR_TYPES.get(status, "internal_server_error")
+    code = "internal_error" if type_ == "internal_server_error" else type_
+    return _error(
+        status, type_, request_id, [FieldError(code=code, message=f"Injected fault: HTTP {status}")]
+    )
+
+
 class FakeIncidentIo:
     """The double: `with FakeIncidentIo([AlertSource("src", "tok")]) as fake: fake.url`."""
 
@@ -223,7 +243,7 @@ class FakeIncidentIo:
         seconds: float | None = None,
         source_id: str | None = None,
     ) -> Fault:
-        """Answer `status` (a 5xx) to matching requests, for `count` of them or `seconds`."""
+        """Answer `status` (a 5xx, or any error) to matching requests, for `count` or `seconds`."""
         return self.add_fault(
             Fault(
                 "status",
@@ -309,12 +329,7 @@ class FakeIncidentIo:
             elif failing.kind == "reset":
                 reply = _Reply(0, {}, reset=True)
             else:
-                reply = _error(
-                    failing.status,
-                    "internal_server_error",
-                    request_id,
-                    [FieldError(code="internal_error", message="Something went wrong")],
-                )
+                reply = _fault_reply(failing.status, request_id)
             reply.delay = sum(f.seconds for f in faults if f.kind == "latency")
             if reply.status == 202:
                 self._events.append(ReceivedEvent(source_id, json.loads(body), now, request_id))

@@ -1,0 +1,675 @@
+"""The delivery engine: Kafka in, incident.io out, offsets committed only behind terminals.
+
+One thread (the poll thread) owns all state: the `DeliveryLedger`, the per-destination
+queues, the timers, the commits. Worker threads only POST to incident.io and hand the
+answer back through a queue; the dead-letter producer's acknowledgements arrive on the
+poll thread too (`producer.poll`). So every decision is made in one place, in order,
+without locks, and the rebalance callbacks (which librdkafka runs inside `poll`) can
+drain and commit synchronously.
+
+A message's life: fetched -> decoded -> routed -> one job per delivery (or dead letter)
+-> each job waits for its key (per-key order), its destination's hold and rate limit,
+then a worker -> 202 (done), 429 (the limiter pauses, the job waits), 5xx/timeout
+(backoff), 4xx payload error (dead letter), 401/403/404 (the destination is held) ->
+terminal -> the ledger's watermark moves -> the offset is committed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from pydantic import SecretStr
+
+from streamer.config import Config, DeliverySettings, Destination
+from streamer.dead_letters import DeadLetter, SourceMessage
+from streamer.decoding import DecodeError, EventDecoder, RegistryUnavailable, RegistryWriterSchemas
+from streamer.failure_policy import (
+    Accepted,
+    Backoff,
+    FailurePolicy,
+    HoldDestination,
+    RateLimited,
+    Retry,
+)
+from streamer.failure_policy import DeadLetter as DeadLetterDecision
+from streamer.incident_io import Answer, IncidentIoClient
+from streamer.ledger import DeliveryLedger, Job, OrderingKey, Partition
+from streamer.rate_limit import RollingWindowLimiter, acquire, share_of
+from streamer.reload import ConfigReloader
+
+log = logging.getLogger("streamer.engine")
+
+
+@dataclass
+class Delivery:
+    """A job's work: one alert event for one destination."""
+
+    message: SourceMessage
+    route: str
+    destination: str
+    payload: dict[str, Any]
+    first_attempt_at: float | None = None  # wall clock, for max_retry_seconds
+
+
+@dataclass
+class Stats:
+    """Counters for the summary screen and tests (metrics proper come with telemetry)."""
+
+    consumed: int = 0
+    routed: int = 0
+    dropped: int = 0
+    delivered: int = 0
+    retried: int = 0
+    rate_limited: int = 0
+    dead_lettered: int = 0
+    held_destinations: int = 0
+    committed: dict[Partition, int] = field(default_factory=dict)
+
+
+class _DestinationState:
+    def __init__(
+        self,
+        name: str,
+        spec: Destination,
+        token: SecretStr,
+        key_limiter: RollingWindowLimiter,
+        margin: float,
+    ) -> None:
+        self.name = name
+        self.spec = spec
+        self.token = token
+        self.limiter = RollingWindowLimiter(spec.events_per_minute, 60.0, margin=margin)
+        self.key_limiter = key_limiter
+        self.ready: deque[Job] = deque()
+        self.held_reason: str | None = None
+        self.probe_at = 0.0
+        self.probing = False
+
+
+def kafka_settings(config: Config) -> dict[str, Any]:
+    """librdkafka settings shared by the consumer and the dead-letter producer."""
+    return {
+        "bootstrap.servers": config.file.kafka.bootstrap_servers,
+        **config.file.kafka.properties,
+    }
+
+
+def consumer_settings(config: Config) -> dict[str, Any]:
+    return {
+        **kafka_settings(config),
+        "group.id": config.file.kafka.group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        **{k: v for k, v in config.file.kafka.properties.items()},
+    }
+
+
+class Engine:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        consumer: Consumer | None = None,
+        producer: Producer | None = None,
+        http: IncidentIoClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.reloader = ConfigReloader(config)
+        self.settings: DeliverySettings = config.file.delivery
+        self.clock, self.wall_clock = clock, wall_clock
+        self.consumer = consumer or Consumer(consumer_settings(config))
+        self.producer = producer or Producer(
+            {**kafka_settings(config), "enable.idempotence": True, "acks": "all"}
+        )
+        self.http = http or IncidentIoClient(
+            timeout=self.settings.request_timeout_seconds, max_connections=self.settings.workers
+        )
+        self.policy = FailurePolicy(
+            Backoff(self.settings.backoff_base_seconds, self.settings.backoff_cap_seconds),
+            self.settings.max_retry_seconds,
+        )
+        self.ledger = DeliveryLedger()
+        self.stats = Stats()
+        self._workers = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="deliver")
+        self._busy_workers = 0
+        self._results: queue.SimpleQueue[tuple[Job, Answer | Exception]] = queue.SimpleQueue()
+        self._timers: list[tuple[float, int, Job]] = []
+        self._sequence = itertools.count()
+        self._destinations: dict[str, _DestinationState] = {}
+        self._key_limiters: dict[str, RollingWindowLimiter] = {}
+        self._decoders: dict[str, EventDecoder] = {}
+        self._registry: RegistryWriterSchemas | None = None
+        self._backpressure = False
+        self._registry_blocked: dict[Partition, float] = {}  # partition -> resume at
+        self._partition_counts: dict[str, int] = {}
+        self._committed: dict[Partition, int] = {}
+        self._last_commit = clock()
+        self._terminal_since_commit = 0
+        self._last_reload_check = clock()
+        self._apply_config(config)
+
+    # -- configuration ---------------------------------------------------------------------
+
+    def _apply_config(self, config: Config) -> None:
+        if self._registry is None and config.file.schema_registry is not None:
+            self._registry = RegistryWriterSchemas.connect(config.file.schema_registry.url)
+        self._decoders = {}
+        for topic in config.file.topics:
+            writer = None
+            if topic.writer_schema:
+                from streamer.decoding import load_schema
+
+                writer = load_schema(config.path.parent / topic.writer_schema)
+            self._decoders[topic.name] = EventDecoder(
+                topic.format, config.reader_schema, registry=self._registry, writer_schema=writer
+            )
+        for name, spec in config.file.destinations.items():
+            token = config.tokens[name]
+            key = token.get_secret_value()  # limiter per API key; the dict never leaves here
+            key_limiter = self._key_limiters.setdefault(
+                key,
+                RollingWindowLimiter(
+                    self.settings.requests_per_minute_per_api_key,
+                    60.0,
+                    margin=self.settings.rate_limit_margin_seconds,
+                ),
+            )
+            state = self._destinations.get(name)
+            if state is None:
+                self._destinations[name] = _DestinationState(
+                    name, spec, token, key_limiter, self.settings.rate_limit_margin_seconds
+                )
+            else:
+                state.spec, state.token, state.key_limiter = spec, token, key_limiter
+        self._update_shares()
+
+    @property
+    def config(self) -> Config:
+        return self.reloader.current
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Consumes until `stop` is set, then drains within the grace period and commits."""
+        topics = [t.name for t in self.config.file.topics]
+        self.consumer.subscribe(
+            topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        try:
+            while not stop.is_set():
+                self._step(consume=True)
+        finally:
+            self._shutdown()
+
+    def _step(self, *, consume: bool) -> None:
+        timeout = 0.01 if (self._busy_workers or self._timers) else 0.1
+        if consume:
+            for message in self.consumer.consume(500, timeout):
+                self._ingest(message)
+        else:
+            time.sleep(timeout / 2)
+        self.producer.poll(0)
+        self._collect_results()
+        self._fire_timers()
+        self._dispatch()
+        self._apply_backpressure()
+        self._commit_if_due()
+        now = self.clock()
+        if now - self._last_reload_check >= self.settings.reload_interval_seconds:
+            self._last_reload_check = now
+            if self.reloader.check():
+                self._apply_config(self.reloader.current)
+
+    # -- in: messages -> jobs --------------------------------------------------------------
+
+    def _ingest(self, message: Message) -> None:
+        error = message.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error: %s", error)
+            return
+        source = _source_message(message)
+        if source is None:
+            return
+        partition: Partition = (source.topic, source.partition)
+        if partition in self._registry_blocked or partition not in self.ledger.partitions:
+            return  # re-fetched after the seek that unblocks it / no longer ours
+        self.stats.consumed += 1
+        works: list[tuple[OrderingKey | None, Any]] = []
+        try:
+            event = self._decoders[source.topic].decode(source.value, source.headers)
+        except DecodeError as e:
+            works.append((None, DeadLetter(source, f"decode:{e.reason}", e.detail)))
+        except RegistryUnavailable as e:
+            self._block_for_registry(partition, source.offset, str(e))
+            return
+        else:
+            decision = self.config.rules.evaluate(event)
+            for d in decision.deliveries:
+                body = d.payload.model_dump(exclude_none=True)
+                key = OrderingKey(d.destination, d.payload.deduplication_key or "")
+                works.append((key, Delivery(source, d.route, d.destination, body)))
+            for f in decision.failures:
+                works.append(
+                    (None, DeadLetter(source, "template", f.reason, f.route, f.destination))
+                )
+            self.stats.routed += len(decision.deliveries)
+            if decision.dropped:
+                self.stats.dropped += 1
+        for job in self.ledger.add(partition, source.offset, works):
+            self._activate(job)
+        if not works:
+            self._terminal_since_commit += 1
+
+    def _activate(self, job: Job) -> None:
+        """A job whose key is free: queue it for its destination, or dead-letter it."""
+        if isinstance(job.work, DeadLetter):
+            self._produce_dead_letter(job)
+        else:
+            self._destinations[job.work.destination].ready.append(job)
+
+    def _block_for_registry(self, partition: Partition, offset: int, reason: str) -> None:
+        """The registry is down: not the message's fault. Pause, seek back, retry later."""
+        attempt = 1 + sum(1 for p in self._registry_blocked if p == partition)
+        delay = self.policy.backoff.delay(attempt) + 1.0
+        self._registry_blocked[partition] = self.clock() + delay
+        tp = TopicPartition(partition[0], partition[1], offset)
+        self.consumer.pause([tp])
+        self.consumer.seek(tp)
+        log.warning(
+            "schema registry unavailable; %s[%d] paused at offset %d for %.1f s: %s",
+            partition[0],
+            partition[1],
+            offset,
+            delay,
+            reason,
+        )
+
+    # -- out: jobs -> incident.io ----------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        now = self.clock()
+        for state in self._destinations.values():
+            while state.ready and self._busy_workers < self.settings.workers:
+                job = state.ready[0]
+                if not self.ledger.owns(job):  # its partition was revoked: let the key go
+                    state.ready.popleft()
+                    self._release(job)
+                    continue
+                if state.held_reason is not None:
+                    if state.probing or now < state.probe_at:
+                        break
+                    state.probing = True  # one event probes a held destination
+                if acquire([state.limiter, state.key_limiter], now) is not None:
+                    state.probing = False
+                    break
+                state.ready.popleft()
+                self._send(job, state)
+
+    def _send(self, job: Job, state: _DestinationState) -> None:
+        delivery: Delivery = job.work
+        if delivery.first_attempt_at is None:
+            delivery.first_attempt_at = self.wall_clock()
+        self._busy_workers += 1
+        spec, token, payload = state.spec, state.token, delivery.payload
+
+        def post() -> None:
+            try:
+                answer: Answer | Exception = self.http.post_alert_event(
+                    spec.url, spec.alert_source_config_id, token, payload
+                )
+            except (httpx.TransportError, httpx.InvalidURL) as e:
+                answer = e
+            except Exception as e:  # never lose a result: the poll thread decides
+                answer = e
+            self._results.put((job, answer))
+
+        self._workers.submit(post)
+
+    def _collect_results(self) -> None:
+        while True:
+            try:
+                job, answer = self._results.get_nowait()
+            except queue.Empty:
+                return
+            self._busy_workers -= 1
+            self._on_answer(job, answer)
+
+    def _on_answer(self, job: Job, answer: Answer | Exception) -> None:
+        delivery: Delivery = job.work
+        state = self._destinations[delivery.destination]
+        was_probe, state.probing = state.probing, False
+        if not self.ledger.owns(job):  # revoked meanwhile: the new owner delivers it
+            self._release(job)
+            return
+        now_wall = self.wall_clock()
+        first = delivery.first_attempt_at or now_wall
+        if isinstance(answer, Exception):
+            decision = self.policy.decide_error(
+                answer, attempt=job.attempts, first_attempt_at=first, now=now_wall
+            )
+        else:
+            decision = self.policy.decide_response(
+                answer.status,
+                answer.headers,
+                answer.body,
+                attempt=job.attempts,
+                first_attempt_at=first,
+                now=now_wall,
+            )
+        answered = not isinstance(decision, HoldDestination) and (
+            was_probe or isinstance(decision, Accepted)
+        )
+        if state.held_reason is not None and answered:
+            log.info("destination %s released: it answers again", state.name)
+            state.held_reason = None
+            self.stats.held_destinations -= 1
+        if isinstance(decision, Accepted):
+            self.stats.delivered += 1
+            self._finish(job)
+        elif isinstance(decision, RateLimited):
+            self.stats.rate_limited += 1
+            state.limiter.pause_until(self.clock() + max(0.0, decision.retry_at - now_wall))
+            state.ready.appendleft(job)  # not a failure: no attempt counted
+        elif isinstance(decision, Retry):
+            job.attempts += 1
+            self.stats.retried += 1
+            log.warning(
+                "delivery to %s failed (%s); retry %d in %.1f s",
+                state.name,
+                decision.reason,
+                job.attempts,
+                decision.delay,
+            )
+            self._schedule(self.clock() + decision.delay, job)
+        elif isinstance(decision, HoldDestination):
+            job.attempts += 1
+            if state.held_reason is None:
+                self.stats.held_destinations += 1
+                log.error(
+                    "destination %s held: %s (request_id %s); other destinations keep "
+                    "flowing, nothing is dead-lettered, retrying every %.0f s",
+                    state.name,
+                    decision.reason,
+                    decision.request_id,
+                    self.settings.hold_retry_seconds,
+                )
+            state.held_reason = decision.reason
+            state.probe_at = self.clock() + self.settings.hold_retry_seconds
+            state.ready.appendleft(job)
+        elif isinstance(decision, DeadLetterDecision):
+            job.attempts += 1
+            job.work = DeadLetter(
+                delivery.message,
+                f"http-{decision.status}" if decision.status else "gave-up",
+                decision.reason,
+                delivery.route,
+                delivery.destination,
+                decision.status,
+                decision.body,
+                decision.request_id,
+                job.attempts,
+            )
+            self._produce_dead_letter(job)
+
+    def _schedule(self, due: float, job: Job) -> None:
+        heapq.heappush(self._timers, (due, next(self._sequence), job))
+
+    def _fire_timers(self) -> None:
+        now = self.clock()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, job = heapq.heappop(self._timers)
+            if not self.ledger.owns(job):
+                self._release(job)
+            elif isinstance(job.work, DeadLetter):
+                self._produce_dead_letter(job)
+            else:
+                self._destinations[job.work.destination].ready.append(job)
+        for partition, resume_at in list(self._registry_blocked.items()):
+            if resume_at <= now:
+                del self._registry_blocked[partition]
+                if not self._backpressure:
+                    self.consumer.resume([TopicPartition(*partition)])
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    def _produce_dead_letter(self, job: Job) -> None:
+        letter: DeadLetter = job.work
+        message = letter.message
+
+        def acknowledged(error: KafkaError | None, _: Message) -> None:
+            if error is None:
+                self.stats.dead_lettered += 1
+                log.error(
+                    "dead-lettered %s[%d]@%d: %s %s",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    letter.reason,
+                    letter.detail[:500],
+                )
+                self._finish(job)
+            else:  # not terminal until the dead letter is safely written
+                log.warning(
+                    "dead letter for %s[%d]@%d not written (%s); retrying",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    error,
+                )
+                self._schedule(self.clock() + 1.0, job)
+
+        headers: list[tuple[str, str | bytes | None]] = list(letter.headers())
+        try:
+            self.producer.produce(
+                self.config.file.kafka.dead_letter_topic,
+                value=message.value,
+                key=message.key,
+                headers=headers,
+                on_delivery=acknowledged,
+            )
+        except BufferError:
+            self._schedule(self.clock() + 0.5, job)
+
+    # -- terminal states and commits -------------------------------------------------------
+
+    def _finish(self, job: Job) -> None:
+        self._terminal_since_commit += 1
+        for next_job in self.ledger.finish(job):
+            self._activate(next_job)
+
+    def _release(self, job: Job) -> None:
+        """A fenced job: free its key without touching any watermark."""
+        for next_job in self.ledger.finish(job):
+            self._activate(next_job)
+
+    def _commit_if_due(
+        self, *, force: bool = False, partitions: Iterable[Partition] | None = None
+    ) -> None:
+        now = self.clock()
+        due = (
+            now - self._last_commit >= self.settings.commit_interval_seconds
+            or self._terminal_since_commit >= self.settings.commit_every_messages
+        )
+        if not (force or due):
+            return
+        self._last_commit, self._terminal_since_commit = now, 0
+        wanted = set(partitions) if partitions is not None else None
+        offsets = [
+            TopicPartition(p[0], p[1], o)
+            for p, o in self.ledger.commit_offsets().items()
+            if (wanted is None or p in wanted) and o != self._committed.get(p)
+        ]
+        if not offsets:
+            return
+        try:
+            if force:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+            else:
+                self.consumer.commit(offsets=offsets, asynchronous=True)
+        except Exception as e:  # e.g. no coordinator mid-rebalance: the next commit retries
+            log.warning("commit failed: %s", e)
+            return
+        for tp in offsets:
+            self._committed[(tp.topic, tp.partition)] = tp.offset
+            self.stats.committed[(tp.topic, tp.partition)] = tp.offset
+
+    # -- backpressure ----------------------------------------------------------------------
+
+    def _apply_backpressure(self) -> None:
+        unfinished = self.ledger.unfinished()
+        cap = self.settings.max_unfinished
+        assigned = [TopicPartition(*p) for p in self.ledger.partitions]
+        if not self._backpressure and unfinished >= cap:
+            self._backpressure = True
+            self.consumer.pause(assigned)
+            log.info("%d events in flight (cap %d): consumption paused", unfinished, cap)
+        elif self._backpressure and unfinished <= cap * 0.8:
+            self._backpressure = False
+            self._resume(p for p in self.ledger.partitions if p not in self._registry_blocked)
+            log.info("%d events in flight: consumption resumed", unfinished)
+
+    def _resume(self, partitions: Iterable[Partition]) -> None:
+        # librdkafka drops prefetched messages on pause: seek to what we have not seen.
+        tps = []
+        for p in partitions:
+            next_offset = self.ledger.next_offset(p)
+            tp = TopicPartition(p[0], p[1], next_offset if next_offset is not None else -1001)
+            if next_offset is not None:
+                self.consumer.seek(tp)
+            tps.append(tp)
+        if tps:
+            self.consumer.resume(tps)
+
+    # -- rebalance -------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.ledger.assign((tp.topic, tp.partition))
+        log.info("assigned %s", _names(partitions))
+        self._update_shares()
+        if self._backpressure:
+            consumer.pause(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        deadline = self.clock() + self.settings.revoke_drain_seconds
+        # Drain: keep serving everything (other partitions too) until the revoked ones
+        # are terminal or the deadline passes; then commit what is terminal and let go.
+        while any(self.ledger.unfinished(p) for p in revoked) and self.clock() < deadline:
+            self._step(consume=False)
+        self._commit_if_due(force=True, partitions=revoked)
+        left = sum(self.ledger.unfinished(p) for p in revoked)
+        for p in revoked:
+            self.ledger.revoke(p)
+            self._committed.pop(p, None)
+            self._registry_blocked.pop(p, None)
+        self._drop_queued(revoked)
+        log.info("revoked %s (%d events left to the next owner)", _names(partitions), left)
+        self._update_shares()
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        lost = {(tp.topic, tp.partition) for tp in partitions}
+        for p in lost:  # another member owns them now: commit nothing
+            self.ledger.lose(p)
+            self._committed.pop(p, None)
+            self._registry_blocked.pop(p, None)
+        self._drop_queued(lost)
+        log.warning("lost %s: nothing committed for them", _names(partitions))
+        self._update_shares()
+
+    def _drop_queued(self, partitions: set[Partition]) -> None:
+        for state in self._destinations.values():
+            keep: deque[Job] = deque()
+            for job in state.ready:
+                if job.partition in partitions:
+                    self._release(job)
+                else:
+                    keep.append(job)
+            state.ready = keep
+
+    def _update_shares(self) -> None:
+        share = self.settings.rate_limit_share
+        owned = len(self.ledger.partitions)
+        if share == "partitions":
+            total = self._total_partitions()
+            limit_of: Callable[[int], int] = lambda limit: share_of(limit, owned, total)  # noqa: E731
+        else:
+            limit_of = lambda limit: max(1, int(limit * float(share)))  # noqa: E731
+        for state in self._destinations.values():
+            state.limiter.set_limit(limit_of(state.spec.events_per_minute))
+        for limiter in self._key_limiters.values():
+            limiter.set_limit(limit_of(self.settings.requests_per_minute_per_api_key))
+
+    def _total_partitions(self) -> int:
+        total = 0
+        for topic in self.config.file.topics:
+            if topic.name not in self._partition_counts:
+                try:
+                    metadata = self.consumer.list_topics(topic.name, timeout=5)
+                    count = len(metadata.topics[topic.name].partitions)
+                except Exception:
+                    count = 0
+                if count:
+                    self._partition_counts[topic.name] = count
+            total += self._partition_counts.get(topic.name, 0)
+        return total or max(1, len(self.ledger.partitions))
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        """Stop fetching, drain within the grace period, commit, leave the group."""
+        deadline = self.clock() + self.settings.shutdown_grace_seconds
+        try:
+            self.consumer.pause([TopicPartition(*p) for p in self.ledger.partitions])
+            while self.ledger.unfinished() and self.clock() < deadline:
+                self._step(consume=False)
+            self._commit_if_due(force=True)
+            left = self.ledger.unfinished()
+            if left:
+                log.warning(
+                    "shutdown: %d events not terminal within %.0f s; they will be "
+                    "delivered again by the next owner",
+                    left,
+                    self.settings.shutdown_grace_seconds,
+                )
+        finally:
+            self.consumer.close()  # leaves the group; on_revoke has nothing left to drain
+            self.producer.flush(5)
+            self._workers.shutdown(wait=False, cancel_futures=True)
+            self.http.close()
+
+
+def _source_message(message: Message) -> SourceMessage | None:
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    if topic is None or partition is None or offset is None:
+        return None
+    raw = message.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    headers = tuple((name, _bytes(value)) for name, value in pairs)
+    return SourceMessage(
+        topic, partition, offset, _bytes(message.key()), _bytes(message.value()), headers
+    )
+
+
+def _bytes(value: str | bytes | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _names(partitions: list[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"

@@ -1,0 +1,68 @@
+"""The incident.io Alert Events V2 client: one POST per delivery attempt, nothing more.
+
+Decisions about the answer live in `failure_policy`; this module only speaks HTTP. The
+token goes in the `Authorization` header (a token in a URL ends up in logs) and is
+never part of an error message. One `httpx.Client` is shared by the delivery workers
+(it is thread-safe) so connections are kept alive across requests.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from streamer import __version__
+
+PATH = "/v2/alert_events/http/{alert_source_config_id}"
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class IncidentIoClient:
+    def __init__(
+        self,
+        *,
+        timeout: float = 10.0,
+        max_connections: int = 16,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._client = httpx.Client(
+            timeout=timeout,
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            headers={"User-Agent": f"streamer/{__version__}"},
+            transport=transport,
+        )
+
+    def post_alert_event(
+        self,
+        base_url: str,
+        alert_source_config_id: str,
+        token: SecretStr,
+        payload: Mapping[str, Any],
+    ) -> Answer:
+        """POSTs one alert event; raises httpx.TransportError on timeouts and connection errors."""
+        url = base_url.rstrip("/") + PATH.format(alert_source_config_id=alert_source_config_id)
+        response = self._client.post(
+            url,
+            content=json.dumps(payload, separators=(",", ":")).encode(),
+            headers={
+                "Authorization": f"Bearer {token.get_secret_value()}",
+                "Content-Type": "application/json",
+            },
+        )
+        return Answer(response.status_code, dict(response.headers), response.content)
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,192 @@
+"""A whole pipeline for integration tests: real broker, the incident.io double, the engine.
+
+Each `Pipeline` gets its own topic, dead-letter topic and consumer group, so tests do
+not see each other's data. The engine runs in a thread of the test process; `wait_for`
+waits on a condition (with a generous limit), never on time.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streamer.config import load_config
+from streamer.dead_letters import read_headers
+from streamer.engine import Engine
+from streamer.testing import FakeIncidentIo
+from streamer.testing.infra import Infrastructure
+
+SCHEMA = Path(__file__).parent.parent / "schemas" / "monitoring_event.v2.avsc"
+TOKENS = {"TEST_TOKEN_A": "token-a-secret-1", "TEST_TOKEN_B": "token-b-secret-2"}
+
+
+def check_event(host: str, state: str, *, team: str = "a", n: int = 0) -> dict[str, Any]:
+    """A check result as JSON producers write it; host/check is its identity."""
+    return {
+        "event_id": str(uuid.uuid4()),
+        "event_time": int(datetime(2026, 11, 26, tzinfo=UTC).timestamp() * 1000) + n,
+        "source_system": "ICINGA",
+        "severity": "CRITICAL",
+        "labels": {"team": team, "n": str(n)},
+        "check": {"host": host, "check": "disk", "state": state, "output": f"event {n}"},
+    }
+
+
+class Pipeline:
+    def __init__(
+        self,
+        infra: Infrastructure,
+        fake: FakeIncidentIo,
+        tmp_path: Path,
+        *,
+        partitions: int = 3,
+        delivery: str = "",
+        tokens: dict[str, str] | None = None,
+        monkeypatch: Any = None,
+    ) -> None:
+        self.infra, self.fake = infra, fake
+        suffix = uuid.uuid4().hex[:8]
+        self.topic, self.dlq, self.group = f"events-{suffix}", f"dlq-{suffix}", f"streamer-{suffix}"
+        admin = AdminClient({"bootstrap.servers": infra.bootstrap_servers})
+        for name, count in ((self.topic, partitions), (self.dlq, 1)):
+            admin.create_topics([NewTopic(name, num_partitions=count)])[name].result(30)
+        for name, value in {**TOKENS, **(tokens or {})}.items():
+            monkeypatch.setenv(name, value)
+        self.config_path = tmp_path / "streamer.yaml"
+        self.config_path.write_text(
+            textwrap.dedent(f"""\
+            kafka:
+              bootstrap_servers: {infra.bootstrap_servers}
+              group_id: {self.group}
+              dead_letter_topic: {self.dlq}
+            reader_schema: {SCHEMA}
+            topics: [{{name: {self.topic}, format: json}}]
+            destinations:
+              a: {{alert_source_config_id: SRC_A, token: {{env: TEST_TOKEN_A}}, url: "{fake.url}"}}
+              b: {{alert_source_config_id: SRC_B, token: {{env: TEST_TOKEN_B}}, url: "{fake.url}"}}
+            delivery:
+              commit_interval_seconds: 0.2
+              hold_retry_seconds: 0.5
+              backoff_base_seconds: 0.05
+              backoff_cap_seconds: 0.5
+              revoke_drain_seconds: 5
+              shutdown_grace_seconds: 10
+            {textwrap.indent(textwrap.dedent(delivery), "  ").strip() if delivery else ""}
+            routes:
+              - {{name: to-b, match: ['labels.team = b'], destination: b}}
+              - {{name: to-a, destination: a}}
+            """)
+        )
+        self.producer = Producer({"bootstrap.servers": infra.bootstrap_servers})
+        self.engine: Engine | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.produced: list[tuple[bytes, bytes]] = []
+
+    def produce(
+        self, events: list[dict[str, Any] | bytes], key: Callable[[Any], str] | None = None
+    ) -> None:
+        for event in events:
+            if isinstance(event, bytes):
+                value, k = event, b"raw"
+            else:
+                value = json.dumps(event).encode()
+                k = (key(event) if key else event["check"]["host"]).encode()
+            self.producer.produce(self.topic, key=k, value=value)
+            self.produced.append((k, value))
+        assert self.producer.flush(30) == 0
+
+    def start(self) -> Pipeline:
+        self.engine = Engine(load_config(self.config_path))
+        self._thread = threading.Thread(target=self.engine.run, args=(self._stop,), daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.producer.flush(10)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(60)
+            assert not self._thread.is_alive(), "the engine did not stop within 60 s"
+
+    def wait_for(self, condition: Callable[[], bool], what: str, limit: float = 90) -> None:
+        deadline = time.monotonic() + limit
+        while not condition():
+            if self._thread is not None and not self._thread.is_alive():
+                raise AssertionError(f"the engine died while waiting for {what}")
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"not within {limit:.0f} s: {what}; stats {self.engine and self.engine.stats}"
+                )
+            time.sleep(0.05)
+
+    def delivered_statuses(self, source: str | None = None) -> dict[str, list[str]]:
+        """Per deduplication key, the statuses incident.io received, in arrival order."""
+        out: dict[str, list[str]] = {}
+        for event in self.fake.events:
+            if source is None or event.source_id == source:
+                out.setdefault(event.payload["deduplication_key"], []).append(
+                    event.payload["status"]
+                )
+        return out
+
+    def committed(self) -> dict[int, int]:
+        consumer = Consumer(
+            {"bootstrap.servers": self.infra.bootstrap_servers, "group.id": self.group}
+        )
+        try:
+            metadata = consumer.list_topics(self.topic, timeout=10)
+            tps = [TopicPartition(self.topic, p) for p in metadata.topics[self.topic].partitions]
+            # never committed (an empty partition has nothing to commit) reads as 0
+            return {tp.partition: max(tp.offset, 0) for tp in consumer.committed(tps, timeout=10)}
+        finally:
+            consumer.close()
+
+    def end_offsets(self) -> dict[int, int]:
+        consumer = Consumer({"bootstrap.servers": self.infra.bootstrap_servers, "group.id": "x"})
+        try:
+            metadata = consumer.list_topics(self.topic, timeout=10)
+            return {
+                p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1]
+                for p in metadata.topics[self.topic].partitions
+            }
+        finally:
+            consumer.close()
+
+    def dead_letters(
+        self, expected: int
+    ) -> list[tuple[bytes | None, bytes | None, dict[str, str]]]:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.infra.bootstrap_servers,
+                "group.id": f"reader-{uuid.uuid4().hex[:6]}",
+                "auto.offset.reset": "earliest",
+            }
+        )
+        consumer.subscribe([self.dlq])
+        letters = []
+        deadline = time.monotonic() + 30
+        try:
+            while len(letters) < expected and time.monotonic() < deadline:
+                message = consumer.poll(0.5)
+                if message is not None and message.error() is None:
+                    letters.append(
+                        (message.key(), message.value(), read_headers(message.headers()))
+                    )
+            # anything more than expected is a failure too: look a little longer
+            extra = consumer.poll(1.0)
+            if extra is not None and extra.error() is None:
+                letters.append((extra.key(), extra.value(), read_headers(extra.headers())))
+        finally:
+            consumer.close()
+        return letters

@@ -1,0 +1,169 @@
+"""The delivery engine against a real broker and the incident.io double.
+
+Each test asserts what an on-call engineer would notice: every alert arrives (no loss),
+the alerts of one thing arrive in the order they happened (per-key order), the offsets
+are committed only behind what arrived or was dead-lettered, and failures land where
+the design says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from streamer.testing import AlertSource, FakeIncidentIo
+from tests.pipeline import TOKENS, Pipeline, check_event
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeIncidentIo]:
+    with FakeIncidentIo(
+        [
+            AlertSource("SRC_A", TOKENS["TEST_TOKEN_A"], events_per_minute=10_000),
+            AlertSource("SRC_B", TOKENS["TEST_TOKEN_B"], events_per_minute=10_000),
+        ],
+        requests_per_minute_per_token=100_000,
+    ) as fake:
+        yield fake
+
+
+def flapping(hosts: int, flips: int, team: str = "a") -> list[dict]:
+    """Each host's disk check flapping CRITICAL/OK `flips` times, interleaved across hosts."""
+    return [
+        check_event(f"{team}-host-{h}", "CRITICAL" if i % 2 == 0 else "OK", team=team, n=i)
+        for i in range(flips)
+        for h in range(hosts)
+    ]
+
+
+def expected_statuses(events: list[dict]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for e in events:
+        key = f"{e['check']['host']}//{e['check']['check']}"
+        out.setdefault(key, []).append("resolved" if e["check"]["state"] == "OK" else "firing")
+    return out
+
+
+def assert_everything_committed(pipeline: Pipeline) -> None:
+    pipeline.wait_for(
+        lambda: pipeline.committed() == pipeline.end_offsets(), "every offset committed"
+    )
+
+
+def test_happy_path_every_alert_arrives_in_order_and_is_committed(
+    infrastructure, fake, tmp_path, monkeypatch
+) -> None:
+    events = flapping(hosts=8, flips=6) + flapping(hosts=3, flips=4, team="b")
+    pipeline = Pipeline(infrastructure, fake, tmp_path, monkeypatch=monkeypatch)
+    pipeline.produce(events)
+    pipeline.start()
+    try:
+        pipeline.wait_for(lambda: len(fake.events) >= len(events), "all alerts delivered")
+        assert_everything_committed(pipeline)
+    finally:
+        pipeline.stop()
+    assert len(fake.events) == len(events)  # nothing lost, nothing twice
+    assert pipeline.delivered_statuses() == expected_statuses(events)
+    assert set(pipeline.delivered_statuses("SRC_B")) == {f"b-host-{h}//disk" for h in range(3)}
+    assert pipeline.dead_letters(expected=0) == []
+
+
+def test_a_5xx_outage_delays_but_loses_nothing(infrastructure, fake, tmp_path, monkeypatch) -> None:
+    events = flapping(hosts=5, flips=4)
+    fake.fail(503, count=15)
+    pipeline = Pipeline(infrastructure, fake, tmp_path, monkeypatch=monkeypatch)
+    pipeline.produce(events)
+    pipeline.start()
+    try:
+        pipeline.wait_for(
+            lambda: len(fake.events) >= len(events), "all alerts delivered after the outage"
+        )
+        assert_everything_committed(pipeline)
+    finally:
+        pipeline.stop()
+    assert sum(1 for a in fake.answers if a.status == 503) == 15
+    assert pipeline.engine.stats.retried == 15
+    assert pipeline.delivered_statuses() == expected_statuses(events)
+
+
+def test_a_429_storm_is_waited_out_in_order(infrastructure, tmp_path, monkeypatch) -> None:
+    # incident.io enforces a lower limit than the configuration says: 4 per 2 s window.
+    events = flapping(hosts=4, flips=4)
+    with FakeIncidentIo(
+        [
+            AlertSource("SRC_A", TOKENS["TEST_TOKEN_A"], events_per_minute=4),
+            AlertSource("SRC_B", TOKENS["TEST_TOKEN_B"]),
+        ],
+        window_seconds=2,
+    ) as fake:
+        pipeline = Pipeline(infrastructure, fake, tmp_path, monkeypatch=monkeypatch)
+        pipeline.produce(events)
+        pipeline.start()
+        try:
+            pipeline.wait_for(lambda: len(fake.events) >= len(events), "all alerts delivered")
+        finally:
+            pipeline.stop()
+    assert any(a.status == 429 for a in fake.answers)
+    assert pipeline.engine.stats.rate_limited > 0 and pipeline.engine.stats.retried == 0
+    assert pipeline.delivered_statuses() == expected_statuses(events)
+
+
+def test_a_refused_payload_is_dead_lettered_and_the_rest_flows(
+    infrastructure, fake, tmp_path, monkeypatch
+) -> None:
+    events = flapping(hosts=3, flips=2)
+    fake.fail(422, count=1, source_id="SRC_A")
+    pipeline = Pipeline(infrastructure, fake, tmp_path, monkeypatch=monkeypatch)
+    pipeline.produce([*events, b"{not json"])
+    pipeline.start()
+    try:
+        pipeline.wait_for(lambda: len(fake.events) >= len(events) - 1, "the other alerts delivered")
+        letters = pipeline.dead_letters(expected=2)
+        assert_everything_committed(pipeline)
+    finally:
+        pipeline.stop()
+    by_reason = {headers["reason"]: (key, value, headers) for key, value, headers in letters}
+    assert set(by_reason) == {"http-422", "decode:invalid-json"}
+    key, value, headers = by_reason["http-422"]
+    assert (key, value) in pipeline.produced  # the original message, unchanged
+    assert headers["http_status"] == "422" and headers["route"] == "to-a"
+    assert headers["destination"] == "a" and headers["attempts"] == "1"
+    assert '"validation_error"' in headers["response_body"] and headers["request_id"]
+    assert headers["source_topic"] == pipeline.topic and headers["source_offset"].isdigit()
+    assert by_reason["decode:invalid-json"][1] == b"{not json"
+    for _, _, h in letters:  # secrets never reach a dead letter
+        assert not any(t in v for t in TOKENS.values() for v in h.values())
+
+
+def test_a_misconfigured_destination_is_held_while_others_flow(
+    infrastructure, fake, tmp_path, monkeypatch
+) -> None:
+    to_a, to_b = flapping(hosts=4, flips=2), flapping(hosts=2, flips=2, team="b")
+    pipeline = Pipeline(
+        infrastructure,
+        fake,
+        tmp_path,
+        monkeypatch=monkeypatch,
+        tokens={"TEST_TOKEN_B": "a-wrong-token"},
+    )
+    pipeline.produce(to_b + to_a)
+    pipeline.start()
+    try:
+        pipeline.wait_for(
+            lambda: len(pipeline.delivered_statuses("SRC_A")) == 4, "a's alerts delivered"
+        )
+        pipeline.wait_for(lambda: pipeline.engine.stats.held_destinations == 1, "b held")
+        assert pipeline.delivered_statuses("SRC_B") == {}
+        assert sum(pipeline.committed().values()) < sum(pipeline.end_offsets().values())
+        # the operator fixes the token on incident.io's side: the held destination recovers
+        fake.add_source(AlertSource("SRC_B", "a-wrong-token", events_per_minute=10_000))
+        pipeline.wait_for(lambda: len(fake.events) >= len(to_a) + len(to_b), "b's alerts delivered")
+        assert_everything_committed(pipeline)
+    finally:
+        pipeline.stop()
+    assert pipeline.engine.stats.held_destinations == 0
+    assert pipeline.delivered_statuses() == expected_statuses(to_a + to_b)
+    assert pipeline.dead_letters(expected=0) == []
