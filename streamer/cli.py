@@ -102,27 +102,21 @@ def cmd_infra(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streamer.testing import AlertSource, FakeIncidentIo
-    from streamer.testing.infra import InfrastructureUnavailable, local_infrastructure
+    from streamer.demo import run_demo
+    from streamer.testing.infra import InfrastructureUnavailable
 
-    _stop_on_sigterm()
-    print("starting the local Kafka broker, schema registry and incident.io double…", flush=True)
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()  # the demo stops its producer, drains the engine, and cleans up
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     try:
-        with (
-            local_infrastructure() as infra,
-            FakeIncidentIo([AlertSource(DEMO_SOURCE_ID, DEMO_TOKEN)]) as fake,
-        ):
-            print(f"kafka:            {infra.bootstrap_servers}  ({infra.provided_by})")
-            print(f"schema registry:  {infra.schema_registry_url}")
-            print(f"incident.io fake: {fake.endpoint(DEMO_SOURCE_ID)}")
-            print(f"  received events: {fake.url}/_fake/events", flush=True)
-            if not args.check:
-                print("Ctrl-C stops everything.", flush=True)
-                _wait_for_ctrl_c()
+        return run_demo(events=args.events, rate=args.rate, check=args.check, stop=stop)
     except InfrastructureUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 def _check_reachable(config: object, timeout: float) -> str | None:
@@ -289,13 +283,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="run everything locally: Kafka, schema registry and the incident.io double",
+        help="the whole pipeline locally, with realistic traffic and a live summary",
         description=(
             "Starts a real Kafka broker and schema registry (testcontainers: the official "
             "images with Docker, locally built ones with podman where there is no Docker, or "
             "the services named by KAFKA_BOOTSTRAP_SERVERS and SCHEMA_REGISTRY_URL) and the "
-            "incident.io double, prints where each runs, and keeps them up until Ctrl-C."
+            "incident.io double; produces realistic monitoring traffic (services firing and "
+            "resolving, flapping checks, noise, a little bad input); runs the service with "
+            "examples/streamer.yaml; and shows consumed, routed, dropped, delivered, retried, "
+            "dead-lettered, rate-limit waits and lag until Ctrl-C."
         ),
+    )
+    demo.add_argument(
+        "--events",
+        type=int,
+        metavar="N",
+        help="produce N events, wait until every one is delivered or dead-lettered and "
+        "committed, print a final summary and exit 0",
+    )
+    demo.add_argument(
+        "--rate",
+        type=float,
+        default=10.0,
+        metavar="PER_SECOND",
+        help="events produced per second (default: %(default)s)",
     )
     demo.add_argument(
         "--check",

@@ -61,6 +61,7 @@ class Delivery:
     destination: str
     payload: dict[str, Any]
     first_attempt_at: float | None = None  # wall clock, for max_retry_seconds
+    waited_for_rate_limit: bool = False
 
 
 @dataclass
@@ -72,7 +73,8 @@ class Stats:
     dropped: int = 0
     delivered: int = 0
     retried: int = 0
-    rate_limited: int = 0
+    rate_limited: int = 0  # 429s received
+    rate_limit_waits: int = 0  # deliveries our own limiter held back
     dead_lettered: int = 0
     held_destinations: int = 0
     committed: dict[Partition, int] = field(default_factory=dict)
@@ -317,6 +319,9 @@ class Engine:
                     state.probing = True  # one event probes a held destination
                 if acquire([state.limiter, state.key_limiter], now) is not None:
                     state.probing = False
+                    if not job.work.waited_for_rate_limit:
+                        job.work.waited_for_rate_limit = True
+                        self.stats.rate_limit_waits += 1
                     break
                 state.ready.popleft()
                 self._send(job, state)

@@ -1,0 +1,257 @@
+"""`streamer demo`: the whole pipeline on this machine, with a live summary.
+
+It starts a real broker and registry (`streamer.testing.infra`) and the incident.io
+double, rewrites `examples/streamer.yaml` to point at them, produces realistic traffic
+(Avro alerts through the registry on an older schema version, JSON check results, a
+little bad input) at a steady rate, runs the engine exactly as `streamer run` does,
+and shows what happens until Ctrl-C, or until `--events N` are produced and every one
+of them is terminal and committed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import TextIO
+
+import yaml
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from streamer.config import load_config
+from streamer.decoding import load_schema
+from streamer.engine import Engine, Stats
+from streamer.testing import AlertSource, FakeIncidentIo
+from streamer.testing.events import MonitoringTraffic, as_json
+from streamer.testing.infra import Infrastructure, local_infrastructure
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "streamer.yaml"
+# Each run gets its own topics, so a shared or reused broker never mixes runs.
+RUN_ID = uuid.uuid4().hex[:6]
+ALERTS_TOPIC, CHECKS_TOPIC = f"monitoring.alerts.{RUN_ID}", f"monitoring.checks.{RUN_ID}"
+DEMO_TOKENS = {
+    "INCIDENT_IO_TOKEN_SRE": "demo-sre-token",
+    "INCIDENT_IO_TOKEN_PAYMENTS": "demo-payments-token",
+}
+
+
+def demo_config(
+    infra: Infrastructure, fake_url: str, folder: Path
+) -> tuple[Path, list[AlertSource]]:
+    """examples/streamer.yaml, pointed at the local services; the double's sources."""
+    config = yaml.safe_load(EXAMPLE.read_text())
+    config["kafka"]["bootstrap_servers"] = infra.bootstrap_servers
+    config["kafka"]["group_id"] = f"streamer-demo-{RUN_ID}"
+    config["kafka"]["dead_letter_topic"] = f"streamer.dead-letters.{RUN_ID}"
+    renamed = {"monitoring.alerts": ALERTS_TOPIC, "monitoring.checks": CHECKS_TOPIC}
+    for topic in config["topics"]:
+        topic["name"] = renamed[topic["name"]]
+    config["schema_registry"]["url"] = infra.schema_registry_url
+    config["reader_schema"] = str((EXAMPLE.parent / config["reader_schema"]).resolve())
+    config["delivery"] = {"commit_interval_seconds": 0.5}
+    sources = []
+    for destination in config["destinations"].values():
+        destination["url"] = fake_url
+        token = destination["token"]
+        if "env" in token:
+            os.environ.setdefault(token["env"], DEMO_TOKENS.get(token["env"], "demo-token"))
+            secret = os.environ[token["env"]]
+        else:
+            token["file"] = str((EXAMPLE.parent / token["file"]).resolve())
+            secret = Path(token["file"]).read_text().strip()
+        sources.append(AlertSource(destination["alert_source_config_id"], secret))
+    path = folder / "streamer.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path, sources
+
+
+class TrafficProducer(threading.Thread):
+    """Produces `MonitoringTraffic` at `rate` events/s: alerts in Avro (schema v1, via the
+    registry), checks in JSON, bad input as raw bytes on the alerts topic."""
+
+    def __init__(self, infra: Infrastructure, rate: float, limit: int | None) -> None:
+        super().__init__(name="demo-producer", daemon=True)
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+        from confluent_kafka.schema_registry.avro import AvroSerializer
+
+        self.producer = Producer({"bootstrap.servers": infra.bootstrap_servers})
+        v1 = load_schema(REPO / "schemas" / "monitoring_event.v1.avsc")
+        self.serialize = AvroSerializer(
+            SchemaRegistryClient({"url": infra.schema_registry_url}), json.dumps(v1)
+        )
+        self.rate, self.limit = rate, limit
+        self.produced = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        from confluent_kafka.serialization import MessageField, SerializationContext
+
+        context = SerializationContext(ALERTS_TOPIC, MessageField.VALUE)
+        start = time.monotonic()
+        for item in MonitoringTraffic():
+            if self.stop.is_set() or (self.limit is not None and self.produced >= self.limit):
+                break
+            if item.kind == "bad":
+                self.producer.produce(ALERTS_TOPIC, key=item.key, value=item.raw)
+            elif item.kind == "check":
+                assert item.event is not None
+                self.producer.produce(CHECKS_TOPIC, key=item.key, value=as_json(item.event))
+            else:
+                assert item.event is not None
+                event = {k: v for k, v in item.event.items() if k != "runbook_url"}
+                self.producer.produce(
+                    ALERTS_TOPIC, key=item.key, value=self.serialize(event, context)
+                )
+            self.produced += 1
+            self.producer.poll(0)
+            delay = start + self.produced / self.rate - time.monotonic()
+            if delay > 0:
+                self.stop.wait(delay)
+        self.producer.flush(30)
+
+
+def _lag(consumer: Consumer, committed: dict[tuple[str, int], int]) -> int:
+    lag = 0
+    for topic in (ALERTS_TOPIC, CHECKS_TOPIC):
+        for partition in consumer.list_topics(topic, timeout=5).topics[topic].partitions:
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
+            lag += max(0, high - committed.get((topic, partition), 0))
+    return lag
+
+
+def _summary(stats: Stats, produced: int, lag: int, fake: FakeIncidentIo, elapsed: float) -> str:
+    answers = fake.answers
+    return "\n".join(
+        [
+            f"streamer demo — {elapsed:5.0f} s   (Ctrl-C stops; the engine drains and commits)",
+            "",
+            f"  produced        {produced:>7}",
+            f"  consumed        {stats.consumed:>7}",
+            f"  routed          {stats.routed:>7}   alert events made by the rules",
+            f"  dropped         {stats.dropped:>7}   by the rules, on purpose",
+            f"  delivered       {stats.delivered:>7}   incident.io answered 202",
+            f"  retried         {stats.retried:>7}",
+            f"  dead-lettered   {stats.dead_lettered:>7}   bad input, refused payloads",
+            f"  rate-limit waits{stats.rate_limit_waits:>7}   deliveries held back by the limiter",
+            f"  429s            {stats.rate_limited:>7}",
+            f"  held dest.      {stats.held_destinations:>7}",
+            f"  lag             {lag:>7}   messages not yet committed",
+            "",
+            f"  incident.io double received {sum(1 for a in answers if a.status == 202)} events "
+            f"({len(answers)} requests)",
+        ]
+    )
+
+
+def run_demo(
+    *, events: int | None, rate: float, check: bool, stop: threading.Event, out: TextIO = sys.stdout
+) -> int:
+    """Runs until `stop` is set (the CLI sets it on SIGINT/SIGTERM), or `events` are done."""
+
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
+    log_file = Path(tempfile.gettempdir()) / "streamer-demo.log"
+    logging.basicConfig(
+        filename=log_file,
+        level=logging.INFO,
+        force=True,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    say("starting the local Kafka broker, schema registry and incident.io double…")
+    with (
+        local_infrastructure() as infra,
+        FakeIncidentIo() as fake,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        config_path, sources = demo_config(infra, fake.url, Path(tmp))
+        for source in sources:
+            fake.add_source(source)
+        admin = AdminClient({"bootstrap.servers": infra.bootstrap_servers})
+        for topic in (ALERTS_TOPIC, CHECKS_TOPIC):
+            admin.create_topics([NewTopic(topic, num_partitions=4)])[topic].result(30)
+        say(
+            f"kafka:            {infra.bootstrap_servers}  ({infra.provided_by}); "
+            f"topics {ALERTS_TOPIC}, {CHECKS_TOPIC}"
+        )
+        say(f"schema registry:  {infra.schema_registry_url}")
+        say(
+            f"incident.io fake: {fake.url}/v2/alert_events/http/{{alert_source_config_id}}  "
+            f"(received events: {fake.url}/_fake/events)"
+        )
+        say(f"configuration:    {EXAMPLE} (pointed at the services above)")
+        say(f"service log:      {log_file}")
+        if check:
+            load_config(config_path)
+            return 0
+        return _run(infra, fake, config_path, events, rate, stop, out)
+
+
+def _run(
+    infra: Infrastructure,
+    fake: FakeIncidentIo,
+    config_path: Path,
+    events: int | None,
+    rate: float,
+    interrupted: threading.Event,
+    out: TextIO,
+) -> int:
+    stop = threading.Event()
+    engine: Engine | None = None
+    engine_thread: threading.Thread | None = None
+    producer = TrafficProducer(infra, rate, events)
+    watcher = Consumer({"bootstrap.servers": infra.bootstrap_servers, "group.id": "demo-lag"})
+    tty = out.isatty()
+    started = time.monotonic()
+
+    def show(final: bool = False) -> int:
+        committed = dict(engine.stats.committed) if engine else {}
+        lag = _lag(watcher, committed)
+        stats = engine.stats if engine else Stats()
+        text = _summary(stats, producer.produced, lag, fake, time.monotonic() - started)
+        out.write(("\x1b[H\x1b[2J" if tty and not final else "") + text + "\n\n")
+        out.flush()
+        return lag
+
+    def done(lag: int) -> bool:
+        return (
+            events is not None
+            and producer.produced >= events
+            and not producer.is_alive()
+            and lag == 0
+        )
+
+    try:
+        engine = Engine(load_config(config_path))
+        engine_thread = threading.Thread(
+            target=engine.run, args=(stop,), name="engine", daemon=True
+        )
+        engine_thread.start()
+        producer.start()
+        last_shown = 0.0
+        while engine_thread.is_alive() and not interrupted.wait(0.5):
+            if tty or time.monotonic() - last_shown >= 5:
+                last_shown = time.monotonic()
+                if done(show()):
+                    break
+            elif done(_lag(watcher, dict(engine.stats.committed))):
+                break
+    finally:
+        producer.stop.set()
+        if producer.is_alive():
+            producer.join(30)
+        stop.set()  # the engine drains within its grace period and commits
+        if engine_thread is not None:
+            engine_thread.join(60)
+    lag = show(final=True)
+    watcher.close()
+    return 0 if (events is None or lag == 0) else 1
