@@ -167,6 +167,7 @@ def run_demo(
         force=True,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     say("starting the local Kafka broker, schema registry and incident.io double…")
     with (
         local_infrastructure() as infra,

@@ -134,7 +134,9 @@ class Engine:
         self.reloader = ConfigReloader(config)
         self.settings: DeliverySettings = config.file.delivery
         self.clock, self.wall_clock = clock, wall_clock
-        self.consumer = consumer or Consumer(consumer_settings(config))
+        self.consumer = consumer or Consumer(
+            {**consumer_settings(config), "on_commit": self._on_commit}
+        )
         self.producer = producer or Producer(
             {**kafka_settings(config), "enable.idempotence": True, "acks": "all"}
         )
@@ -159,7 +161,11 @@ class Engine:
         self._backpressure = False
         self._registry_blocked: dict[Partition, float] = {}  # partition -> resume at
         self._partition_counts: dict[str, int] = {}
+        # Offsets the broker confirmed, and ones sent but not yet confirmed. A commit can
+        # fail (mid-rebalance the generation changes under it): only a confirmed offset
+        # counts, so a failed one is sent again even if nothing new became terminal.
         self._committed: dict[Partition, int] = {}
+        self._committing: dict[Partition, int] = {}
         self._last_commit = clock()
         self._terminal_since_commit = 0
         self._last_reload_check = clock()
@@ -220,9 +226,19 @@ class Engine:
 
     def _step(self, *, consume: bool) -> None:
         timeout = 0.01 if (self._busy_workers or self._timers) else 0.1
-        if consume:
-            for message in self.consumer.consume(500, timeout):
+        room = self.settings.max_unfinished - self.ledger.unfinished()
+        if consume and room > 0:
+            # Never fetch past the cap: a batch larger than the room left would overshoot
+            # it before the pause below takes effect.
+            for message in self.consumer.consume(min(500, room), timeout):
                 self._ingest(message)
+        elif consume:
+            # At the cap: still serve rebalance callbacks. Partitions are paused, but one
+            # just assigned may hand over a message; it is ingested, never dropped.
+            handed_over = self.consumer.poll(0)
+            if handed_over is not None:
+                self._ingest(handed_over)
+            time.sleep(timeout)
         else:
             time.sleep(timeout / 2)
         self.producer.poll(0)
@@ -518,21 +534,42 @@ class Engine:
         offsets = [
             TopicPartition(p[0], p[1], o)
             for p, o in self.ledger.commit_offsets().items()
-            if (wanted is None or p in wanted) and o != self._committed.get(p)
+            if (wanted is None or p in wanted)
+            and o != self._committed.get(p)
+            and (force or o != self._committing.get(p))
         ]
         if not offsets:
             return
         try:
-            if force:
-                self.consumer.commit(offsets=offsets, asynchronous=False)
+            if force:  # on revoke and shutdown: wait for the broker's answer
+                self._on_commit(None, self.consumer.commit(offsets=offsets, asynchronous=False))
             else:
+                for tp in offsets:
+                    self._committing[(tp.topic, tp.partition)] = tp.offset
                 self.consumer.commit(offsets=offsets, asynchronous=True)
         except Exception as e:  # e.g. no coordinator mid-rebalance: the next commit retries
-            log.warning("commit failed: %s", e)
-            return
-        for tp in offsets:
-            self._committed[(tp.topic, tp.partition)] = tp.offset
-            self.stats.committed[(tp.topic, tp.partition)] = tp.offset
+            for tp in offsets:
+                self._committing.pop((tp.topic, tp.partition), None)
+            log.warning("commit failed, will retry: %s", e)
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """The broker's answer to a commit (librdkafka calls this on the poll thread)."""
+        failed = []
+        for tp in partitions:
+            partition = (tp.topic, tp.partition)
+            if self._committing.get(partition) == tp.offset:
+                del self._committing[partition]
+            if error is not None or tp.error is not None:
+                failed.append(f"{tp.topic}[{tp.partition}]@{tp.offset}")
+            elif partition in self.ledger.partitions:
+                self._committed[partition] = tp.offset
+                self.stats.committed[partition] = tp.offset
+        if failed:
+            log.warning(
+                "commit of %s failed (%s); it is sent again at the next commit",
+                ", ".join(failed),
+                error or "per-partition errors",
+            )
 
     # -- backpressure ----------------------------------------------------------------------
 
@@ -583,6 +620,7 @@ class Engine:
         for p in revoked:
             self.ledger.revoke(p)
             self._committed.pop(p, None)
+            self._committing.pop(p, None)
             self._registry_blocked.pop(p, None)
         self._drop_queued(revoked)
         log.info("revoked %s (%d events left to the next owner)", _names(partitions), left)
@@ -593,6 +631,7 @@ class Engine:
         for p in lost:  # another member owns them now: commit nothing
             self.ledger.lose(p)
             self._committed.pop(p, None)
+            self._committing.pop(p, None)
             self._registry_blocked.pop(p, None)
         self._drop_queued(lost)
         log.warning("lost %s: nothing committed for them", _names(partitions))

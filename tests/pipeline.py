@@ -8,7 +8,6 @@ waits on a condition (with a generous limit), never on time.
 from __future__ import annotations
 
 import json
-import textwrap
 import threading
 import time
 import uuid
@@ -17,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -63,30 +63,46 @@ class Pipeline:
         for name, value in {**TOKENS, **(tokens or {})}.items():
             monkeypatch.setenv(name, value)
         self.config_path = tmp_path / "streamer.yaml"
-        self.config_path.write_text(
-            textwrap.dedent(f"""\
-            kafka:
-              bootstrap_servers: {infra.bootstrap_servers}
-              group_id: {self.group}
-              dead_letter_topic: {self.dlq}
-            reader_schema: {SCHEMA}
-            topics: [{{name: {self.topic}, format: json}}]
-            destinations:
-              a: {{alert_source_config_id: SRC_A, token: {{env: TEST_TOKEN_A}}, url: "{fake.url}"}}
-              b: {{alert_source_config_id: SRC_B, token: {{env: TEST_TOKEN_B}}, url: "{fake.url}"}}
-            delivery:
-              commit_interval_seconds: 0.2
-              hold_retry_seconds: 0.5
-              backoff_base_seconds: 0.05
-              backoff_cap_seconds: 0.5
-              revoke_drain_seconds: 5
-              shutdown_grace_seconds: 10
-            {textwrap.indent(textwrap.dedent(delivery), "  ").strip() if delivery else ""}
-            routes:
-              - {{name: to-b, match: ['labels.team = b'], destination: b}}
-              - {{name: to-a, destination: a}}
-            """)
-        )
+        # Limits far above what tests send: tests that are about limits set their own.
+        destination = {
+            "token": {"env": "TEST_TOKEN_A"},
+            "url": fake.url,
+            "events_per_minute": 1_000_000,
+        }
+        config = {
+            "kafka": {
+                "bootstrap_servers": infra.bootstrap_servers,
+                "group_id": self.group,
+                "dead_letter_topic": self.dlq,
+                # a killed member's partitions move on after 6 s, not 45
+                "properties": {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000},
+            },
+            "reader_schema": str(SCHEMA),
+            "topics": [{"name": self.topic, "format": "json"}],
+            "destinations": {
+                "a": {**destination, "alert_source_config_id": "SRC_A"},
+                "b": {
+                    **destination,
+                    "alert_source_config_id": "SRC_B",
+                    "token": {"env": "TEST_TOKEN_B"},
+                },
+            },
+            "delivery": {
+                "commit_interval_seconds": 0.2,
+                "hold_retry_seconds": 0.5,
+                "backoff_base_seconds": 0.05,
+                "backoff_cap_seconds": 0.5,
+                "revoke_drain_seconds": 5,
+                "shutdown_grace_seconds": 10,
+                "requests_per_minute_per_api_key": 1_000_000,
+                **(yaml.safe_load(delivery) if delivery else {}),
+            },
+            "routes": [
+                {"name": "to-b", "match": ["labels.team = b"], "destination": "b"},
+                {"name": "to-a", "destination": "a"},
+            ],
+        }
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.producer = Producer({"bootstrap.servers": infra.bootstrap_servers})
         self.engine: Engine | None = None
         self._stop = threading.Event()
@@ -125,6 +141,8 @@ class Pipeline:
             if self._thread is not None and not self._thread.is_alive():
                 raise AssertionError(f"the engine died while waiting for {what}")
             if time.monotonic() > deadline:
+                if "committed" in what:
+                    what += f" (committed {self.committed()}, end {self.end_offsets()})"
                 raise AssertionError(
                     f"not within {limit:.0f} s: {what}; stats {self.engine and self.engine.stats}"
                 )
@@ -190,3 +208,33 @@ class Pipeline:
         finally:
             consumer.close()
         return letters
+
+
+class ServiceProcess:
+    """`streamer run` as its own process, as it runs in production (signals, exit codes)."""
+
+    def __init__(self, pipeline: Pipeline, log_path: Path) -> None:
+        import os
+        import subprocess
+        import sys
+
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        env = {**os.environ, **TOKENS}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streamer", "run", "--config", str(pipeline.config_path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+    def signal(self, number: int) -> None:
+        self.process.send_signal(number)
+
+    def wait(self, timeout: float = 60) -> int:
+        code = self.process.wait(timeout)
+        self._log.close()
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
