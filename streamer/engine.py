@@ -77,6 +77,7 @@ class Stats:
     rate_limit_waits: int = 0  # deliveries our own limiter held back
     dead_lettered: int = 0
     held_destinations: int = 0
+    pauses: int = 0  # times consumption paused at the in-flight cap
     committed: dict[Partition, int] = field(default_factory=dict)
 
 
@@ -579,6 +580,7 @@ class Engine:
         assigned = [TopicPartition(*p) for p in self.ledger.partitions]
         if not self._backpressure and unfinished >= cap:
             self._backpressure = True
+            self.stats.pauses += 1
             self.consumer.pause(assigned)
             log.info("%d events in flight (cap %d): consumption paused", unfinished, cap)
         elif self._backpressure and unfinished <= cap * 0.8:

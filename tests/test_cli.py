@@ -102,3 +102,22 @@ def test_demo_stops_cleanly_on_a_signal_even_from_a_script(infrastructure, signa
             break
     process.send_signal(signal_number)
     assert process.wait(timeout=30) == 0
+
+
+def test_run_with_an_unreachable_broker_fails_clearly_after_a_bounded_wait(tmp_path) -> None:
+    from tests.rules_helpers import HEADER
+
+    config = tmp_path / "streamer.yaml"
+    config.write_text("kafka: {bootstrap_servers: '127.0.0.1:1'}\n" + HEADER + "routes: []\n")
+    env = {**os.environ, "TOKEN_A": "a", "TOKEN_B": "b"}
+    result = run("run", "--config", str(config), "--startup-timeout", "2", env=env)
+    assert result.returncode == 2
+    assert "the Kafka brokers at 127.0.0.1:1 did not answer within 2 s" in result.stderr
+
+
+def test_run_refuses_an_invalid_configuration_before_consuming(tmp_path) -> None:
+    config = tmp_path / "streamer.yaml"
+    config.write_text("topics: []\n")
+    result = run("run", "--config", str(config))
+    assert result.returncode == 1
+    assert "topics: must list at least one topic" in result.stderr
