@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -72,11 +72,21 @@ class KafkaSettings(_Model):
     bootstrap_servers: str = "localhost:9092"
     group_id: str = "streamer"
     dead_letter_topic: str = "streamer.dead-letters"
-    properties: dict[str, str | int | float | bool] = {}  # any librdkafka property
+    # Any librdkafka property (TLS, mTLS, SASL mechanism and username, OAUTHBEARER/OIDC
+    # settings, timeouts), for the consumer and the dead-letter producer alike ...
+    properties: dict[str, str | int | float | bool] = {}
+    # ... and those that are secrets (sasl.password, ssl.key.password,
+    # sasl.oauthbearer.client.secret), read from an environment variable or a file.
+    secret_properties: dict[str, TokenSource] = {}
 
 
 class SchemaRegistrySettings(_Model):
     url: str
+    # confluent-kafka's SchemaRegistryClient settings: ssl.ca.location,
+    # ssl.certificate.location, ssl.key.location, basic.auth.credentials.source ...
+    properties: dict[str, str] = {}
+    # ... and secret ones (basic.auth.user.info as "user:password"), from env or a file.
+    secret_properties: dict[str, TokenSource] = {}
 
 
 class DeliverySettings(_Model):
@@ -153,6 +163,8 @@ class Config:
     rules: Rules
     reader_schema: dict[str, Any]
     tokens: Mapping[str, SecretStr]  # destination name -> token
+    kafka_secrets: Mapping[str, SecretStr] = field(default_factory=dict)
+    registry_secrets: Mapping[str, SecretStr] = field(default_factory=dict)
 
 
 Loc = tuple[str | int, ...]
@@ -488,9 +500,40 @@ def load_config(path: str | Path, *, check_secrets: bool = True) -> Config:
                 tokens[name] = SecretStr(_read_token(destination.token, base))
             except ValueError as e:
                 problems.add(token_loc, str(e))
+    kafka_secrets = _secrets(
+        config.kafka.secret_properties,
+        ("kafka", "secret_properties"),
+        base,
+        problems,
+        check_secrets,
+    )
+    registry_secrets = _secrets(
+        config.schema_registry.secret_properties if config.schema_registry else {},
+        ("schema_registry", "secret_properties"),
+        base,
+        problems,
+        check_secrets,
+    )
     rules = _RulesCompiler(config, _SchemaPaths(reader_schema), problems).rules()
     problems.raise_if_any()
-    return Config(path, config, rules, reader_schema, tokens)
+    return Config(path, config, rules, reader_schema, tokens, kafka_secrets, registry_secrets)
+
+
+def _secrets(
+    sources: Mapping[str, TokenSource], loc: Loc, base: Path, problems: _Problems, check: bool
+) -> dict[str, SecretStr]:
+    out: dict[str, SecretStr] = {}
+    for name, source in sources.items():
+        if (source.env is None) == (source.file is None):
+            problems.add(
+                (*loc, name), "give exactly one of env: (a variable name) or file: (a path)"
+            )
+        elif check:
+            try:
+                out[name] = SecretStr(_read_token(source, base))
+            except ValueError as e:
+                problems.add((*loc, name), str(e))
+    return out
 
 
 _SECTION_TYPES: dict[str, Any] = {

@@ -102,22 +102,24 @@ class _DestinationState:
 
 
 def kafka_settings(config: Config) -> dict[str, Any]:
-    """librdkafka settings shared by the consumer and the dead-letter producer."""
+    """librdkafka settings shared by the consumer, the dead-letter producer and start-up
+    checks; secrets come from the environment or files, never from the file itself."""
     return {
         "bootstrap.servers": config.file.kafka.bootstrap_servers,
         **config.file.kafka.properties,
+        **{k: v.get_secret_value() for k, v in config.kafka_secrets.items()},
     }
 
 
 def consumer_settings(config: Config) -> dict[str, Any]:
+    """Defaults an operator may override (properties:), then what no-loss depends on."""
     return {
-        **kafka_settings(config),
-        "group.id": config.file.kafka.group_id,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
-        **{k: v for k, v in config.file.kafka.properties.items()},
+        **kafka_settings(config),
+        "group.id": config.file.kafka.group_id,
+        "enable.auto.commit": False,  # offsets move only behind terminal events
+        "enable.auto.offset.store": False,
     }
 
 
@@ -176,7 +178,12 @@ class Engine:
 
     def _apply_config(self, config: Config) -> None:
         if self._registry is None and config.file.schema_registry is not None:
-            self._registry = RegistryWriterSchemas.connect(config.file.schema_registry.url)
+            registry = config.file.schema_registry
+            self._registry = RegistryWriterSchemas.connect(
+                registry.url,
+                **registry.properties,
+                **{k: v.get_secret_value() for k, v in config.registry_secrets.items()},
+            )
         self._decoders = {}
         for topic in config.file.topics:
             writer = None

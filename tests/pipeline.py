@@ -52,6 +52,7 @@ class Pipeline:
         partitions: int = 3,
         delivery: str = "",
         tokens: dict[str, str] | None = None,
+        kafka: dict[str, Any] | None = None,
         monkeypatch: Any = None,
     ) -> None:
         self.infra, self.fake = infra, fake
@@ -102,6 +103,7 @@ class Pipeline:
                 {"name": "to-a", "destination": "a"},
             ],
         }
+        config["kafka"].update(kafka or {})
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.producer = Producer({"bootstrap.servers": infra.bootstrap_servers})
         self.engine: Engine | None = None

@@ -192,3 +192,84 @@ def test_past_the_in_flight_cap_consumption_pauses_and_resumes_without_loss(
     # librdkafka drops prefetched messages on pause: the seek on resume must not skip any
     assert len(fake.events) == len(events)
     assert pipeline.delivered_statuses() == expected_statuses(events)
+
+
+def sasl_settings(infrastructure, password_env: str) -> dict:
+    assert infrastructure.sasl_bootstrap_servers, (
+        "this broker has no SASL listener: with an external broker, name one in "
+        "KAFKA_SASL_BOOTSTRAP_SERVERS"
+    )
+    return {
+        "bootstrap_servers": infrastructure.sasl_bootstrap_servers,
+        "properties": {
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": "SCRAM-SHA-256",
+            "sasl.username": "streamer-test",
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1000,
+        },
+        "secret_properties": {"sasl.password": {"env": password_env}},
+    }
+
+
+def test_the_pipeline_runs_over_sasl_scram(infrastructure, fake, tmp_path, monkeypatch) -> None:
+    infrastructure.add_scram_user("streamer-test", "scram-secret-42")
+    monkeypatch.setenv("TEST_KAFKA_PASSWORD", "scram-secret-42")
+    events = flapping(hosts=3, flips=2)
+    pipeline = Pipeline(
+        infrastructure,
+        fake,
+        tmp_path,
+        monkeypatch=monkeypatch,
+        kafka=sasl_settings(infrastructure, "TEST_KAFKA_PASSWORD"),
+    )
+    pipeline.produce([*events, b"not an event"])
+    pipeline.start()
+    try:
+        pipeline.wait_for(lambda: len(fake.events) >= len(events), "alerts delivered over SASL")
+        # the dead-letter producer authenticates with the same settings
+        [(_, value, headers)] = pipeline.dead_letters(expected=1)
+        assert value == b"not an event" and headers["reason"].startswith("decode:")
+        assert_everything_committed(pipeline)
+    finally:
+        pipeline.stop()
+    assert pipeline.delivered_statuses() == expected_statuses(events)
+
+
+def test_a_wrong_sasl_password_fails_at_start_up_without_printing_it(
+    infrastructure, fake, tmp_path, monkeypatch
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    infrastructure.add_scram_user("streamer-test", "scram-secret-42")
+    monkeypatch.setenv("TEST_KAFKA_PASSWORD", "not-the-password-77")
+    pipeline = Pipeline(
+        infrastructure,
+        fake,
+        tmp_path,
+        monkeypatch=monkeypatch,
+        kafka=sasl_settings(infrastructure, "TEST_KAFKA_PASSWORD"),
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streamer",
+            "run",
+            "--config",
+            str(pipeline.config_path),
+            "--startup-timeout",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ},
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert (
+        "did not answer" in result.stderr and infrastructure.sasl_bootstrap_servers in result.stderr
+    )
+    assert "not-the-password-77" not in result.stdout + result.stderr

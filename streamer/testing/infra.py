@@ -55,6 +55,24 @@ class Infrastructure:
     bootstrap_servers: str
     schema_registry_url: str  # Confluent-compatible base URL (Apicurio's /apis/ccompat/v7)
     provided_by: str  # "external", "docker" or "podman (local images)"
+    # A SASL_PLAINTEXT (SCRAM) listener of the same broker; None for an external broker
+    # unless KAFKA_SASL_BOOTSTRAP_SERVERS names one.
+    sasl_bootstrap_servers: str | None = None
+
+    def add_scram_user(self, user: str, password: str, mechanism: str = "SCRAM-SHA-256") -> None:
+        """Creates (or updates) SCRAM credentials through the admin API."""
+        from confluent_kafka.admin import AdminClient
+        from confluent_kafka.admin._scram import (
+            ScramCredentialInfo,
+            ScramMechanism,
+            UserScramCredentialUpsertion,
+        )
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+        info = ScramCredentialInfo(ScramMechanism[mechanism.replace("-", "_")], 4096)
+        upsert = UserScramCredentialUpsertion(user, info, password.encode())
+        for future in admin.alter_user_scram_credentials([upsert]).values():
+            future.result(30)
 
 
 def _free_port() -> int:
@@ -102,19 +120,34 @@ class KafkaBroker:
     """
 
     def __init__(self, image: str, host: str = "127.0.0.1", partitions: int = 4) -> None:
-        self.port = _free_port()
+        self.port, self.sasl_port = _free_port(), _free_port()
         self.host = host
         self.container = _container_class()(image)
         self.container.with_bind_ports(self.port, self.port)
+        self.container.with_bind_ports(self.sasl_port, self.sasl_port)
         self.container.with_kwargs(labels={_LABEL: str(os.getpid())})
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
         self.container.with_envs(
             KAFKA_NODE_ID="1",
             KAFKA_PROCESS_ROLES="broker,controller",
-            KAFKA_LISTENERS=f"PLAINTEXT://0.0.0.0:{self.port},CONTROLLER://localhost:9093",
-            KAFKA_ADVERTISED_LISTENERS=f"PLAINTEXT://{host}:{self.port}",
+            KAFKA_LISTENERS=(
+                f"PLAINTEXT://0.0.0.0:{self.port},"
+                f"SASL_PLAINTEXT://0.0.0.0:{self.sasl_port},CONTROLLER://localhost:9093"
+            ),
+            KAFKA_ADVERTISED_LISTENERS=(
+                f"PLAINTEXT://{host}:{self.port},SASL_PLAINTEXT://{host}:{self.sasl_port}"
+            ),
             KAFKA_CONTROLLER_LISTENER_NAMES="CONTROLLER",
-            KAFKA_LISTENER_SECURITY_PROTOCOL_MAP="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            KAFKA_LISTENER_SECURITY_PROTOCOL_MAP=(
+                "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT"
+            ),
+            KAFKA_INTER_BROKER_LISTENER_NAME="PLAINTEXT",
             KAFKA_CONTROLLER_QUORUM_VOTERS="1@localhost:9093",
+            # A second listener authenticating with SCRAM, for the clients' SASL settings;
+            # users are added with `add_scram_user` (the admin API works on every image).
+            KAFKA_SASL_ENABLED_MECHANISMS="SCRAM-SHA-256,SCRAM-SHA-512",
+            KAFKA_LISTENER_NAME_SASL__PLAINTEXT_SCRAM___SHA___256_SASL_JAAS_CONFIG=scram,
+            KAFKA_LISTENER_NAME_SASL__PLAINTEXT_SCRAM___SHA___512_SASL_JAAS_CONFIG=scram,
             KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR="1",
             KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR="1",
             KAFKA_TRANSACTION_STATE_LOG_MIN_ISR="1",
@@ -240,8 +273,11 @@ def local_infrastructure(*, partitions: int = 4) -> Iterator[Infrastructure]:
     """Yields a ready broker and registry; see the module docstring for which ones."""
     external_kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     external_registry = os.environ.get("SCHEMA_REGISTRY_URL")
+    external_sasl = os.environ.get("KAFKA_SASL_BOOTSTRAP_SERVERS")
     if external_kafka and external_registry:
-        yield Infrastructure(external_kafka, external_registry.rstrip("/"), "external")
+        yield Infrastructure(
+            external_kafka, external_registry.rstrip("/"), "external", external_sasl
+        )
         return
     with ExitStack() as stack:
         if _docker_engine_reachable():
@@ -268,4 +304,5 @@ def local_infrastructure(*, partitions: int = 4) -> Iterator[Infrastructure]:
             external_kafka or (broker.bootstrap_servers if broker else ""),
             (external_registry or (registry.url if registry else "")).rstrip("/"),
             provided_by,
+            external_sasl or (f"{broker.host}:{broker.sasl_port}" if broker else None),
         )
