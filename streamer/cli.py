@@ -241,6 +241,39 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _when(text: str) -> object:
+    from datetime import UTC, datetime
+
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time (e.g. 2026-11-26T09:00:00+00:00)"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    import json
+
+    from streamer.config import ConfigError, load_config
+    from streamer.replay import ReplayFilter, replay
+
+    try:
+        config = load_config(args.config, check_secrets=False)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    wanted = ReplayFilter(since=args.since, until=args.until, key=args.key, reason=args.reason)
+    try:
+        report = replay(config, wanted, to_topic=args.to_topic, dry_run=args.dry_run)
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"dry_run": args.dry_run, **report.as_json()}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streamer",
@@ -383,6 +416,48 @@ def build_parser() -> argparse.ArgumentParser:
         "--explain", action="store_true", help="also say why each route did or did not match"
     )
     test.set_defaults(func=cmd_rules_test)
+
+    dlq = commands.add_parser(
+        "dlq",
+        help="work with the dead-letter topic",
+        description="Tools for the dead-letter topic (kafka.dead_letter_topic).",
+    )
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="COMMAND")
+    replay = dlq_commands.add_parser(
+        "replay",
+        help="re-send dead letters to their source topic after a fix",
+        description=(
+            "Reads the dead-letter topic up to its current end, keeps the letters matching "
+            "the filters, and produces each original key, value and headers again to the "
+            "topic it came from (or --to-topic), where the service consumes it as new. "
+            "Commits nothing; every run re-sends what matches, so filter narrowly. Prints a "
+            "JSON report."
+        ),
+    )
+    replay.add_argument("--config", required=True, metavar="FILE", help="the YAML configuration")
+    replay.add_argument(
+        "--since",
+        type=_when,
+        metavar="TIME",
+        help="only letters dead-lettered at or after TIME (ISO 8601; UTC if no zone)",
+    )
+    replay.add_argument(
+        "--until", type=_when, metavar="TIME", help="only letters dead-lettered before TIME"
+    )
+    replay.add_argument("--key", help="only letters whose Kafka key is KEY")
+    replay.add_argument(
+        "--reason",
+        metavar="PREFIX",
+        help="only letters whose reason starts with PREFIX "
+        "(http-422, http-4, decode:, template, gave-up)",
+    )
+    replay.add_argument(
+        "--to-topic", metavar="TOPIC", help="produce to TOPIC instead of each letter's source topic"
+    )
+    replay.add_argument(
+        "--dry-run", action="store_true", help="report what would be replayed, produce nothing"
+    )
+    replay.set_defaults(func=cmd_dlq_replay)
 
     fake = commands.add_parser(
         "fake-incident-io",
