@@ -273,3 +273,50 @@ def test_a_wrong_sasl_password_fails_at_start_up_without_printing_it(
         "did not answer" in result.stderr and infrastructure.sasl_bootstrap_servers in result.stderr
     )
     assert "not-the-password-77" not in result.stdout + result.stderr
+
+
+def test_an_unreachable_registry_delays_but_never_dead_letters(
+    infrastructure, fake, tmp_path, monkeypatch
+) -> None:
+    import json
+    from urllib.parse import urlsplit
+
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    from streamer.decoding import load_schema
+    from streamer.testing.events import check
+    from tests.pipeline import SCHEMA, TcpForwarder
+
+    registry = urlsplit(infrastructure.schema_registry_url)
+    path = TcpForwarder(registry.hostname, registry.port)
+    pipeline = Pipeline(infrastructure, fake, tmp_path, monkeypatch=monkeypatch)
+    # the topic is Confluent-framed and the registry is reached through the switchable path
+    text = pipeline.config_path.read_text().replace("format: json", "format: confluent")
+    text += f"schema_registry: {{url: 'http://127.0.0.1:{path.port}{registry.path}'}}\n"
+    pipeline.config_path.write_text(text)
+    serialize = AvroSerializer(
+        SchemaRegistryClient({"url": infrastructure.schema_registry_url}),
+        json.dumps(load_schema(SCHEMA)),
+    )
+    context = SerializationContext(pipeline.topic, MessageField.VALUE)
+    events = [check(host=f"db-{i}", check_name="disk", state="CRITICAL") for i in range(5)]
+    for event in events:
+        pipeline.producer.produce(
+            pipeline.topic, key=event["check"]["host"], value=serialize(event, context)
+        )
+    pipeline.producer.flush(10)
+    pipeline.start()
+    try:
+        pipeline.wait_for(lambda: pipeline.engine._registry_blocked, "a partition blocked")
+        assert fake.events == [] and pipeline.engine.stats.dead_lettered == 0
+        assert sum(pipeline.committed().values()) == 0  # nothing passed the blocked events
+        path.open()  # the registry is reachable again
+        pipeline.wait_for(lambda: len(fake.events) == len(events), "all delivered after recovery")
+        assert_everything_committed(pipeline)
+    finally:
+        pipeline.stop()
+        path.close()
+    assert pipeline.engine.stats.dead_lettered == 0
+    assert pipeline.dead_letters(expected=0) == []
