@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Downloads (Maven jars, podman state) are cached here, so warm runs do not fetch again.
 export STREAMER_CACHE_DIR := $(CURDIR)/.cache
 
-.PHONY: demo test lint unit install clean bench-decoding bench-routing
+.PHONY: demo test lint unit install clean bench-decoding bench-routing bench-delivery bench-memory
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +42,11 @@ bench-decoding: $(BIN)/.installed
 ## bench-routing: routing + rendering throughput, 50 routes, against plain dict look-ups
 bench-routing: $(BIN)/.installed
 	$(BIN)/python bench/routing.py
+
+## bench-delivery: end-to-end throughput vs a raw httpx loop, latency, rate-limit fidelity (~4 min)
+bench-delivery: $(BIN)/.installed
+	$(BIN)/python bench/delivery.py
+
+## bench-memory: resident memory with a million-event backlog and a slow sink (~3 min)
+bench-memory: $(BIN)/.installed
+	$(BIN)/python bench/memory.py

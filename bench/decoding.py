@@ -62,8 +62,9 @@ def best_rate(loop: Callable[[], None], n: int, rounds: int) -> list[float]:
     return rates
 
 
-def measure(name: str, payloads: list[bytes], decoder: EventDecoder,
-            writer: Any, reader: Any, rounds: int) -> None:
+def measure(
+    name: str, payloads: list[bytes], decoder: EventDecoder, writer: Any, reader: Any, rounds: int
+) -> None:
     def ours() -> None:
         for payload in payloads:
             decoder.decode(payload)
@@ -77,8 +78,9 @@ def measure(name: str, payloads: list[bytes], decoder: EventDecoder,
         ours_rates += best_rate(ours, len(payloads), 1)
         raw_rates += best_rate(raw, len(payloads), 1)
     o, r = max(ours_rates), max(raw_rates)
-    print(f"{name:<32} decoder {o:>10,.0f} ev/s   raw fastavro {r:>10,.0f} ev/s   "
-          f"ratio {o / r:.3f}")
+    print(
+        f"{name:<32} decoder {o:>10,.0f} ev/s   raw fastavro {r:>10,.0f} ev/s   ratio {o / r:.3f}"
+    )
 
 
 def main() -> None:
@@ -94,12 +96,15 @@ def main() -> None:
     v1 = load_schema(SCHEMAS / "monitoring_event.v1.avsc")
     v2 = load_schema(SCHEMAS / "monitoring_event.v2.avsc")
     with local_infrastructure() as infra:
-        serialize = AvroSerializer(SchemaRegistryClient({"url": infra.schema_registry_url}),
-                                   json.dumps(v1))
+        serialize = AvroSerializer(
+            SchemaRegistryClient({"url": infra.schema_registry_url}), json.dumps(v1)
+        )
         context = SerializationContext(f"bench-{uuid.uuid4().hex[:6]}", MessageField.VALUE)
         payloads = [serialize(e, context) for e in sample_events(args.events)]
-        print(f"{len(payloads)} events, {sum(map(len, payloads)) / len(payloads):.0f} bytes "
-              f"each on average; best of {args.rounds} rounds")
+        print(
+            f"{len(payloads)} events, {sum(map(len, payloads)) / len(payloads):.0f} bytes "
+            f"each on average; best of {args.rounds} rounds"
+        )
         registry = RegistryWriterSchemas.connect(infra.schema_registry_url)
         parsed_v1, parsed_v2 = fastavro.parse_schema(v1), fastavro.parse_schema(v2)
         for name, reader_schema, reader in (

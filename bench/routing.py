@@ -37,7 +37,9 @@ def config_text() -> str:
         "topics: [{name: events, format: json}]",
         "destinations:",
     ]
-    lines += [f"  team-{i}: {{alert_source_config_id: S{i}, token: {{env: T}}}}" for i in range(ROUTES)]
+    lines += [
+        f"  team-{i}: {{alert_source_config_id: S{i}, token: {{env: T}}}}" for i in range(ROUTES)
+    ]
     lines.append("routes:")
     for i in range(ROUTES):
         lines += [
@@ -46,7 +48,7 @@ def config_text() -> str:
             f"    destination: team-{i}",
             "    templates:",
             "      title: \"[{{ labels.env | default('prod') | upper }}] "
-            "{{ alert.annotations.summary | default(alert.labels.alertname) }}\"",
+            '{{ alert.annotations.summary | default(alert.labels.alertname) }}"',
             "      metadata: {team: '{{ labels.team }}', service: '{{ labels.service }}'}",
         ]
     return "\n".join(lines) + "\n"
@@ -55,12 +57,22 @@ def config_text() -> str:
 def event(i: int, team: str) -> dict[str, Any]:
     t = datetime(2026, 11, 26, tzinfo=UTC)
     return {
-        "event_id": f"e-{i}", "event_time": t, "source_system": "ALERTMANAGER",
-        "severity": "CRITICAL", "labels": {"team": team, "service": f"svc-{i % 7}", "env": "prod"},
-        "alert": {"status": "FIRING", "labels": {"alertname": "HighErrorRate"},
-                  "annotations": {"summary": "errors above 5%"}, "starts_at": t, "ends_at": None,
-                  "generator_url": None, "fingerprint": f"fp-{i % 500}"},
-        "check": None, "runbook_url": None,
+        "event_id": f"e-{i}",
+        "event_time": t,
+        "source_system": "ALERTMANAGER",
+        "severity": "CRITICAL",
+        "labels": {"team": team, "service": f"svc-{i % 7}", "env": "prod"},
+        "alert": {
+            "status": "FIRING",
+            "labels": {"alertname": "HighErrorRate"},
+            "annotations": {"summary": "errors above 5%"},
+            "starts_at": t,
+            "ends_at": None,
+            "generator_url": None,
+            "fingerprint": f"fp-{i % 500}",
+        },
+        "check": None,
+        "runbook_url": None,
     }
 
 
@@ -71,12 +83,15 @@ def raw_route(ev: dict[str, Any]) -> list[dict[str, Any]]:
     for team, severity in RAW_ROUTES:
         if ev["labels"].get("team") == team and severity.fullmatch(ev["severity"]):
             a = ev["alert"]
-            return [{
-                "title": f"[{ev['labels'].get('env', 'prod').upper()}] "
-                         f"{a['annotations'].get('summary') or a['labels']['alertname']}",
-                "status": a["status"].lower(), "deduplication_key": a["fingerprint"],
-                "metadata": {"team": ev["labels"]["team"], "service": ev["labels"]["service"]},
-            }]
+            return [
+                {
+                    "title": f"[{ev['labels'].get('env', 'prod').upper()}] "
+                    f"{a['annotations'].get('summary') or a['labels']['alertname']}",
+                    "status": a["status"].lower(),
+                    "deduplication_key": a["fingerprint"],
+                    "metadata": {"team": ev["labels"]["team"], "service": ev["labels"]["service"]},
+                }
+            ]
     return []
 
 
@@ -100,7 +115,10 @@ def main() -> None:
         ("matched (route + render)", [event(i, f"team-{i % ROUTES}") for i in range(args.events)]),
         ("no-match (filter)", [event(i, "nobody") for i in range(args.events)]),
     ):
-        assert [len(rules.evaluate(e).deliveries) for e in events[:3]] == [len(raw_route(e)) for e in events[:3]]
+        sample = events[:3]
+        assert [len(rules.evaluate(e).deliveries) for e in sample] == [
+            len(raw_route(e)) for e in sample
+        ]
 
         def ours(events: list[dict[str, Any]] = events) -> None:
             for e in events:

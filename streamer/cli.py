@@ -149,6 +149,16 @@ def _check_reachable(config: object, timeout: float) -> str | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # First, before the slow imports: a stop asked for while starting (a pod deleted
+    # during start-up) ends the process cleanly too.
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()  # the engine drains and commits; a second signal is not needed
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
     import logging
 
     from streamer.config import ConfigError, load_config
@@ -167,13 +177,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()  # the engine drains and commits; a second signal is not needed
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
     topics = ", ".join(t.name for t in config.file.topics)
     print(f"streamer: consuming {topics} as group {config.file.kafka.group_id}", flush=True)
     Engine(config).run(stop)

@@ -57,7 +57,7 @@ def demo_config(
         topic["name"] = renamed[topic["name"]]
     config["schema_registry"]["url"] = infra.schema_registry_url
     config["reader_schema"] = str((EXAMPLE.parent / config["reader_schema"]).resolve())
-    config["delivery"] = {"commit_interval_seconds": 0.5}
+    config.setdefault("delivery", {})["commit_interval_seconds"] = 0.5
     sources = []
     for destination in config["destinations"].values():
         destination["url"] = fake_url

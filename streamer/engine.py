@@ -143,9 +143,7 @@ class Engine:
         self.producer = producer or Producer(
             {**kafka_settings(config), "enable.idempotence": True, "acks": "all"}
         )
-        self.http = http or IncidentIoClient(
-            timeout=self.settings.request_timeout_seconds, max_connections=self.settings.workers
-        )
+        self.http = http or IncidentIoClient(timeout=self.settings.request_timeout_seconds)
         self.policy = FailurePolicy(
             Backoff(self.settings.backoff_base_seconds, self.settings.backoff_cap_seconds),
             self.settings.max_retry_seconds,
@@ -233,22 +231,34 @@ class Engine:
             self._shutdown()
 
     def _step(self, *, consume: bool) -> None:
-        timeout = 0.01 if (self._busy_workers or self._timers) else 0.1
+        # While requests are in flight, answers arrive on the results queue: wait there
+        # (woken at once by an answer) instead of inside consume(), which nothing wakes.
+        timeout = 0.01 if self._timers else 0.1
         room = self.settings.max_unfinished - self.ledger.unfinished()
+        fetched = 0
         if consume and room > 0:
             # Never fetch past the cap: a batch larger than the room left would overshoot
             # it before the pause below takes effect.
-            for message in self.consumer.consume(min(500, room), timeout):
+            # consume(n, timeout) waits for a full batch or the timeout: a lone message would
+            # wait the whole timeout. poll() returns as soon as one arrives; then take
+            # whatever else is already fetched without waiting.
+            first = self.consumer.poll(0 if self._busy_workers else timeout)
+            batch = [] if first is None else [first]
+            if first is not None and room > 1:
+                batch += self.consumer.consume(min(500, room - 1), 0)
+            for message in batch:
                 self._ingest(message)
+            fetched = len(batch)
         elif consume:
             # At the cap: still serve rebalance callbacks. Partitions are paused, but one
             # just assigned may hand over a message; it is ingested, never dropped.
             handed_over = self.consumer.poll(0)
             if handed_over is not None:
                 self._ingest(handed_over)
-            time.sleep(timeout)
-        else:
-            time.sleep(timeout / 2)
+        if not fetched:
+            self._collect_results(wait=timeout if self._busy_workers else 0.0)
+            if not self._busy_workers and (not consume or room <= 0):
+                time.sleep(timeout / 2)
         self.producer.poll(0)
         self._collect_results()
         self._fire_timers()
@@ -370,12 +380,16 @@ class Engine:
 
         self._workers.submit(post)
 
-    def _collect_results(self) -> None:
+    def _collect_results(self, wait: float = 0.0) -> None:
+        """Handles every answer that arrived; waits up to `wait` s for the first one."""
         while True:
             try:
-                job, answer = self._results.get_nowait()
+                job, answer = (
+                    self._results.get(timeout=wait) if wait else self._results.get_nowait()
+                )
             except queue.Empty:
                 return
+            wait = 0.0
             self._busy_workers -= 1
             self._on_answer(job, answer)
 

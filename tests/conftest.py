@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from streamer.testing import AlertSource, FakeIncidentIo
 from streamer.testing.infra import Infrastructure, local_infrastructure
 
 
@@ -26,6 +27,22 @@ class ManualClock:
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeIncidentIo]:
+    """The incident.io double with the two sources tests/pipeline.py configures, and limits
+    far above what tests send (tests about limits make their own)."""
+    from tests.pipeline import TOKENS
+
+    with FakeIncidentIo(
+        [
+            AlertSource("SRC_A", TOKENS["TEST_TOKEN_A"], events_per_minute=1_000_000),
+            AlertSource("SRC_B", TOKENS["TEST_TOKEN_B"], events_per_minute=1_000_000),
+        ],
+        requests_per_minute_per_token=10_000_000,
+    ) as fake:
+        yield fake
 
 
 @pytest.fixture(scope="session")

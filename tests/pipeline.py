@@ -233,6 +233,10 @@ class ServiceProcess:
     def signal(self, number: int) -> None:
         self.process.send_signal(number)
 
+    def joined(self) -> bool:
+        """It has its signal handlers and took part in a rebalance (it logs "assigned")."""
+        return "assigned" in self.log()
+
     def wait(self, timeout: float = 60) -> int:
         code = self.process.wait(timeout)
         self._log.close()

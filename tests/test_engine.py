@@ -8,26 +8,12 @@ the design says.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from streamer.testing import AlertSource, FakeIncidentIo
 from tests.pipeline import TOKENS, Pipeline, check_event
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeIncidentIo]:
-    with FakeIncidentIo(
-        [
-            AlertSource("SRC_A", TOKENS["TEST_TOKEN_A"], events_per_minute=10_000),
-            AlertSource("SRC_B", TOKENS["TEST_TOKEN_B"], events_per_minute=10_000),
-        ],
-        requests_per_minute_per_token=100_000,
-    ) as fake:
-        yield fake
 
 
 def flapping(hosts: int, flips: int, team: str = "a") -> list[dict]:

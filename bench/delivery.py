@@ -1,0 +1,305 @@
+"""End-to-end delivery: throughput against a raw baseline, latency, rate-limit fidelity.
+
+Run: `make bench-delivery` (or `python bench/delivery.py [--events N] [--latency-seconds S]
+[--fidelity-seconds S]`). Everything runs in one process against the local (or external)
+broker and the incident.io double, so the ratios compare like with like:
+
+1. throughput: N events through the whole pipeline (consume, decode, route, POST, commit)
+   to the double with no rate limit, next to a raw httpx loop POSTing the same payloads
+   to the same double, one after the other on a keep-alive client. Ratio = pipeline/raw.
+2. latency: events produced at a steady 20/s; time from produce to the double's receipt,
+   p50 and p99.
+3. rate-limit fidelity: ten alert sources at 120 events/min each, with more events than
+   that waiting; achieved rate per source over the run, relative to 120/min, and the
+   number of 429s the double (enforcing the same limit) answered. The design target is
+   >= 0.97 of the allowed rate with zero 429s over three minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from streamer.config import load_config
+from streamer.engine import Engine
+from streamer.testing import AlertSource, FakeIncidentIo
+from streamer.testing.infra import Infrastructure, local_infrastructure
+
+SCHEMA = Path(__file__).parent.parent / "schemas" / "monitoring_event.v2.avsc"
+TOKEN = "bench-token"
+WORKERS = 8
+
+
+def event(i: int, team: str, produced_ms: int) -> bytes:
+    return json.dumps(
+        {
+            "event_id": str(uuid.uuid4()),
+            "event_time": produced_ms,
+            "source_system": "ICINGA",
+            "severity": "CRITICAL",
+            "labels": {"team": team},
+            "check": {
+                "host": f"host-{i % 200}",
+                "check": f"c{i}",
+                "state": "CRITICAL",
+                "output": "x",
+            },
+        }
+    ).encode()
+
+
+def pipeline_config(
+    infra: Infrastructure, folder: Path, fake: Any, topic: str, teams: list[str], per_minute: int
+) -> Path:
+    config = {
+        "kafka": {
+            "bootstrap_servers": infra.bootstrap_servers,
+            "group_id": f"bench-{topic}",
+            "dead_letter_topic": f"{topic}-dlq",
+        },
+        "reader_schema": str(SCHEMA),
+        "topics": [{"name": topic, "format": "json"}],
+        "destinations": {
+            t: {
+                "alert_source_config_id": f"SRC-{t}",
+                "token": {"env": "BENCH_TOKEN"},
+                "url": fake.url,
+                "events_per_minute": per_minute,
+            }
+            for t in teams
+        },
+        "delivery": {
+            "requests_per_minute_per_api_key": 10_000_000,
+            "commit_interval_seconds": 0.5,
+            "rate_limit_share": 1.0,
+            "workers": WORKERS,
+        },
+        "routes": [
+            {
+                "name": t,
+                "match": [f"labels.team = {t}"],
+                "destination": t,
+                "templates": {
+                    "metadata": {"event_time_ms": "{{ (event_time.timestamp() * 1000) | int }}"}
+                },
+            }
+            for t in teams
+        ],
+    }
+    path = folder / f"{topic}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def make_topic(infra: Infrastructure, partitions: int = 4) -> str:
+    topic = f"bench-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": infra.bootstrap_servers})
+    admin.create_topics([NewTopic(topic, num_partitions=partitions)])[topic].result(30)
+    return topic
+
+
+def run_engine(config: Path) -> tuple[Engine, threading.Event, threading.Thread]:
+    engine = Engine(load_config(config))
+    stop = threading.Event()
+    thread = threading.Thread(target=engine.run, args=(stop,), daemon=True)
+    thread.start()
+    return engine, stop, thread
+
+
+def wait(condition: Any, limit: float, every: float = 0.01) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit("benchmark did not finish in time")
+        time.sleep(every)
+
+
+class FakeProcess:
+    """The incident.io double in its own process (`streamer fake-incident-io`), as
+    incident.io is: it competes with neither the pipeline nor the raw loop for the GIL."""
+
+    def __init__(self, source: str) -> None:
+        import subprocess
+        import sys
+
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamer",
+                "fake-incident-io",
+                "--port",
+                "0",
+                "--source",
+                f"{source}:{TOKEN}:1000000000",
+                "--per-token-limit",
+                "1000000000",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        self.url = self.process.stdout.readline().split()[-1]
+        self.source = source
+        self._http = httpx.Client(timeout=30)
+
+    def endpoint(self, source: str) -> str:
+        return f"{self.url}/v2/alert_events/http/{source}"
+
+    @property
+    def events(self) -> list[Any]:
+        from types import SimpleNamespace
+
+        body = self._http.get(f"{self.url}/_fake/events").json()
+        return [SimpleNamespace(**e) for e in body["events"]]
+
+    def __enter__(self) -> FakeProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._http.close()
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def throughput(infra: Infrastructure, folder: Path, n: int) -> None:
+    with FakeProcess("SRC-t") as fake:
+        topic = make_topic(infra)
+        producer = Producer({"bootstrap.servers": infra.bootstrap_servers})
+        now = int(time.time() * 1000)
+        for i in range(n):
+            producer.produce(topic, key=str(i % 200), value=event(i, "t", now))
+        producer.flush(60)
+        engine, stop, thread = run_engine(pipeline_config(infra, folder, fake, topic, ["t"], 10**9))
+        start = time.perf_counter()
+        wait(lambda: len(fake.events) >= n, 600, every=0.2)
+        pipeline_s = time.perf_counter() - start
+        stop.set()
+        thread.join(60)
+        payloads = [e.payload for e in fake.events[:n]]
+        with httpx.Client(timeout=10) as client:
+            url = fake.endpoint("SRC-t")
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            start = time.perf_counter()
+            for payload in payloads:
+                client.post(url, json=payload, headers=headers).raise_for_status()
+            raw_s = time.perf_counter() - start
+    ours, raw = n / pipeline_s, n / raw_s
+    print(
+        f"throughput  pipeline {ours:8,.0f} ev/s   raw httpx loop {raw:8,.0f} req/s   "
+        f"ratio {ours / raw:.2f}   ({n} events, engine workers "
+        f"{engine.settings.workers})"
+    )
+
+
+def latency(infra: Infrastructure, folder: Path, seconds: float, rate: float = 20.0) -> None:
+    with FakeProcess("SRC-t") as fake:
+        topic = make_topic(infra)
+        _, stop, thread = run_engine(pipeline_config(infra, folder, fake, topic, ["t"], 10**9))
+        time.sleep(3)  # the group settles before the clock starts
+        producer = Producer({"bootstrap.servers": infra.bootstrap_servers, "linger.ms": 0})
+        n = int(seconds * rate)
+        start = time.monotonic()
+        for i in range(n):
+            produced_ms = int(time.time() * 1000)
+            producer.produce(topic, key=str(i), value=event(i, "t", produced_ms))
+            producer.poll(0)
+            time.sleep(max(0.0, start + (i + 1) / rate - time.monotonic()))
+        producer.flush(10)
+        wait(lambda: len(fake.events) >= n, 120, every=0.2)
+        stop.set()
+        thread.join(60)
+        # event_time is the produce time (ms); received_at is the double's wall clock
+        samples = sorted(
+            (e.received_at - _event_millis(e.payload) / 1000) * 1000 for e in fake.events
+        )
+    p50 = statistics.median(samples)
+    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+    print(
+        f"latency     produce -> incident.io at {rate:.0f} ev/s: p50 {p50:6.1f} ms   "
+        f"p99 {p99:6.1f} ms   ({len(samples)} events)"
+    )
+
+
+def _event_millis(payload: dict[str, Any]) -> int:
+    return int(payload["metadata"]["event_time_ms"])
+
+
+def fidelity(
+    infra: Infrastructure, folder: Path, seconds: float, sources: int = 10, per_minute: int = 120
+) -> None:
+    teams = [f"team{i}" for i in range(sources)]
+    with FakeIncidentIo(
+        [AlertSource(f"SRC-{t}", TOKEN, events_per_minute=per_minute) for t in teams],
+        requests_per_minute_per_token=10**9,
+    ) as fake:
+        topic = make_topic(infra)
+        backlog = int(per_minute * (seconds / 60 + 2))  # always more waiting than allowed
+        producer = Producer({"bootstrap.servers": infra.bootstrap_servers})
+        now = int(time.time() * 1000)
+        for i in range(backlog):
+            for t in teams:
+                producer.produce(topic, key=f"{t}-{i}", value=event(i, t, now))
+        producer.flush(60)
+        _, stop, thread = run_engine(pipeline_config(infra, folder, fake, topic, teams, per_minute))
+        wait(lambda: len(fake.answers) > 0, 60)
+        start = fake.answers[0].at
+        time.sleep(seconds)
+        stop.set()
+        thread.join(60)
+        answers = [a for a in fake.answers if a.at < start + seconds]
+    allowed = per_minute * seconds / 60
+    achieved = [
+        sum(1 for a in answers if a.source_id == f"SRC-{t}" and a.status == 202) for t in teams
+    ]
+    too_many = sum(1 for a in answers if a.status == 429)
+    print(
+        f"rate limit  {sources} sources at {per_minute}/min for {seconds:.0f} s: achieved "
+        f"min {min(achieved) / allowed:.3f}, mean {statistics.mean(achieved) / allowed:.3f} of "
+        f"the allowed rate; 429s: {too_many}"
+    )
+
+
+def main() -> None:
+    global WORKERS
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=3000)
+    parser.add_argument("--latency-seconds", type=float, default=30)
+    parser.add_argument("--fidelity-seconds", type=float, default=180)
+    parser.add_argument("--only", choices=["throughput", "latency", "fidelity"])
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=8,
+        help="delivery workers (concurrent requests) for the pipeline",
+    )
+    args = parser.parse_args()
+    WORKERS = args.workers
+    import os
+
+    os.environ["BENCH_TOKEN"] = TOKEN
+    with local_infrastructure() as infra, tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        if args.only in (None, "throughput"):
+            throughput(infra, folder, args.events)
+        if args.only in (None, "latency"):
+            latency(infra, folder, args.latency_seconds)
+        if args.only in (None, "fidelity"):
+            fidelity(infra, folder, args.fidelity_seconds)
+
+
+if __name__ == "__main__":
+    main()
