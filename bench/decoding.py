@@ -24,7 +24,7 @@ import fastavro
 from streamer.decoding import EventDecoder, RegistryWriterSchemas, load_schema
 from streamer.testing.infra import local_infrastructure
 
-SCHEMAS = Path(__file__).parent.parent / "schemas"
+SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 
 
 def sample_events(n: int) -> list[dict[str, Any]]:

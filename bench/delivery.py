@@ -38,7 +38,7 @@ from streamer.engine import Engine
 from streamer.testing import AlertSource, FakeIncidentIo
 from streamer.testing.infra import Infrastructure, local_infrastructure
 
-SCHEMA = Path(__file__).parent.parent / "schemas" / "monitoring_event.v2.avsc"
+SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "monitoring_event.v2.avsc"
 TOKEN = "bench-token"
 WORKERS = 8
 

@@ -33,7 +33,7 @@ from streamer.engine import Engine
 from streamer.testing import AlertSource, FakeIncidentIo
 from streamer.testing.infra import local_infrastructure
 
-SCHEMA = Path(__file__).parent.parent / "schemas" / "monitoring_event.v2.avsc"
+SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "monitoring_event.v2.avsc"
 
 
 def rss_mib() -> float:

@@ -28,7 +28,7 @@ from typing import Any
 from streamer.config import load_config
 
 ROUTES = 50
-SCHEMA = Path(__file__).parent.parent / "schemas" / "monitoring_event.v2.avsc"
+SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "monitoring_event.v2.avsc"
 
 
 def config_text() -> str:
