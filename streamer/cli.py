@@ -113,7 +113,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        return run_demo(events=args.events, rate=args.rate, check=args.check, stop=stop)
+        return run_demo(
+            events=args.events,
+            rate=args.rate,
+            check=args.check,
+            stop=stop,
+            metrics_port=args.metrics_port,
+        )
     except InfrastructureUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -177,9 +183,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    from streamer.telemetry import Health, Telemetry, serve
+
+    # liveness: the poll loop must turn within librdkafka's max.poll.interval.ms
+    max_poll = float(config.file.kafka.properties.get("max.poll.interval.ms", 300_000)) / 1000
+    telemetry = Telemetry(health=Health(max_poll_interval=max_poll))
+    try:
+        server, url = serve(telemetry, args.metrics_host, args.metrics_port)
+    except OSError as e:
+        print(
+            f"error: cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {e}; "
+            "choose another --metrics-port",
+            file=sys.stderr,
+        )
+        return 2
     topics = ", ".join(t.name for t in config.file.topics)
     print(f"streamer: consuming {topics} as group {config.file.kafka.group_id}", flush=True)
-    Engine(config).run(stop)
+    print(f"metrics: {url}/metrics   health: {url}/livez, {url}/readyz", flush=True)
+    try:
+        Engine(config, telemetry=telemetry).run(stop)
+    finally:
+        server.shutdown()
     return 0
 
 
@@ -311,6 +335,18 @@ def build_parser() -> argparse.ArgumentParser:
         "before exiting with an error (default: %(default)s)",
     )
     run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9464,
+        help="port of /metrics (Prometheus), /livez and /readyz (default: %(default)s; "
+        "0 picks a free one)",
+    )
+    run.add_argument(
+        "--metrics-host",
+        default="0.0.0.0",
+        help="address to serve them on (default: %(default)s, reachable by Kubernetes)",
+    )
+    run.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -344,6 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         metavar="PER_SECOND",
         help="events produced per second (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9464,
+        help="port of /metrics, /livez and /readyz on 127.0.0.1 (default: %(default)s; "
+        "0 picks a free one)",
     )
     demo.add_argument(
         "--check",

@@ -29,6 +29,7 @@ from confluent_kafka.cimpl import NewTopic
 from streamer.config import load_config
 from streamer.decoding import load_schema
 from streamer.engine import Engine, Stats
+from streamer.telemetry import Telemetry, serve
 from streamer.testing import AlertSource, FakeIncidentIo
 from streamer.testing.events import MonitoringTraffic, as_json
 from streamer.testing.infra import Infrastructure, local_infrastructure
@@ -153,7 +154,13 @@ def _summary(stats: Stats, produced: int, lag: int, fake: FakeIncidentIo, elapse
 
 
 def run_demo(
-    *, events: int | None, rate: float, check: bool, stop: threading.Event, out: TextIO = sys.stdout
+    *,
+    events: int | None,
+    rate: float,
+    check: bool,
+    stop: threading.Event,
+    metrics_port: int = 9464,
+    out: TextIO = sys.stdout,
 ) -> int:
     """Runs until `stop` is set (the CLI sets it on SIGINT/SIGTERM), or `events` are done."""
 
@@ -191,10 +198,20 @@ def run_demo(
         )
         say(f"configuration:    {EXAMPLE} (pointed at the services above)")
         say(f"service log:      {log_file}")
-        if check:
-            load_config(config_path)
-            return 0
-        return _run(infra, fake, config_path, events, rate, stop, out)
+        telemetry = Telemetry()
+        try:
+            server, url = serve(telemetry, "127.0.0.1", metrics_port)
+        except OSError as e:
+            say(f"error: cannot serve metrics on port {metrics_port}: {e}; use --metrics-port")
+            return 2
+        say(f"metrics:          {url}/metrics   health: {url}/livez, {url}/readyz")
+        try:
+            if check:
+                load_config(config_path)
+                return 0
+            return _run(infra, fake, config_path, events, rate, stop, out, telemetry)
+        finally:
+            server.shutdown()
 
 
 def _run(
@@ -205,6 +222,7 @@ def _run(
     rate: float,
     interrupted: threading.Event,
     out: TextIO,
+    telemetry: Telemetry,
 ) -> int:
     stop = threading.Event()
     engine: Engine | None = None
@@ -232,7 +250,7 @@ def _run(
         )
 
     try:
-        engine = Engine(load_config(config_path))
+        engine = Engine(load_config(config_path), telemetry=telemetry)
         engine_thread = threading.Thread(
             target=engine.run, args=(stop,), name="engine", daemon=True
         )

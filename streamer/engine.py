@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -48,6 +49,7 @@ from streamer.incident_io import Answer, IncidentIoClient
 from streamer.ledger import DeliveryLedger, Job, OrderingKey, Partition
 from streamer.rate_limit import RollingWindowLimiter, acquire, share_of
 from streamer.reload import ConfigReloader
+from streamer.telemetry import Telemetry
 
 log = logging.getLogger("streamer.engine")
 
@@ -62,6 +64,8 @@ class Delivery:
     payload: dict[str, Any]
     first_attempt_at: float | None = None  # wall clock, for max_retry_seconds
     waited_for_rate_limit: bool = False
+    event_time: float | None = None  # epoch seconds, for end-to-end latency
+    sent_at: float = 0.0  # monotonic, for request duration
 
 
 @dataclass
@@ -133,8 +137,10 @@ class Engine:
         http: IncidentIoClient | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.reloader = ConfigReloader(config)
+        self.telemetry = telemetry or Telemetry()
         self.settings: DeliverySettings = config.file.delivery
         self.clock, self.wall_clock = clock, wall_clock
         self.consumer = consumer or Consumer(
@@ -171,6 +177,7 @@ class Engine:
         self._terminal_since_commit = 0
         self._last_reload_check = clock()
         self._apply_config(config)
+        self._register_gauges()
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -212,6 +219,36 @@ class Engine:
                 state.spec, state.token, state.key_limiter = spec, token, key_limiter
         self._update_shares()
 
+    def _register_gauges(self) -> None:
+        t = self.telemetry
+        t.gauge("streamer.events.in_flight", lambda: [(self.ledger.unfinished(), {})])
+        t.gauge(
+            "streamer.partitions.paused",
+            lambda: [
+                (
+                    len(self.ledger.partitions)
+                    if self._backpressure
+                    else len(self._registry_blocked),
+                    {},
+                )
+            ],
+        )
+        t.gauge("streamer.destinations.held", lambda: [(self.stats.held_destinations, {})])
+
+        def gaps() -> list[tuple[float, dict[str, Any]]]:
+            out = []
+            for p in self.ledger.partitions:
+                next_offset, committable = self.ledger.next_offset(p), self.ledger.commit_offset(p)
+                if next_offset is not None and committable is not None:
+                    attributes = {
+                        "messaging.destination.name": p[0],
+                        "messaging.destination.partition.id": str(p[1]),
+                    }
+                    out.append((float(next_offset - committable), attributes))
+            return out
+
+        t.gauge("streamer.commit.watermark_gap", gaps)
+
     @property
     def config(self) -> Config:
         return self.reloader.current
@@ -231,6 +268,7 @@ class Engine:
             self._shutdown()
 
     def _step(self, *, consume: bool) -> None:
+        self.telemetry.health.progressed()
         # While requests are in flight, answers arrive on the results queue: wait there
         # (woken at once by an answer) instead of inside consume(), which nothing wakes.
         timeout = 0.01 if self._timers else 0.1
@@ -286,6 +324,14 @@ class Engine:
         if partition in self._registry_blocked or partition not in self.ledger.partitions:
             return  # re-fetched after the seek that unblocks it / no longer ours
         self.stats.consumed += 1
+        self.telemetry.consumed.add(
+            1,
+            {
+                "messaging.system": "kafka",
+                "messaging.destination.name": source.topic,
+                "messaging.consumer.group.name": self.config.file.kafka.group_id,
+            },
+        )
         works: list[tuple[OrderingKey | None, Any]] = []
         try:
             event = self._decoders[source.topic].decode(source.value, source.headers)
@@ -296,10 +342,15 @@ class Engine:
             return
         else:
             decision = self.config.rules.evaluate(event)
+            event_time = event.get("event_time")
+            event_epoch = event_time.timestamp() if isinstance(event_time, datetime) else None
             for d in decision.deliveries:
                 body = d.payload.model_dump(exclude_none=True)
                 key = OrderingKey(d.destination, d.payload.deduplication_key or "")
-                works.append((key, Delivery(source, d.route, d.destination, body)))
+                works.append(
+                    (key, Delivery(source, d.route, d.destination, body, event_time=event_epoch))
+                )
+                self.telemetry.routed.add(1, {"route": d.route, "destination": d.destination})
             for f in decision.failures:
                 works.append(
                     (None, DeadLetter(source, "template", f.reason, f.route, f.destination))
@@ -307,6 +358,7 @@ class Engine:
             self.stats.routed += len(decision.deliveries)
             if decision.dropped:
                 self.stats.dropped += 1
+                self.telemetry.dropped.add(1)
         for job in self.ledger.add(partition, source.offset, works):
             self._activate(job)
         if not works:
@@ -356,6 +408,7 @@ class Engine:
                     if not job.work.waited_for_rate_limit:
                         job.work.waited_for_rate_limit = True
                         self.stats.rate_limit_waits += 1
+                        self.telemetry.rate_limit_waits.add(1, {"destination": state.name})
                     break
                 state.ready.popleft()
                 self._send(job, state)
@@ -364,6 +417,7 @@ class Engine:
         delivery: Delivery = job.work
         if delivery.first_attempt_at is None:
             delivery.first_attempt_at = self.wall_clock()
+        delivery.sent_at = self.clock()
         self._busy_workers += 1
         spec, token, payload = state.spec, state.token, delivery.payload
 
@@ -402,6 +456,13 @@ class Engine:
             return
         now_wall = self.wall_clock()
         first = delivery.first_attempt_at or now_wall
+        outcome: dict[str, str | int] = {"destination": state.name, "http.request.method": "POST"}
+        if isinstance(answer, Exception):
+            outcome["error.type"] = type(answer).__name__
+        else:
+            outcome["http.response.status_code"] = answer.status
+        self.telemetry.attempts.add(1, outcome)
+        self.telemetry.request_duration.record(self.clock() - delivery.sent_at, outcome)
         if isinstance(answer, Exception):
             decision = self.policy.decide_error(
                 answer, attempt=job.attempts, first_attempt_at=first, now=now_wall
@@ -424,6 +485,10 @@ class Engine:
             self.stats.held_destinations -= 1
         if isinstance(decision, Accepted):
             self.stats.delivered += 1
+            if delivery.event_time is not None:
+                self.telemetry.latency.record(
+                    max(0.0, now_wall - delivery.event_time), {"destination": state.name}
+                )
             self._finish(job)
         elif isinstance(decision, RateLimited):
             self.stats.rate_limited += 1
@@ -498,6 +563,7 @@ class Engine:
         def acknowledged(error: KafkaError | None, _: Message) -> None:
             if error is None:
                 self.stats.dead_lettered += 1
+                self.telemetry.dead_lettered.add(1, {"reason": letter.reason})
                 log.error(
                     "dead-lettered %s[%d]@%d: %s %s",
                     message.topic,
@@ -624,6 +690,7 @@ class Engine:
     # -- rebalance -------------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.telemetry.health.joined = True  # an empty assignment is a joined member too
         for tp in partitions:
             self.ledger.assign((tp.topic, tp.partition))
         log.info("assigned %s", _names(partitions))

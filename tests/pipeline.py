@@ -224,7 +224,16 @@ class ServiceProcess:
         self._log = log_path.open("ab")
         env = {**os.environ, **TOKENS}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "streamer", "run", "--config", str(pipeline.config_path)],
+            [
+                sys.executable,
+                "-m",
+                "streamer",
+                "run",
+                "--config",
+                str(pipeline.config_path),
+                "--metrics-port",
+                "0",
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,

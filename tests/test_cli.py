@@ -52,11 +52,12 @@ def test_demo_says_what_runs_where(infrastructure: Infrastructure) -> None:
         "KAFKA_BOOTSTRAP_SERVERS": infrastructure.bootstrap_servers,
         "SCHEMA_REGISTRY_URL": infrastructure.schema_registry_url,
     }
-    result = run("demo", "--check", env=env)
+    result = run("demo", "--check", "--metrics-port", "0", env=env)
     assert result.returncode == 0, result.stderr
     assert f"kafka:            {infrastructure.bootstrap_servers}" in result.stdout
     assert infrastructure.schema_registry_url in result.stdout
     assert "/v2/alert_events/http/" in result.stdout
+    assert "metrics:          http://127.0.0.1:" in result.stdout
     assert "demo-" + "token" not in result.stdout  # tokens are never printed
 
 
@@ -67,7 +68,7 @@ def test_demo_runs_the_pipeline_to_a_clean_finish(infrastructure: Infrastructure
         "KAFKA_BOOTSTRAP_SERVERS": infrastructure.bootstrap_servers,
         "SCHEMA_REGISTRY_URL": infrastructure.schema_registry_url,
     }
-    result = run("demo", "--events", "80", "--rate", "200", env=env)
+    result = run("demo", "--events", "80", "--rate", "200", "--metrics-port", "0", env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     final = result.stdout.split("streamer demo")[-1]
     numbers = {
@@ -90,7 +91,7 @@ def test_demo_stops_cleanly_on_a_signal_even_from_a_script(infrastructure, signa
         "SCHEMA_REGISTRY_URL": infrastructure.schema_registry_url,
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamer", "demo"],
+        [sys.executable, "-m", "streamer", "demo", "--metrics-port", "0"],
         stdout=subprocess.PIPE,
         text=True,
         env=env,

@@ -1,0 +1,155 @@
+"""Metrics and health, served together on one port for Prometheus and Kubernetes probes.
+
+Metrics go through the OpenTelemetry SDK (names from the semantic conventions where they
+exist: `messaging.client.consumed.messages`, `http.client.request.duration` with
+`http.response.status_code`) and are exported with the SDK's Prometheus reader. Each
+`Telemetry` has its own MeterProvider and registry, so several engines in one process
+(tests) never mix their counts. Standard OTEL_* resource variables apply
+(OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES).
+
+Health: `/livez` says the poll loop made progress within `max_poll_interval` (a stuck
+loop is what Kubernetes should restart); `/readyz` says the configuration loaded and the
+consumer joined its group. Neither depends on incident.io being up: an outage there is
+handled by retries and holds, and restarting pods would not help.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from streamer import __version__
+
+
+@dataclass
+class Health:
+    max_poll_interval: float = 300.0
+    clock: Callable[[], float] = time.monotonic
+    last_progress: float = field(default=0.0)
+    joined: bool = False
+
+    def __post_init__(self) -> None:
+        self.last_progress = self.clock()
+
+    def progressed(self) -> None:
+        self.last_progress = self.clock()
+
+    def live(self) -> bool:
+        return self.clock() - self.last_progress < self.max_poll_interval
+
+    def ready(self) -> bool:
+        return self.joined
+
+
+class Telemetry:
+    """The service's instruments; the engine calls them, Prometheus scrapes them."""
+
+    def __init__(self, *, health: Health | None = None) -> None:
+        self.health = health or Health()
+        self.registry = CollectorRegistry()
+        self.provider = MeterProvider(
+            metric_readers=[PrometheusMetricReader(registry=self.registry)],
+            resource=Resource.create({"service.name": "streamer", "service.version": __version__}),
+        )
+        meter = self.provider.get_meter("streamer", __version__)
+        self.consumed = meter.create_counter(
+            "messaging.client.consumed.messages", description="Messages fetched from Kafka"
+        )
+        self.routed = meter.create_counter(
+            "streamer.events.routed", description="Alert events made by the rules, per route"
+        )
+        self.dropped = meter.create_counter(
+            "streamer.events.dropped", description="Events the rules dropped on purpose"
+        )
+        self.dead_lettered = meter.create_counter(
+            "streamer.events.dead_lettered", description="Dead letters written, per reason"
+        )
+        self.attempts = meter.create_counter(
+            "streamer.delivery.attempts",
+            description="Delivery attempts, per destination and outcome",
+        )
+        self.request_duration = meter.create_histogram(
+            "http.client.request.duration",
+            unit="s",
+            description="Duration of requests to incident.io",
+        )
+        self.rate_limit_waits = meter.create_counter(
+            "streamer.rate_limit.waits",
+            description="Deliveries held back by the rate limiter, per destination",
+        )
+        self.latency = meter.create_histogram(
+            "streamer.delivery.latency",
+            unit="s",
+            description="From the event's time to incident.io's 202",
+        )
+        self._gauges: dict[str, Callable[[], Iterable[tuple[float, dict[str, Any]]]]] = {}
+        for name, description in (
+            ("streamer.events.in_flight", "Events fetched but not terminal"),
+            ("streamer.partitions.paused", "Partitions paused (backpressure, registry outage)"),
+            ("streamer.destinations.held", "Destinations held after 401/403/404"),
+            ("streamer.commit.watermark_gap", "Per partition: fetched offsets not yet committable"),
+        ):
+            meter.create_observable_gauge(
+                name, callbacks=[self._observer(name)], description=description
+            )
+
+    def _observer(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            source = self._gauges.get(name)
+            return [Observation(v, a) for v, a in source()] if source else []
+
+        return observe
+
+    def gauge(
+        self, name: str, source: Callable[[], Iterable[tuple[float, dict[str, Any]]]]
+    ) -> None:
+        """Where an observable gauge reads its values (the engine registers its state)."""
+        self._gauges[name] = source
+
+    def scrape(self) -> bytes:
+        return bytes(generate_latest(self.registry))
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
+        pass
+
+
+def serve(telemetry: Telemetry, host: str, port: int) -> tuple[WSGIServer, str]:
+    """Serves /metrics, /livez and /readyz in a daemon thread; returns the base URL."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
+            return [telemetry.scrape()]
+        checks = {"/livez": telemetry.health.live, "/readyz": telemetry.health.ready}
+        if path in checks:
+            ok = checks[path]()
+            start_response(
+                "200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")]
+            )
+            return [b"ok\n" if ok else b"not ok\n"]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"/metrics, /livez, /readyz\n"]
+
+    server = make_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="telemetry", daemon=True).start()
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    return server, f"http://{shown_host}:{server.server_port}"
