@@ -165,15 +165,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
 
-    import logging
-
+    from streamer import logs
     from streamer.config import ConfigError, load_config
     from streamer.engine import Engine
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise
+    logs.configure(args.log_level, args.log_format)
     try:
         config = load_config(args.config)
     except ConfigError as e:
@@ -345,6 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-host",
         default="0.0.0.0",
         help="address to serve them on (default: %(default)s, reachable by Kubernetes)",
+    )
+    run.add_argument(
+        "--log-format",
+        choices=["json", "text"],
+        default="json",
+        help="json: one object per line with topic/partition/offset/route/destination/"
+        "deduplication_key/request_id (default); text: for reading at a terminal",
     )
     run.add_argument(
         "--log-level",

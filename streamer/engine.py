@@ -33,6 +33,7 @@ import httpx
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from pydantic import SecretStr
 
+from streamer import logs
 from streamer.config import Config, DeliverySettings, Destination
 from streamer.dead_letters import DeadLetter, SourceMessage
 from streamer.decoding import DecodeError, EventDecoder, RegistryUnavailable, RegistryWriterSchemas
@@ -143,11 +144,18 @@ class Engine:
         self.telemetry = telemetry or Telemetry()
         self.settings: DeliverySettings = config.file.delivery
         self.clock, self.wall_clock = clock, wall_clock
+        # librdkafka's own log lines go through Python logging (JSON, secrets masked).
+        kafka_log = logging.getLogger("librdkafka")
         self.consumer = consumer or Consumer(
-            {**consumer_settings(config), "on_commit": self._on_commit}
+            {**consumer_settings(config), "on_commit": self._on_commit, "logger": kafka_log}
         )
         self.producer = producer or Producer(
-            {**kafka_settings(config), "enable.idempotence": True, "acks": "all"}
+            {
+                **kafka_settings(config),
+                "enable.idempotence": True,
+                "acks": "all",
+                "logger": kafka_log,
+            }
         )
         self.http = http or IncidentIoClient(timeout=self.settings.request_timeout_seconds)
         self.policy = FailurePolicy(
@@ -182,6 +190,14 @@ class Engine:
     # -- configuration ---------------------------------------------------------------------
 
     def _apply_config(self, config: Config) -> None:
+        logs.MASK.add(
+            s.get_secret_value()
+            for s in (
+                *config.tokens.values(),
+                *config.kafka_secrets.values(),
+                *config.registry_secrets.values(),
+            )
+        )
         if self._registry is None and config.file.schema_registry is not None:
             registry = config.file.schema_registry
             self._registry = RegistryWriterSchemas.connect(
@@ -386,6 +402,7 @@ class Engine:
             offset,
             delay,
             reason,
+            extra={"topic": partition[0], "partition": partition[1], "offset": offset},
         )
 
     # -- out: jobs -> incident.io ----------------------------------------------------------
@@ -480,11 +497,20 @@ class Engine:
             was_probe or isinstance(decision, Accepted)
         )
         if state.held_reason is not None and answered:
-            log.info("destination %s released: it answers again", state.name)
+            log.info(
+                "destination %s released: it answers again",
+                state.name,
+                extra={"destination": state.name},
+            )
             state.held_reason = None
             self.stats.held_destinations -= 1
         if isinstance(decision, Accepted):
             self.stats.delivered += 1
+            log.debug(
+                "delivered to %s",
+                state.name,
+                extra={**_context(job), "request_id": decision.request_id},
+            )
             if delivery.event_time is not None:
                 self.telemetry.latency.record(
                     max(0.0, now_wall - delivery.event_time), {"destination": state.name}
@@ -503,6 +529,11 @@ class Engine:
                 decision.reason,
                 job.attempts,
                 decision.delay,
+                extra={
+                    **_context(job),
+                    "request_id": decision.request_id,
+                    "attempts": job.attempts,
+                },
             )
             self._schedule(self.clock() + decision.delay, job)
         elif isinstance(decision, HoldDestination):
@@ -516,6 +547,11 @@ class Engine:
                     decision.reason,
                     decision.request_id,
                     self.settings.hold_retry_seconds,
+                    extra={
+                        "destination": state.name,
+                        "request_id": decision.request_id,
+                        "http_status": decision.status,
+                    },
                 )
             state.held_reason = decision.reason
             state.probe_at = self.clock() + self.settings.hold_retry_seconds
@@ -571,6 +607,13 @@ class Engine:
                     message.offset,
                     letter.reason,
                     letter.detail[:500],
+                    extra={
+                        **_context(job),
+                        "reason": letter.reason,
+                        "request_id": letter.request_id,
+                        "http_status": letter.http_status,
+                        "attempts": letter.attempts,
+                    },
                 )
                 self._finish(job)
             else:  # not terminal until the dead letter is safely written
@@ -693,7 +736,7 @@ class Engine:
         self.telemetry.health.joined = True  # an empty assignment is a joined member too
         for tp in partitions:
             self.ledger.assign((tp.topic, tp.partition))
-        log.info("assigned %s", _names(partitions))
+        log.info("assigned %s", _names(partitions), extra={"partitions": _names(partitions)})
         self._update_shares()
         if self._backpressure:
             consumer.pause(partitions)
@@ -724,7 +767,11 @@ class Engine:
             self._committing.pop(p, None)
             self._registry_blocked.pop(p, None)
         self._drop_queued(lost)
-        log.warning("lost %s: nothing committed for them", _names(partitions))
+        log.warning(
+            "lost %s: nothing committed for them",
+            _names(partitions),
+            extra={"partitions": _names(partitions)},
+        )
         self._update_shares()
 
     def _drop_queued(self, partitions: set[Partition]) -> None:
@@ -787,6 +834,22 @@ class Engine:
             self.producer.flush(5)
             self._workers.shutdown(wait=False, cancel_futures=True)
             self.http.close()
+
+
+def _context(job: Job) -> dict[str, Any]:
+    """Where a job's event came from and where it goes, for log lines."""
+    context: dict[str, Any] = {
+        "topic": job.partition[0],
+        "partition": job.partition[1],
+        "offset": job.offset,
+    }
+    if job.key is not None:
+        context["destination"] = job.key.destination
+        context["deduplication_key"] = job.key.deduplication_key
+    route = getattr(job.work, "route", None)
+    if route is not None:
+        context["route"] = route
+    return context
 
 
 def _source_message(message: Message) -> SourceMessage | None:

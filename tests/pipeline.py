@@ -215,14 +215,14 @@ class Pipeline:
 class ServiceProcess:
     """`streamer run` as its own process, as it runs in production (signals, exit codes)."""
 
-    def __init__(self, pipeline: Pipeline, log_path: Path) -> None:
+    def __init__(self, pipeline: Pipeline, log_path: Path, *args: str) -> None:
         import os
         import subprocess
         import sys
 
         self.log_path = log_path
         self._log = log_path.open("ab")
-        env = {**os.environ, **TOKENS}
+        env = {**TOKENS, **os.environ}  # a test's own tokens (monkeypatched) win
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -233,6 +233,7 @@ class ServiceProcess:
                 str(pipeline.config_path),
                 "--metrics-port",
                 "0",
+                *args,
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -305,12 +305,24 @@ class FakeIncidentIo:
     # -- the endpoint ----------------------------------------------------------------
 
     def _take_faults(self, source_id: str, now: float) -> list[Fault]:
+        """The faults that apply to this request; each one applied counts down once.
+
+        Every matching latency fault applies; of the failing ones (a status or a reset),
+        only the first added applies, so `fail(503, count=2)` then `fail(422, count=1)`
+        answers 503, 503, then 422.
+        """
         taken = []
+        failing_taken = False
         for fault in self._faults:
-            if fault.matches(source_id, now):
-                if fault.remaining is not None:
-                    fault.remaining -= 1
-                taken.append(fault)
+            if not fault.matches(source_id, now):
+                continue
+            if fault.kind != "latency":
+                if failing_taken:
+                    continue
+                failing_taken = True
+            if fault.remaining is not None:
+                fault.remaining -= 1
+            taken.append(fault)
         return taken
 
     def answer(

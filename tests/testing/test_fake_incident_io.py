@@ -255,3 +255,9 @@ def test_the_standalone_command_serves_the_same_api(http) -> None:
     finally:
         process.terminate()
         assert process.wait(timeout=10) == 0
+
+
+def test_queued_failures_apply_one_after_the_other(fake, http) -> None:
+    fake.fail(503, count=2)
+    fake.fail(422, count=1)
+    assert [post(http, fake).status_code for _ in range(4)] == [503, 503, 422, 202]
