@@ -31,6 +31,9 @@ from typing import Any
 
 import httpx
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from opentelemetry import trace
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pydantic import SecretStr
 
 from streamer import logs
@@ -52,6 +55,8 @@ from streamer.rate_limit import RollingWindowLimiter, acquire, share_of
 from streamer.reload import ConfigReloader
 from streamer.telemetry import Telemetry
 
+_PROPAGATOR = TraceContextTextMapPropagator()
+
 log = logging.getLogger("streamer.engine")
 
 
@@ -67,6 +72,7 @@ class Delivery:
     waited_for_rate_limit: bool = False
     event_time: float | None = None  # epoch seconds, for end-to-end latency
     sent_at: float = 0.0  # monotonic, for request duration
+    span: Span | None = None  # the current attempt's client span
 
 
 @dataclass
@@ -184,6 +190,8 @@ class Engine:
         self._last_commit = clock()
         self._terminal_since_commit = 0
         self._last_reload_check = clock()
+        # Per message: its `process` span and how many of its jobs are not terminal yet.
+        self._spans: dict[tuple[Partition, int], tuple[Span, int]] = {}
         self._apply_config(config)
         self._register_gauges()
 
@@ -348,6 +356,7 @@ class Engine:
                 "messaging.consumer.group.name": self.config.file.kafka.group_id,
             },
         )
+        span = self._process_span(source)
         works: list[tuple[OrderingKey | None, Any]] = []
         try:
             event = self._decoders[source.topic].decode(source.value, source.headers)
@@ -355,6 +364,8 @@ class Engine:
             works.append((None, DeadLetter(source, f"decode:{e.reason}", e.detail)))
         except RegistryUnavailable as e:
             self._block_for_registry(partition, source.offset, str(e))
+            span.set_attribute("streamer.outcome", "registry-unavailable")
+            span.end()
             return
         else:
             decision = self.config.rules.evaluate(event)
@@ -375,10 +386,34 @@ class Engine:
             if decision.dropped:
                 self.stats.dropped += 1
                 self.telemetry.dropped.add(1)
+        if works:
+            self._spans[(partition, source.offset)] = (span, len(works))
+        else:
+            span.set_attribute("streamer.outcome", "dropped")
+            span.end()
         for job in self.ledger.add(partition, source.offset, works):
             self._activate(job)
         if not works:
             self._terminal_since_commit += 1
+
+    def _process_span(self, source: SourceMessage) -> Span:
+        """The `process` span of one event, linked to the producer's trace if it sent one."""
+        carrier = {k: v.decode("latin-1") for k, v in source.headers if v is not None}
+        producer_context = trace.get_current_span(_PROPAGATOR.extract(carrier)).get_span_context()
+        links = [Link(producer_context)] if producer_context.is_valid else []
+        return self.telemetry.tracer.start_span(
+            f"process {source.topic}",
+            kind=SpanKind.CONSUMER,
+            links=links,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": source.topic,
+                "messaging.destination.partition.id": str(source.partition),
+                "messaging.kafka.offset": source.offset,
+                "messaging.consumer.group.name": self.config.file.kafka.group_id,
+            },
+        )
 
     def _activate(self, job: Job) -> None:
         """A job whose key is free: queue it for its destination, or dead-letter it."""
@@ -435,6 +470,17 @@ class Engine:
         if delivery.first_attempt_at is None:
             delivery.first_attempt_at = self.wall_clock()
         delivery.sent_at = self.clock()
+        parent = self._spans.get((job.partition, job.offset))
+        delivery.span = self.telemetry.tracer.start_span(
+            "POST",
+            kind=SpanKind.CLIENT,
+            context=trace.set_span_in_context(parent[0]) if parent else None,
+            attributes={
+                "http.request.method": "POST",
+                "server.address": state.spec.url,
+                "streamer.destination": state.name,
+            },
+        )
         self._busy_workers += 1
         spec, token, payload = state.spec, state.token, delivery.payload
 
@@ -469,6 +515,10 @@ class Engine:
         state = self._destinations[delivery.destination]
         was_probe, state.probing = state.probing, False
         if not self.ledger.owns(job):  # revoked meanwhile: the new owner delivers it
+            if delivery.span is not None:
+                delivery.span.set_attribute("streamer.outcome", "revoked")
+                delivery.span.end()
+                delivery.span = None
             self._release(job)
             return
         now_wall = self.wall_clock()
@@ -479,6 +529,16 @@ class Engine:
         else:
             outcome["http.response.status_code"] = answer.status
         self.telemetry.attempts.add(1, outcome)
+        if delivery.span is not None:
+            if isinstance(answer, Exception):
+                delivery.span.set_attribute("error.type", type(answer).__name__)
+                delivery.span.set_status(Status(StatusCode.ERROR))
+            else:
+                delivery.span.set_attribute("http.response.status_code", answer.status)
+                if answer.status >= 400:
+                    delivery.span.set_status(Status(StatusCode.ERROR))
+            delivery.span.end()
+            delivery.span = None
         self.telemetry.request_duration.record(self.clock() - delivery.sent_at, outcome)
         if isinstance(answer, Exception):
             decision = self.policy.decide_error(
@@ -640,13 +700,28 @@ class Engine:
 
     # -- terminal states and commits -------------------------------------------------------
 
+    def _end_span(self, job: Job, outcome: str) -> None:
+        key = (job.partition, job.offset)
+        entry = self._spans.get(key)
+        if entry is None:
+            return
+        span, left = entry
+        if left > 1:
+            self._spans[key] = (span, left - 1)
+            return
+        del self._spans[key]
+        span.set_attribute("streamer.outcome", outcome)
+        span.end()
+
     def _finish(self, job: Job) -> None:
+        self._end_span(job, "dead-lettered" if isinstance(job.work, DeadLetter) else "delivered")
         self._terminal_since_commit += 1
         for next_job in self.ledger.finish(job):
             self._activate(next_job)
 
     def _release(self, job: Job) -> None:
         """A fenced job: free its key without touching any watermark."""
+        self._end_span(job, "revoked")
         for next_job in self.ledger.finish(job):
             self._activate(next_job)
 

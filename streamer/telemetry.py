@@ -27,6 +27,8 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
@@ -56,8 +58,18 @@ class Health:
 class Telemetry:
     """The service's instruments; the engine calls them, Prometheus scrapes them."""
 
-    def __init__(self, *, health: Health | None = None) -> None:
+    def __init__(
+        self, *, health: Health | None = None, span_exporter: SpanExporter | None = None
+    ) -> None:
         self.health = health or Health()
+        # Traces: a span per event and per request. Exported only where an exporter is
+        # given (tests, or OTLP once configured); otherwise recorded and dropped cheaply.
+        self.tracer_provider = TracerProvider(
+            resource=Resource.create({"service.name": "streamer", "service.version": __version__})
+        )
+        if span_exporter is not None:
+            self.tracer_provider.add_span_processor(SimpleSpanProcessor(span_exporter))
+        self.tracer = self.tracer_provider.get_tracer("streamer", __version__)
         self.registry = CollectorRegistry()
         self.provider = MeterProvider(
             metric_readers=[PrometheusMetricReader(registry=self.registry)],

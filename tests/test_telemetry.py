@@ -109,3 +109,58 @@ def test_streamer_run_says_where_metrics_and_health_are(
     finally:
         process.signal(signal.SIGTERM)
         assert process.wait() == 0, process.log()[-2000:]
+
+
+@pytest.mark.integration
+def test_a_process_span_per_event_linked_to_the_producer_with_a_client_span_per_attempt(
+    infrastructure, fake, tmp_path, monkeypatch
+) -> None:
+    import json
+
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    from streamer.config import load_config
+    from streamer.engine import Engine
+
+    exporter = InMemorySpanExporter()
+    producer_trace, producer_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    fake.fail(503, count=1)
+    pipeline = Pipeline(infrastructure, fake, tmp_path, monkeypatch=monkeypatch)
+    pipeline.producer.produce(
+        pipeline.topic,
+        key=b"host-1",
+        value=json.dumps(check_event("host-1", "CRITICAL")).encode(),
+        headers=[("traceparent", f"00-{producer_trace}-{producer_span}-01".encode())],
+    )
+    pipeline.producer.flush(10)
+    pipeline.engine = Engine(
+        load_config(pipeline.config_path), telemetry=Telemetry(span_exporter=exporter)
+    )
+    import threading
+
+    stop = threading.Event()
+    thread = threading.Thread(target=pipeline.engine.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        pipeline.wait_for(
+            lambda: any(s.kind == SpanKind.CONSUMER for s in exporter.get_finished_spans()),
+            "the event's process span finished",
+        )
+    finally:
+        stop.set()
+        thread.join(30)
+    spans = exporter.get_finished_spans()
+    [process] = [s for s in spans if s.kind == SpanKind.CONSUMER]
+    clients = [s for s in spans if s.kind == SpanKind.CLIENT]
+    assert process.name == f"process {pipeline.topic}"
+    assert process.attributes["messaging.system"] == "kafka"
+    assert process.attributes["messaging.destination.name"] == pipeline.topic
+    assert process.attributes["messaging.consumer.group.name"] == pipeline.group
+    assert process.attributes["messaging.kafka.offset"] == 0
+    assert process.attributes["streamer.outcome"] == "delivered"
+    [link] = process.links
+    assert format(link.context.trace_id, "032x") == producer_trace
+    assert format(link.context.span_id, "016x") == producer_span
+    assert [c.attributes["http.response.status_code"] for c in clients] == [503, 202]
+    assert all(c.parent.span_id == process.context.span_id for c in clients)
