@@ -200,6 +200,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         Engine(config, telemetry=telemetry).run(stop)
     finally:
         server.shutdown()
+        telemetry.shutdown()
     return 0
 
 

@@ -2,7 +2,10 @@
 
 Metrics go through the OpenTelemetry SDK (names from the semantic conventions where they
 exist: `messaging.client.consumed.messages`, `http.client.request.duration` with
-`http.response.status_code`) and are exported with the SDK's Prometheus reader. Each
+`http.response.status_code`) and are exported with the SDK's Prometheus reader; when
+OTEL_EXPORTER_OTLP_ENDPOINT is set, metrics and spans are also sent over OTLP/HTTP (the
+exporters read the other OTEL_EXPORTER_OTLP_* and OTEL_METRIC_EXPORT_INTERVAL variables).
+Each
 `Telemetry` has its own MeterProvider and registry, so several engines in one process
 (tests) never mix their counts. Standard OTEL_* resource variables apply
 (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES).
@@ -15,6 +18,7 @@ handled by retries and holds, and restarting pods would not help.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -26,9 +30,14 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
@@ -55,6 +64,17 @@ class Health:
         return self.joined
 
 
+def _resource() -> Resource:
+    """service.name "streamer" unless OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES say."""
+    attributes = {"service.version": __version__}
+    named = os.environ.get("OTEL_SERVICE_NAME") or "service.name=" in os.environ.get(
+        "OTEL_RESOURCE_ATTRIBUTES", ""
+    )
+    if not named:
+        attributes["service.name"] = "streamer"
+    return Resource.create(attributes)
+
+
 class Telemetry:
     """The service's instruments; the engine calls them, Prometheus scrapes them."""
 
@@ -62,18 +82,28 @@ class Telemetry:
         self, *, health: Health | None = None, span_exporter: SpanExporter | None = None
     ) -> None:
         self.health = health or Health()
-        # Traces: a span per event and per request. Exported only where an exporter is
-        # given (tests, or OTLP once configured); otherwise recorded and dropped cheaply.
-        self.tracer_provider = TracerProvider(
-            resource=Resource.create({"service.name": "streamer", "service.version": __version__})
-        )
+        otlp = bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        # Traces: a span per event and per request, exported to the exporter given (tests)
+        # and over OTLP when configured; otherwise recorded and dropped.
+        self.tracer_provider = TracerProvider(resource=_resource())
         if span_exporter is not None:
             self.tracer_provider.add_span_processor(SimpleSpanProcessor(span_exporter))
+        if otlp:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            self.tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         self.tracer = self.tracer_provider.get_tracer("streamer", __version__)
         self.registry = CollectorRegistry()
+        readers: list[MetricReader] = [PrometheusMetricReader(registry=self.registry)]
+        if otlp:  # the exporters read the other OTEL_EXPORTER_OTLP_* variables themselves
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+                OTLPMetricExporter,
+            )
+
+            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
         self.provider = MeterProvider(
-            metric_readers=[PrometheusMetricReader(registry=self.registry)],
-            resource=Resource.create({"service.name": "streamer", "service.version": __version__}),
+            metric_readers=readers,
+            resource=_resource(),
         )
         meter = self.provider.get_meter("streamer", __version__)
         self.consumed = meter.create_counter(
@@ -132,6 +162,11 @@ class Telemetry:
 
     def scrape(self) -> bytes:
         return bytes(generate_latest(self.registry))
+
+    def shutdown(self) -> None:
+        """Flushes what OTLP exporters still hold (at process exit)."""
+        self.provider.shutdown()
+        self.tracer_provider.shutdown()
 
 
 class _Server(ThreadingMixIn, WSGIServer):

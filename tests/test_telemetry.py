@@ -164,3 +164,49 @@ def test_a_process_span_per_event_linked_to_the_producer_with_a_client_span_per_
     assert format(link.context.span_id, "016x") == producer_span
     assert [c.attributes["http.response.status_code"] for c in clients] == [503, 202]
     assert all(c.parent.span_id == process.context.span_id for c in clients)
+
+
+@pytest.mark.integration
+def test_with_an_otlp_endpoint_metrics_and_spans_are_exported(
+    infrastructure, fake, tmp_path, monkeypatch
+) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[tuple[str, str, bytes]] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            received.append((self.path, self.headers.get("Content-Type", ""), body))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    collector = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{collector.server_port}")
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "500")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "streamer-under-test")
+    pipeline = Pipeline(infrastructure, fake, tmp_path, monkeypatch=monkeypatch)
+    pipeline.produce([check_event("host-1", "CRITICAL")])
+    process = ServiceProcess(pipeline, tmp_path / "run.log")
+    try:
+        pipeline.wait_for(lambda: len(fake.events) == 1, "delivered")
+        pipeline.wait_for(
+            lambda: any(p == "/v1/metrics" for p, _, _ in received), "metrics exported"
+        )
+    finally:
+        process.signal(signal.SIGTERM)
+        assert process.wait() == 0, process.log()[-2000:]
+        collector.shutdown()
+    paths = {p for p, _, _ in received}
+    assert {"/v1/metrics", "/v1/traces"} <= paths  # spans are flushed at shutdown at the latest
+    assert all(ct == "application/x-protobuf" for _, ct, _ in received)
+    assert any(b"streamer-under-test" in body for _, _, body in received)
+    assert any(
+        b"streamer.delivery.attempts" in body for p, _, body in received if p == "/v1/metrics"
+    )
