@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import logging
 import queue
 import threading
@@ -70,6 +71,7 @@ class Delivery:
     payload: dict[str, Any]
     first_attempt_at: float | None = None  # wall clock, for max_retry_seconds
     waited_for_rate_limit: bool = False
+    waiting_since: float | None = None  # monotonic: when the limiter first said wait
     event_time: float | None = None  # epoch seconds, for end-to-end latency
     sent_at: float = 0.0  # monotonic, for request duration
     span: Span | None = None  # the current attempt's client span
@@ -153,7 +155,13 @@ class Engine:
         # librdkafka's own log lines go through Python logging (JSON, secrets masked).
         kafka_log = logging.getLogger("librdkafka")
         self.consumer = consumer or Consumer(
-            {**consumer_settings(config), "on_commit": self._on_commit, "logger": kafka_log}
+            {
+                "statistics.interval.ms": 5000,  # consumer lag per partition, for the metric
+                **consumer_settings(config),
+                "on_commit": self._on_commit,
+                "logger": kafka_log,
+                "stats_cb": self._on_statistics,
+            }
         )
         self.producer = producer or Producer(
             {
@@ -192,6 +200,7 @@ class Engine:
         self._last_reload_check = clock()
         # Per message: its `process` span and how many of its jobs are not terminal yet.
         self._spans: dict[tuple[Partition, int], tuple[Span, int]] = {}
+        self._lag: dict[Partition, int] = {}  # from librdkafka's statistics
         self._apply_config(config)
         self._register_gauges()
 
@@ -272,6 +281,20 @@ class Engine:
             return out
 
         t.gauge("streamer.commit.watermark_gap", gaps)
+        t.gauge(
+            "streamer.consumer.lag",
+            lambda: [
+                (
+                    float(lag),
+                    {
+                        "messaging.destination.name": p[0],
+                        "messaging.destination.partition.id": str(p[1]),
+                    },
+                )
+                for p, lag in self._lag.items()
+                if p in self.ledger.partitions
+            ],
+        )
 
     @property
     def config(self) -> Config:
@@ -459,6 +482,7 @@ class Engine:
                     state.probing = False
                     if not job.work.waited_for_rate_limit:
                         job.work.waited_for_rate_limit = True
+                        job.work.waiting_since = now
                         self.stats.rate_limit_waits += 1
                         self.telemetry.rate_limit_waits.add(1, {"destination": state.name})
                     break
@@ -470,6 +494,11 @@ class Engine:
         if delivery.first_attempt_at is None:
             delivery.first_attempt_at = self.wall_clock()
         delivery.sent_at = self.clock()
+        if delivery.waiting_since is not None:
+            self.telemetry.rate_limit_wait.record(
+                delivery.sent_at - delivery.waiting_since, {"destination": state.name}
+            )
+            delivery.waiting_since = None
         parent = self._spans.get((job.partition, job.offset))
         delivery.span = self.telemetry.tracer.start_span(
             "POST",
@@ -757,6 +786,20 @@ class Engine:
             for tp in offsets:
                 self._committing.pop((tp.topic, tp.partition), None)
             log.warning("commit failed, will retry: %s", e)
+
+    def _on_statistics(self, text: str) -> None:
+        """librdkafka's statistics (JSON): keep each assigned partition's consumer lag."""
+        try:
+            topics = json.loads(text).get("topics", {})
+            lag = {}
+            for topic, data in topics.items():
+                for pid, partition in data.get("partitions", {}).items():
+                    value = partition.get("consumer_lag", -1)
+                    if pid != "-1" and isinstance(value, int) and value >= 0:
+                        lag[(topic, int(pid))] = value
+            self._lag = lag
+        except (ValueError, AttributeError, TypeError):
+            log.debug("unreadable librdkafka statistics ignored")
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         """The broker's answer to a commit (librdkafka calls this on the poll thread)."""

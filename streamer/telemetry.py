@@ -131,6 +131,11 @@ class Telemetry:
             "streamer.rate_limit.waits",
             description="Deliveries held back by the rate limiter, per destination",
         )
+        self.rate_limit_wait = meter.create_histogram(
+            "streamer.rate_limit.wait",
+            unit="s",
+            description="Time deliveries waited for the rate limiter, per destination",
+        )
         self.latency = meter.create_histogram(
             "streamer.delivery.latency",
             unit="s",
@@ -142,6 +147,7 @@ class Telemetry:
             ("streamer.partitions.paused", "Partitions paused (backpressure, registry outage)"),
             ("streamer.destinations.held", "Destinations held after 401/403/404"),
             ("streamer.commit.watermark_gap", "Per partition: fetched offsets not yet committable"),
+            ("streamer.consumer.lag", "Per partition: messages behind the log end (librdkafka)"),
         ):
             meter.create_observable_gauge(
                 name, callbacks=[self._observer(name)], description=description

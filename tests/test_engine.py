@@ -94,6 +94,8 @@ def test_a_429_storm_is_waited_out_in_order(infrastructure, tmp_path, monkeypatc
             pipeline.stop()
     assert any(a.status == 429 for a in fake.answers)
     assert pipeline.engine.stats.rate_limited > 0 and pipeline.engine.stats.retried == 0
+    waits = pipeline.engine.telemetry.scrape().decode()
+    assert 'streamer_rate_limit_wait_seconds_count{destination="a"' in waits
     assert pipeline.delivered_statuses() == expected_statuses(events)
 
 

@@ -60,14 +60,25 @@ def test_scraped_counters_match_what_incident_io_received(
 ) -> None:
     events = [check_event(f"host-{h}", "CRITICAL", n=h) for h in range(6)]
     fake.fail(503, count=2)
-    pipeline = Pipeline(infrastructure, fake, tmp_path, monkeypatch=monkeypatch)
+    statistics = {"properties": {"statistics.interval.ms": 200, "session.timeout.ms": 6000}}
+    pipeline = Pipeline(infrastructure, fake, tmp_path, monkeypatch=monkeypatch, kafka=statistics)
     pipeline.produce([*events, b"garbage"])
     pipeline.start()
+
+    def lag_reported() -> bool:
+        lags = [
+            v
+            for (n, _), v in metrics(pipeline.engine.telemetry.scrape().decode()).items()
+            if n == "streamer_consumer_lag"
+        ]
+        return len(lags) == 3 and all(v == 0 for v in lags)  # 3 partitions, all caught up
+
     try:
         pipeline.wait_for(
             lambda: len(fake.events) == len(events) and pipeline.engine.stats.dead_lettered == 1,
             "delivered and dead-lettered",
         )
+        pipeline.wait_for(lag_reported, "consumer lag per partition from librdkafka statistics")
         scraped = metrics(pipeline.engine.telemetry.scrape().decode())
     finally:
         pipeline.stop()
