@@ -199,7 +199,9 @@ class Engine:
         self._terminal_since_commit = 0
         self._last_reload_check = clock()
         # Per message: its `process` span and how many of its jobs are not terminal yet.
-        self._spans: dict[tuple[Partition, int], tuple[Span, int]] = {}
+        # Per message: its `process` span, how many of its jobs are not terminal, and when
+        # it was fetched (monotonic, for messaging.process.duration).
+        self._spans: dict[tuple[Partition, int], tuple[Span, int, float]] = {}
         self._lag: dict[Partition, int] = {}  # from librdkafka's statistics
         self._apply_config(config)
         self._register_gauges()
@@ -410,10 +412,11 @@ class Engine:
                 self.stats.dropped += 1
                 self.telemetry.dropped.add(1)
         if works:
-            self._spans[(partition, source.offset)] = (span, len(works))
+            self._spans[(partition, source.offset)] = (span, len(works), self.clock())
         else:
             span.set_attribute("streamer.outcome", "dropped")
             span.end()
+            self.telemetry.process_duration.record(0.0, {"streamer.outcome": "dropped"})
         for job in self.ledger.add(partition, source.offset, works):
             self._activate(job)
         if not works:
@@ -734,13 +737,16 @@ class Engine:
         entry = self._spans.get(key)
         if entry is None:
             return
-        span, left = entry
+        span, left, fetched_at = entry
         if left > 1:
-            self._spans[key] = (span, left - 1)
+            self._spans[key] = (span, left - 1, fetched_at)
             return
         del self._spans[key]
         span.set_attribute("streamer.outcome", outcome)
         span.end()
+        self.telemetry.process_duration.record(
+            self.clock() - fetched_at, {"streamer.outcome": outcome}
+        )
 
     def _finish(self, job: Job) -> None:
         self._end_span(job, "dead-lettered" if isinstance(job.work, DeadLetter) else "delivered")

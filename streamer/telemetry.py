@@ -131,6 +131,12 @@ class Telemetry:
             "streamer.rate_limit.waits",
             description="Deliveries held back by the rate limiter, per destination",
         )
+        self.process_duration = meter.create_histogram(
+            "messaging.process.duration",
+            unit="s",
+            description="From fetching an event to its terminal state (delivered, dropped, "
+            "dead-lettered)",
+        )
         self.rate_limit_wait = meter.create_histogram(
             "streamer.rate_limit.wait",
             unit="s",

@@ -98,6 +98,7 @@ def test_scraped_counters_match_what_incident_io_received(
     assert total(scraped, "streamer_events_dead_lettered_total", reason="decode:invalid-json") == 1
     assert total(scraped, "http_client_request_duration_seconds_count") == len(fake.answers)
     assert total(scraped, "streamer_delivery_latency_seconds_count") == len(events)
+    assert total(scraped, "messaging_process_duration_seconds_count") == len(events) + 1
     assert total(scraped, "streamer_events_in_flight") == 0
     text = pipeline.engine.telemetry.scrape().decode()
     assert "token-a-secret" not in text and "token-b-secret" not in text
