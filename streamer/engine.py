@@ -189,6 +189,7 @@ class Engine:
         self._registry: RegistryWriterSchemas | None = None
         self._backpressure = False
         self._registry_blocked: dict[Partition, float] = {}  # partition -> resume at
+        self._registry_attempts: dict[Partition, int] = {}
         self._partition_counts: dict[str, int] = {}
         # Offsets the broker confirmed, and ones sent but not yet confirmed. A commit can
         # fail (mid-rebalance the generation changes under it): only a confirmed offset
@@ -224,7 +225,8 @@ class Engine:
                 **registry.properties,
                 **{k: v.get_secret_value() for k, v in config.registry_secrets.items()},
             )
-        self._decoders = {}
+        # Topics the new file no longer names keep their decoders: the subscription is set
+        # at start (changing topics needs a restart), so their messages still arrive.
         for topic in config.file.topics:
             writer = None
             if topic.writer_schema:
@@ -372,6 +374,9 @@ class Engine:
         partition: Partition = (source.topic, source.partition)
         if partition in self._registry_blocked or partition not in self.ledger.partitions:
             return  # re-fetched after the seek that unblocks it / no longer ours
+        seen_up_to = self.ledger.next_offset(partition)
+        if seen_up_to is not None and source.offset < seen_up_to:
+            return  # fetched twice (a prefetch around a seek): it is already accounted for
         self.stats.consumed += 1
         self.telemetry.consumed.add(
             1,
@@ -393,6 +398,7 @@ class Engine:
             span.end()
             return
         else:
+            self._registry_attempts.pop(partition, None)
             decision = self.config.rules.evaluate(event)
             event_time = event.get("event_time")
             event_epoch = event_time.timestamp() if isinstance(event_time, datetime) else None
@@ -450,7 +456,8 @@ class Engine:
 
     def _block_for_registry(self, partition: Partition, offset: int, reason: str) -> None:
         """The registry is down: not the message's fault. Pause, seek back, retry later."""
-        attempt = 1 + sum(1 for p in self._registry_blocked if p == partition)
+        attempt = self._registry_attempts.get(partition, 0) + 1  # grows while it stays down
+        self._registry_attempts[partition] = attempt
         delay = self.policy.backoff.delay(attempt) + 1.0
         self._registry_blocked[partition] = self.clock() + delay
         tp = TopicPartition(partition[0], partition[1], offset)
