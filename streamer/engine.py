@@ -906,14 +906,14 @@ class Engine:
         self._update_shares()
 
     def _drop_queued(self, partitions: set[Partition]) -> None:
+        # Split first, release after: releasing a job activates the next job of its key,
+        # which may be appended to the very queue being split.
+        dropped: list[Job] = []
         for state in self._destinations.values():
-            keep: deque[Job] = deque()
-            for job in state.ready:
-                if job.partition in partitions:
-                    self._release(job)
-                else:
-                    keep.append(job)
-            state.ready = keep
+            dropped += [job for job in state.ready if job.partition in partitions]
+            state.ready = deque(job for job in state.ready if job.partition not in partitions)
+        for job in dropped:
+            self._release(job)
 
     def _update_shares(self) -> None:
         share = self.settings.rate_limit_share
