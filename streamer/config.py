@@ -27,6 +27,7 @@ from pydantic import (
     SecretStr,
     TypeAdapter,
     ValidationError,
+    model_validator,
 )
 
 from streamer.decoding import WireFormat, load_schema
@@ -109,6 +110,18 @@ class DeliverySettings(_Model):
     revoke_drain_seconds: float = Field(10.0, gt=0)
     shutdown_grace_seconds: float = Field(25.0, gt=0)
     reload_interval_seconds: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _drains_outlast_a_request(self) -> DeliverySettings:
+        # A request still in flight when a partition is handed over could arrive after the
+        # next owner's deliveries of the same key: the drains must outlast one request.
+        for name in ("revoke_drain_seconds", "shutdown_grace_seconds"):
+            if getattr(self, name) < self.request_timeout_seconds:
+                raise ValueError(
+                    f"{name} ({getattr(self, name)}) must be at least request_timeout_seconds "
+                    f"({self.request_timeout_seconds}), or a hand-over could reorder alerts"
+                )
+        return self
 
 
 class Templates(_Model):

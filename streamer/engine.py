@@ -20,6 +20,7 @@ import heapq
 import itertools
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -190,6 +191,10 @@ class Engine:
         self._backpressure = False
         self._registry_blocked: dict[Partition, float] = {}  # partition -> resume at
         self._registry_attempts: dict[Partition, int] = {}
+        # Partitions being let go, and when their last request may start: one started
+        # later could still be in flight after the hand-over, racing the next owner's
+        # deliveries of the same keys (a reorder).
+        self._last_start: dict[Partition, float] = {}
         self._partition_counts: dict[str, int] = {}
         # Offsets the broker confirmed, and ones sent but not yet confirmed. A commit can
         # fail (mid-rebalance the generation changes under it): only a confirmed offset
@@ -484,6 +489,8 @@ class Engine:
                     state.ready.popleft()
                     self._release(job)
                     continue
+                if now >= self._last_start.get(job.partition, math.inf):
+                    break  # too late to start: it is left to the next owner
                 if state.held_reason is not None:
                     if state.probing or now < state.probe_at:
                         break
@@ -875,6 +882,8 @@ class Engine:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         deadline = self.clock() + self.settings.revoke_drain_seconds
+        for p in revoked:
+            self._last_start[p] = deadline - self.settings.request_timeout_seconds
         # Drain: keep serving everything (other partitions too) until the revoked ones
         # are terminal or the deadline passes; then commit what is terminal and let go.
         while any(self.ledger.unfinished(p) for p in revoked) and self.clock() < deadline:
@@ -887,6 +896,8 @@ class Engine:
             self._committing.pop(p, None)
             self._registry_blocked.pop(p, None)
         self._drop_queued(revoked)
+        for p in revoked:
+            self._last_start.pop(p, None)
         log.info("revoked %s (%d events left to the next owner)", _names(partitions), left)
         self._update_shares()
 
@@ -947,6 +958,8 @@ class Engine:
     def _shutdown(self) -> None:
         """Stop fetching, drain within the grace period, commit, leave the group."""
         deadline = self.clock() + self.settings.shutdown_grace_seconds
+        for p in self.ledger.partitions:
+            self._last_start[p] = deadline - self.settings.request_timeout_seconds
         try:
             self.consumer.pause([TopicPartition(*p) for p in self.ledger.partitions])
             while self.ledger.unfinished() and self.clock() < deadline:

@@ -94,6 +94,7 @@ class Pipeline:
                 "backoff_base_seconds": 0.05,
                 "backoff_cap_seconds": 0.5,
                 "revoke_drain_seconds": 5,
+                "request_timeout_seconds": 5,
                 "shutdown_grace_seconds": 10,
                 "requests_per_minute_per_api_key": 1_000_000,
                 **(yaml.safe_load(delivery) if delivery else {}),

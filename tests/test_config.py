@@ -88,6 +88,11 @@ def header_lines() -> int:
         ("default: {templates: {}}", 1, "default"),
         ("kafka: {group_id: 1}", 1, "kafka.group_id: Input should be a valid string"),
         ("colour: blue", 1, "colour: unknown setting"),
+        (
+            "delivery: {revoke_drain_seconds: 5}",
+            1,
+            "revoke_drain_seconds (5.0) must be at least request_timeout_seconds (10.0)",
+        ),
     ],
 )
 def test_each_problem_names_its_line_and_route(
