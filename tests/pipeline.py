@@ -138,6 +138,19 @@ class Pipeline:
             self._thread.join(60)
             assert not self._thread.is_alive(), "the engine did not stop within 60 s"
 
+    def deliver_all(self, count: int) -> None:
+        """Runs the engine until `count` alerts arrived and every offset is committed."""
+        self.start()
+        try:
+            self.wait_for(lambda: len(self.fake.events) >= count, "all alerts delivered")
+            self.wait_committed()
+        finally:
+            self.stop()
+
+    def wait_committed(self) -> None:
+        """Waits until the group's committed offsets reach the end of every partition."""
+        self.wait_for(lambda: self.committed() == self.end_offsets(), "every offset committed")
+
     def wait_for(self, condition: Callable[[], bool], what: str, limit: float = 90) -> None:
         deadline = time.monotonic() + limit
         while not condition():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,31 +20,16 @@ from streamer.decoding import (
     load_schema,
     single_object_fingerprint,
 )
+from tests.rules_helpers import alert
 
 SCHEMAS = Path(__file__).parent.parent / "schemas"
 V1 = load_schema(SCHEMAS / "monitoring_event.v1.avsc")
 V2 = load_schema(SCHEMAS / "monitoring_event.v2.avsc")
-T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 
 
 def alert_event(**changes: Any) -> dict[str, Any]:
-    event = {
-        "event_id": "7b0c3f0e-2f59-4a57-8a3f-1d2b8f0a9c11",
-        "event_time": T0,
-        "source_system": "ALERTMANAGER",
-        "severity": "CRITICAL",
-        "labels": {"service": "checkout", "team": "payments"},
-        "alert": {
-            "status": "FIRING",
-            "labels": {"alertname": "HighErrorRate", "instance": "checkout-1"},
-            "annotations": {"summary": "5xx above 5%"},
-            "starts_at": T0,
-            "ends_at": None,
-            "generator_url": "http://prometheus/graph?g0.expr=rate",
-            "fingerprint": "c0ffee1234",
-        },
-        "check": None,
-    }
+    """The shared alert event without `runbook_url`: what a v1 producer writes."""
+    event = {k: v for k, v in alert().items() if k != "runbook_url"}
     event.update(changes)
     return event
 

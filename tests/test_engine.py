@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from streamer.testing import AlertSource, FakeIncidentIo
-from tests.pipeline import TOKENS, Pipeline, check_event
+from tests.pipeline import TOKENS, Pipeline, ServiceProcess, check_event
 
 pytestmark = pytest.mark.integration
 
@@ -33,24 +33,13 @@ def expected_statuses(events: list[dict]) -> dict[str, list[str]]:
     return out
 
 
-def assert_everything_committed(pipeline: Pipeline) -> None:
-    pipeline.wait_for(
-        lambda: pipeline.committed() == pipeline.end_offsets(), "every offset committed"
-    )
-
-
 def test_happy_path_every_alert_arrives_in_order_and_is_committed(
     infrastructure, fake, tmp_path, monkeypatch
 ) -> None:
     events = flapping(hosts=8, flips=6) + flapping(hosts=3, flips=4, team="b")
     pipeline = Pipeline(infrastructure, fake, tmp_path, monkeypatch=monkeypatch)
     pipeline.produce(events)
-    pipeline.start()
-    try:
-        pipeline.wait_for(lambda: len(fake.events) >= len(events), "all alerts delivered")
-        assert_everything_committed(pipeline)
-    finally:
-        pipeline.stop()
+    pipeline.deliver_all(len(events))
     assert len(fake.events) == len(events)  # nothing lost, nothing twice
     assert pipeline.delivered_statuses() == expected_statuses(events)
     assert set(pipeline.delivered_statuses("SRC_B")) == {f"b-host-{h}//disk" for h in range(3)}
@@ -62,14 +51,7 @@ def test_a_5xx_outage_delays_but_loses_nothing(infrastructure, fake, tmp_path, m
     fake.fail(503, count=15)
     pipeline = Pipeline(infrastructure, fake, tmp_path, monkeypatch=monkeypatch)
     pipeline.produce(events)
-    pipeline.start()
-    try:
-        pipeline.wait_for(
-            lambda: len(fake.events) >= len(events), "all alerts delivered after the outage"
-        )
-        assert_everything_committed(pipeline)
-    finally:
-        pipeline.stop()
+    pipeline.deliver_all(len(events))
     assert sum(1 for a in fake.answers if a.status == 503) == 15
     assert pipeline.engine.stats.retried == 15
     assert pipeline.delivered_statuses() == expected_statuses(events)
@@ -110,7 +92,7 @@ def test_a_refused_payload_is_dead_lettered_and_the_rest_flows(
     try:
         pipeline.wait_for(lambda: len(fake.events) >= len(events) - 1, "the other alerts delivered")
         letters = pipeline.dead_letters(expected=2)
-        assert_everything_committed(pipeline)
+        pipeline.wait_committed()
     finally:
         pipeline.stop()
     by_reason = {headers["reason"]: (key, value, headers) for key, value, headers in letters}
@@ -149,7 +131,7 @@ def test_a_misconfigured_destination_is_held_while_others_flow(
         # the operator fixes the token on incident.io's side: the held destination recovers
         fake.add_source(AlertSource("SRC_B", "a-wrong-token", events_per_minute=10_000))
         pipeline.wait_for(lambda: len(fake.events) >= len(to_a) + len(to_b), "b's alerts delivered")
-        assert_everything_committed(pipeline)
+        pipeline.wait_committed()
     finally:
         pipeline.stop()
     assert pipeline.engine.stats.held_destinations == 0
@@ -170,12 +152,7 @@ def test_past_the_in_flight_cap_consumption_pauses_and_resumes_without_loss(
         delivery="max_unfinished: 5\nworkers: 2",
     )
     pipeline.produce(events)
-    pipeline.start()
-    try:
-        pipeline.wait_for(lambda: len(fake.events) >= len(events), "all alerts delivered")
-        assert_everything_committed(pipeline)
-    finally:
-        pipeline.stop()
+    pipeline.deliver_all(len(events))
     assert pipeline.engine.stats.pauses > 1  # it hit the cap, resumed, and hit it again
     # librdkafka drops prefetched messages on pause: the seek on resume must not skip any
     assert len(fake.events) == len(events)
@@ -218,7 +195,7 @@ def test_the_pipeline_runs_over_sasl_scram(infrastructure, fake, tmp_path, monke
         # the dead-letter producer authenticates with the same settings
         [(_, value, headers)] = pipeline.dead_letters(expected=1)
         assert value == b"not an event" and headers["reason"].startswith("decode:")
-        assert_everything_committed(pipeline)
+        pipeline.wait_committed()
     finally:
         pipeline.stop()
     assert pipeline.delivered_statuses() == expected_statuses(events)
@@ -227,10 +204,6 @@ def test_the_pipeline_runs_over_sasl_scram(infrastructure, fake, tmp_path, monke
 def test_a_wrong_sasl_password_fails_at_start_up_without_printing_it(
     infrastructure, fake, tmp_path, monkeypatch
 ) -> None:
-    import os
-    import subprocess
-    import sys
-
     infrastructure.add_scram_user("streamer-test", "scram-secret-42")
     monkeypatch.setenv("TEST_KAFKA_PASSWORD", "not-the-password-77")
     pipeline = Pipeline(
@@ -240,27 +213,11 @@ def test_a_wrong_sasl_password_fails_at_start_up_without_printing_it(
         monkeypatch=monkeypatch,
         kafka=sasl_settings(infrastructure, "TEST_KAFKA_PASSWORD"),
     )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "streamer",
-            "run",
-            "--config",
-            str(pipeline.config_path),
-            "--startup-timeout",
-            "5",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ},
-    )
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert (
-        "did not answer" in result.stderr and infrastructure.sasl_bootstrap_servers in result.stderr
-    )
-    assert "not-the-password-77" not in result.stdout + result.stderr
+    process = ServiceProcess(pipeline, tmp_path / "run.log", "--startup-timeout", "5")
+    assert process.wait() == 2, process.log()[-2000:]
+    output = process.log()
+    assert "did not answer" in output and infrastructure.sasl_bootstrap_servers in output
+    assert "not-the-password-77" not in output
 
 
 def test_an_unreachable_registry_delays_but_never_dead_letters(
@@ -302,7 +259,7 @@ def test_an_unreachable_registry_delays_but_never_dead_letters(
         assert sum(pipeline.committed().values()) == 0  # nothing passed the blocked events
         path.open()  # the registry is reachable again
         pipeline.wait_for(lambda: len(fake.events) == len(events), "all delivered after recovery")
-        assert_everything_committed(pipeline)
+        pipeline.wait_committed()
     finally:
         pipeline.stop()
         path.close()
