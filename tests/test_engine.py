@@ -159,12 +159,16 @@ def test_past_the_in_flight_cap_consumption_pauses_and_resumes_without_loss(
     assert pipeline.delivered_statuses() == expected_statuses(events)
 
 
-def sasl_settings(infrastructure, password_env: str) -> dict:
+def sasl_pipeline(infrastructure, fake, tmp_path, monkeypatch, password: str) -> Pipeline:
+    """A pipeline whose service talks to the broker's SCRAM listener as `streamer-test`
+    (whose real password is scram-secret-42), with `password` from the environment."""
     assert infrastructure.sasl_bootstrap_servers, (
         "this broker has no SASL listener: with an external broker, name one in "
         "KAFKA_SASL_BOOTSTRAP_SERVERS"
     )
-    return {
+    infrastructure.add_scram_user("streamer-test", "scram-secret-42")
+    monkeypatch.setenv("TEST_KAFKA_PASSWORD", password)
+    kafka = {
         "bootstrap_servers": infrastructure.sasl_bootstrap_servers,
         "properties": {
             "security.protocol": "SASL_PLAINTEXT",
@@ -173,21 +177,14 @@ def sasl_settings(infrastructure, password_env: str) -> dict:
             "session.timeout.ms": 6000,
             "heartbeat.interval.ms": 1000,
         },
-        "secret_properties": {"sasl.password": {"env": password_env}},
+        "secret_properties": {"sasl.password": {"env": "TEST_KAFKA_PASSWORD"}},
     }
+    return Pipeline(infrastructure, fake, tmp_path, monkeypatch=monkeypatch, kafka=kafka)
 
 
 def test_the_pipeline_runs_over_sasl_scram(infrastructure, fake, tmp_path, monkeypatch) -> None:
-    infrastructure.add_scram_user("streamer-test", "scram-secret-42")
-    monkeypatch.setenv("TEST_KAFKA_PASSWORD", "scram-secret-42")
     events = flapping(hosts=3, flips=2)
-    pipeline = Pipeline(
-        infrastructure,
-        fake,
-        tmp_path,
-        monkeypatch=monkeypatch,
-        kafka=sasl_settings(infrastructure, "TEST_KAFKA_PASSWORD"),
-    )
+    pipeline = sasl_pipeline(infrastructure, fake, tmp_path, monkeypatch, "scram-secret-42")
     pipeline.produce([*events, b"not an event"])
     pipeline.start()
     try:
@@ -204,15 +201,7 @@ def test_the_pipeline_runs_over_sasl_scram(infrastructure, fake, tmp_path, monke
 def test_a_wrong_sasl_password_fails_at_start_up_without_printing_it(
     infrastructure, fake, tmp_path, monkeypatch
 ) -> None:
-    infrastructure.add_scram_user("streamer-test", "scram-secret-42")
-    monkeypatch.setenv("TEST_KAFKA_PASSWORD", "not-the-password-77")
-    pipeline = Pipeline(
-        infrastructure,
-        fake,
-        tmp_path,
-        monkeypatch=monkeypatch,
-        kafka=sasl_settings(infrastructure, "TEST_KAFKA_PASSWORD"),
-    )
+    pipeline = sasl_pipeline(infrastructure, fake, tmp_path, monkeypatch, "not-the-password-77")
     process = ServiceProcess(pipeline, tmp_path / "run.log", "--startup-timeout", "5")
     assert process.wait() == 2, process.log()[-2000:]
     output = process.log()
