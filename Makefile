@@ -5,7 +5,16 @@ BIN    := $(VENV)/bin
 # Downloads (Maven jars, podman state) are cached here, so warm runs do not fetch again.
 export STREAMER_CACHE_DIR := $(CURDIR)/.cache
 
-.PHONY: demo test lint unit install clean bench-decoding bench-routing bench-delivery bench-memory
+# The deployment checkers (make test validates Dockerfile and k8s/ with them, offline once
+# installed): a venv of their own (checkov pins many libraries) and kustomize from the Go
+# module proxy. Pinned: a new version is a deliberate change.
+TOOLS      := $(STREAMER_CACHE_DIR)/deploy-tools
+KUSTOMIZE  := $(STREAMER_CACHE_DIR)/bin/kustomize
+TOOLS_PINS := checkov==3.3.30 kubernetes-validate==1.37.0 yamllint==1.38.0
+KUSTOMIZE_VERSION := v5.7.1
+TOOLS_STAMP := $(TOOLS)/.installed-$(subst ==,-,$(subst $() ,_,$(TOOLS_PINS)))
+
+.PHONY: demo test lint unit install deploy-tools clean bench-decoding bench-routing bench-delivery bench-memory
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,12 +24,25 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+$(TOOLS_STAMP):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --upgrade pip
+	$(TOOLS)/bin/pip install --quiet $(TOOLS_PINS)
+	touch $@
+
+$(KUSTOMIZE)-$(KUSTOMIZE_VERSION):
+	GOPATH=$(STREAMER_CACHE_DIR)/go GOFLAGS=-modcacherw GOBIN=$(STREAMER_CACHE_DIR)/bin \
+		go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+	touch $@
+
+deploy-tools: $(TOOLS_STAMP) $(KUSTOMIZE)-$(KUSTOMIZE_VERSION)
+
 ## demo: run the main job on the local default (broker, registry and incident.io double)
 demo: $(BIN)/.installed
 	$(BIN)/streamer demo
 
 ## test: the whole suite: lint, types, unit, property and integration tests
-test: lint
+test: lint deploy-tools
 	$(BIN)/pytest
 
 lint: $(BIN)/.installed
@@ -29,7 +51,7 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy streamer
 
 ## unit: only the tests that need no broker (fast feedback while editing)
-unit: $(BIN)/.installed
+unit: $(BIN)/.installed deploy-tools
 	$(BIN)/pytest -m "not integration"
 
 clean:
