@@ -435,6 +435,8 @@ class Engine:
 
     def _process_span(self, source: SourceMessage) -> Span:
         """The `process` span of one event, linked to the producer's trace if it sent one."""
+        if not self.telemetry.tracing:
+            return trace.INVALID_SPAN
         carrier = {k: v.decode("latin-1") for k, v in source.headers if v is not None}
         producer_context = trace.get_current_span(_PROPAGATOR.extract(carrier)).get_span_context()
         links = [Link(producer_context)] if producer_context.is_valid else []
@@ -517,16 +519,17 @@ class Engine:
             )
             delivery.waiting_since = None
         parent = self._spans.get((job.partition, job.offset))
-        delivery.span = self.telemetry.tracer.start_span(
-            "POST",
-            kind=SpanKind.CLIENT,
-            context=trace.set_span_in_context(parent[0]) if parent else None,
-            attributes={
-                "http.request.method": "POST",
-                "server.address": state.spec.url,
-                "streamer.destination": state.name,
-            },
-        )
+        if self.telemetry.tracing:
+            delivery.span = self.telemetry.tracer.start_span(
+                "POST",
+                kind=SpanKind.CLIENT,
+                context=trace.set_span_in_context(parent[0]) if parent else None,
+                attributes={
+                    "http.request.method": "POST",
+                    "server.address": state.spec.url,
+                    "streamer.destination": state.name,
+                },
+            )
         self._busy_workers += 1
         spec, token, payload = state.spec, state.token, delivery.payload
 

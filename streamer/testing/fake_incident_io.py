@@ -471,7 +471,8 @@ class FakeIncidentIo:
 class _ControlApi:
     """`/_fake/...`: drive a fake that runs in another process (the CLI, the demo).
 
-    GET /_fake/events, GET /_fake/answers: what was recorded;
+    GET /_fake/events, GET /_fake/answers: what was recorded; GET /_fake/counts: how many
+    of each (cheap to poll);
     POST /_fake/faults {"kind": "status"|"latency"|"reset", "status", "seconds",
     "source_id", "count", "for_seconds"}; DELETE /_fake/faults;
     POST /_fake/sources {"id", "token", "events_per_minute"}.
@@ -485,6 +486,10 @@ class _ControlApi:
             request = json.loads(body) if body else {}
             if (method, path) == ("GET", "/_fake/events"):
                 return _Reply(200, {"events": [asdict(e) for e in self.fake.events]})
+            if (method, path) == ("GET", "/_fake/counts"):
+                return _Reply(
+                    200, {"events": len(self.fake.events), "answers": len(self.fake.answers)}
+                )
             if (method, path) == ("GET", "/_fake/answers"):
                 return _Reply(200, {"answers": [asdict(a) for a in self.fake.answers]})
             if (method, path) == ("DELETE", "/_fake/faults"):
