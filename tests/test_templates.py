@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamer.config import ConfigError
+from streamer.templates import DEFAULT_METADATA, DEFAULT_TEMPLATES, CompiledTemplate, variables_of
 from tests.rules_helpers import alert, config_from
+from tests.strategies import events
 
 CANARY = "s3cr3t-canary-value"
 
@@ -79,3 +84,59 @@ def test_the_filters_people_need(tmp_path, template: str, rendered: str) -> None
     body = f"routes: [{{name: r, destination: a, templates: {{title: {json.dumps(template)}}}}}]"
     [delivery] = config_from(tmp_path, body).rules.evaluate(alert()).deliveries
     assert delivery.payload.title == rendered
+
+
+# --- the fast paths: the same text, or the same error, as Jinja ----------------------------
+
+_odd_values = st.none() | st.integers() | st.text(max_size=5) | st.just({}) | st.just([])
+
+
+@st.composite
+def _odd_events(draw: st.DrawFn) -> dict[str, object]:
+    """Schema-valid events, then some of them bent: keys missing, types changed."""
+    event: dict[str, object] = draw(events)
+    for part in ("alert", "check"):
+        value = event.get(part)
+        if isinstance(value, dict) and draw(st.booleans()):
+            value = dict(value)
+            for key in draw(st.lists(st.sampled_from(sorted(value)), max_size=2, unique=True)):
+                if draw(st.booleans()):
+                    del value[key]
+                else:
+                    value[key] = draw(_odd_values)
+            event[part] = value
+    if isinstance(event.get("labels"), dict) and draw(st.booleans()):
+        event["labels"] = {**event["labels"], "items": "a key named like a dict method"}
+    for key in draw(st.lists(st.sampled_from(sorted(event)), max_size=1)):
+        del event[key]
+    return event
+
+
+def _outcome(render: Callable[[], str]) -> tuple[str, str]:
+    try:
+        return ("text", render())
+    except Exception as e:
+        return ("error", type(e).__name__)
+
+
+FAST_SOURCES = [
+    *DEFAULT_TEMPLATES.values(),
+    *DEFAULT_METADATA.values(),
+    "{{ labels.team }}",
+    "{{ alert.labels.alertname }}",
+    "{{ check.service }}",
+    "{{ labels.items }}",
+    "{{ event.labels }}",
+    "{{ none }}",
+]
+
+
+@pytest.mark.parametrize("source", FAST_SOURCES)
+@given(event=_odd_events())
+@settings(max_examples=100, deadline=None)
+def test_fast_paths_render_exactly_what_jinja_renders(source: str, event: dict) -> None:
+    template = CompiledTemplate(source)
+    variables = variables_of(event)
+    assert _outcome(lambda: template.render(variables)) == _outcome(
+        lambda: template.render_with_jinja(variables)
+    )
