@@ -283,19 +283,29 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     from streamer.config import ConfigError, load_config
     from streamer.replay import ReplayFilter, replay
 
-    try:
-        config = load_config(args.config, check_secrets=False)
+    if args.deliver and args.to_topic:
+        print("error: --deliver sends to incident.io; it takes no --to-topic", file=sys.stderr)
+        return 1
+    try:  # delivering needs the tokens; re-producing to Kafka does not
+        config = load_config(args.config, check_secrets=args.deliver)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
     wanted = ReplayFilter(since=args.since, until=args.until, key=args.key, reason=args.reason)
     try:
-        report = replay(config, wanted, to_topic=args.to_topic, dry_run=args.dry_run)
+        report = replay(
+            config,
+            wanted,
+            to_topic=args.to_topic,
+            dry_run=args.dry_run,
+            deliver=args.deliver,
+            max_attempts=args.max_attempts,
+        )
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({"dry_run": args.dry_run, **report.as_json()}, indent=2))
-    return 0
+    return 3 if report.failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -479,9 +489,13 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Reads the dead-letter topic up to its current end, keeps the letters matching "
             "the filters, and produces each original key, value and headers again to the "
-            "topic it came from (or --to-topic), where the service consumes it as new. "
-            "Commits nothing; every run re-sends what matches, so filter narrowly. Prints a "
-            "JSON report."
+            "topic it came from (or --to-topic), where the service consumes it as new; or, "
+            "with --deliver, decodes and routes each with the current rules and POSTs its "
+            "alert events to incident.io from here (only the route and destination the "
+            "letter names). Commits nothing; every run re-sends what matches, so filter "
+            "narrowly. Prints a JSON report. Exit status: 0 done, 1 bad configuration, 2 "
+            "the dead-letter topic could not be read, 3 some letters could not be delivered "
+            "(they stay in the dead-letter topic; the report lists them)."
         ),
     )
     replay.add_argument("--config", required=True, metavar="FILE", help="the YAML configuration")
@@ -505,7 +519,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--to-topic", metavar="TOPIC", help="produce to TOPIC instead of each letter's source topic"
     )
     replay.add_argument(
-        "--dry-run", action="store_true", help="report what would be replayed, produce nothing"
+        "--deliver",
+        action="store_true",
+        help="send straight to incident.io (rate limits and failure policy apply) instead of "
+        "re-producing to Kafka",
+    )
+    replay.add_argument(
+        "--max-attempts",
+        type=int,
+        default=5,
+        metavar="N",
+        help="with --deliver: tries per alert event on 5xx/timeouts before reporting it "
+        "failed (default: %(default)s)",
+    )
+    replay.add_argument(
+        "--dry-run", action="store_true", help="report what would be replayed, send nothing"
     )
     replay.set_defaults(func=cmd_dlq_replay)
 

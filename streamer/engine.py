@@ -41,7 +41,13 @@ from pydantic import SecretStr
 from streamer import logs
 from streamer.config import Config, DeliverySettings, Destination
 from streamer.dead_letters import DeadLetter, SourceMessage
-from streamer.decoding import DecodeError, EventDecoder, RegistryUnavailable, RegistryWriterSchemas
+from streamer.decoding import (
+    DecodeError,
+    EventDecoder,
+    RegistryUnavailable,
+    RegistryWriterSchemas,
+    load_schema,
+)
 from streamer.failure_policy import (
     Accepted,
     Backoff,
@@ -113,6 +119,31 @@ class _DestinationState:
         self.held_reason: str | None = None
         self.probe_at = 0.0
         self.probing = False
+
+
+def registry_of(config: Config) -> RegistryWriterSchemas | None:
+    """The schema registry client the configuration asks for, if any."""
+    registry = config.file.schema_registry
+    if registry is None:
+        return None
+    return RegistryWriterSchemas.connect(
+        registry.url,
+        **registry.properties,
+        **{k: v.get_secret_value() for k, v in config.registry_secrets.items()},
+    )
+
+
+def decoders_of(config: Config, registry: RegistryWriterSchemas | None) -> dict[str, EventDecoder]:
+    """A decoder per configured topic, by topic name."""
+    decoders = {}
+    for topic in config.file.topics:
+        writer = (
+            load_schema(config.path.parent / topic.writer_schema) if topic.writer_schema else None
+        )
+        decoders[topic.name] = EventDecoder(
+            topic.format, config.reader_schema, registry=registry, writer_schema=writer
+        )
+    return decoders
 
 
 def kafka_settings(config: Config) -> dict[str, Any]:
@@ -223,24 +254,11 @@ class Engine:
                 *config.registry_secrets.values(),
             )
         )
-        if self._registry is None and config.file.schema_registry is not None:
-            registry = config.file.schema_registry
-            self._registry = RegistryWriterSchemas.connect(
-                registry.url,
-                **registry.properties,
-                **{k: v.get_secret_value() for k, v in config.registry_secrets.items()},
-            )
+        if self._registry is None:
+            self._registry = registry_of(config)
         # Topics the new file no longer names keep their decoders: the subscription is set
         # at start (changing topics needs a restart), so their messages still arrive.
-        for topic in config.file.topics:
-            writer = None
-            if topic.writer_schema:
-                from streamer.decoding import load_schema
-
-                writer = load_schema(config.path.parent / topic.writer_schema)
-            self._decoders[topic.name] = EventDecoder(
-                topic.format, config.reader_schema, registry=self._registry, writer_schema=writer
-            )
+        self._decoders.update(decoders_of(config, self._registry))
         for name, spec in config.file.destinations.items():
             token = config.tokens[name]
             key = token.get_secret_value()  # limiter per API key; the dict never leaves here

@@ -6,6 +6,12 @@ are not read again), keeps those matching the filters, and re-produces each one'
 original key, value and headers to its source topic (the `streamer.source_topic`
 header) or to `--to-topic`. The running service then consumes it like any event.
 
+With `deliver=True` (`--deliver`) it skips the topic: each letter is decoded and routed
+with the current rules and its alert events are POSTed to incident.io from here, one at
+a time, under the destinations' rate limits and the failure policy. Only the route and
+destination the letter names are sent (a fan-out's other deliveries went through the
+first time). What still fails is reported and stays in the dead-letter topic.
+
 The replay reads with its own throwaway consumer and commits nothing, so it can be run
 again; every run re-sends what matches, so narrow it with --since/--until/--key/--reason
 rather than replaying twice. A `streamer-replayed-from` header says where a replayed
@@ -14,17 +20,24 @@ message came from (`topic[partition]@offset` of its dead letter).
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import httpx
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streamer.config import Config
 from streamer.dead_letters import PREFIX, read_headers
-from streamer.engine import kafka_settings
+from streamer.decoding import DecodeError, RegistryUnavailable
+from streamer.engine import decoders_of, kafka_settings, registry_of
+from streamer.failure_policy import Accepted, Backoff, FailurePolicy, RateLimited, Retry
+from streamer.incident_io import IncidentIoClient
+from streamer.rate_limit import RollingWindowLimiter, acquire
 
 REPLAYED_FROM = "streamer-replayed-from"
 
@@ -59,9 +72,13 @@ class ReplayReport:
     by_reason: Counter[str] = field(default_factory=Counter)
     to_topics: Counter[str] = field(default_factory=Counter)
     skipped_no_source: int = 0
+    # deliver mode: alert events sent per destination, accepted, and what failed
+    to_destinations: Counter[str] = field(default_factory=Counter)
+    delivered: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "scanned": self.scanned,
             "matched": self.matched,
             "replayed": self.replayed,
@@ -69,6 +86,26 @@ class ReplayReport:
             "to_topics": dict(self.to_topics),
             "skipped_without_source_topic": self.skipped_no_source,
         }
+        if self.to_destinations or self.failed:
+            out["to_destinations"] = dict(self.to_destinations)
+            out["delivered"] = self.delivered
+            out["failed"] = self.failed
+        return out
+
+
+@dataclass(frozen=True)
+class Letter:
+    """One dead letter: where it sits, the original message, and its streamer.* headers."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    about: dict[str, str]  # read_headers: reason, route, destination, source_topic, ...
+
+    def original_headers(self) -> list[tuple[str, bytes]]:
+        return [(k, v) for k, v in self.headers if not k.startswith(PREFIX) and k != REPLAYED_FROM]
 
 
 def replay(
@@ -77,20 +114,48 @@ def replay(
     *,
     to_topic: str | None = None,
     dry_run: bool = False,
+    deliver: bool = False,
     timeout: float = 10.0,
+    max_attempts: int = 5,
 ) -> ReplayReport:
+    report = ReplayReport()
     dlq = config.file.kafka.dead_letter_topic
-    settings = kafka_settings(config)
+    letters = _matching_letters(config, wanted, report, timeout)
+    if deliver:
+        _LetterDelivery(config, report, timeout, max_attempts, dry_run).run(letters)
+        return report
+    producer = Producer(kafka_settings(config))
+    for letter in letters:
+        target = to_topic or letter.about.get("source_topic")
+        if not target:
+            report.skipped_no_source += 1
+            continue
+        report.to_topics[target] += 1
+        if dry_run:
+            continue
+        headers: list[tuple[str, str | bytes | None]] = [*letter.original_headers()]
+        headers.append((REPLAYED_FROM, f"{dlq}[{letter.partition}]@{letter.offset}".encode()))
+        producer.produce(target, key=letter.key, value=letter.value, headers=headers)
+        producer.poll(0)
+        report.replayed += 1
+    if producer.flush(timeout * 3) != 0:
+        raise RuntimeError("some replayed messages were not acknowledged; run again")
+    return report
+
+
+def _matching_letters(
+    config: Config, wanted: ReplayFilter, report: ReplayReport, timeout: float
+) -> Iterator[Letter]:
+    """The dead-letter topic up to its end at the start, filtered, in offset order."""
+    dlq = config.file.kafka.dead_letter_topic
     consumer = Consumer(
         {
-            **settings,
+            **kafka_settings(config),
             "group.id": f"streamer-replay-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
         }
     )
-    producer = Producer(settings)
-    report = ReplayReport()
     try:
         metadata = consumer.list_topics(dlq, timeout=timeout)
         topic = metadata.topics.get(dlq)
@@ -123,29 +188,156 @@ def replay(
             raw_headers = message.headers() or []
             pairs = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
             headers = [(k, v.encode() if isinstance(v, str) else v) for k, v in pairs]
-            letter = read_headers(headers)
+            about = read_headers(headers)
             key = message.key()
             key_bytes = key.encode() if isinstance(key, str) else key
-            if not wanted.matches(key_bytes, letter):
+            if not wanted.matches(key_bytes, about):
                 continue
             report.matched += 1
-            report.by_reason[letter.get("reason", "?")] += 1
-            target = to_topic or letter.get("source_topic")
-            if not target:
-                report.skipped_no_source += 1
-                continue
-            report.to_topics[target] += 1
-            if dry_run:
-                continue
-            original: list[tuple[str, str | bytes | None]] = [
-                (k, v) for k, v in headers if not k.startswith(PREFIX) and k != REPLAYED_FROM
-            ]
-            original.append((REPLAYED_FROM, f"{dlq}[{partition}]@{offset}".encode()))
-            producer.produce(target, key=key_bytes, value=message.value(), headers=original)
-            producer.poll(0)
-            report.replayed += 1
-        if producer.flush(timeout * 3) != 0:
-            raise RuntimeError("some replayed messages were not acknowledged; run again")
+            report.by_reason[about.get("reason", "?")] += 1
+            value = message.value()
+            yield Letter(
+                partition,
+                offset,
+                key_bytes,
+                value.encode() if isinstance(value, str) else value,
+                [(k, v) for k, v in headers if v is not None],
+                about,
+            )
     finally:
         consumer.close()
-    return report
+
+
+class _LetterDelivery:
+    """Straight to incident.io: decode, route, POST each letter's alert events in turn."""
+
+    def __init__(
+        self,
+        config: Config,
+        report: ReplayReport,
+        timeout: float,
+        max_attempts: int,
+        dry_run: bool,
+    ) -> None:
+        settings = config.file.delivery
+        self.config, self.report, self.dry_run = config, report, dry_run
+        self.max_attempts = max_attempts
+        self.decoders = decoders_of(config, registry_of(config))
+        self.http = IncidentIoClient(timeout=settings.request_timeout_seconds)
+        self.policy = FailurePolicy(
+            Backoff(settings.backoff_base_seconds, settings.backoff_cap_seconds),
+            max_retry_seconds=None,
+        )
+        # The full limits: the running service takes its share too, and any 429 that
+        # results is waited out as incident.io says.
+        margin = settings.rate_limit_margin_seconds
+        self.limiters = {
+            name: RollingWindowLimiter(spec.events_per_minute, 60.0, margin=margin)
+            for name, spec in config.file.destinations.items()
+        }
+        by_token: dict[str, RollingWindowLimiter] = {}
+        self.key_limiters = {
+            name: by_token.setdefault(
+                config.tokens[name].get_secret_value(),
+                RollingWindowLimiter(settings.requests_per_minute_per_api_key, 60.0, margin=margin),
+            )
+            for name in config.file.destinations
+        }
+
+    def run(self, letters: Iterator[Letter]) -> None:
+        try:
+            for letter in letters:
+                self._deliver(letter)
+        finally:
+            self.http.close()
+
+    def _fail(self, letter: Letter, reason: str, destination: str = "") -> None:
+        dlq = self.config.file.kafka.dead_letter_topic
+        self.report.failed.append(
+            {
+                "letter": f"{dlq}[{letter.partition}]@{letter.offset}",
+                "destination": destination or letter.about.get("destination", ""),
+                "reason": reason,
+            }
+        )
+
+    def _deliver(self, letter: Letter) -> None:
+        topic = letter.about.get("source_topic", "")
+        decoder = self.decoders.get(topic)
+        if decoder is None:
+            self.report.skipped_no_source += 1
+            self._fail(letter, f"its source topic {topic or '?'} is not in the configuration")
+            return
+        try:
+            event = decoder.decode(letter.value, letter.original_headers())
+        except (DecodeError, RegistryUnavailable) as e:
+            self._fail(letter, f"decode: {e}")
+            return
+        decision = self.config.rules.evaluate(event)
+        route, destination = letter.about.get("route"), letter.about.get("destination")
+
+        def named(r: str, d: str | None) -> bool:  # the route the letter was written for
+            return (not route or r == route) and (not destination or d == destination)
+
+        for failure in decision.failures:
+            if named(failure.route, failure.destination):
+                self._fail(letter, f"template: {failure.reason}", failure.destination or "")
+        deliveries = [d for d in decision.deliveries if named(d.route, d.destination)]
+        if not deliveries and not decision.failures:
+            self._fail(letter, "the current rules make no alert event of it (dropped)")
+        for delivery in deliveries:
+            self.report.to_destinations[delivery.destination] += 1
+            if self.dry_run:
+                continue
+            outcome = self._post(
+                delivery.destination, delivery.payload.model_dump(exclude_none=True)
+            )
+            if outcome is None:
+                self.report.delivered += 1
+                self.report.replayed += 1
+            else:
+                self._fail(letter, outcome, delivery.destination)
+
+    def _post(self, destination: str, payload: dict[str, Any]) -> str | None:
+        """None when incident.io accepted it, else why not."""
+        spec = self.config.file.destinations[destination]
+        token = self.config.tokens[destination]
+        limiters = [self.limiters[destination], self.key_limiters[destination]]
+        first = time.time()
+        attempt = 1
+        while True:
+            wait_until = acquire(limiters, time.monotonic())
+            if wait_until is not None:
+                time.sleep(max(0.0, wait_until - time.monotonic()))
+                continue
+            now = time.time()
+            try:
+                answer = self.http.post_alert_event(
+                    spec.url, spec.alert_source_config_id, token, payload
+                )
+            except (httpx.TransportError, httpx.InvalidURL) as e:
+                decision = self.policy.decide_error(
+                    e, attempt=attempt, first_attempt_at=first, now=now
+                )
+            else:
+                decision = self.policy.decide_response(
+                    answer.status,
+                    answer.headers,
+                    answer.body,
+                    attempt=attempt,
+                    first_attempt_at=first,
+                    now=now,
+                )
+            if isinstance(decision, Accepted):
+                return None
+            if isinstance(decision, RateLimited):
+                self.limiters[destination].pause_until(
+                    time.monotonic() + max(0.0, decision.retry_at - time.time())
+                )
+                continue
+            if isinstance(decision, Retry) and attempt < self.max_attempts:
+                attempt += 1
+                time.sleep(decision.delay)
+                continue
+            reason = decision.reason
+            return f"{reason} (after {attempt} attempt{'s' if attempt > 1 else ''})"

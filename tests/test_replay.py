@@ -9,6 +9,7 @@ import sys
 from datetime import UTC, datetime
 
 import pytest
+import yaml
 from confluent_kafka import Consumer
 
 from streamer.replay import REPLAYED_FROM, ReplayFilter
@@ -40,7 +41,7 @@ def test_a_letter_without_a_time_never_matches_a_time_filter() -> None:
     assert not ReplayFilter(since=T).matches(b"k", {"reason": "x"})
 
 
-def replay_cli(pipeline: Pipeline, *args: str) -> dict:
+def replay_cli(pipeline: Pipeline, *args: str, status: int = 0) -> dict:
     result = subprocess.run(
         [
             sys.executable,
@@ -57,7 +58,7 @@ def replay_cli(pipeline: Pipeline, *args: str) -> dict:
         timeout=120,
         env={**os.environ, **TOKENS},
     )
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == status, result.stderr[-2000:]
     return json.loads(result.stdout)
 
 
@@ -108,3 +109,42 @@ def test_a_dead_letter_replayed_after_the_fix_is_delivered(
             break
     consumer.close()
     assert replayed and replayed[0].startswith(f"{pipeline.dlq}[0]@")
+
+
+@pytest.mark.integration
+def test_deliver_sends_the_letters_route_straight_to_incident_io(
+    infrastructure, tmp_path, monkeypatch
+) -> None:
+    """A fan-out event, refused by one destination: --deliver re-sends only that delivery,
+    the other destination does not get it twice; what still fails is reported, exit 3."""
+    with FakeIncidentIo(
+        [AlertSource("SRC_A", TOKENS["TEST_TOKEN_A"]), AlertSource("SRC_B", TOKENS["TEST_TOKEN_B"])]
+    ) as fake:
+        fake.fail(422, count=1, source_id="SRC_B")
+        pipeline = Pipeline(infrastructure, fake, tmp_path, monkeypatch=monkeypatch)
+        config = yaml.safe_load(pipeline.config_path.read_text())
+        config["routes"][0]["continue"] = True  # team b: to b, and on to a
+        pipeline.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        pipeline.produce([check_event("db-1", "CRITICAL", team="b"), b"garbage"])
+        pipeline.start()
+        try:
+            pipeline.wait_for(
+                lambda: len(fake.events) == 1 and pipeline.engine.stats.dead_lettered == 2,
+                "a delivered, b refused (422), the garbage dead-lettered",
+            )
+        finally:
+            pipeline.stop()
+        assert [e.source_id for e in fake.events] == ["SRC_A"]
+
+        report = replay_cli(pipeline, "--deliver", "--reason", "http-422")
+        assert report["delivered"] == 1 and report["failed"] == []
+        assert report["to_destinations"] == {"b": 1}
+        assert sorted(e.source_id for e in fake.events) == ["SRC_A", "SRC_B"]
+        assert fake.events[-1].payload["deduplication_key"] == "db-1//disk"
+
+        undecodable = replay_cli(pipeline, "--deliver", "--reason", "decode:", status=3)
+        assert undecodable["delivered"] == 0
+        [failure] = undecodable["failed"]
+        assert failure["letter"].startswith(f"{pipeline.dlq}[0]@")
+        assert failure["reason"].startswith("decode:")
+        assert len(fake.events) == 2, "nothing more was sent"
