@@ -212,10 +212,14 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
+
+    def count(n: int, noun: str) -> str:
+        return f"{n} {noun}{'' if n == 1 else 's'}"
+
     routes = sum(1 for _ in config.rules.walk())
     print(
-        f"{config.path}: OK ({len(config.file.destinations)} destinations, {routes} routes, "
-        f"{len(config.file.topics)} topics)"
+        f"{config.path}: OK ({count(len(config.file.destinations), 'destination')}, "
+        f"{count(routes, 'route')}, {count(len(config.file.topics), 'topic')})"
     )
     return 0
 
