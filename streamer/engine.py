@@ -907,7 +907,11 @@ class Engine:
             self._last_start[p] = deadline - self.settings.request_timeout_seconds
         # Drain: keep serving everything (other partitions too) until the revoked ones
         # are terminal or the deadline passes; then commit what is terminal and let go.
-        while any(self.ledger.unfinished(p) for p in revoked) and self.clock() < deadline:
+        while (
+            any(self.ledger.unfinished(p) for p in revoked)
+            and self.clock() < deadline
+            and self._can_progress()
+        ):
             self._step(consume=False)
         self._commit_if_due(force=True, partitions=revoked)
         left = sum(self.ledger.unfinished(p) for p in revoked)
@@ -921,6 +925,29 @@ class Engine:
             self._last_start.pop(p, None)
         log.info("revoked %s (%d events left to the next owner)", _names(partitions), left)
         self._update_shares()
+
+    def _can_progress(self) -> bool:
+        """While draining: could anything still finish or start before its cut-off?
+
+        No when nothing is in flight (requests, dead-letter produces) and every waiting
+        request could start only after its partition's last start (rate limits, a held
+        destination, a retry's backoff): waiting out the drain would change nothing, so
+        the drain ends early and those events go to the next owner.
+        """
+        if self._busy_workers or len(self.producer):
+            return True
+        now = self.clock()
+        for state in self._destinations.values():
+            if not state.ready:
+                continue
+            start = max(state.limiter.next_start(now), state.key_limiter.next_start(now))
+            if state.held_reason is not None:  # (a probe in flight is a busy worker)
+                start = max(start, state.probe_at)
+            if start < self._last_start.get(state.ready[0].partition, math.inf):
+                return True
+        return any(
+            due < self._last_start.get(job.partition, math.inf) for due, _, job in self._timers
+        )
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lost = {(tp.topic, tp.partition) for tp in partitions}
@@ -983,14 +1010,15 @@ class Engine:
             self._last_start[p] = deadline - self.settings.request_timeout_seconds
         try:
             self.consumer.pause([TopicPartition(*p) for p in self.ledger.partitions])
-            while self.ledger.unfinished() and self.clock() < deadline:
+            while self.ledger.unfinished() and self.clock() < deadline and self._can_progress():
                 self._step(consume=False)
             self._commit_if_due(force=True)
             left = self.ledger.unfinished()
             if left:
                 log.warning(
-                    "shutdown: %d events not terminal within %.0f s; they will be "
-                    "delivered again by the next owner",
+                    "shutdown: %d events not terminal; their requests could not start "
+                    "before the %.0f s grace ends (rate limits, retries, a held destination "
+                    "or a slow incident.io): the next owner delivers them",
                     left,
                     self.settings.shutdown_grace_seconds,
                 )

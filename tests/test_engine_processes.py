@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 
 import pytest
+import yaml
 
 from streamer.testing import FakeIncidentIo
 from tests.pipeline import Pipeline, ServiceProcess, check_event
@@ -115,6 +117,51 @@ def test_sigterm_drains_commits_and_leaves_nothing_to_redo(
     ids = delivered_ids(fake)
     assert sorted(ids) == sorted(e["event_id"] for e in events)  # each exactly once
     assert first_deliveries_per_key(fake) == produced_per_key(events)
+
+
+def _set_limit(pipeline: Pipeline, per_minute: int, grace: float) -> None:
+    config = yaml.safe_load(pipeline.config_path.read_text())
+    config["destinations"]["a"]["events_per_minute"] = per_minute
+    config["delivery"]["shutdown_grace_seconds"] = grace
+    pipeline.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def test_sigterm_behind_a_rate_limit_does_not_wait_out_the_grace(
+    infrastructure, fake, tmp_path, monkeypatch
+) -> None:
+    """An alert storm held back by incident.io's limit, then a rollout: what cannot start
+    before the grace period ends is left to the next owner at once, not after the whole
+    grace (which would hold every rollout and scale-in), and none of it is lost."""
+    events = flapping(hosts=8, flips=5)
+    pipeline = Pipeline(infrastructure, fake, tmp_path, monkeypatch=monkeypatch)
+    grace = 60.0
+    _set_limit(pipeline, per_minute=10, grace=grace)  # 10 now, the next only in a minute
+    pipeline.produce(events)
+    first = ServiceProcess(pipeline, tmp_path / "first.log")
+    pipeline.wait_for(lambda: len(fake.events) >= 10, "the minute's allowance delivered")
+    started = time.monotonic()
+    first.signal(signal.SIGTERM)
+    assert first.wait(timeout=grace + 30) == 0, first.log()[-3000:]
+    assert time.monotonic() - started < grace / 2, "it waited for the rate limit to reopen"
+    assert "could not start before" in first.log()
+    assert len(fake.events) == 10
+    _set_limit(pipeline, per_minute=1_000_000, grace=10)
+    second = ServiceProcess(pipeline, tmp_path / "second.log")
+    try:
+        pipeline.wait_for(
+            lambda: all_committed(pipeline) and set(delivered_ids(fake)) >= ids(events),
+            "the rest delivered by the next owner",
+        )
+    finally:
+        second.signal(signal.SIGTERM)
+        assert second.wait() == 0
+    assert set(delivered_ids(fake)) == ids(events)  # nothing lost
+    assert first_deliveries_per_key(fake) == produced_per_key(events)  # per-key order
+    assert last_words(fake) == {k: v[-1] for k, v in produced_per_key(events).items()}
+
+
+def ids(events: list[dict]) -> set[str]:
+    return {e["event_id"] for e in events}
 
 
 def test_three_processes_joining_and_leaving_under_load(
