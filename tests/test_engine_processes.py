@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -66,6 +67,31 @@ commit_every_messages: 10
 """
 
 
+def restart_until_all_delivered(pipeline: Pipeline, log: Path, events: list[dict]) -> None:
+    """A next owner runs until every event reached incident.io and every offset is
+    committed, then stops cleanly."""
+    process = ServiceProcess(pipeline, log)
+    try:
+        pipeline.wait_for(
+            lambda: all_committed(pipeline) and set(delivered_ids(pipeline.fake)) >= ids(events),
+            "the rest delivered and committed by the next owner",
+        )
+    finally:
+        process.signal(signal.SIGTERM)
+        assert process.wait() == 0, process.log()[-3000:]
+
+
+def assert_nothing_lost_and_in_order(fake: FakeIncidentIo, events: list[dict]) -> None:
+    assert set(delivered_ids(fake)) == ids(events)  # nothing lost
+    assert first_deliveries_per_key(fake) == produced_per_key(events)  # per-key order
+    # the last word on every thing is its latest state
+    assert last_words(fake) == {k: v[-1] for k, v in produced_per_key(events).items()}
+
+
+def ids(events: list[dict]) -> set[str]:
+    return {e["event_id"] for e in events}
+
+
 def test_sigkill_mid_stream_then_restart_loses_nothing(
     infrastructure, fake, tmp_path, monkeypatch
 ) -> None:
@@ -77,19 +103,12 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(
     pipeline.wait_for(lambda: len(fake.events) >= 50, "deliveries under way", limit=60)
     first.signal(signal.SIGKILL)
     assert first.wait() == -signal.SIGKILL
-    second = ServiceProcess(pipeline, tmp_path / "second.log")
-    try:
-        pipeline.wait_for(lambda: all_committed(pipeline), "everything committed after the restart")
-    finally:
-        second.signal(signal.SIGTERM)
-        assert second.wait() == 0, second.log()[-3000:]
-    ids = delivered_ids(fake)
-    assert set(ids) == {e["event_id"] for e in events}  # nothing lost
+    restart_until_all_delivered(pipeline, tmp_path / "second.log", events)
+    assert_nothing_lost_and_in_order(fake, events)
     # At most what was fetched but not committed when the process died comes again:
     # the in-flight cap plus the terminal events of one commit interval.
-    assert len(ids) - len(set(ids)) <= 40 + 10
-    assert first_deliveries_per_key(fake) == produced_per_key(events)  # per-key order
-    assert last_words(fake) == {k: v[-1] for k, v in produced_per_key(events).items()}
+    delivered = delivered_ids(fake)
+    assert len(delivered) - len(set(delivered)) <= 40 + 10
 
 
 def test_sigterm_drains_commits_and_leaves_nothing_to_redo(
@@ -103,20 +122,10 @@ def test_sigterm_drains_commits_and_leaves_nothing_to_redo(
     pipeline.wait_for(lambda: len(fake.events) >= 30, "deliveries under way", limit=60)
     first.signal(signal.SIGTERM)
     assert first.wait(timeout=30) == 0, first.log()[-3000:]
-    delivered_before_restart = len(fake.events)
-    assert delivered_before_restart < len(events)  # it stopped mid-stream
-    second = ServiceProcess(pipeline, tmp_path / "second.log")
-    try:
-        pipeline.wait_for(
-            lambda: all_committed(pipeline) and len(fake.events) >= len(events),
-            "the rest delivered after the restart",
-        )
-    finally:
-        second.signal(signal.SIGTERM)
-        assert second.wait() == 0
-    ids = delivered_ids(fake)
-    assert sorted(ids) == sorted(e["event_id"] for e in events)  # each exactly once
-    assert first_deliveries_per_key(fake) == produced_per_key(events)
+    assert len(fake.events) < len(events)  # it stopped mid-stream
+    restart_until_all_delivered(pipeline, tmp_path / "second.log", events)
+    assert_nothing_lost_and_in_order(fake, events)
+    assert len(fake.events) == len(events)  # and nothing twice: the drain committed it all
 
 
 def _set_limit(pipeline: Pipeline, per_minute: int, grace: float) -> None:
@@ -146,22 +155,8 @@ def test_sigterm_behind_a_rate_limit_does_not_wait_out_the_grace(
     assert "could not start before" in first.log()
     assert len(fake.events) == 10
     _set_limit(pipeline, per_minute=1_000_000, grace=10)
-    second = ServiceProcess(pipeline, tmp_path / "second.log")
-    try:
-        pipeline.wait_for(
-            lambda: all_committed(pipeline) and set(delivered_ids(fake)) >= ids(events),
-            "the rest delivered by the next owner",
-        )
-    finally:
-        second.signal(signal.SIGTERM)
-        assert second.wait() == 0
-    assert set(delivered_ids(fake)) == ids(events)  # nothing lost
-    assert first_deliveries_per_key(fake) == produced_per_key(events)  # per-key order
-    assert last_words(fake) == {k: v[-1] for k, v in produced_per_key(events).items()}
-
-
-def ids(events: list[dict]) -> set[str]:
-    return {e["event_id"] for e in events}
+    restart_until_all_delivered(pipeline, tmp_path / "second.log", events)
+    assert_nothing_lost_and_in_order(fake, events)
 
 
 def test_three_processes_joining_and_leaving_under_load(
@@ -193,12 +188,10 @@ def test_three_processes_joining_and_leaving_under_load(
             if process.process.poll() is None:
                 process.signal(signal.SIGTERM)
                 assert process.wait() == 0, process.log()[-3000:]
-    ids = delivered_ids(fake)
-    assert set(ids) == {e["event_id"] for e in events}  # none lost
+    assert_nothing_lost_and_in_order(fake, events)
     # A handover can redeliver what the old owner could not commit before letting go (the
     # broker refuses commits from a generation that has moved on): a few, never many.
-    assert len(ids) - len(set(ids)) <= 60, len(ids) - len(set(ids))
-    assert first_deliveries_per_key(fake) == produced_per_key(events)
-    assert last_words(fake) == {k: v[-1] for k, v in produced_per_key(events).items()}
+    delivered = delivered_ids(fake)
+    assert len(delivered) - len(set(delivered)) <= 60, len(delivered) - len(set(delivered))
     logs = "".join(p.log() for p in processes)
     assert "revoked" in logs and "assigned" in logs
