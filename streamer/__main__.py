@@ -1,3 +1,4 @@
 from streamer.cli import main
 
-main()
+if __name__ == "__main__":  # not when a helper process re-imports it (multiprocessing spawn)
+    main()

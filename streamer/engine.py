@@ -57,7 +57,7 @@ from streamer.failure_policy import (
     Retry,
 )
 from streamer.failure_policy import DeadLetter as DeadLetterDecision
-from streamer.incident_io import Answer, IncidentIoClient
+from streamer.incident_io import Answer, HelperProcessClient, IncidentIoClient, PostsAlertEvents
 from streamer.ledger import DeliveryLedger, Job, OrderingKey, Partition
 from streamer.rate_limit import RollingWindowLimiter, acquire, share_of
 from streamer.reload import ConfigReloader
@@ -175,7 +175,7 @@ class Engine:
         *,
         consumer: Consumer | None = None,
         producer: Producer | None = None,
-        http: IncidentIoClient | None = None,
+        http: PostsAlertEvents | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         telemetry: Telemetry | None = None,
@@ -203,7 +203,12 @@ class Engine:
                 "logger": kafka_log,
             }
         )
-        self.http = http or IncidentIoClient(timeout=self.settings.request_timeout_seconds)
+        timeout = self.settings.request_timeout_seconds
+        self.http: PostsAlertEvents = http or (
+            HelperProcessClient(timeout=timeout, threads=self.settings.workers)
+            if self.settings.http_process
+            else IncidentIoClient(timeout=timeout)
+        )
         self.policy = FailurePolicy(
             Backoff(self.settings.backoff_base_seconds, self.settings.backoff_cap_seconds),
             self.settings.max_retry_seconds,

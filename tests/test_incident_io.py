@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
@@ -12,15 +12,36 @@ import pytest
 from pydantic import SecretStr
 
 from streamer import __version__
-from streamer.incident_io import IncidentIoClient
+from streamer.incident_io import HelperProcessClient, IncidentIoClient, PostsAlertEvents
 from streamer.testing import FakeIncidentIo
 from tests.pipeline import TOKENS
 
 PAYLOAD = {"title": "disk full", "status": "firing", "deduplication_key": "db-1/disk"}
 
 
-def test_posts_the_alert_event_with_the_token_in_the_header(fake: FakeIncidentIo) -> None:
-    client = IncidentIoClient()
+@pytest.fixture(params=["in-process", "helper-process"])
+def make_client(request: pytest.FixtureRequest) -> Iterator[Callable[..., PostsAlertEvents]]:
+    """Both clients must behave the same: this process's, and the helper process's."""
+    made: list[PostsAlertEvents] = []
+
+    def make(timeout: float = 10.0) -> PostsAlertEvents:
+        client: PostsAlertEvents = (
+            IncidentIoClient(timeout=timeout)
+            if request.param == "in-process"
+            else HelperProcessClient(timeout=timeout, threads=2)
+        )
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+def test_posts_the_alert_event_with_the_token_in_the_header(
+    fake: FakeIncidentIo, make_client: Callable[..., PostsAlertEvents]
+) -> None:
+    client = make_client()
     try:
         answer = client.post_alert_event(
             fake.url, "SRC_A", SecretStr(TOKENS["TEST_TOKEN_A"]), PAYLOAD
@@ -67,12 +88,12 @@ def recorder() -> Iterator[str]:
 
 
 def test_requests_go_through_the_proxy_the_environment_names(
-    recorder: str, monkeypatch: pytest.MonkeyPatch
+    recorder: str, monkeypatch: pytest.MonkeyPatch, make_client: Callable[..., PostsAlertEvents]
 ) -> None:
     monkeypatch.setenv("HTTP_PROXY", recorder)
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    client = IncidentIoClient(timeout=5)
+    client = make_client(timeout=5)
     try:
         answer = client.post_alert_event(
             "http://api.incident.invalid", "SRC_A", SecretStr("t"), PAYLOAD
@@ -86,11 +107,14 @@ def test_requests_go_through_the_proxy_the_environment_names(
 
 
 def test_no_proxy_hosts_are_reached_directly(
-    recorder: str, fake: FakeIncidentIo, monkeypatch: pytest.MonkeyPatch
+    recorder: str,
+    fake: FakeIncidentIo,
+    monkeypatch: pytest.MonkeyPatch,
+    make_client: Callable[..., PostsAlertEvents],
 ) -> None:
     monkeypatch.setenv("HTTP_PROXY", recorder)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    client = IncidentIoClient(timeout=5)
+    client = make_client(timeout=5)
     try:
         answer = client.post_alert_event(
             fake.url, "SRC_A", SecretStr(TOKENS["TEST_TOKEN_A"]), PAYLOAD
@@ -101,11 +125,13 @@ def test_no_proxy_hosts_are_reached_directly(
     assert _Recorder.seen == [] and len(fake.events) == 1
 
 
-def test_a_silent_server_times_out_as_a_transport_error(fake: FakeIncidentIo) -> None:
+def test_a_silent_server_times_out_as_a_transport_error(
+    fake: FakeIncidentIo, make_client: Callable[..., PostsAlertEvents]
+) -> None:
     from streamer.testing import Fault
 
     fake.add_fault(Fault(kind="latency", seconds=2.0))
-    client = IncidentIoClient(timeout=0.3)
+    client = make_client(timeout=0.3)
     try:
         with pytest.raises(httpx.TimeoutException):
             client.post_alert_event(fake.url, "SRC_A", SecretStr(TOKENS["TEST_TOKEN_A"]), PAYLOAD)
@@ -129,3 +155,40 @@ def test_each_thread_keeps_its_connection_alive(recorder: str) -> None:
     assert len(ports) == 4
     assert len(set(ports[:3])) == 1, "one keep-alive connection for the first thread"
     assert ports[3] != ports[0], "another thread, its own connection"
+
+
+def test_a_dead_helper_fails_the_requests_in_flight_and_the_next_one_starts_a_new_one(
+    fake: FakeIncidentIo,
+) -> None:
+    client = HelperProcessClient(threads=1)
+    token = SecretStr(TOKENS["TEST_TOKEN_A"])
+    try:
+        assert client.post_alert_event(fake.url, "SRC_A", token, PAYLOAD).status == 202
+        first = client._process
+        first.kill()  # an OOM kill, a crash
+        first.join(5)
+        with pytest.raises(httpx.TransportError, match="helper process"):
+            client.post_alert_event(fake.url, "SRC_A", token, PAYLOAD)  # retried by the engine
+        assert client.post_alert_event(fake.url, "SRC_A", token, PAYLOAD).status == 202
+        assert client._process is not first and client._process.is_alive()
+    finally:
+        client.close()
+    assert len(fake.events) == 2
+
+
+def test_the_helper_ends_with_the_client_and_ignores_ctrl_c(fake: FakeIncidentIo) -> None:
+    import os
+    import signal
+
+    client = HelperProcessClient(threads=1)
+    token = SecretStr(TOKENS["TEST_TOKEN_A"])
+    client.post_alert_event(fake.url, "SRC_A", token, PAYLOAD)
+    helper = client._process
+    os.kill(helper.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
+    os.kill(helper.pid, signal.SIGTERM)  # the service drains first; the helper stays
+    assert client.post_alert_event(fake.url, "SRC_A", token, PAYLOAD).status == 202
+    client.close()
+    helper.join(5)
+    assert not helper.is_alive()
+    with pytest.raises(httpx.TransportError, match="closed"):
+        client.post_alert_event(fake.url, "SRC_A", token, PAYLOAD)
