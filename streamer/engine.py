@@ -336,6 +336,7 @@ class Engine:
 
     def run(self, stop: threading.Event) -> None:
         """Consumes until `stop` is set, then drains within the grace period and commits."""
+        self.http.start()  # before the first event, so that it does not wait for it
         topics = [t.name for t in self.config.file.topics]
         self.consumer.subscribe(
             topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
