@@ -184,6 +184,8 @@ class HelperProcessClient:
                     self._start()
                 if not self._free:
                     raise RuntimeError(f"more than {self._threads} threads are posting")
+                if getattr(local, "connection", None) is not None:
+                    local.connection.close()  # to a helper that was replaced
                 local.connection = self._free.pop()
                 local.generation = self._generation
         return local.connection
@@ -197,7 +199,7 @@ class HelperProcessClient:
     ) -> Answer:
         """As IncidentIoClient.post_alert_event, in the helper."""
         connection = self._connection()
-        generation = self._generation
+        generation = self._local.generation  # of this connection's helper
         try:
             connection.send((base_url, alert_source_config_id, token.get_secret_value(), payload))
             # httpx's timeout is per phase (connect, write, each read): allow them all

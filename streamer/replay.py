@@ -122,7 +122,7 @@ def replay(
     dlq = config.file.kafka.dead_letter_topic
     letters = _matching_letters(config, wanted, report, timeout)
     if deliver:
-        _LetterDelivery(config, report, timeout, max_attempts, dry_run).run(letters)
+        _LetterDelivery(config, report, max_attempts, dry_run).run(letters)
         return report
     producer = Producer(kafka_settings(config))
     for letter in letters:
@@ -215,7 +215,6 @@ class _LetterDelivery:
         self,
         config: Config,
         report: ReplayReport,
-        timeout: float,
         max_attempts: int,
         dry_run: bool,
     ) -> None:
