@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from confluent_kafka.cimpl import NewTopic
 from streamer.config import load_config
 from streamer.engine import Engine
 from streamer.testing import AlertSource, FakeIncidentIo
+from streamer.testing.fake_incident_io import standalone
 from streamer.testing.infra import Infrastructure, local_infrastructure
 
 SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "monitoring_event.v2.avsc"
@@ -132,27 +134,12 @@ class FakeProcess:
     incident.io is: it competes with neither the pipeline nor the raw loop for the GIL."""
 
     def __init__(self, source: str) -> None:
-        import subprocess
-        import sys
-
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamer",
-                "fake-incident-io",
-                "--port",
-                "0",
-                "--source",
-                f"{source}:{TOKEN}:1000000000",
-                "--per-token-limit",
-                "1000000000",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
+        self._stack = ExitStack()
+        self.process, self.url = self._stack.enter_context(
+            standalone(
+                "--source", f"{source}:{TOKEN}:1000000000", "--per-token-limit", "1000000000"
+            )
         )
-        assert self.process.stdout is not None
-        self.url = self.process.stdout.readline().split()[-1]
         self.source = source
         self._http = httpx.Client(timeout=30)
 
@@ -175,8 +162,7 @@ class FakeProcess:
 
     def __exit__(self, *exc: object) -> None:
         self._http.close()
-        self.process.terminate()
-        self.process.wait(10)
+        self._stack.close()
 
 
 def throughput(infra: Infrastructure, folder: Path, n: int) -> None:

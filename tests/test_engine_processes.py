@@ -92,15 +92,25 @@ def ids(events: list[dict]) -> set[str]:
     return {e["event_id"] for e in events}
 
 
+def first_owner_under_way(
+    pipeline: Pipeline, log: Path, events: list[dict], delivered: int
+) -> ServiceProcess:
+    """`events` produced and a first `streamer run` delivering them, `delivered` so far."""
+    pipeline.produce(events)
+    process = ServiceProcess(pipeline, log)
+    pipeline.wait_for(
+        lambda: len(pipeline.fake.events) >= delivered, "deliveries under way", limit=60
+    )
+    return process
+
+
 def test_sigkill_mid_stream_then_restart_loses_nothing(
     infrastructure, fake, tmp_path, monkeypatch
 ) -> None:
     events = flapping(hosts=20, flips=10)
     fake.delay(0.02)
     pipeline = Pipeline(infrastructure, fake, tmp_path, monkeypatch=monkeypatch, delivery=SLOW)
-    pipeline.produce(events)
-    first = ServiceProcess(pipeline, tmp_path / "first.log")
-    pipeline.wait_for(lambda: len(fake.events) >= 50, "deliveries under way", limit=60)
+    first = first_owner_under_way(pipeline, tmp_path / "first.log", events, delivered=50)
     first.signal(signal.SIGKILL)
     assert first.wait() == -signal.SIGKILL
     restart_until_all_delivered(pipeline, tmp_path / "second.log", events)
@@ -117,9 +127,7 @@ def test_sigterm_drains_commits_and_leaves_nothing_to_redo(
     events = flapping(hosts=10, flips=12)
     fake.delay(0.05)
     pipeline = Pipeline(infrastructure, fake, tmp_path, monkeypatch=monkeypatch, delivery=SLOW)
-    pipeline.produce(events)
-    first = ServiceProcess(pipeline, tmp_path / "first.log")
-    pipeline.wait_for(lambda: len(fake.events) >= 30, "deliveries under way", limit=60)
+    first = first_owner_under_way(pipeline, tmp_path / "first.log", events, delivered=30)
     first.signal(signal.SIGTERM)
     assert first.wait(timeout=30) == 0, first.log()[-3000:]
     assert len(fake.events) < len(events)  # it stopped mid-stream
@@ -145,9 +153,7 @@ def test_sigterm_behind_a_rate_limit_does_not_wait_out_the_grace(
     pipeline = Pipeline(infrastructure, fake, tmp_path, monkeypatch=monkeypatch)
     grace = 60.0
     _set_limit(pipeline, per_minute=10, grace=grace)  # 10 now, the next only in a minute
-    pipeline.produce(events)
-    first = ServiceProcess(pipeline, tmp_path / "first.log")
-    pipeline.wait_for(lambda: len(fake.events) >= 10, "the minute's allowance delivered")
+    first = first_owner_under_way(pipeline, tmp_path / "first.log", events, delivered=10)
     started = time.monotonic()
     first.signal(signal.SIGTERM)
     assert first.wait(timeout=grace + 30) == 0, first.log()[-3000:]

@@ -24,11 +24,14 @@ import json
 import math
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -584,3 +587,23 @@ def _handler_for(fake: FakeIncidentIo) -> type[BaseHTTPRequestHandler]:
             self._dispatch("DELETE")
 
     return Handler
+
+
+@contextmanager
+def standalone(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`streamer fake-incident-io --port 0 ARGS` in its own process: (the process, its URL).
+
+    For a double that competes with nobody for this interpreter's lock (benchmarks), and
+    for testing the command itself. Stopped with SIGTERM on leaving.
+    """
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamer", "fake-incident-io", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        yield process, process.stdout.readline().split()[-1]
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
 
@@ -12,6 +10,7 @@ import httpx
 import pytest
 
 from streamer.testing import AlertSource, FakeIncidentIo, http_date
+from streamer.testing.fake_incident_io import standalone
 from tests.conftest import ManualClock
 
 SOURCE = AlertSource("01SOURCE", "secret-token", events_per_minute=3)
@@ -228,23 +227,7 @@ def test_faults_and_records_are_reachable_over_http(fake, http) -> None:
 
 
 def test_the_standalone_command_serves_the_same_api(http) -> None:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamer",
-            "fake-incident-io",
-            "--port",
-            "0",
-            "--source",
-            "01CLI:cli-token:60",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        url = process.stdout.readline().split()[-1]
+    with standalone("--source", "01CLI:cli-token:60") as (process, url):
         response = http.post(
             f"{url}/v2/alert_events/http/01CLI",
             json=EVENT,
@@ -252,9 +235,7 @@ def test_the_standalone_command_serves_the_same_api(http) -> None:
         )
         assert response.status_code == 202
         assert http.get(f"{url}/_fake/events").json()["events"][0]["source_id"] == "01CLI"
-    finally:
-        process.terminate()
-        assert process.wait(timeout=10) == 0
+    assert process.returncode == 0  # SIGTERM ends it cleanly
 
 
 def test_queued_failures_apply_one_after_the_other(fake, http) -> None:
