@@ -131,7 +131,7 @@ def _check_reachable(config: object, timeout: float) -> str | None:
     from confluent_kafka.admin import AdminClient
 
     from streamer.config import Config
-    from streamer.engine import kafka_settings
+    from streamer.kafka_clients import kafka_settings
 
     assert isinstance(config, Config)
     admin = AdminClient({**kafka_settings(config), "log_level": 0})

@@ -94,12 +94,12 @@ class DeliverySettings(_Model):
     """How events are delivered; the defaults suit incident.io's documented limits."""
 
     max_unfinished: PositiveInt = 10_000  # fetched but not terminal; past it, partitions pause
+    # The same cap in bytes (keys and values of unfinished messages): large events fill
+    # memory long before 10,000 of them are fetched.
+    max_unfinished_bytes: PositiveInt = 32 * 1024 * 1024
     # Concurrent requests to incident.io. Its limits (20 requests/s per API key) need few:
     # 8 covers a 400 ms round trip; more only adds contention (bench/delivery.py).
     workers: PositiveInt = 8
-    # POST from a helper process (true) or from this one: the helper keeps HTTP off the
-    # consumer's interpreter lock (about 1.4x the throughput, ~40 MiB more memory).
-    http_process: bool = True
     request_timeout_seconds: float = Field(10.0, gt=0)
     backoff_base_seconds: float = Field(0.5, gt=0)
     backoff_cap_seconds: float = Field(30.0, gt=0)

@@ -12,6 +12,12 @@ it was, and these headers (all `streamer.`-prefixed, UTF-8 text):
 | `streamer.source_topic`, `.source_partition`, `.source_offset` | where it came from |
 | `streamer.attempts` | delivery attempts made |
 | `streamer.dead_lettered_at` | when (ISO 8601, UTC) |
+| `streamer.value-truncated`, `.original-size` | only on a letter cut to fit its topic |
+
+A letter always fits its topic: one larger than the topic accepts is written with its
+value cut short (and, if even that is not enough, its key cut and the original headers
+left out), with `streamer.value-truncated: true` and the original value's size; the
+source coordinates above are always there, so the original can be read from its topic.
 
 Tokens never appear: incident.io's answers do not contain them and nothing else here
 comes from configuration.
@@ -71,6 +77,49 @@ class DeadLetter:
         added = [(PREFIX + k, _bounded(v).encode()) for k, v in ours.items() if v is not None]
         original = [(k, v) for k, v in self.message.headers if not k.startswith(PREFIX)]
         return original + added
+
+
+RECORD_OVERHEAD = 128  # batch and record framing, generously
+HEADER_OVERHEAD = 16
+
+
+@dataclass(frozen=True)
+class Record:
+    """What is produced for a dead letter."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+
+
+def _size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
+    return (
+        RECORD_OVERHEAD
+        + len(key or b"")
+        + len(value or b"")
+        + sum(HEADER_OVERHEAD + len(k) + len(v or b"") for k, v in headers)
+    )
+
+
+def fitted(letter: DeadLetter, limit: int, now: datetime | None = None) -> Record:
+    """The letter as a record of at most `limit` bytes (see the module docstring)."""
+    message = letter.message
+    key, value, headers = message.key, message.value, letter.headers(now)
+    if _size(key, value, headers) <= limit:
+        return Record(key, value, headers)
+    original_size = len(value or b"")
+    ours = [(k, v) for k, v in headers if k.startswith(PREFIX)]
+    marks: Headers = [
+        (PREFIX + "value-truncated", b"true"),
+        (PREFIX + "original-size", str(original_size).encode()),
+    ]
+    headers = headers + marks
+    room = limit - _size(key, b"", headers)
+    if room < 0:  # the key and the original headers alone are too big: keep only ours
+        headers = ours + marks
+        key = (key or b"")[: max(0, limit - _size(b"", b"", headers)) // 2] or None
+        room = limit - _size(key, b"", headers)
+    return Record(key, (value or b"")[: max(0, room)], headers)
 
 
 def _bounded(text: str) -> str:

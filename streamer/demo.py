@@ -28,7 +28,8 @@ from confluent_kafka.cimpl import NewTopic
 
 from streamer.config import load_config
 from streamer.decoding import load_schema
-from streamer.engine import Engine, Stats
+from streamer.engine import Engine
+from streamer.instrumentation import Stats
 from streamer.telemetry import Telemetry, serve
 from streamer.testing import AlertSource, FakeIncidentIo
 from streamer.testing.events import MonitoringTraffic, as_json

@@ -50,6 +50,7 @@ class Job:
 class _Message:
     offset: int
     unfinished: int
+    size: int
 
 
 @dataclass
@@ -58,6 +59,7 @@ class _PartitionState:
     next_offset: int | None  # one past the last message added; None before the first
     messages: deque[_Message] = field(default_factory=deque)  # in offset order
     by_offset: dict[int, _Message] = field(default_factory=dict)
+    size: int = 0  # bytes of the messages not yet terminal
 
 
 class DeliveryLedger:
@@ -95,11 +97,16 @@ class DeliveryLedger:
     # -- messages and jobs ----------------------------------------------------------------
 
     def add(
-        self, partition: Partition, offset: int, works: Iterable[tuple[OrderingKey | None, Any]]
+        self,
+        partition: Partition,
+        offset: int,
+        works: Iterable[tuple[OrderingKey | None, Any]],
+        size: int = 0,
     ) -> list[Job]:
         """Records a fetched message and its jobs; returns the jobs active now.
 
         No works means the message is terminal at once (dropped by the rules on purpose).
+        `size` (bytes) counts toward `unfinished_size` until the message is terminal.
         """
         state = self._partitions[partition]
         if state.next_offset is not None and offset < state.next_offset:
@@ -108,7 +115,8 @@ class DeliveryLedger:
         jobs = [Job(partition, offset, key, work, state.epoch) for key, work in works]
         if not jobs:
             return []
-        message = _Message(offset, len(jobs))
+        message = _Message(offset, len(jobs), size)
+        state.size += size
         state.messages.append(message)
         state.by_offset[offset] = message
         active = []
@@ -131,6 +139,7 @@ class DeliveryLedger:
             while state.messages and state.messages[0].unfinished == 0:
                 done = state.messages.popleft()
                 del state.by_offset[done.offset]
+                state.size -= done.size
         if job.key is None:
             return []
         queue = self._keys.get(job.key)
@@ -165,6 +174,11 @@ class DeliveryLedger:
             state = self._partitions.get(partition)
             return len(state.messages) if state else 0
         return sum(len(s.messages) for s in self._partitions.values())
+
+    def unfinished_size(self) -> int:
+        """Bytes of the messages fetched but not terminal (all partitions). A terminal
+        message behind one that is not still counts: it is held until the watermark moves."""
+        return sum(s.size for s in self._partitions.values())
 
     def next_offset(self, partition: Partition) -> int | None:
         """One past the last message added: where to seek back to after a pause."""

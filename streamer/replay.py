@@ -34,9 +34,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from streamer.config import Config
 from streamer.dead_letters import PREFIX, read_headers
 from streamer.decoding import DecodeError, RegistryUnavailable
-from streamer.engine import decoders_of, kafka_settings, registry_of
 from streamer.failure_policy import Accepted, Backoff, FailurePolicy, RateLimited, Retry
 from streamer.incident_io import IncidentIoClient
+from streamer.kafka_clients import decoders_of, kafka_settings, registry_of
 from streamer.rate_limit import RollingWindowLimiter, acquire
 
 REPLAYED_FROM = "streamer-replayed-from"

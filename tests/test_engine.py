@@ -243,7 +243,9 @@ def test_an_unreachable_registry_delays_but_never_dead_letters(
     pipeline.producer.flush(10)
     pipeline.start()
     try:
-        pipeline.wait_for(lambda: pipeline.engine._registry_blocked, "a partition blocked")
+        pipeline.wait_for(
+            lambda: pipeline.engine.backpressure.blocked_count() > 0, "a partition blocked"
+        )
         assert fake.events == [] and pipeline.engine.stats.dead_lettered == 0
         assert sum(pipeline.committed().values()) == 0  # nothing passed the blocked events
         path.open()  # the registry is reachable again
@@ -254,29 +256,3 @@ def test_an_unreachable_registry_delays_but_never_dead_letters(
         path.close()
     assert pipeline.engine.stats.dead_lettered == 0
     assert pipeline.dead_letters(expected=0) == []
-
-
-def test_revoking_a_partition_hands_its_key_to_the_same_key_on_another_partition(
-    infrastructure, fake, tmp_path, monkeypatch
-) -> None:
-    # One alert's events on two partitions (a producer not keying by the alerting thing):
-    # revoking the first must pass the key to the second, not trip over its own queue.
-    from streamer.config import load_config
-    from streamer.engine import Delivery, Engine
-    from streamer.ledger import OrderingKey
-
-    pipeline = Pipeline(infrastructure, fake, tmp_path, monkeypatch=monkeypatch)
-    engine = Engine(load_config(pipeline.config_path))
-    p0, p1 = (pipeline.topic, 0), (pipeline.topic, 1)
-    engine.ledger.assign(p0)
-    engine.ledger.assign(p1)
-    key = OrderingKey("a", "host-1//disk")
-    work = lambda n: Delivery(None, "to-a", "a", {"n": n})  # noqa: E731
-    [first] = engine.ledger.add(p0, 0, [(key, work(0))])
-    assert engine.ledger.add(p1, 0, [(key, work(1))]) == []  # waits for the first
-    engine._destinations["a"].ready.append(first)  # waiting for its rate limit
-    engine.ledger.revoke(p0)
-    engine._drop_queued({p0})
-    [handed_over] = engine._destinations["a"].ready
-    assert handed_over.partition == p1 and handed_over.work.payload == {"n": 1}
-    engine.consumer.close()

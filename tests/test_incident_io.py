@@ -12,24 +12,19 @@ import pytest
 from pydantic import SecretStr
 
 from streamer import __version__
-from streamer.incident_io import HelperProcessClient, IncidentIoClient, PostsAlertEvents
+from streamer.incident_io import IncidentIoClient, PostsAlertEvents
 from streamer.testing import FakeIncidentIo
 from tests.pipeline import TOKENS
 
 PAYLOAD = {"title": "disk full", "status": "firing", "deduplication_key": "db-1/disk"}
 
 
-@pytest.fixture(params=["in-process", "helper-process"])
-def make_client(request: pytest.FixtureRequest) -> Iterator[Callable[..., PostsAlertEvents]]:
-    """Both clients must behave the same: this process's, and the helper process's."""
+@pytest.fixture
+def make_client() -> Iterator[Callable[..., PostsAlertEvents]]:
     made: list[PostsAlertEvents] = []
 
     def make(timeout: float = 10.0) -> PostsAlertEvents:
-        client: PostsAlertEvents = (
-            IncidentIoClient(timeout=timeout)
-            if request.param == "in-process"
-            else HelperProcessClient(timeout=timeout, threads=2)
-        )
+        client = IncidentIoClient(timeout=timeout)
         made.append(client)
         return client
 
@@ -155,40 +150,3 @@ def test_each_thread_keeps_its_connection_alive(recorder: str) -> None:
     assert len(ports) == 4
     assert len(set(ports[:3])) == 1, "one keep-alive connection for the first thread"
     assert ports[3] != ports[0], "another thread, its own connection"
-
-
-def test_a_dead_helper_fails_the_requests_in_flight_and_the_next_one_starts_a_new_one(
-    fake: FakeIncidentIo,
-) -> None:
-    client = HelperProcessClient(threads=1)
-    token = SecretStr(TOKENS["TEST_TOKEN_A"])
-    try:
-        assert client.post_alert_event(fake.url, "SRC_A", token, PAYLOAD).status == 202
-        first = client._process
-        first.kill()  # an OOM kill, a crash
-        first.join(5)
-        with pytest.raises(httpx.TransportError, match="helper process"):
-            client.post_alert_event(fake.url, "SRC_A", token, PAYLOAD)  # retried by the engine
-        assert client.post_alert_event(fake.url, "SRC_A", token, PAYLOAD).status == 202
-        assert client._process is not first and client._process.is_alive()
-    finally:
-        client.close()
-    assert len(fake.events) == 2
-
-
-def test_the_helper_ends_with_the_client_and_ignores_ctrl_c(fake: FakeIncidentIo) -> None:
-    import os
-    import signal
-
-    client = HelperProcessClient(threads=1)
-    token = SecretStr(TOKENS["TEST_TOKEN_A"])
-    client.post_alert_event(fake.url, "SRC_A", token, PAYLOAD)
-    helper = client._process
-    os.kill(helper.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
-    os.kill(helper.pid, signal.SIGTERM)  # the service drains first; the helper stays
-    assert client.post_alert_event(fake.url, "SRC_A", token, PAYLOAD).status == 202
-    client.close()
-    helper.join(5)
-    assert not helper.is_alive()
-    with pytest.raises(httpx.TransportError, match="closed"):
-        client.post_alert_event(fake.url, "SRC_A", token, PAYLOAD)

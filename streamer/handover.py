@@ -1,0 +1,51 @@
+"""Hand-over cut-offs: when a partition is let go, no request of it may start too late.
+
+Invariant (per-key order across owners): a request of a partition being revoked, or of
+any partition at shutdown, starts only if it can end before the drain does. A request
+started later could still be in flight after the partition changed hands, and land after
+the next owner's request for the same key: a reorder. So each partition being let go gets
+a last start, `drain deadline - request timeout` (the client ends every request within
+its timeout), and nothing of it starts at or after that instant.
+
+A drain also ends early when waiting cannot change anything: nothing is in flight, and
+everything waiting (for a rate limit, a backoff, a held destination) could start only
+after its partition's last start. Those events go to the next owner.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Iterable
+
+from streamer.ledger import Partition
+
+
+class HandOver:
+    def __init__(self, request_timeout: float) -> None:
+        self.request_timeout = request_timeout
+        self._last_start: dict[Partition, float] = {}
+
+    def begin(self, partitions: Iterable[Partition], drain_deadline: float) -> None:
+        for p in partitions:
+            self._last_start[p] = drain_deadline - self.request_timeout
+
+    def end(self, partitions: Collection[Partition]) -> None:
+        for p in partitions:
+            self._last_start.pop(p, None)
+
+    def last_start(self, partition: Partition) -> float:
+        """When the partition's last request may start; infinity if it is not being let go."""
+        return self._last_start.get(partition, math.inf)
+
+    def may_start(self, partition: Partition, now: float) -> bool:
+        return now < self.last_start(partition)
+
+    def worth_waiting(self, *, in_flight: bool, starts: Iterable[tuple[Partition, float]]) -> bool:
+        """Could anything still finish, or start before its cut-off?
+
+        `starts` are the earliest instants the waiting work could start (a destination's
+        next slot for its queue's head, a retry's due time), with their partitions.
+        """
+        if in_flight:
+            return True
+        return any(start < self.last_start(p) for p, start in starts)

@@ -1,0 +1,101 @@
+"""The Kafka and schema-registry clients, configured one way for every command.
+
+The engine, `dlq replay`, `send` and the start-up checks all build their clients here,
+so a setting (a SASL mechanism, a registry's TLS files) applies to all of them or none.
+Secrets come from `secret_properties` (env or files), never from the file itself. What
+no-loss depends on (manual commits, offsets stored by us) is set last, so no property
+in the file can switch it off.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import Message, TopicPartition
+
+from streamer.config import Config
+from streamer.dead_letters import SourceMessage
+from streamer.decoding import EventDecoder, RegistryWriterSchemas, load_schema
+from streamer.ledger import Partition
+
+
+def registry_of(config: Config) -> RegistryWriterSchemas | None:
+    """The schema registry client the configuration asks for, if any."""
+    registry = config.file.schema_registry
+    if registry is None:
+        return None
+    return RegistryWriterSchemas.connect(
+        registry.url,
+        **registry.properties,
+        **{k: v.get_secret_value() for k, v in config.registry_secrets.items()},
+    )
+
+
+def decoders_of(config: Config, registry: RegistryWriterSchemas | None) -> dict[str, EventDecoder]:
+    """A decoder per configured topic, by topic name."""
+    decoders = {}
+    for topic in config.file.topics:
+        writer = (
+            load_schema(config.path.parent / topic.writer_schema) if topic.writer_schema else None
+        )
+        decoders[topic.name] = EventDecoder(
+            topic.format, config.reader_schema, registry=registry, writer_schema=writer
+        )
+    return decoders
+
+
+def kafka_settings(config: Config) -> dict[str, Any]:
+    """librdkafka settings shared by the consumer, the dead-letter producer and start-up
+    checks; secrets come from the environment or files, never from the file itself."""
+    return {
+        "bootstrap.servers": config.file.kafka.bootstrap_servers,
+        **config.file.kafka.properties,
+        **{k: v.get_secret_value() for k, v in config.kafka_secrets.items()},
+    }
+
+
+def consumer_settings(config: Config) -> dict[str, Any]:
+    """Defaults an operator may override (properties:), then what no-loss depends on."""
+    return {
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        **kafka_settings(config),
+        "group.id": config.file.kafka.group_id,
+        "enable.auto.commit": False,  # offsets move only behind terminal events
+        "enable.auto.offset.store": False,
+    }
+
+
+def producer_settings(config: Config) -> dict[str, Any]:
+    """The dead-letter producer: a letter is terminal only once every replica has it."""
+    return {**kafka_settings(config), "enable.idempotence": True, "acks": "all"}
+
+
+def source_message(message: Message) -> SourceMessage | None:
+    """A fetched record as plain values (None for records without coordinates)."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    if topic is None or partition is None or offset is None:
+        return None
+    raw = message.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    headers = tuple((name, _bytes(value)) for name, value in pairs)
+    return SourceMessage(
+        topic, partition, offset, _bytes(message.key()), _bytes(message.value()), headers
+    )
+
+
+def _bytes(value: str | bytes | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
+
+
+def topic_partitions(partitions: list[Partition]) -> list[TopicPartition]:
+    return [TopicPartition(topic, partition) for topic, partition in partitions]
+
+
+def names(partitions: list[TopicPartition] | list[Partition]) -> str:
+    """`topic[0], topic[3]` for log lines."""
+    out = []
+    for p in partitions:
+        topic, number = (p.topic, p.partition) if isinstance(p, TopicPartition) else p
+        out.append(f"{topic}[{number}]")
+    return ", ".join(out) or "nothing"

@@ -1,0 +1,214 @@
+"""The dispatcher: what starts, when, and what each answer does, without a broker.
+
+incident.io is a scripted client here (answers in order); time is a manual clock; the
+worker threads are real, and `collect(wait=...)` waits for their answers on the queue.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from streamer.config import DeliverySettings, Destination, TokenSource
+from streamer.dead_letters import DeadLetter, SourceMessage
+from streamer.destinations import Destinations
+from streamer.dispatch import Delivery, Dispatcher
+from streamer.handover import HandOver
+from streamer.incident_io import Answer
+from streamer.instrumentation import MessageSpans, Stats
+from streamer.ledger import DeliveryLedger, Job, OrderingKey
+from streamer.telemetry import Telemetry
+from tests.conftest import ManualClock
+
+P0, P1 = ("events", 0), ("events", 1)
+
+
+class ScriptedIncidentIo:
+    """Answers each POST with the next scripted answer (or raises it)."""
+
+    def __init__(self, *answers: Answer | Exception) -> None:
+        self.answers = deque(answers)
+        self.posted: list[Mapping[str, Any]] = []
+
+    def post_alert_event(
+        self, base_url: str, source: str, token: SecretStr, payload: Mapping[str, Any]
+    ) -> Answer:
+        self.posted.append(payload)
+        answer = self.answers.popleft() if self.answers else Answer(202, {}, b"{}")
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def close(self) -> None:
+        pass
+
+
+def answer(status: int, body: Any = None, **headers: str) -> Answer:
+    return Answer(status, headers, json.dumps(body or {}).encode())
+
+
+class Harness:
+    def __init__(self, http: ScriptedIncidentIo, **settings: Any) -> None:
+        self.clock = ManualClock(1000.0)
+        self.settings = DeliverySettings(rate_limit_margin_seconds=0.0, **settings)
+        self.ledger = DeliveryLedger()
+        self.destinations = Destinations(self.settings)
+        spec = Destination(alert_source_config_id="SRC", token=TokenSource(env="T"))
+        self.destinations.configure({"a": spec}, {"a": SecretStr("t")})
+        self.handover = HandOver(self.settings.request_timeout_seconds)
+        self.finished: list[Job] = []
+        self.released: list[Job] = []
+        self.dead: list[Job] = []
+        self.http = http
+        telemetry = Telemetry()
+        self.out = Dispatcher(
+            self.settings,
+            ledger=self.ledger,
+            destinations=self.destinations,
+            handover=self.handover,
+            http=http,
+            telemetry=telemetry,
+            stats=Stats(),
+            spans=MessageSpans(telemetry, "g", self.clock),
+            clock=self.clock,
+            wall_clock=self.clock,
+            activate=lambda job: self.destinations["a"].ready.append(job),
+            finish=self.finished.append,
+            release=self.released.append,
+            dead_letter=self.dead.append,
+        )
+        for p in (P0, P1):
+            self.ledger.assign(p)
+        self.offsets = {P0: 0, P1: 0}
+
+    def event(self, partition=P0, key: str = "k") -> Job:
+        offset = self.offsets[partition]
+        self.offsets[partition] += 1
+        source = SourceMessage(partition[0], partition[1], offset, None, b"v", ())
+        delivery = Delivery(source, "r", "a", {"n": offset})
+        jobs = self.ledger.add(partition, offset, [(OrderingKey("a", key), delivery)])
+        for job in jobs:
+            self.destinations["a"].ready.append(job)
+        return job if jobs else None
+
+    def round(self) -> None:
+        """Start what may start, and wait for the answers of what started."""
+        self.out.fire_timers()
+        self.out.dispatch()
+        while self.out.busy:
+            self.out.collect(wait=10.0)
+
+
+def test_accepted_deliveries_are_finished_in_order() -> None:
+    h = Harness(ScriptedIncidentIo())
+    first, second = h.event(key="a"), h.event(key="b")
+    h.round()
+    assert h.finished == [first, second] and [p["n"] for p in h.http.posted] == [0, 1]
+
+
+def test_a_revoked_partitions_request_never_starts_after_its_cut_off() -> None:
+    h = Harness(ScriptedIncidentIo(), request_timeout_seconds=10.0)
+    h.handover.begin({P0}, drain_deadline=h.clock() + 10.0)  # cut-off: now
+    h.event(P0)
+    h.round()
+    assert h.http.posted == [] and h.destinations["a"].ready  # left to the next owner
+    h.clock.advance(3600)
+    h.round()
+    assert h.http.posted == []
+
+
+def test_an_answer_after_a_revoke_only_releases_the_key() -> None:
+    h = Harness(ScriptedIncidentIo())
+    job = h.event(P0)
+    h.out.dispatch()
+    h.ledger.revoke(P0)  # while the request is in flight
+    while h.out.busy:
+        h.out.collect(wait=10.0)
+    assert h.released == [job] and h.finished == []
+
+
+def test_a_429_pauses_the_destination_until_its_retry_after_without_counting_an_attempt():
+    h = Harness(ScriptedIncidentIo(answer(429, **{"Retry-After": "30"})))
+    job = h.event()
+    h.round()
+    assert h.finished == [] and job.attempts == 0
+    assert h.destinations["a"].ready[0] is job  # first in line again
+    h.clock.advance(29)
+    h.round()
+    assert len(h.http.posted) == 1  # still paused
+    h.clock.advance(1)
+    h.round()
+    assert h.finished == [job]
+
+
+def test_a_429_during_a_drain_whose_wait_outlasts_the_cut_off_ends_the_drain_early() -> None:
+    h = Harness(ScriptedIncidentIo(answer(429, **{"Retry-After": "60"})))
+    h.handover.begin({P0}, drain_deadline=h.clock() + 25.0)  # last start: +15 s
+    h.event(P0)
+    h.round()
+    starts = list(h.destinations.earliest_starts(h.clock()))
+    assert not h.handover.worth_waiting(in_flight=bool(h.out.busy), starts=starts)
+
+
+def test_a_5xx_is_retried_after_a_backoff() -> None:
+    h = Harness(ScriptedIncidentIo(answer(503)), backoff_cap_seconds=5.0)
+    job = h.event()
+    h.round()
+    assert job.attempts == 1 and h.finished == [] and h.out.has_timers
+    h.clock.advance(5.0)
+    h.round()
+    assert h.finished == [job]
+
+
+def test_a_401_holds_the_destination_and_only_a_probe_goes_out_until_it_answers() -> None:
+    h = Harness(ScriptedIncidentIo(answer(401), answer(401)), hold_retry_seconds=30.0)
+    first = h.event(key="a")
+    h.round()
+    second = h.event(key="b")
+    assert h.destinations.held() == 1 and len(h.http.posted) == 1
+    h.clock.advance(10)
+    h.round()
+    assert len(h.http.posted) == 1  # nothing before the probe is due
+    h.clock.advance(20)
+    h.round()  # the probe: 401 again
+    assert len(h.http.posted) == 2 and h.destinations.held() == 1
+    h.clock.advance(30)
+    h.round()  # the probe is accepted, the hold released,
+    h.round()  # and the rest flows
+    assert h.destinations.held() == 0 and h.finished == [first, second]
+    assert h.dead == []
+
+
+def test_a_payload_incident_io_refuses_is_dead_lettered_with_its_answer() -> None:
+    body = {"type": "validation_error", "request_id": "req-1", "errors": [{"code": "bad"}]}
+    h = Harness(ScriptedIncidentIo(answer(422, body)))
+    job = h.event()
+    h.round()
+    [dead] = h.dead
+    assert dead is job and isinstance(job.work, DeadLetter)
+    assert job.work.reason == "http-422" and job.work.request_id == "req-1"
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        Answer(500, {}, b"[" * 200_000),  # nested past the recursion limit
+        Answer(400, {"retry-after": "9" * 5000}, b"{}"),
+        Answer(429, {}, b'{"rate_limit": {"retry_after": "' + b"9" * 5000 + b'"}}'),
+        httpx.ReadTimeout("the peer trickled"),
+        RuntimeError("a bug in the client"),
+    ],
+)
+def test_no_answer_or_error_from_the_peer_escapes_the_loop(hostile) -> None:
+    h = Harness(ScriptedIncidentIo(hostile))
+    job = h.event()
+    h.round()  # must not raise
+    h.clock.advance(3600)
+    h.round()
+    assert h.finished == [job] or h.dead == [job]

@@ -1,0 +1,37 @@
+"""Hand-over: nothing of a partition being let go starts after its cut-off."""
+
+from __future__ import annotations
+
+import math
+
+from streamer.handover import HandOver
+
+P0, P1 = ("events", 0), ("events", 1)
+
+
+def test_a_revoked_partitions_requests_stop_starting_one_request_timeout_before_the_drain_ends():
+    handover = HandOver(request_timeout=10.0)
+    handover.begin({P0}, drain_deadline=100.0)
+    assert handover.last_start(P0) == 90.0
+    assert handover.may_start(P0, 89.9)
+    assert not handover.may_start(P0, 90.0)  # could still be in flight at the hand-over
+    assert handover.may_start(P1, 1e9)  # not being let go
+    handover.end({P0})
+    assert handover.last_start(P0) == math.inf
+
+
+def test_a_drain_waits_while_anything_is_in_flight() -> None:
+    handover = HandOver(request_timeout=10.0)
+    handover.begin({P0}, drain_deadline=100.0)
+    assert handover.worth_waiting(in_flight=True, starts=[])
+
+
+def test_a_drain_ends_early_when_nothing_waiting_could_start_before_its_cut_off() -> None:
+    handover = HandOver(request_timeout=10.0)
+    handover.begin({P0}, drain_deadline=100.0)
+    # a rate limit lets the head start only at 95: past the cut-off, so waiting is useless
+    assert not handover.worth_waiting(in_flight=False, starts=[(P0, 95.0)])
+    assert handover.worth_waiting(in_flight=False, starts=[(P0, 95.0), (P0, 50.0)])
+    # work of a partition that is staying may always start: the drain serves it meanwhile
+    assert handover.worth_waiting(in_flight=False, starts=[(P1, 1e9)])
+    assert not handover.worth_waiting(in_flight=False, starts=[])
