@@ -12,6 +12,10 @@ TOOLS      := $(STREAMER_CACHE_DIR)/deploy-tools
 KUSTOMIZE  := $(STREAMER_CACHE_DIR)/bin/kustomize
 TOOLS_PINS := checkov==3.3.30 kubernetes-validate==1.37.0 yamllint==1.38.0
 KUSTOMIZE_VERSION := v5.7.1
+# promtool checks and unit-tests k8s/'s alerting rules. Prometheus 3.15.1: its Go module
+# versions are v0.3xx (3.15.1 is v0.315.1).
+PROMTOOL   := $(STREAMER_CACHE_DIR)/bin/promtool
+PROMETHEUS_VERSION := v0.315.1
 TOOLS_STAMP := $(TOOLS)/.installed-$(subst ==,-,$(subst $() ,_,$(TOOLS_PINS)))
 
 .PHONY: demo test lint unit install deploy-tools clean bench-decoding bench-routing bench-delivery bench-memory
@@ -35,7 +39,18 @@ $(KUSTOMIZE)-$(KUSTOMIZE_VERSION):
 		go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
 	touch $@
 
-deploy-tools: $(TOOLS_STAMP) $(KUSTOMIZE)-$(KUSTOMIZE_VERSION)
+# `go install` refuses Prometheus (its go.mod has a replace directive): download the module
+# and build promtool inside it, as its own main module (GOWORK=off: its go.work names
+# folders the module zip leaves out).
+$(PROMTOOL)-$(PROMETHEUS_VERSION):
+	GOPATH=$(STREAMER_CACHE_DIR)/go GOFLAGS=-modcacherw \
+		go mod download github.com/prometheus/prometheus@$(PROMETHEUS_VERSION)
+	cd $(STREAMER_CACHE_DIR)/go/pkg/mod/github.com/prometheus/prometheus@$(PROMETHEUS_VERSION) && \
+		GOPATH=$(STREAMER_CACHE_DIR)/go GOFLAGS=-modcacherw GOWORK=off \
+		go build -o $(PROMTOOL) ./cmd/promtool
+	touch $@
+
+deploy-tools: $(TOOLS_STAMP) $(KUSTOMIZE)-$(KUSTOMIZE_VERSION) $(PROMTOOL)-$(PROMETHEUS_VERSION)
 
 ## demo: run the main job on the local default (broker, registry and incident.io double)
 demo: $(BIN)/.installed
@@ -65,10 +80,11 @@ bench-decoding: $(BIN)/.installed
 bench-routing: $(BIN)/.installed
 	$(BIN)/python bench/routing.py
 
-## bench-delivery: end-to-end throughput vs a raw httpx loop, latency, rate-limit fidelity (~4 min)
+## bench-delivery: throughput and CPU/alert vs a raw httpx loop, latency, rate-limit fidelity, 100 sources at full rate (~6 min)
 bench-delivery: $(BIN)/.installed
 	$(BIN)/python bench/delivery.py
 
-## bench-memory: resident memory with a million-event backlog and a slow sink (~3 min)
+## bench-memory: resident memory with a slow sink: a million small events waiting, then 15,000 of 100 KiB (~5 min)
 bench-memory: $(BIN)/.installed
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/memory.py --events 15000 --event-bytes 102400

@@ -84,13 +84,15 @@ def cmd_fake_incident_io(args: argparse.Namespace) -> int:
 
 
 def cmd_infra(args: argparse.Namespace) -> int:
+    from streamer.logs import redact_url
     from streamer.testing.infra import InfrastructureUnavailable, local_infrastructure
 
     _stop_on_sigterm()
     try:
         with local_infrastructure(partitions=args.partitions) as infra:
-            print(f"kafka:           {infra.bootstrap_servers}", flush=True)
-            print(f"schema registry: {infra.schema_registry_url}", flush=True)
+            # They may come from KAFKA_BOOTSTRAP_SERVERS / SCHEMA_REGISTRY_URL: no credentials.
+            print(f"kafka:           {redact_url(infra.bootstrap_servers)}", flush=True)
+            print(f"schema registry: {redact_url(infra.schema_registry_url)}", flush=True)
             print(f"provided by:     {infra.provided_by}", flush=True)
             if not args.check:
                 print("Ctrl-C stops them and removes the containers.", flush=True)
@@ -126,10 +128,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _check_reachable(config: object, timeout: float) -> str | None:
-    """None if the broker (and the registry, when a topic needs it) answer; else why not."""
-    import httpx
+    """None if the broker (and the registry, when a topic needs it) answer; else why not.
+
+    Both are asked with the clients the engine builds (`streamer.kafka_clients`): the same
+    addresses, TLS and credentials. What is printed shows no credentials: addresses go
+    through `redact_url` and the answer through `logs.MASK`.
+    """
     from confluent_kafka.admin import AdminClient
 
+    from streamer import logs
     from streamer.config import Config
     from streamer.kafka_clients import kafka_settings
 
@@ -138,20 +145,66 @@ def _check_reachable(config: object, timeout: float) -> str | None:
     try:
         admin.list_topics(timeout=timeout)
     except Exception as e:
-        return (
-            f"the Kafka brokers at {config.file.kafka.bootstrap_servers} did not answer "
-            f"within {timeout:.0f} s ({e}); check kafka.bootstrap_servers and the network"
+        return logs.MASK.mask(
+            f"the Kafka brokers at {logs.redact_url(config.file.kafka.bootstrap_servers)} did "
+            f"not answer within {timeout:.0f} s ({e}); check kafka.bootstrap_servers, "
+            "kafka.properties and kafka.secret_properties, and the network"
         )
-    registry = config.file.schema_registry
-    if registry and any(t.format == "confluent" for t in config.file.topics):
-        try:
-            httpx.get(f"{registry.url.rstrip('/')}/subjects", timeout=timeout).raise_for_status()
-        except httpx.HTTPError as e:
-            return (
-                f"the schema registry at {registry.url} did not answer ({e}); "
-                "check schema_registry.url"
-            )
+    if any(t.format == "confluent" for t in config.file.topics):
+        return _registry_problem(config, timeout)
     return None
+
+
+def _registry_problem(config: object, timeout: float) -> str | None:
+    """None if the schema registry lists its subjects to the engine's registry client."""
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    from streamer import logs
+    from streamer.config import Config
+    from streamer.kafka_clients import registry_of
+
+    assert isinstance(config, Config)
+    settings = config.file.schema_registry
+    if settings is None:
+        return None
+    where = f"the schema registry at {logs.redact_url(settings.url)}"
+    check = "check schema_registry.url, its properties and secret_properties"
+    try:
+        registry = registry_of(config)
+    except Exception as e:  # an unknown property, an unreadable TLS file
+        return logs.MASK.mask(f"{where}: its client cannot be set up ({e}); {check}")
+    assert registry is not None
+    answers: list[Exception | None] = []
+
+    def ask() -> None:
+        try:
+            registry._client.get_subjects()  # the decoders' client: auth and TLS included
+            answers.append(None)
+        except Exception as e:
+            answers.append(e)
+
+    # The client retries on its own schedule; the start-up wait stays bounded regardless.
+    asking = threading.Thread(target=ask, name="registry-probe", daemon=True)
+    asking.start()
+    asking.join(timeout)
+    if not answers:
+        return f"{where} did not answer within {timeout:.0f} s; {check}, and the network"
+    error = answers[0]
+    if error is None:
+        return None
+    if isinstance(error, SchemaRegistryError) and error.http_status_code in (401, 403):
+        problem = (
+            f"{where} refused the configured credentials (HTTP {error.http_status_code}); "
+            "check basic.auth.user.info (or bearer.auth.*) in schema_registry.secret_properties"
+        )
+    elif isinstance(error, SchemaRegistryError):
+        problem = (
+            f"{where} answered HTTP {error.http_status_code} ({error.error_message}); "
+            f"{check} (a Confluent-compatible API: Apicurio's is at /apis/ccompat/v7)"
+        )
+    else:
+        problem = f"{where} did not answer ({type(error).__name__}: {error}); {check}"
+    return logs.MASK.mask(problem)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -175,6 +228,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
+    logs.MASK.add(config.secret_values())  # before anything can print an error
     problem = _check_reachable(config, args.startup_timeout)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -269,6 +323,12 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_send(args: argparse.Namespace) -> int:
+    from streamer.send import main
+
+    return main(args)
+
+
 def _when(text: str) -> object:
     from datetime import UTC, datetime
 
@@ -284,6 +344,7 @@ def _when(text: str) -> object:
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
     import json
 
+    from streamer import logs
     from streamer.config import ConfigError, load_config
     from streamer.replay import ReplayFilter, replay
 
@@ -295,6 +356,9 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
+    # No Engine here: this command masks its own logs, errors and report.
+    logs.configure("warning", "text")
+    logs.MASK.add(config.secret_values())
     wanted = ReplayFilter(since=args.since, until=args.until, key=args.key, reason=args.reason)
     try:
         report = replay(
@@ -306,9 +370,9 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
             max_attempts=args.max_attempts,
         )
     except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(logs.MASK.mask(f"error: {e}"), file=sys.stderr)
         return 2
-    print(json.dumps({"dry_run": args.dry_run, **report.as_json()}, indent=2))
+    print(logs.MASK.mask(json.dumps({"dry_run": args.dry_run, **report.as_json()}, indent=2)))
     return 3 if report.failed else 0
 
 
@@ -541,6 +605,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.set_defaults(func=cmd_dlq_replay)
 
+    send = commands.add_parser(
+        "send",
+        help="produce an event to a topic in its wire format (smoke and load tests)",
+        description="Produces the event in FILE (JSON, as `rules test` reads it) to TOPIC in "
+        "the wire format the configuration gives it (through the schema registry for "
+        "confluent), keyed by the alerting thing's identity; each copy gets a new event_id "
+        "and event_time. Exit status: 0 sent, 1 bad configuration or event, 2 Kafka or the "
+        "registry failed.",
+    )
+    send.add_argument("--config", required=True, metavar="FILE", help="the YAML configuration")
+    send.add_argument("--topic", required=True, help="one of the configuration's topics")
+    send.add_argument("--event", required=True, metavar="FILE", help="the event (JSON)")
+    send.add_argument("--count", type=int, default=1, metavar="N", help="copies (default: 1)")
+    send.add_argument("--rate", type=float, metavar="R", help="events per second (default: all)")
+    send.add_argument("--dry-run", action="store_true", help="print the framing, send nothing")
+    send.set_defaults(func=cmd_send)
+
     fake = commands.add_parser(
         "fake-incident-io",
         help="serve the incident.io Alert Events V2 double on loopback",
@@ -548,7 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
             "A contract-faithful incident.io double: validates payloads (422), checks the "
             "alert source token (401) and id (404), enforces rate limits with real 429 bodies, "
             "and records accepted events. Faults and recorded events are reachable under "
-            "/_fake/ (see streamer/testing/fake_incident_io.py)."
+            "/_fake/ (see streamer/testing/fake_incident_io/)."
         ),
     )
     fake.add_argument(

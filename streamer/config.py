@@ -5,17 +5,25 @@ once. Every problem is collected and reported together as a `ConfigError`, each 
 naming `file:line`, the route path where there is one, and what is wrong, so an operator
 fixes a file in one pass. Nothing is consumed before a file loads cleanly.
 
-Secrets: a destination's token is read from an environment variable or a file, never
-written in the file; it is held as a `SecretStr`, so it prints as `**********`.
+Secrets: every secret (a destination's token, a Kafka or registry secret property) is read
+from an environment variable or a file, never written in the file: a property whose key
+looks secret (`is_secret_key`) and a URL with `user:password@` are refused inline. Each
+is validated at load as one line of printable characters (one trailing line break, as
+files and Kubernetes Secrets usually have, is removed), so no HTTP or Kafka library ever
+quotes a malformed one back in an error; problems name the variable or file, never the
+value. Values are held as `SecretStr`, so they print as `**********`. A destination's
+`url` is https (it carries the token), except on loopback, where the test double runs.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from jinja2 import TemplateSyntaxError
@@ -27,6 +35,7 @@ from pydantic import (
     SecretStr,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -48,7 +57,7 @@ class _Model(BaseModel):
 
 
 class TokenSource(_Model):
-    """Where a destination's secret token comes from: exactly one of env and file."""
+    """Where a secret (a token, a secret property) comes from: exactly one of env and file."""
 
     env: str | None = None
     file: Path | None = None
@@ -61,6 +70,29 @@ class Destination(_Model):
     token: TokenSource
     url: str = "https://api.incident.io"
     events_per_minute: PositiveInt = 120
+
+    @field_validator("url")
+    @classmethod
+    def _https_unless_loopback(cls, url: str) -> str:
+        # The token travels in a header: in cleartext, only to this machine (a test double).
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname or ""
+        except ValueError:
+            host = ""
+        if not host or parts.scheme not in ("https", "http"):
+            raise ValueError("expected https://host (the default is https://api.incident.io)")
+        if "@" in parts.netloc:
+            raise ValueError(
+                "credentials in the URL (user:password@) are refused; "
+                "the token comes from token: {env: ...} or {file: ...}"
+            )
+        if parts.scheme == "http" and not _is_loopback(host):
+            raise ValueError(
+                "http:// would send the bearer token in cleartext: use https://, or http:// "
+                "only to a loopback address (127.0.0.1, ::1, localhost)"
+            )
+        return url
 
 
 class Topic(_Model):
@@ -78,6 +110,7 @@ class KafkaSettings(_Model):
     properties: dict[str, str | int | float | bool] = {}
     # ... and those that are secrets (sasl.password, ssl.key.password,
     # sasl.oauthbearer.client.secret), read from an environment variable or a file.
+    # A key `is_secret_key` calls secret is refused in properties.
     secret_properties: dict[str, TokenSource] = {}
 
 
@@ -86,7 +119,8 @@ class SchemaRegistrySettings(_Model):
     # confluent-kafka's SchemaRegistryClient settings: ssl.ca.location,
     # ssl.certificate.location, ssl.key.location, basic.auth.credentials.source ...
     properties: dict[str, str] = {}
-    # ... and secret ones (basic.auth.user.info as "user:password"), from env or a file.
+    # ... and secret ones (basic.auth.user.info as "user:password", ssl.key.password),
+    # from env or a file; refused in properties, as credentials in the url are.
     secret_properties: dict[str, TokenSource] = {}
 
 
@@ -183,6 +217,11 @@ class Config:
     tokens: Mapping[str, SecretStr]  # destination name -> token
     kafka_secrets: Mapping[str, SecretStr] = field(default_factory=dict)
     registry_secrets: Mapping[str, SecretStr] = field(default_factory=dict)
+
+    def secret_values(self) -> list[str]:
+        """Every secret this configuration loaded, for `logs.MASK`."""
+        secrets = (*self.tokens.values(), *self.kafka_secrets.values())
+        return [s.get_secret_value() for s in (*secrets, *self.registry_secrets.values())]
 
 
 Loc = tuple[str | int, ...]
@@ -301,20 +340,37 @@ class _SchemaPaths:
         return f"{here} is a plain value; it has no field {path[0]!r}"
 
 
-def _read_token(source: TokenSource, base: Path) -> str:
+def _read_secret(source: TokenSource, base: Path, what: Literal["token", "secret"]) -> str:
+    """The secret, checked to be one line of printable characters; a ValueError naming the
+    variable or file (never the value) otherwise."""
     if source.env:
+        where = f"the environment variable {source.env}"
         value = os.environ.get(source.env, "")
         if not value:
-            raise ValueError(f"the environment variable {source.env} is not set")
-        return value.strip()
-    assert source.file is not None
-    file = source.file if source.file.is_absolute() else base / source.file
-    try:
-        value = file.read_text().strip()
-    except OSError as e:
-        raise ValueError(f"cannot read the token file {file}: {e.strerror}") from None
+            raise ValueError(f"{where} is not set")
+    else:
+        assert source.file is not None
+        file = source.file if source.file.is_absolute() else base / source.file
+        where = f"the {what} file {file}"
+        try:
+            value = file.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ValueError(f"cannot read {where}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{where} is not UTF-8 text") from None
+    # Files, and variables filled from Kubernetes Secrets, usually end with a line break.
+    value = value.removesuffix("\n").removesuffix("\r")
     if not value:
-        raise ValueError(f"the token file {file} is empty")
+        raise ValueError(f"{where} is empty")
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(
+            f"{where} holds a {what} with whitespace or a control character in it (a line "
+            f"break, space or tab?); a {what} is one line of printable characters"
+        )
+    if what == "token" and not value.isascii():
+        raise ValueError(
+            f"{where} holds a token with non-ASCII characters (it is sent in a header)"
+        )
     return value
 
 
@@ -331,6 +387,9 @@ class _RulesCompiler:
             compiled = CompiledTemplate(source)
         except TemplateSyntaxError as e:
             self.problems.add(loc, f"template syntax error: {e.message}")
+            return None
+        except ValueError as e:  # streamer.regexes.RegexError: a literal regex_replace pattern
+            self.problems.add(loc, f"invalid regular expression in regex_replace: {e}")
             return None
         self._check_variables(undeclared_variables(source), loc)
         return compiled
@@ -407,6 +466,8 @@ class _RulesCompiler:
                 when = CompiledExpression(spec.when)
             except TemplateSyntaxError as e:
                 self.problems.add((*loc, "when"), f"expression syntax error: {e.message}")
+            except ValueError as e:  # streamer.regexes.RegexError, in a regex_replace
+                self.problems.add((*loc, "when"), f"invalid regular expression: {e}")
             else:
                 self._check_variables(
                     undeclared_variables(spec.when, expression=True), (*loc, "when")
@@ -485,6 +546,7 @@ def load_config(path: str | Path, *, check_secrets: bool = True) -> Config:
         )
         problems.raise_if_any()
     config, invalid_destinations = _validate_sections(data, problems)
+    _check_no_inline_secrets(data, problems)
 
     base = path.parent
     reader_schema: dict[str, Any] = {}
@@ -515,7 +577,7 @@ def load_config(path: str | Path, *, check_secrets: bool = True) -> Config:
             problems.add(token_loc, "give exactly one of env: (a variable name) or file: (a path)")
         elif check_secrets:
             try:
-                tokens[name] = SecretStr(_read_token(destination.token, base))
+                tokens[name] = SecretStr(_read_secret(destination.token, base, "token"))
             except ValueError as e:
                 problems.add(token_loc, str(e))
     kafka_secrets = _secrets(
@@ -548,10 +610,73 @@ def _secrets(
             )
         elif check:
             try:
-                out[name] = SecretStr(_read_token(source, base))
+                out[name] = SecretStr(_read_secret(source, base, "secret"))
             except ValueError as e:
                 problems.add((*loc, name), str(e))
     return out
+
+
+_SECRET_WORDS = ("password", "passphrase", "secret", "credentials", "token")
+_SECRET_KEYS = frozenset({"basic.auth.user.info", "ssl.key.pem"})
+# Keys that say where a secret comes from or is sent to, not what it is:
+# basic.auth.credentials.source, sasl.oauthbearer.token.endpoint.url, ...
+_SECRET_SOURCE_SUFFIXES = (".source", ".url", ".location", ".file")
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a Kafka or registry property holds a secret, so belongs in secret_properties.
+
+    A secret: basic.auth.user.info, ssl.key.pem, and any key containing password,
+    passphrase, secret, credentials or token, except keys ending in .source, .url,
+    .location or .file (they name where a secret comes from, not the secret).
+    """
+    key = key.lower()
+    if key in _SECRET_KEYS:
+        return True
+    return any(w in key for w in _SECRET_WORDS) and not key.endswith(_SECRET_SOURCE_SUFFIXES)
+
+
+def _check_no_inline_secrets(data: Mapping[str, Any], problems: _Problems) -> None:
+    """Refuses secrets written in the file: secret-looking properties and URL credentials."""
+    pointers = {
+        "kafka": "set kafka.properties sasl.username, and sasl.password in kafka.secret_properties",
+        "schema_registry": "give them as basic.auth.user.info (user:password) in "
+        "schema_registry.secret_properties",
+    }
+    for section, address in (("kafka", "bootstrap_servers"), ("schema_registry", "url")):
+        settings = data.get(section)
+        if not isinstance(settings, dict):
+            continue
+        if "@" in str(settings.get(address, "")):
+            problems.add(
+                (section, address),
+                f"credentials (user:password@) are refused here: {pointers[section]}: "
+                "{env: VARIABLE} or {file: PATH}",
+            )
+        properties = settings.get("properties")
+        for key, value in properties.items() if isinstance(properties, dict) else ():
+            if is_secret_key(str(key)):
+                problems.add(
+                    (section, "properties", key),
+                    f"{key} is a secret: give it in {section}.secret_properties as "
+                    f"{key}: {{env: VARIABLE}} or {{file: PATH}}, never in the file",
+                )
+            elif isinstance(value, str) and "://" in value and "@" in value:
+                problems.add(
+                    (section, "properties", key),
+                    "credentials in a URL (user:password@) are refused in the file: give the "
+                    f"whole property in {section}.secret_properties as "
+                    f"{key}: {{env: VARIABLE}} or {{file: PATH}}",
+                )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 _SECTION_TYPES: dict[str, Any] = {
@@ -653,4 +778,6 @@ def _message(error: Any) -> str:
         return "unknown setting (check the spelling; see examples/streamer.yaml)"
     if kind == "missing":
         return "required setting is missing"
+    if kind == "value_error" and "error" in error.get("ctx", {}):
+        return str(error["ctx"]["error"])  # our validators' own words, without "Value error, "
     return str(message)

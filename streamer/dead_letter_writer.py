@@ -10,14 +10,14 @@ not committed: a crash meanwhile writes the letter again, never loses it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streamer.dead_letters import DeadLetter, fitted
 
-log = logging.getLogger("streamer.dead_letters")
+log = logging.getLogger("streamer.engine")  # one logger for the delivery path
 
 DEFAULT_LIMIT = 1_000_000  # librdkafka's message.max.bytes default
 SMALLEST_LIMIT = 16_384
@@ -32,14 +32,32 @@ class DeadLetterWriter:
         letter: DeadLetter,
         written: Callable[[], None],
         again_in: Callable[[float], None],
+        context: Mapping[str, Any],
     ) -> None:
         """Produces `letter`; calls `written()` once acknowledged, or `again_in(seconds)`
-        when it must be written again (from `producer.poll`, or at once)."""
+        when it must be written again (from `producer.poll`, or at once). `context` is
+        for the log line (where the event came from and was going)."""
         record = fitted(letter, self.limit)
         size = len(record.value or b"")
 
         def acknowledged(error: KafkaError | None, _: Message) -> None:
             if error is None:
+                message = letter.message
+                log.error(
+                    "dead-lettered %s[%d]@%d: %s %s",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    letter.reason,
+                    letter.detail[:500],
+                    extra={
+                        **context,
+                        "reason": letter.reason,
+                        "request_id": letter.request_id,
+                        "http_status": letter.http_status,
+                        "attempts": letter.attempts,
+                    },
+                )
                 written()
             elif error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
                 again_in(self._shrink(size))

@@ -19,14 +19,16 @@ value cut short (and, if even that is not enough, its key cut and the original h
 left out), with `streamer.value-truncated: true` and the original value's size; the
 source coordinates above are always there, so the original can be read from its topic.
 
-Tokens never appear: incident.io's answers do not contain them and nothing else here
-comes from configuration.
+Tokens never appear: incident.io's answers do not contain them, nothing else here comes
+from configuration, and every text header still goes through the secret mask.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from streamer.logs import MASK
 
 MAX_TEXT = 4096
 PREFIX = "streamer."
@@ -74,7 +76,9 @@ class DeadLetter:
             "attempts": str(self.attempts),
             "dead_lettered_at": (now or datetime.now(UTC)).isoformat(),
         }
-        added = [(PREFIX + k, _bounded(v).encode()) for k, v in ours.items() if v is not None]
+        added = [
+            (PREFIX + k, _bounded(MASK.mask(v)).encode()) for k, v in ours.items() if v is not None
+        ]
         original = [(k, v) for k, v in self.message.headers if not k.startswith(PREFIX)]
         return original + added
 

@@ -14,16 +14,30 @@ Invariants: the writer schema is always resolved against the reader schema, so a
 producer on a newer or older compatible schema decodes to the reader's shape; every
 problem with the *message* raises `DecodeError` (permanent: dead-letter it with its
 reason), and only a registry that cannot be reached raises `RegistryUnavailable`
-(transient: retry, never dead-letter). Nothing else escapes `decode`.
+(transient: retry, never dead-letter). Nothing else escapes `decode`. Whatever its
+bytes, a message costs time and memory linear in its length, which is bounded.
+
+How: no parser gets input on which it does unbounded work. JSON is scanned for nesting
+depth before json.loads (which recurses) and its numbers are bounded in length. A
+writer schema is refused (`unsafe-schema`, once per schema) if few bytes can stand for
+unbounded work: an array of items that take zero bytes (a 10-byte count of 2^62 never
+ends) or a type that contains itself (nesting as deep as the message is long overflows
+fastavro's C stack). Every other Avro item takes at least one byte, so a huge count or
+length ends at the end of the buffer, without allocating what it claims; fastavro's
+skips of fixed-size items do not notice that end, so schemas with arrays of those are
+read from a buffer that does.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import uuid
-from collections.abc import Iterable, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -41,12 +55,25 @@ DecodeErrorReason = Literal[
     "incompatible-schema",
     "invalid-data",
     "invalid-json",
+    "too-large",
+    "too-deep",
+    "unsafe-schema",
 ]
 Headers = Sequence[tuple[str, bytes | None]]
 
 VALUE_SCHEMA_ID_HEADER = "__value_schema_id"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 _CONFLUENT_ID, _CONFLUENT_GUID = 0, 1
+
+# An event is a few hundred bytes, and a broker with default settings accepts no value
+# over 1 MiB. The worst message of this size costs about half a second to refuse.
+MAX_VALUE_BYTES = 1024 * 1024
+# A monitoring event nests 3 deep (event, alert, labels); 64 leaves room for unknown
+# fields a producer adds and stays far below the interpreter's recursion limit.
+MAX_JSON_DEPTH = 64
+# A long has 19 digits and a double needs at most 24 characters to round-trip; Python's
+# int() refuses over 4300 digits with a ValueError and gets slow well before that.
+MAX_JSON_NUMBER_CHARS = 100
 
 
 class DecodeError(Exception):
@@ -72,13 +99,16 @@ class WriterSchemaSource(Protocol):
 
 def load_schema(path: str | Path) -> dict[str, Any]:
     """Reads an .avsc file; errors name the file."""
+    named: dict[str, Any] = {}
     try:
         schema = json.loads(Path(path).read_text())
-        fastavro.parse_schema(schema)
+        unsafe, _ = _hazards(fastavro.parse_schema(schema, named), named)
     except (OSError, ValueError, fastavro.schema.SchemaParseException) as e:
         raise ValueError(f"{path}: not a readable Avro schema: {e}") from e
     if not isinstance(schema, dict):
         raise ValueError(f"{path}: an event schema must be an Avro record")
+    if unsafe is not None:
+        raise ValueError(f"{path}: not safe to decode: {unsafe}")
     return schema
 
 
@@ -94,6 +124,7 @@ class _Resolution:
 
     writer: Schema
     reader: Schema | None
+    buffer: type[io.BytesIO] = io.BytesIO
 
 
 class EventDecoder:
@@ -115,23 +146,46 @@ class EventDecoder:
         self._reader_canonical = to_parsing_canonical_form(self._reader)
         self._registry = registry
         self._by_registry_key: dict[int | str, _Resolution] = {}
-        self._raw = self._resolve(writer_schema or reader_schema)
-        self._by_fingerprint = {
-            single_object_fingerprint(s): self._resolve(s) for s in [reader_schema, *known_schemas]
-        }
+        # A schema id never changes meaning, so a refusal is as final as a resolution.
+        self._refused_registry_keys: dict[int | str, tuple[DecodeErrorReason, str]] = {}
+        try:
+            self._raw = self._resolve(writer_schema or reader_schema)
+            self._by_fingerprint = {
+                single_object_fingerprint(s): self._resolve(s)
+                for s in [reader_schema, *known_schemas]
+            }
+        except DecodeError as e:  # a configured schema: the operator's to fix, at start
+            raise ValueError(f"a configured schema is refused: {e}") from e
 
-    def _resolve(self, writer_schema: Schema) -> _Resolution:
-        writer = fastavro.parse_schema(writer_schema)
+    def _resolve(self, writer_schema: Schema | str) -> _Resolution:
+        """The writer schema (registry text or parsed JSON) ready to read with."""
+        named: dict[str, Any] = {}
+        try:
+            schema = json.loads(writer_schema) if isinstance(writer_schema, str) else writer_schema
+            writer = fastavro.parse_schema(schema, named)
+            unsafe, checked_reads = _hazards(writer, named)
+        except Exception as e:  # fastavro's parser raises many kinds on odd schemas
+            raise DecodeError("incompatible-schema", f"not an Avro schema: {e!r}") from e
+        if unsafe is not None:
+            raise DecodeError("unsafe-schema", unsafe)
         same = to_parsing_canonical_form(writer) == self._reader_canonical
-        return _Resolution(writer, None if same else self._reader)
+        buffer = _CheckedBuffer if checked_reads and not same else io.BytesIO
+        return _Resolution(writer, None if same else self._reader, buffer)
 
     def decode(self, value: bytes | None, headers: Headers | None = None) -> dict[str, Any]:
         if not value:
             raise DecodeError("empty", "the message has no value (a tombstone or empty bytes)")
-        if self.wire_format == "json":
-            return self._decode_json(value)
-        body, resolution = self._framing(memoryview(value), headers)
-        return _read(body, resolution)
+        if len(value) > MAX_VALUE_BYTES:
+            raise DecodeError("too-large", f"{len(value)} bytes; the limit is {MAX_VALUE_BYTES}")
+        try:
+            if self.wire_format == "json":
+                return self._decode_json(value)
+            body, resolution = self._framing(memoryview(value), headers)
+            return _read(body, resolution)
+        except (DecodeError, RegistryUnavailable):
+            raise
+        except Exception as e:  # a bug or a case nobody foresaw: still this message's fault
+            raise DecodeError("invalid-data", f"{type(e).__name__}: {e}") from e
 
     def _framing(
         self, value: memoryview, headers: Headers | None
@@ -166,22 +220,27 @@ class EventDecoder:
     def _registry_resolution(self, key: int | str) -> _Resolution:
         resolution = self._by_registry_key.get(key)
         if resolution is None:
+            if key in self._refused_registry_keys:
+                raise DecodeError(*self._refused_registry_keys[key])  # a fresh traceback
             assert self._registry is not None
             text = (
                 self._registry.by_id(key) if isinstance(key, int) else self._registry.by_guid(key)
             )
             try:
-                resolution = self._resolve(json.loads(text))
-            except (ValueError, fastavro.schema.SchemaParseException) as e:
-                raise DecodeError(
-                    "incompatible-schema", f"schema {key} is not an Avro schema: {e}"
-                ) from e
+                resolution = self._resolve(text)
+            except DecodeError as e:
+                self._refused_registry_keys[key] = (e.reason, f"schema {key}: {e.detail}")
+                raise DecodeError(*self._refused_registry_keys[key]) from e
             self._by_registry_key[key] = resolution
         return resolution
 
     def _decode_json(self, value: bytes) -> dict[str, Any]:
         try:
-            event = json.loads(value)
+            # UTF-8 only (RFC 8259): the depth scan reads bytes, which other encodings fool.
+            text = value.removeprefix(b"\xef\xbb\xbf").decode()  # without a BOM
+            if (depth := _json_depth(value)) > MAX_JSON_DEPTH:  # json.loads would recurse
+                raise DecodeError("too-deep", f"{depth} levels deep; the limit is {MAX_JSON_DEPTH}")
+            event = _JSON.decode(text)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise DecodeError("invalid-json", f"not JSON: {e}") from e
         if not isinstance(event, dict):
@@ -196,6 +255,112 @@ class EventDecoder:
         except Exception as e:  # fastavro raises ValueError, TypeError, KeyError, ...
             raise DecodeError("invalid-data", f"does not match the schema: {e}") from e
         return _read(memoryview(buffer.getvalue()), _Resolution(self._reader, None))
+
+
+def _bounded(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A number parser that refuses long numbers (int() is slow, then refuses, on them)."""
+
+    def parse_number(text: str) -> Any:
+        if len(text) > MAX_JSON_NUMBER_CHARS:
+            raise DecodeError(
+                "too-large",
+                f"a JSON number of {len(text)} characters; the limit is {MAX_JSON_NUMBER_CHARS}",
+            )
+        return parse(text)
+
+    return parse_number
+
+
+_JSON = json.JSONDecoder(parse_int=_bounded(int), parse_float=_bounded(float))
+_JSON_STRING = re.compile(rb'"[^"]*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKET_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+
+
+def _json_depth(value: bytes) -> int:
+    """How deep [ and { nest outside strings (or, when there are few, how many there are),
+    in linear time and C loops: drop escapes, strings, then all but brackets; the depth
+    is the largest running sum of +1 per opening and -1 per closing bracket. On invalid
+    JSON it may be too high, never lower than where json.loads would fail."""
+    if (openings := value.count(b"[") + value.count(b"{")) <= MAX_JSON_DEPTH:
+        return openings
+    unescaped = value.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = _JSON_STRING.sub(b"", unescaped).translate(_BRACKET_STEPS, _NOT_BRACKETS)
+    return max(accumulate(array("b", brackets)), default=0)
+
+
+# What one value costs at the end of the buffer: nothing (null, fixed of size 0, records
+# of those); a read fastavro's *skips* do not check (boolean, float, double, fixed); or
+# a read that raises there (everything else: varints, strings, unions, ...).
+_NO_BYTES, _UNCHECKED, _CHECKED = 0, 1, 2
+_COSTS = {"null": _NO_BYTES} | dict.fromkeys(("boolean", "float", "double", "fixed"), _UNCHECKED)
+
+
+def _hazards(schema: Schema, named: Mapping[str, Any]) -> tuple[str | None, bool]:
+    """(Why a parsed writer schema lets few bytes stand for unbounded work, or None;
+    whether its reads must check the end of the buffer). Linear in the schema: each
+    named type is walked once."""
+    expanding: list[str] = []
+    walked: set[str] = set()
+    costs: dict[str, int] = {}
+    checked_reads = False
+
+    def walk(s: Any, path: str) -> str | None:
+        nonlocal checked_reads
+        if isinstance(s, str):
+            if s in expanding:
+                return f"{path or 'the top level'} contains {s} again (recursion)"
+            return walk(named[s], path) if s in named and s not in walked else None
+        if isinstance(s, list):
+            return next(filter(None, (walk(branch, path) for branch in s)), None)
+        kind = s["type"]
+        if kind in ("record", "error") and s["name"] not in walked:
+            expanding.append(s["name"])
+            for field in s["fields"]:
+                if found := walk(field["type"], f"{path}.{field['name']}".lstrip(".")):
+                    return found
+            walked.add(expanding.pop())
+        elif kind == "array":
+            if found := walk(s["items"], f"{path}[]"):
+                return found
+            cost = _cost(s["items"], named, costs)
+            if cost == _NO_BYTES:
+                return f"{path or 'the top level'} is an array of items that take no bytes"
+            checked_reads |= cost == _UNCHECKED
+        elif kind == "map":  # every entry has its key's length: a checked read
+            return walk(s["values"], f"{path}{{}}")
+        return None
+
+    return walk(schema, ""), checked_reads
+
+
+def _cost(schema: Any, named: Mapping[str, Any], costs: dict[str, int]) -> int:
+    """See _NO_BYTES; `costs` remembers named types (the schema is not recursive)."""
+    if isinstance(schema, str):
+        if schema not in named:
+            return _COSTS.get(schema, _CHECKED)
+        if schema not in costs:
+            costs[schema] = _cost(named[schema], named, costs)
+        return costs[schema]
+    if isinstance(schema, list):  # a union reads its branch index
+        return _CHECKED
+    kind = schema["type"]
+    if kind in ("record", "error"):
+        return max((_cost(f["type"], named, costs) for f in schema["fields"]), default=_NO_BYTES)
+    if kind == "fixed" and schema["size"] == 0:
+        return _NO_BYTES
+    return _cost(kind, named, costs)
+
+
+class _CheckedBuffer(io.BytesIO):
+    """A buffer whose short reads raise, as fastavro's skips assume (they loop forever
+    over a count of 2^62 booleans otherwise). Slower: used only when a schema needs it."""
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        data = super().read(size)
+        if size is not None and len(data) < size:
+            raise EOFError(f"{size} bytes wanted, {len(data)} left")
+        return data
 
 
 def _schema_key(framed: memoryview, where: str) -> tuple[int | str, int]:
@@ -219,7 +384,9 @@ def _schema_key(framed: memoryview, where: str) -> tuple[int | str, int]:
 
 def _read(body: memoryview, resolution: _Resolution) -> dict[str, Any]:
     try:
-        event = fastavro.schemaless_reader(io.BytesIO(body), resolution.writer, resolution.reader)
+        event = fastavro.schemaless_reader(
+            resolution.buffer(body), resolution.writer, resolution.reader
+        )
     except SchemaResolutionError as e:
         raise DecodeError(
             "incompatible-schema", f"the writer schema cannot be read as the reader schema: {e}"

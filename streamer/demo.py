@@ -11,7 +11,6 @@ of them is terminal and committed.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from streamer import logs
 from streamer.config import load_config
 from streamer.decoding import load_schema
 from streamer.engine import Engine
@@ -154,6 +154,45 @@ def _summary(stats: Stats, produced: int, lag: int, fake: FakeIncidentIo, elapse
     )
 
 
+def message_outcomes(telemetry: Telemetry) -> dict[str, int]:
+    """Messages per terminal outcome (delivered, dropped, dead-lettered, revoked), from the
+    process-duration histogram, which counts each message once, when its last job ends."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    outcomes: dict[str, int] = {}
+    for family in text_string_to_metric_families(telemetry.scrape().decode()):
+        for sample in family.samples:
+            if sample.name == "messaging_process_duration_seconds_count":
+                outcome = sample.labels.get("streamer_outcome", "?")
+                outcomes[outcome] = outcomes.get(outcome, 0) + int(sample.value)
+    return outcomes
+
+
+def reconciliation(stats: Stats, outcomes: dict[str, int], lag: int) -> str:
+    """The final account: every consumed message has one terminal outcome (a message that
+    became several alert events counts once), and the committed offsets reach the end.
+    (When superseding events exist, they are one more outcome here.)"""
+    delivered, dropped = outcomes.get("delivered", 0), outcomes.get("dropped", 0)
+    dead, revoked = outcomes.get("dead-lettered", 0), outcomes.get("revoked", 0)
+    waiting = stats.consumed - delivered - dropped - dead - revoked
+    balanced = waiting == 0 and revoked == 0 and lag == 0
+    undelivered = stats.routed - stats.delivered
+    lines = [
+        "final reconciliation",
+        f"  messages  consumed {stats.consumed} = delivered {delivered} + dropped {dropped} "
+        f"+ dead-lettered {dead}"
+        + (f" + revoked {revoked}" if revoked else "")
+        + (f" + not finished {waiting}" if waiting else ""),
+        f"  alerts    routed {stats.routed}: delivered {stats.delivered} (202), "
+        f"not delivered {undelivered}"
+        + (" (refused or given up: dead-lettered)" if balanced and undelivered else ""),
+        f"  kafka     lag {lag}"
+        + (": every offset committed" if lag == 0 else ": not committed, re-read next run"),
+        "  nothing lost" if balanced else "  nothing lost: what is not committed is re-read",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def run_demo(
     *,
     events: int | None,
@@ -169,13 +208,7 @@ def run_demo(
         print(text, file=out, flush=True)
 
     log_file = Path(tempfile.gettempdir()) / "streamer-demo.log"
-    logging.basicConfig(
-        filename=log_file,
-        level=logging.INFO,
-        force=True,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logs.configure("info", "text", file=log_file)
     say("starting the local Kafka broker, schema registry and incident.io double…")
     with (
         local_infrastructure() as infra,
@@ -189,10 +222,11 @@ def run_demo(
         for topic in (ALERTS_TOPIC, CHECKS_TOPIC):
             admin.create_topics([NewTopic(topic, num_partitions=4)])[topic].result(30)
         say(
-            f"kafka:            {infra.bootstrap_servers}  ({infra.provided_by}); "
+            f"kafka:            {logs.redact_url(infra.bootstrap_servers)}  "
+            f"({infra.provided_by}); "
             f"topics {ALERTS_TOPIC}, {CHECKS_TOPIC}"
         )
-        say(f"schema registry:  {infra.schema_registry_url}")
+        say(f"schema registry:  {logs.redact_url(infra.schema_registry_url)}")
         say(
             f"incident.io fake: {fake.url}/v2/alert_events/http/{{alert_source_config_id}}  "
             f"(received events: {fake.url}/_fake/events)"
@@ -274,4 +308,7 @@ def _run(
             engine_thread.join(60)
     lag = show(final=True)
     watcher.close()
+    if engine is not None:
+        out.write(reconciliation(engine.stats, message_outcomes(telemetry), lag))
+        out.flush()
     return 0 if (events is None or lag == 0) else 1

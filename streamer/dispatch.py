@@ -43,6 +43,7 @@ from streamer.handover import HandOver
 from streamer.incident_io import Answer, PostsAlertEvents
 from streamer.instrumentation import MessageSpans, Stats, log_context
 from streamer.ledger import DeliveryLedger, Job, Partition
+from streamer.logs import redact_url
 from streamer.telemetry import Telemetry
 
 log = logging.getLogger("streamer.engine")
@@ -112,16 +113,22 @@ class Dispatcher:
         self.http.close()
 
     def dispatch(self) -> None:
+        """Starts what may start now, oldest first per destination. A delivery of a
+        partition past its hand-over cut-off is passed over (it stays queued for the drain
+        to give up), so it does not hold back the partitions that stay; keys are distinct
+        within a queue, so passing one over never reorders a key."""
         now = self.clock()
         for state in self.destinations:
-            while state.ready and self.busy < self.settings.workers:
-                job = state.ready[0]
+            i = 0
+            while i < len(state.ready) and self.busy < self.settings.workers:
+                job = state.ready[i]
                 if not self.ledger.owns(job):  # its partition was revoked: let the key go
-                    state.ready.popleft()
+                    del state.ready[i]
                     self.release(job)
                     continue
                 if not self.handover.may_start(job.partition, now):
-                    break  # too late to start: it is left to the next owner
+                    i += 1  # too late to start: it is left to the next owner
+                    continue
                 if not state.may_start(now):
                     if not state.held_reason and not job.work.waited_for_rate_limit:
                         job.work.waited_for_rate_limit = True
@@ -129,7 +136,7 @@ class Dispatcher:
                         self.stats.rate_limit_waits += 1
                         self.telemetry.rate_limit_waits.add(1, {"destination": state.name})
                     break
-                state.ready.popleft()
+                del state.ready[i]
                 self._send(job, state)
 
     def _send(self, job: Job, state: DestinationState) -> None:
@@ -150,7 +157,7 @@ class Dispatcher:
                 context=trace.set_span_in_context(parent) if parent else None,
                 attributes={
                     "http.request.method": "POST",
-                    "server.address": state.spec.url,
+                    "server.address": redact_url(state.spec.url),
                     "streamer.destination": state.name,
                 },
             )
@@ -191,22 +198,7 @@ class Dispatcher:
             return
         now_wall = self.wall_clock()
         first = delivery.first_attempt_at or now_wall
-        decision: Decision
-        try:
-            if isinstance(answer, Exception):
-                raise answer
-            decision = self.policy.decide_response(
-                answer.status,
-                answer.headers,
-                answer.body,
-                attempt=job.attempts,
-                first_attempt_at=first,
-                now=now_wall,
-            )
-        except Exception as e:  # no answer, or one past understanding: retried
-            decision = self.policy.decide_error(
-                e, attempt=job.attempts, first_attempt_at=first, now=now_wall
-            )
+        decision = decide(self.policy, answer, job.attempts, first, now_wall)
         change = state.answered(
             decision,
             was_probe=was_probe,
@@ -307,3 +299,27 @@ class Dispatcher:
                 self.release(job)
             else:
                 self.activate(job)
+
+
+def decide(
+    policy: FailurePolicy,
+    answer: Answer | Exception,
+    attempt: int,
+    first_attempt_at: float,
+    now: float,
+) -> Decision:
+    """The policy's decision on one attempt's answer (wall-clock times). An answer the
+    policy cannot read is treated as no answer at all: retried, never raised."""
+    try:
+        if isinstance(answer, Exception):
+            raise answer
+        return policy.decide_response(
+            answer.status,
+            answer.headers,
+            answer.body,
+            attempt=attempt,
+            first_attempt_at=first_attempt_at,
+            now=now,
+        )
+    except Exception as e:
+        return policy.decide_error(e, attempt=attempt, first_attempt_at=first_attempt_at, now=now)

@@ -24,8 +24,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable
-from datetime import datetime
-from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
@@ -34,10 +32,10 @@ from streamer.backpressure import Backpressure
 from streamer.commits import CommitSchedule
 from streamer.config import Config, DeliverySettings
 from streamer.dead_letter_writer import DeadLetterWriter
-from streamer.dead_letters import DeadLetter, SourceMessage
-from streamer.decoding import DecodeError, EventDecoder, RegistryUnavailable
+from streamer.dead_letters import DeadLetter
+from streamer.decoding import EventDecoder, RegistryUnavailable
 from streamer.destinations import Destinations
-from streamer.dispatch import Delivery, Dispatcher
+from streamer.dispatch import Dispatcher
 from streamer.handover import HandOver
 from streamer.incident_io import IncidentIoClient, PostsAlertEvents
 from streamer.instrumentation import (
@@ -47,7 +45,9 @@ from streamer.instrumentation import (
     log_context,
     register_gauges,
 )
+from streamer.intake import works_of
 from streamer.kafka_clients import (
+    PartitionCounts,
     consumer_settings,
     decoders_of,
     names,
@@ -55,7 +55,7 @@ from streamer.kafka_clients import (
     registry_of,
     source_message,
 )
-from streamer.ledger import DeliveryLedger, Job, OrderingKey, Partition
+from streamer.ledger import DeliveryLedger, Job, Partition
 from streamer.reload import ConfigReloader
 from streamer.telemetry import Telemetry
 
@@ -76,8 +76,10 @@ class Engine:
         wall_clock: Callable[[], float] = time.time,
         telemetry: Telemetry | None = None,
     ) -> None:
-        self.reloader = ConfigReloader(config)
         self.telemetry = telemetry or Telemetry()
+        self.reloader = ConfigReloader(
+            config, count=lambda result: self.telemetry.config_reloads.add(1, {"result": result})
+        )
         self.settings: DeliverySettings = config.file.delivery
         self.clock, self.wall_clock = clock, wall_clock
         self.lag = ConsumerLag()
@@ -128,7 +130,7 @@ class Engine:
         )
         self._decoders: dict[str, EventDecoder] = {}
         self._registry = registry_of(config)
-        self._partition_counts: dict[str, int] = {}
+        self.partition_counts = PartitionCounts(self.consumer)
         self._last_reload_check = clock()
         self._apply_config(config)
         register_gauges(self.telemetry, self.ledger, self.backpressure, self.destinations, self.lag)
@@ -138,14 +140,7 @@ class Engine:
         return self.reloader.current
 
     def _apply_config(self, config: Config) -> None:
-        logs.MASK.add(
-            s.get_secret_value()
-            for s in (
-                *config.tokens.values(),
-                *config.kafka_secrets.values(),
-                *config.registry_secrets.values(),
-            )
-        )
+        logs.MASK.add(config.secret_values())
         # Topics the new file no longer names keep their decoders: the subscription is set
         # at start (changing topics needs a restart), so their messages still arrive.
         self._decoders.update(decoders_of(config, self._registry))
@@ -235,50 +230,19 @@ class Engine:
         )
         span = self.spans.start(source)
         try:
-            works = self._works_of(source)
+            works = works_of(source, self._decoders, self.config.rules, self.telemetry, self.stats)
         except RegistryUnavailable as e:
             self._block_for_registry(partition, source.offset, str(e))
             span.set_attribute("streamer.outcome", "registry-unavailable")
             span.end()
             return
-        except Exception as e:  # a bug met by one message must not stop every partition
-            log.exception("internal error on %s[%d]@%d", *partition, source.offset)
-            works = [(None, DeadLetter(source, f"internal:{type(e).__name__}", _detail(e)))]
+        self.backpressure.registry_answered(partition)
         self.spans.routed(partition, source.offset, span, len(works))
         size = len(source.value or b"") + len(source.key or b"")
         for job in self.ledger.add(partition, source.offset, works, size):
             self._activate(job)
         if not works:
             self.commits.terminal()
-
-    def _works_of(self, source: SourceMessage) -> list[tuple[OrderingKey | None, Any]]:
-        """A message's jobs: its deliveries, or its dead letter, or none (dropped)."""
-        try:
-            event = self._decoders[source.topic].decode(source.value, source.headers)
-        except DecodeError as e:
-            return [(None, DeadLetter(source, f"decode:{e.reason}", e.detail))]
-        self.backpressure.registry_answered((source.topic, source.partition))
-        try:
-            decision = self.config.rules.evaluate(event)
-        except Exception as e:  # evaluate is bounded and should not raise; if it does
-            return [(None, DeadLetter(source, f"route:{type(e).__name__}", _detail(e)))]
-        event_time = event.get("event_time")
-        event_epoch = event_time.timestamp() if isinstance(event_time, datetime) else None
-        works: list[tuple[OrderingKey | None, Any]] = []
-        for d in decision.deliveries:
-            body = d.payload.model_dump(exclude_none=True)
-            key = OrderingKey(d.destination, d.payload.deduplication_key or "")
-            works.append(
-                (key, Delivery(source, d.route, d.destination, body, event_time=event_epoch))
-            )
-            self.telemetry.routed.add(1, {"route": d.route, "destination": d.destination})
-        for f in decision.failures:
-            works.append((None, DeadLetter(source, "template", f.reason, f.route, f.destination)))
-        self.stats.routed += len(decision.deliveries)
-        if decision.dropped:
-            self.stats.dropped += 1
-            self.telemetry.dropped.add(1)
-        return works
 
     def _activate(self, job: Job) -> None:
         """A job whose key is free: queue it for its destination, or dead-letter it."""
@@ -316,32 +280,16 @@ class Engine:
 
     def _write_dead_letter(self, job: Job) -> None:
         letter: DeadLetter = job.work
-        message = letter.message
 
         def written() -> None:
             self.stats.dead_lettered += 1
             self.telemetry.dead_lettered.add(1, {"reason": letter.reason})
-            log.error(
-                "dead-lettered %s[%d]@%d: %s %s",
-                message.topic,
-                message.partition,
-                message.offset,
-                letter.reason,
-                letter.detail[:500],
-                extra={
-                    **log_context(job),
-                    "reason": letter.reason,
-                    "request_id": letter.request_id,
-                    "http_status": letter.http_status,
-                    "attempts": letter.attempts,
-                },
-            )
             self._finish(job)
 
         def again_in(seconds: float) -> None:  # not terminal until it is safely written
             self.out.schedule(self.clock() + seconds, job)
 
-        self.dead_letters.write(letter, written, again_in)
+        self.dead_letters.write(letter, written, again_in, log_context(job))
 
     # -- terminal states and commits -------------------------------------------------------
 
@@ -484,21 +432,9 @@ class Engine:
         self._update_shares()
 
     def _update_shares(self) -> None:
-        self.destinations.share(len(self.ledger.partitions), self._total_partitions())
-
-    def _total_partitions(self) -> int:
-        total = 0
-        for topic in self.config.file.topics:
-            if topic.name not in self._partition_counts:
-                try:
-                    metadata = self.consumer.list_topics(topic.name, timeout=5)
-                    count = len(metadata.topics[topic.name].partitions)
-                except Exception:
-                    count = 0
-                if count:
-                    self._partition_counts[topic.name] = count
-            total += self._partition_counts.get(topic.name, 0)
-        return total or max(1, len(self.ledger.partitions))
+        topics = [t.name for t in self.config.file.topics]
+        total = self.partition_counts.total(topics) or max(1, len(self.ledger.partitions))
+        self.destinations.share(len(self.ledger.partitions), total)
 
     # -- shutdown --------------------------------------------------------------------------
 
@@ -524,9 +460,3 @@ class Engine:
             self.consumer.close()  # leaves the group; on_revoke has nothing left to drain
             self.producer.flush(5)
             self.out.close()
-
-
-def _detail(error: Exception) -> str:
-    """An unexpected error's text for a dead letter (bounded there, masked in logs)."""
-    text = str(error)
-    return f"{type(error).__name__}: {text[:1000]}" if text else type(error).__name__

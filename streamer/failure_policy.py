@@ -12,6 +12,9 @@ Pure: a status, headers and body (or a transport error) in, a decision out.
   dead-letter it with the response body.
 - 401, 403, 404: the *destination* is misconfigured (token, source id), not the event:
   hold the destination, retry slowly, dead-letter nothing.
+- 3xx: the destination's base URL has moved (redirects are never followed: the token
+  would go wherever the Location says): hold the destination too, naming the Location
+  without its query string (which may carry a token), bounded in length.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 MAX_BODY_IN_DEAD_LETTER = 4096
+MAX_LOCATION_IN_REASON = 200
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,9 @@ class Retry:
 
 
 @dataclass(frozen=True)
-class DeadLetter:
+class Undeliverable:
+    """The payload is wrong, or retries ran out: the caller writes a dead letter."""
+
     reason: str
     status: int | None
     body: str
@@ -59,7 +65,7 @@ class HoldDestination:
     request_id: str | None = None
 
 
-Decision = Accepted | RateLimited | Retry | DeadLetter | HoldDestination
+Decision = Accepted | RateLimited | Retry | Undeliverable | HoldDestination
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,13 @@ class FailurePolicy:
             return Accepted(request_id)
         if status == 429:
             return RateLimited(self._retry_at(headers, parsed, now), request_id)
+        if 300 <= status < 400:
+            return HoldDestination(
+                f"HTTP {status}: redirected to {_location(headers)}; streamer does not follow "
+                "redirects: check the destination's url",
+                status,
+                request_id,
+            )
         text = body[:MAX_BODY_IN_DEAD_LETTER].decode("utf-8", errors="replace")
         if status in (401, 403, 404):
             return HoldDestination(f"HTTP {status}: {_summary(parsed, text)}", status, request_id)
@@ -104,7 +117,7 @@ class FailurePolicy:
             return self._retry(
                 f"HTTP {status}", attempt, first_attempt_at, now, rng, request_id, status, text
             )
-        return DeadLetter(f"HTTP {status}: {_summary(parsed, text)}", status, text, request_id)
+        return Undeliverable(f"HTTP {status}: {_summary(parsed, text)}", status, text, request_id)
 
     def decide_error(
         self,
@@ -131,7 +144,7 @@ class FailurePolicy:
         body: str,
     ) -> Decision:
         if self.max_retry_seconds is not None and now - first_attempt_at >= self.max_retry_seconds:
-            return DeadLetter(
+            return Undeliverable(
                 f"gave up after {now - first_attempt_at:.0f} s, {attempt + 1} attempts: {reason}",
                 status,
                 body,
@@ -161,6 +174,22 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
         if key.lower() == name:
             return value
     return None
+
+
+def _location(headers: Mapping[str, str]) -> str:
+    """The redirect's Location, fit for a log line: no credentials, query or fragment."""
+    location = _header(headers, "location")
+    if not location:
+        return "(no Location)"
+    location = location.split("#", 1)[0].split("?", 1)[0]
+    scheme, separator, rest = location.partition("://")
+    if separator:  # drop user:password@ from the authority
+        authority, slash, path = rest.partition("/")
+        location = f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
+    printable = "".join(c if c.isprintable() else "?" for c in location)
+    if len(printable) > MAX_LOCATION_IN_REASON:
+        return printable[: MAX_LOCATION_IN_REASON - 1] + "…"
+    return printable
 
 
 def _http_date(text: str) -> float | None:

@@ -4,8 +4,9 @@ Invariant (per-key order across owners): a request of a partition being revoked,
 any partition at shutdown, starts only if it can end before the drain does. A request
 started later could still be in flight after the partition changed hands, and land after
 the next owner's request for the same key: a reorder. So each partition being let go gets
-a last start, `drain deadline - request timeout` (the client ends every request within
-its timeout), and nothing of it starts at or after that instant.
+a last start, `drain deadline - request timeout - START_MARGIN` (the client ends every
+request within its timeout of being called; the margin covers the hand-off to a worker
+thread), and nothing of it starts at or after that instant.
 
 A drain also ends early when waiting cannot change anything: nothing is in flight, and
 everything waiting (for a rate limit, a backoff, a held destination) could start only
@@ -19,6 +20,8 @@ from collections.abc import Collection, Iterable
 
 from streamer.ledger import Partition
 
+START_MARGIN = 0.25  # seconds between deciding to start a request and the client's clock
+
 
 class HandOver:
     def __init__(self, request_timeout: float) -> None:
@@ -27,7 +30,7 @@ class HandOver:
 
     def begin(self, partitions: Iterable[Partition], drain_deadline: float) -> None:
         for p in partitions:
-            self._last_start[p] = drain_deadline - self.request_timeout
+            self._last_start[p] = drain_deadline - self.request_timeout - START_MARGIN
 
     def end(self, partitions: Collection[Partition]) -> None:
         for p in partitions:

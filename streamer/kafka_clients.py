@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from streamer.config import Config
 from streamer.dead_letters import SourceMessage
@@ -99,3 +99,24 @@ def names(partitions: list[TopicPartition] | list[Partition]) -> str:
         topic, number = (p.topic, p.partition) if isinstance(p, TopicPartition) else p
         out.append(f"{topic}[{number}]")
     return ", ".join(out) or "nothing"
+
+
+class PartitionCounts:
+    """How many partitions each topic has (for rate-limit shares), asked once per topic."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer = consumer
+        self._counts: dict[str, int] = {}
+
+    def total(self, topics: list[str]) -> int:
+        """The partitions of these topics; 0 for a topic the broker could not tell us about."""
+        for topic in topics:
+            if topic not in self._counts:
+                try:
+                    metadata = self.consumer.list_topics(topic, timeout=5)
+                    count = len(metadata.topics[topic].partitions)
+                except Exception:
+                    count = 0
+                if count:
+                    self._counts[topic] = count
+        return sum(self._counts.get(topic, 0) for topic in topics)

@@ -19,15 +19,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from opentelemetry import metrics
-
 from streamer.config import Config, ConfigError, load_config
 
 log = logging.getLogger("streamer.reload")
-_reloads = metrics.get_meter("streamer").create_counter(
-    "streamer.config.reloads",
-    description="Configuration reloads, by result (applied, rejected)",
-)
 
 
 def _fingerprint(config_path: Path, token_files: list[Path]) -> str:
@@ -54,10 +48,13 @@ class ConfigReloader:
         *,
         load: Callable[[Path], Config] = load_config,
         on_applied: Callable[[Config], None] | None = None,
+        count: Callable[[str], None] = lambda result: None,
     ) -> None:
+        """`count(result)` is told each reload's result, `applied` or `rejected`."""
         self.current = current
         self._load = load
         self._on_applied = on_applied
+        self._count = count
         self._seen = _fingerprint(current.path, _token_files(current))
 
     def check(self) -> bool:
@@ -70,7 +67,7 @@ class ConfigReloader:
         try:
             new = self._load(path)
         except ConfigError as e:
-            _reloads.add(1, {"result": "rejected"})
+            self._count("rejected")
             log.error(
                 "configuration change rejected; the previous rules stay in force:\n%s",
                 e,
@@ -78,7 +75,7 @@ class ConfigReloader:
             )
             return False
         self.current = new
-        _reloads.add(1, {"result": "applied"})
+        self._count("applied")
         log.info("configuration reloaded", extra={"config": str(path)})
         if self._on_applied is not None:
             self._on_applied(new)

@@ -23,21 +23,21 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import httpx
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streamer.config import Config
 from streamer.dead_letters import PREFIX, read_headers
 from streamer.decoding import DecodeError, RegistryUnavailable
+from streamer.destinations import Destinations
+from streamer.dispatch import decide
 from streamer.failure_policy import Accepted, Backoff, FailurePolicy, RateLimited, Retry
-from streamer.incident_io import IncidentIoClient
+from streamer.incident_io import Answer, IncidentIoClient, PostsAlertEvents
 from streamer.kafka_clients import decoders_of, kafka_settings, registry_of
-from streamer.rate_limit import RollingWindowLimiter, acquire
 
 REPLAYED_FROM = "streamer-replayed-from"
 
@@ -209,7 +209,11 @@ def _matching_letters(
 
 
 class _LetterDelivery:
-    """Straight to incident.io: decode, route, POST each letter's alert events in turn."""
+    """Straight to incident.io: decode, route, POST each letter's alert events in turn.
+
+    The same cores as the service: `Destinations` (limits, 429 pauses, holds) and the
+    failure policy; time comes from the injected clocks and `sleep`.
+    """
 
     def __init__(
         self,
@@ -217,31 +221,25 @@ class _LetterDelivery:
         report: ReplayReport,
         max_attempts: int,
         dry_run: bool,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         settings = config.file.delivery
         self.config, self.report, self.dry_run = config, report, dry_run
         self.max_attempts = max_attempts
+        self.clock, self.wall_clock, self.sleep = clock, wall_clock, sleep
         self.decoders = decoders_of(config, registry_of(config))
-        self.http = IncidentIoClient(timeout=settings.request_timeout_seconds)
+        self.http: PostsAlertEvents = IncidentIoClient(timeout=settings.request_timeout_seconds)
         self.policy = FailurePolicy(
             Backoff(settings.backoff_base_seconds, settings.backoff_cap_seconds),
             max_retry_seconds=None,
         )
-        # The full limits: the running service takes its share too, and any 429 that
-        # results is waited out as incident.io says.
-        margin = settings.rate_limit_margin_seconds
-        self.limiters = {
-            name: RollingWindowLimiter(spec.events_per_minute, 60.0, margin=margin)
-            for name, spec in config.file.destinations.items()
-        }
-        by_token: dict[str, RollingWindowLimiter] = {}
-        self.key_limiters = {
-            name: by_token.setdefault(
-                config.tokens[name].get_secret_value(),
-                RollingWindowLimiter(settings.requests_per_minute_per_api_key, 60.0, margin=margin),
-            )
-            for name in config.file.destinations
-        }
+        # The full limits (no share): the running service takes its share too, and any
+        # 429 that results is waited out as incident.io says.
+        self.destinations = Destinations(settings)
+        self.destinations.configure(config.file.destinations, config.tokens)
 
     def run(self, letters: Iterator[Letter]) -> None:
         try:
@@ -280,7 +278,7 @@ class _LetterDelivery:
 
         for failure in decision.failures:
             if named(failure.route, failure.destination):
-                self._fail(letter, f"template: {failure.reason}", failure.destination or "")
+                self._fail(letter, f"{failure.code}: {failure.reason}", failure.destination or "")
         deliveries = [d for d in decision.deliveries if named(d.route, d.destination)]
         if not deliveries and not decision.failures:
             self._fail(letter, "the current rules make no alert event of it (dropped)")
@@ -299,44 +297,38 @@ class _LetterDelivery:
 
     def _post(self, destination: str, payload: dict[str, Any]) -> str | None:
         """None when incident.io accepted it, else why not."""
-        spec = self.config.file.destinations[destination]
-        token = self.config.tokens[destination]
-        limiters = [self.limiters[destination], self.key_limiters[destination]]
-        first = time.time()
+        state = self.destinations[destination]
+        first = self.wall_clock()
         attempt = 1
         while True:
-            wait_until = acquire(limiters, time.monotonic())
-            if wait_until is not None:
-                time.sleep(max(0.0, wait_until - time.monotonic()))
+            if state.held_reason is not None:  # no use waiting for its probe here
+                return f"destination held: {state.held_reason}"
+            now = self.clock()
+            if not state.may_start(now):
+                self.sleep(max(0.0, state.earliest_start(now) - now))
                 continue
-            now = time.time()
             try:
-                answer = self.http.post_alert_event(
-                    spec.url, spec.alert_source_config_id, token, payload
+                answer: Answer | Exception = self.http.post_alert_event(
+                    state.spec.url, state.spec.alert_source_config_id, state.token, payload
                 )
-            except (httpx.TransportError, httpx.InvalidURL) as e:
-                decision = self.policy.decide_error(
-                    e, attempt=attempt, first_attempt_at=first, now=now
-                )
-            else:
-                decision = self.policy.decide_response(
-                    answer.status,
-                    answer.headers,
-                    answer.body,
-                    attempt=attempt,
-                    first_attempt_at=first,
-                    now=now,
-                )
+            except Exception as e:  # the policy decides
+                answer = e
+            now_wall = self.wall_clock()
+            decision = decide(self.policy, answer, attempt, first, now_wall)
+            state.answered(
+                decision,
+                was_probe=state.request_ended(),
+                now=self.clock(),
+                hold_retry=self.config.file.delivery.hold_retry_seconds,
+            )
             if isinstance(decision, Accepted):
                 return None
             if isinstance(decision, RateLimited):
-                self.limiters[destination].pause_until(
-                    time.monotonic() + max(0.0, decision.retry_at - time.time())
-                )
+                state.rate_limited(self.clock() + max(0.0, decision.retry_at - now_wall))
                 continue
             if isinstance(decision, Retry) and attempt < self.max_attempts:
                 attempt += 1
-                time.sleep(decision.delay)
+                self.sleep(decision.delay)
                 continue
             reason = decision.reason
             return f"{reason} (after {attempt} attempt{'s' if attempt > 1 else ''})"

@@ -1,33 +1,36 @@
 """The routing tree: which events become which alert events, for which destination.
 
+Invariants: `Rules.evaluate` is pure and never raises for an event valid under the
+schema; `Rules.explain` is the same traversal, recorded (`_Walk`), so what `rules test
+--explain` says is what the service does. A route whose `when:` raises is a failure of
+that event on that route (`RouteFailure`, code `route:when`), never a silent
+fall-through; a template that fails is one too (code `template`), or, where the route
+says `on_template_error: use-defaults`, the field is rendered with the built-in default.
+
 Semantics are Alertmanager's, which SRE teams already know:
 
 - a route matches when all its matchers (`path = v`, `!=`, `=~`, `!~`; regexes are
-  anchored) and its optional `when` expression hold; a missing field reads as "";
+  RE2, Go's syntax, anchored at both ends; streamer/matchers.py) and its optional `when`
+  expression hold; a missing field reads as "";
 - routes are tried in order; the first match wins unless it says `continue: true`,
-  in which case later siblings are tried too (fan-out);
+  in which case later siblings are tried too (fan-out); a route whose test failed
+  counts as this level's match (the event may have been meant for it);
 - a matching route's children are tried the same way; if none matches, the route
   itself delivers; `destination: drop` delivers nothing, on purpose;
 - if no top-level route matches, the default applies (drop, or a route body).
-
-`Rules.evaluate` is pure and never raises for an event valid under the schema: a
-template or expression that fails becomes a `RouteFailure` (dead-lettered by the
-caller), or, where the route says `on_template_error: use-defaults`, the field is
-rendered with the built-in default instead.
 """
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from enum import Enum
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from streamer.alert_event import FIELD_LIMITS, AlertEventPayload
+from streamer.matchers import Matcher, field_text
 from streamer.templates import (
     DEFAULT_TEMPLATES,
     CompiledExpression,
@@ -35,110 +38,22 @@ from streamer.templates import (
     variables_of,
 )
 
-Operator = Literal["=", "!=", "=~", "!~"]
+__all__ = [
+    "Evaluation",
+    "FailureCode",
+    "Matcher",
+    "OnTemplateError",
+    "Route",
+    "RouteFailure",
+    "RoutedAlert",
+    "Rules",
+    "field_text",
+    "render_payload",
+]
+
 OnTemplateError = Literal["dead-letter", "use-defaults"]
-_MATCHER = re.compile(r"^\s*([A-Za-z_][\w]*(?:\.[\w-]+)*)\s*(=~|!~|!=|=)\s*(.*?)\s*$")
+FailureCode = Literal["template", "route:when", "route:match"]
 _DEFAULTS = {name: CompiledTemplate(source) for name, source in DEFAULT_TEMPLATES.items()}
-
-
-def _as_text(value: Any) -> str:
-    """A field's value as matchers compare it: null reads as "", times as ISO 8601."""
-    if value is None:
-        return ""
-    if value.__class__ is str:
-        return value
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Mapping | list):
-        return json.dumps(value, sort_keys=True, default=str)
-    return str(value)
-
-
-def _getter(path: tuple[str, ...]) -> Callable[[Mapping[str, Any]], Any]:
-    """A look-up of one dotted path, specialised at load: this runs for every route of
-    every event, and most events match no route, so it is the filter path's whole cost.
-    A missing key, or a step into null or a plain value, gives None."""
-    if len(path) == 1:
-        (k0,) = path
-
-        def get1(event: Mapping[str, Any]) -> Any:
-            return event.get(k0)
-
-        return get1
-    if len(path) == 2:
-        k0, k1 = path
-
-        def get2(event: Mapping[str, Any]) -> Any:
-            try:
-                return event[k0][k1]
-            except (KeyError, TypeError, IndexError):
-                return None
-
-        return get2
-
-    def get_n(event: Mapping[str, Any]) -> Any:
-        value: Any = event
-        try:
-            for key in path:
-                value = value[key]
-        except (KeyError, TypeError, IndexError):
-            return None
-        return value
-
-    return get_n
-
-
-def field_text(event: Mapping[str, Any], path: tuple[str, ...]) -> str:
-    """The value at a dotted path as matchers compare it; absent or null reads as ""."""
-    return _as_text(_getter(path)(event))
-
-
-@dataclass(frozen=True)
-class Matcher:
-    path: tuple[str, ...]
-    op: Operator
-    value: str
-    text: str
-    regex: re.Pattern[str] | None = None
-    _get: Callable[[Mapping[str, Any]], Any] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_get", _getter(self.path))
-
-    @classmethod
-    def parse(cls, text: str) -> Matcher:
-        """`labels.team = payments`, `severity =~ "CRITICAL|ERROR"`; raises ValueError."""
-        found = _MATCHER.match(text)
-        if found is None:
-            raise ValueError(
-                f"matcher {text!r} is not of the form `field.path OP value` "
-                "with OP one of = != =~ !~"
-            )
-        path, op, value = found.groups()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        elif value[:1] in ("=", "~"):  # `a == b`, `a =~~ b`: a typo, not a value (quote it if not)
-            raise ValueError(
-                f"matcher {text!r} is not of the form `field.path OP value` with OP one of "
-                "= != =~ !~ (quote a value that starts with = or ~)"
-            )
-        regex = None
-        if op in ("=~", "!~"):
-            try:
-                regex = re.compile(f"(?:{value})")
-            except re.error as e:
-                raise ValueError(f"matcher {text!r}: invalid regular expression: {e}") from None
-        return cls(tuple(path.split(".")), op, value, text.strip(), regex)  # type: ignore[arg-type]
-
-    def matches(self, event: Mapping[str, Any]) -> bool:
-        actual = self._get(event)
-        if actual.__class__ is not str:
-            actual = _as_text(actual)
-        if self.regex is not None:  # anchored, as Alertmanager's
-            return (self.regex.fullmatch(actual) is not None) is (self.op == "=~")
-        return (actual == self.value) is (self.op == "=")
 
 
 @dataclass(frozen=True)
@@ -158,7 +73,7 @@ class Route:
 
 
 @dataclass(frozen=True)
-class Delivery:
+class RoutedAlert:
     """One alert event to send: the route that made it, where, and what."""
 
     route: str
@@ -168,16 +83,23 @@ class Delivery:
 
 @dataclass(frozen=True)
 class RouteFailure:
-    """The event matched `route` but no valid alert could be made: dead-letter it."""
+    """The event was meant for `route` but no valid alert could be made: dead-letter it.
+
+    `code` is the dead letter's stable reason: `template` (a field would not render or
+    the alert is invalid), `route:when` (the route's `when:` raised) or `route:match`
+    (a matcher raised; not expected). `reason` says what went wrong, in words."""
 
     route: str
     destination: str | None
     reason: str
+    code: FailureCode = "template"
 
 
 @dataclass(frozen=True)
-class Decision:
-    deliveries: tuple[Delivery, ...] = ()
+class Evaluation:
+    """What the rules make of one event: alert events to send, failures to dead-letter."""
+
+    deliveries: tuple[RoutedAlert, ...] = ()
     failures: tuple[RouteFailure, ...] = ()
     matched: tuple[str, ...] = ()  # route paths that matched (drop routes included)
 
@@ -248,6 +170,138 @@ def render_payload(route: Route, variables: Mapping[str, Any]) -> AlertEventPayl
         raise _FieldFailed(f"the rendered alert is not valid: {problems}") from e
 
 
+class _Outcome(Enum):
+    NOT_MATCHED = "not matched"
+    MATCHED = "matched"
+    FAILED = "failed"
+
+
+class _Walk:
+    """One traversal of the tree for one event; with `explain`, it also records why each
+    route did or did not match. `evaluate` and `explain` are two views of this walk."""
+
+    def __init__(self, rules: Rules, event: Mapping[str, Any], *, explain: bool) -> None:
+        self.rules = rules
+        self.event = event
+        self.variables = variables_of(event)
+        self.explain = explain
+        self.deliveries: list[RoutedAlert] = []
+        self.failures: list[RouteFailure] = []
+        self.matched: list[str] = []
+        self.entries: list[dict[str, Any]] = []
+
+    def run(self) -> Evaluation:
+        if not self._level(self.rules.routes, self.entries):
+            default = self.rules.default
+            entry: dict[str, Any] | None = None
+            if self.explain:
+                entry = {"route": "default", "result": "applies: no route matched"}
+                self.entries.append(entry)
+            if default is not None:
+                self._deliver(default, entry)
+            elif entry is not None:
+                entry["delivers_to"] = "drop"
+        return Evaluation(tuple(self.deliveries), tuple(self.failures), tuple(self.matched))
+
+    def _level(self, routes: tuple[Route, ...], entries: list[dict[str, Any]]) -> bool:
+        """Tries `routes` in order; whether any matched (or failed: it counts as one)."""
+        any_matched = False
+        stopped = False
+        event = self.event
+        matcher: Matcher | None
+        for route in routes:
+            entry: dict[str, Any] | None = None
+            if self.explain:
+                entry = {"route": route.path}
+                entries.append(entry)
+            if stopped:
+                if entry is None:
+                    break
+                entry["result"] = "not tried: an earlier route matched without continue"
+                continue
+            if entry is None:  # the filter path (most events, most routes): inline, cheap
+                try:
+                    for matcher in route.matchers:
+                        if not matcher.matches(event):
+                            break
+                    else:
+                        matcher = None
+                    if matcher is not None:
+                        continue
+                except Exception:
+                    pass  # `_test` tries again and records the failure
+            outcome = self._test(route, entry)
+            if outcome is _Outcome.NOT_MATCHED:
+                continue
+            any_matched = True
+            if outcome is _Outcome.MATCHED:
+                children: list[dict[str, Any]] = []
+                if not self._level(route.children, children):
+                    self._deliver(route, entry)
+                if entry is not None and children:
+                    entry["children"] = children
+            stopped = not route.continue_
+        return any_matched
+
+    def _test(self, route: Route, entry: dict[str, Any] | None) -> _Outcome:
+        stage: FailureCode = "route:match"
+        try:
+            if entry is None:
+                for matcher in route.matchers:
+                    if not matcher.matches(self.event):
+                        return _Outcome.NOT_MATCHED
+            else:
+                entry["matchers"] = [
+                    {
+                        "matcher": m.text,
+                        "value": field_text(self.event, m.path),
+                        "holds": m.matches(self.event),
+                    }
+                    for m in route.matchers
+                ]
+                if not all(m["holds"] for m in entry["matchers"]):
+                    entry["result"] = "not matched"
+                    return _Outcome.NOT_MATCHED
+            if route.when is not None:
+                stage = "route:when"
+                holds = route.when(self.variables)
+                if entry is not None:
+                    entry["when"] = {"expression": route.when.source, "holds": holds}
+                if not holds:
+                    if entry is not None:
+                        entry["result"] = "not matched"
+                    return _Outcome.NOT_MATCHED
+        except Exception as e:
+            # The event may have been meant for this route: dead-letter it, do not let
+            # it fall through to a later sibling.
+            reason = f"{stage.removeprefix('route:')}: {type(e).__name__}: {e}"
+            self.failures.append(RouteFailure(route.path, route.destination, reason, stage))
+            if entry is not None:
+                if route.when is not None and stage == "route:when":
+                    entry["when"] = {"expression": route.when.source, "error": str(e)}
+                entry["result"] = "failed: dead-lettered"
+                entry["dead_letter"] = {"code": stage, "reason": reason}
+            return _Outcome.FAILED
+        if entry is not None:
+            entry["result"] = "matched"
+        return _Outcome.MATCHED
+
+    def _deliver(self, route: Route, entry: dict[str, Any] | None) -> None:
+        self.matched.append(route.path)
+        if entry is not None:
+            entry["delivers_to"] = route.destination or "drop"
+        if route.destination is None:
+            return
+        try:
+            payload = render_payload(route, self.variables)
+        except _FieldFailed as e:
+            self.failures.append(RouteFailure(route.path, route.destination, str(e)))
+            if entry is not None:
+                entry["dead_letter"] = {"code": "template", "reason": str(e)}
+        else:
+            self.deliveries.append(RoutedAlert(route.path, route.destination, payload))
+
+
 class Rules:
     """A compiled rules file: routes in order and the default (None: drop)."""
 
@@ -256,115 +310,24 @@ class Rules:
         self.default = default
 
     def walk(self) -> Iterator[Route]:
+        """Every route, depth first, in file order (not an evaluation)."""
         stack = list(reversed(self.routes))
         while stack:
             route = stack.pop()
             yield route
             stack.extend(reversed(route.children))
 
-    def evaluate(self, event: Mapping[str, Any]) -> Decision:
-        variables = variables_of(event)
-        deliveries: list[Delivery] = []
-        failures: list[RouteFailure] = []
-        matched: list[str] = []
-
-        def deliver(route: Route) -> None:
-            matched.append(route.path)
-            if route.destination is None:
-                return
-            try:
-                payload = render_payload(route, variables)
-            except _FieldFailed as e:
-                failures.append(RouteFailure(route.path, route.destination, str(e)))
-            else:
-                deliveries.append(Delivery(route.path, route.destination, payload))
-
-        def walk(routes: tuple[Route, ...]) -> bool:
-            any_matched = False
-            for route in routes:
-                try:
-                    is_match = True
-                    for matcher in route.matchers:
-                        if not matcher.matches(event):
-                            is_match = False
-                            break
-                    if is_match and route.when is not None:
-                        is_match = route.when(variables)
-                except Exception as e:
-                    # A `when` that fails: the event may have been meant to match, so it
-                    # is dead-lettered, not silently dropped; it counts as this level's match.
-                    failures.append(
-                        RouteFailure(
-                            route.path, route.destination, f"when: {type(e).__name__}: {e}"
-                        )
-                    )
-                    is_match = False
-                    any_matched = True
-                    if not route.continue_:
-                        break
-                if not is_match:
-                    continue
-                any_matched = True
-                if not walk(route.children):
-                    deliver(route)
-                if not route.continue_:
-                    break
-            return any_matched
-
-        if not walk(self.routes) and self.default is not None:
-            deliver(self.default)
-        return Decision(tuple(deliveries), tuple(failures), tuple(matched))
+    def evaluate(self, event: Mapping[str, Any]) -> Evaluation:
+        """Where this event goes; pure, and never raises for a schema-valid event."""
+        return _Walk(self, event, explain=False).run()
 
     def explain(self, event: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """Why each route did or did not match, in evaluation order (for `rules test`)."""
-        variables = variables_of(event)
+        """Why each route did or did not match, in evaluation order (for `rules test`):
+        the evaluation itself, recorded, so it cannot disagree with `evaluate`."""
+        return self.trace(event)[1]
 
-        def explain_level(routes: tuple[Route, ...]) -> tuple[list[dict[str, Any]], bool]:
-            entries: list[dict[str, Any]] = []
-            stopped = False
-            any_matched = False
-            for route in routes:
-                entry: dict[str, Any] = {"route": route.path}
-                entries.append(entry)
-                if stopped:
-                    entry["result"] = "not tried: an earlier route matched without continue"
-                    continue
-                entry["matchers"] = [
-                    {
-                        "matcher": m.text,
-                        "value": field_text(event, m.path),
-                        "holds": m.matches(event),
-                    }
-                    for m in route.matchers
-                ]
-                holds = all(m["holds"] for m in entry["matchers"])
-                if holds and route.when is not None:
-                    try:
-                        entry["when"] = {
-                            "expression": route.when.source,
-                            "holds": route.when(variables),
-                        }
-                    except Exception as e:
-                        entry["when"] = {"expression": route.when.source, "error": str(e)}
-                    holds = entry["when"].get("holds", False)
-                entry["result"] = "matched" if holds else "not matched"
-                if holds:
-                    any_matched = True
-                    children, child_matched = explain_level(route.children)
-                    if children:
-                        entry["children"] = children
-                    if not child_matched:
-                        entry["delivers_to"] = route.destination or "drop"
-                    stopped = not route.continue_
-            return entries, any_matched
-
-        entries, any_matched = explain_level(self.routes)
-        if not any_matched:
-            entries.append(
-                {
-                    "route": "default",
-                    "result": "applies: no route matched",
-                    "delivers_to": (self.default.destination or "drop") if self.default else "drop",
-                }
-            )
-        return entries
+    def trace(self, event: Mapping[str, Any]) -> tuple[Evaluation, list[dict[str, Any]]]:
+        """The decision and its explanation, from one walk."""
+        walk = _Walk(self, event, explain=True)
+        decision = walk.run()
+        return decision, walk.entries

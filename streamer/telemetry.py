@@ -156,6 +156,11 @@ class Telemetry:
             unit="s",
             description="Duration of requests to incident.io",
         )
+        self.config_reloads = Tally(
+            meter,
+            "streamer.config.reloads",
+            description="Configuration reloads, by result (applied, rejected)",
+        )
         self.rate_limit_waits = Tally(
             meter,
             "streamer.rate_limit.waits",

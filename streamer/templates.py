@@ -1,10 +1,17 @@
-"""Operator templates and expressions, in a Jinja2 sandbox that cannot reach Python.
+"""Operator templates and expressions, in a sandbox that cannot reach Python or run long.
+
+Invariant: a template or `when:` expression sees the event and nothing else, and one
+render costs a bounded time and memory (streamer/sandbox.py: the sandbox and its
+budgets); any failure, a budget included, is a TemplateError for that event only.
+A pattern given to `regex_replace` as a literal is checked when the rules load.
 
 Templates are compiled once, when the rules are loaded. They see the event's top-level
 fields as variables (`alert`, `check`, `labels`, `severity`, ...) and the whole event
 as `event`; nothing else: no environment, no files, no imports, no attributes that start
 with an underscore, no mutation (ImmutableSandboxedEnvironment). A reference to
 something that does not exist fails (StrictUndefined) instead of rendering "".
+`regex_replace(pattern, replacement, count=0)` uses RE2 (Go's syntax,
+streamer/regexes.py) with Python's `\\1`/`\\g<name>` replacements.
 
 The built-in defaults below render any event valid under schemas/ (alert or check), and
 make the deduplication key the identity of the alerting thing, never of the event.
@@ -12,14 +19,15 @@ make the deduplication key the identity of the alerting thing, never of the even
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, meta
-from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import TemplateError, meta, nodes
+
+from streamer.regexes import Regex
+from streamer.sandbox import environment
+from streamer.template_budget import TemplateLimitError, bounded
 
 __all__ = [
     "DEFAULT_METADATA",
@@ -27,54 +35,13 @@ __all__ = [
     "CompiledExpression",
     "CompiledTemplate",
     "TemplateError",
+    "TemplateLimitError",
     "undeclared_variables",
     "variables_of",
 ]
 
 
-def _regex_replace(value: object, pattern: str, replacement: str, count: int = 0) -> str:
-    return re.sub(pattern, replacement, str(value), count=count)
-
-
-def _tojson(value: object) -> str:
-    # Jinja's own tojson escapes for HTML; alert text is not HTML.
-    return json.dumps(value, default=str, sort_keys=True)
-
-
-_MAX_EXPONENT = 64
-_MAX_REPEAT = 100_000
-
-
-class _AlertSandbox(ImmutableSandboxedEnvironment):
-    """The sandbox, also refusing arithmetic that would hang or exhaust the process.
-
-    A template runs once per event on the consumer's path: `9 ** 99999999` or
-    `'x' * 10 ** 9` must fail that one event, not stall its partition.
-    """
-
-    intercepted_binops = frozenset({"**", "*"})
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and isinstance(right, int) and abs(right) > _MAX_EXPONENT:
-            raise SecurityError(f"exponent {right} is larger than {_MAX_EXPONENT}")
-        if operator == "*":
-            sizes = [v for v in (left, right) if isinstance(v, int) and not isinstance(v, bool)]
-            sequences = [v for v in (left, right) if isinstance(v, str | list | tuple)]
-            if sequences and sizes and sizes[0] * max(len(sequences[0]), 1) > _MAX_REPEAT:
-                raise SecurityError(f"repeating a value more than {_MAX_REPEAT} characters long")
-        return super().call_binop(context, operator, left, right)
-
-
-def _environment() -> ImmutableSandboxedEnvironment:
-    env = _AlertSandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
-    env.filters["regex_replace"] = _regex_replace
-    env.filters["tojson"] = _tojson
-    # Nothing from outside the event: no globals beyond Jinja's harmless ones.
-    env.globals = {k: v for k, v in env.globals.items() if k in ("range", "dict")}
-    return env
-
-
-_ENV = _environment()
+_ENV = environment()
 
 # Identity of the alerting thing: Alertmanager's fingerprint of the label set, or the
 # host/service/check triple. Never the event id or a time.
@@ -197,7 +164,9 @@ class CompiledTemplate:
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self._template = _ENV.from_string(source)
+        tree = _ENV.parse(source)
+        _check_literal_patterns(tree)
+        self._template = _ENV.from_string(tree)
         self._fast: Callable[[Mapping[str, Any]], str] | None = None
         lookup = _LOOKUP.fullmatch(source)
         if lookup and lookup.group(1).split(".")[0] not in _LITERALS:
@@ -222,7 +191,7 @@ class CompiledTemplate:
         return self.render_with_jinja(variables)
 
     def render_with_jinja(self, variables: Mapping[str, Any]) -> str:
-        return self._template.render(variables).strip()
+        return bounded(lambda: self._template.render(variables)).strip()
 
 
 class CompiledExpression:
@@ -230,10 +199,20 @@ class CompiledExpression:
 
     def __init__(self, source: str) -> None:
         self.source = source
+        _check_literal_patterns(_ENV.parse(f"{{{{ {source} }}}}"))
         self._expression = _ENV.compile_expression(source, undefined_to_none=False)
 
     def __call__(self, variables: Mapping[str, Any]) -> bool:
-        return bool(self._expression(**variables))
+        return bounded(lambda: bool(self._expression(**variables)))
+
+
+def _check_literal_patterns(tree: nodes.Template) -> None:
+    """Compiles each `regex_replace('literal', ...)` pattern: raises RegexError (a
+    ValueError) now, at load, rather than for every event."""
+    for node in tree.find_all(nodes.Filter):
+        pattern = node.args[0] if node.name == "regex_replace" and node.args else None
+        if isinstance(pattern, nodes.Const) and isinstance(pattern.value, str):
+            Regex(pattern.value)
 
 
 def variables_of(event: Mapping[str, Any]) -> dict[str, Any]:

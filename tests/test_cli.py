@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -122,3 +126,93 @@ def test_run_refuses_an_invalid_configuration_before_consuming(tmp_path) -> None
     result = run("run", "--config", str(config))
     assert result.returncode == 1
     assert "topics: must list at least one topic" in result.stderr
+
+
+# -- the start-up registry probe ----------------------------------------------------------
+
+FAKE_USER_INFO = "fake-user:fake-registry-password"
+
+
+class _RegistryNeedingAuth(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        allowed = "Basic " + base64.b64encode(FAKE_USER_INFO.encode()).decode()
+        if self.headers.get("Authorization") == allowed:
+            status, body = 200, b"[]"
+        else:
+            status, body = 401, b'{"error_code": 401, "message": "Unauthorized"}'
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def registry_needing_auth():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RegistryNeedingAuth)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def registry_config(tmp_path, monkeypatch, url: str, user_info: str):
+    from streamer.config import load_config
+    from tests.rules_helpers import HEADER
+
+    monkeypatch.setenv("TOKEN_A", "fake-a")
+    monkeypatch.setenv("TOKEN_B", "fake-b")
+    monkeypatch.setenv("REGISTRY_USER_INFO", user_info)
+    path = tmp_path / "streamer.yaml"
+    path.write_text(
+        HEADER.replace("format: json", "format: confluent")
+        + f"schema_registry:\n  url: {url}\n"
+        + "  secret_properties:\n    basic.auth.user.info: {env: REGISTRY_USER_INFO}\n"
+        + "routes: []\n"
+    )
+    return load_config(path)
+
+
+def test_the_registry_probe_uses_the_configured_credentials(
+    tmp_path, monkeypatch, registry_needing_auth
+) -> None:
+    from streamer.cli import _registry_problem
+
+    config = registry_config(tmp_path, monkeypatch, registry_needing_auth, FAKE_USER_INFO)
+    assert _registry_problem(config, timeout=10) is None
+
+
+def test_a_refused_registry_probe_says_so_without_the_credentials(
+    tmp_path, monkeypatch, registry_needing_auth
+) -> None:
+    from streamer import logs
+    from streamer.cli import _registry_problem
+
+    wrong = "fake-user:fake-wrong-password"
+    config = registry_config(tmp_path, monkeypatch, registry_needing_auth, wrong)
+    monkeypatch.setattr(logs, "MASK", logs.SecretMask(config.secret_values()))
+    problem = _registry_problem(config, timeout=10)
+    assert problem == (
+        f"the schema registry at {registry_needing_auth} refused the configured credentials "
+        "(HTTP 401); check basic.auth.user.info (or bearer.auth.*) in "
+        "schema_registry.secret_properties"
+    )
+
+
+def test_a_silent_registry_fails_the_probe_within_the_start_up_timeout(
+    tmp_path, monkeypatch
+) -> None:
+    from streamer.cli import _registry_problem
+
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        config = registry_config(tmp_path, monkeypatch, url, FAKE_USER_INFO)
+        problem = _registry_problem(config, timeout=1)
+    assert problem is not None and problem.startswith(
+        f"the schema registry at {url} did not answer within 1 s"
+    )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.config import ConfigError, load_config
+from streamer.config import ConfigError, is_secret_key, load_config
 from tests.rules_helpers import HEADER, config_from
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -169,6 +169,182 @@ def test_a_token_is_written_nowhere_in_the_file(tmp_path) -> None:
         load_config(path, check_secrets=False)
     assert "destinations.a.token" in str(error.value)
     assert "plain-text-token" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["fake-tok\ninner-part\n", "fake-tok inner", "fake-tok\tinner", "fake-tok\x1bx", " fake-tok"],
+)
+def test_a_token_with_whitespace_or_control_characters_inside_is_refused(
+    tmp_path, monkeypatch, value: str
+) -> None:
+    (tmp_path / "token-b").write_text(value)
+    monkeypatch.setenv("TOKEN_A", value)
+    path = tmp_path / "streamer.yaml"
+    path.write_text(HEADER.replace("{env: TOKEN_B}", "{file: token-b}") + "routes: []\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert error.value.problems == [
+        f"{path}:4: destinations.a.token: the environment variable TOKEN_A holds a token with "
+        "whitespace or a control character in it (a line break, space or tab?); a token is one "
+        "line of printable characters",
+        f"{path}:5: destinations.b.token: the token file {tmp_path / 'token-b'} holds a token "
+        "with whitespace or a control character in it (a line break, space or tab?); a token "
+        "is one line of printable characters",
+    ]
+    assert "fake-tok" not in str(error.value) and "inner" not in str(error.value)
+
+
+def test_one_trailing_line_break_is_not_part_of_a_secret(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TOKEN_A", "fake-env-token\n")  # as a Kubernetes Secret often holds it
+    (tmp_path / "token-b").write_text("fake-file-token\r\n")
+    path = tmp_path / "streamer.yaml"
+    path.write_text(HEADER.replace("{env: TOKEN_B}", "{file: token-b}") + "routes: []\n")
+    tokens = load_config(path).tokens
+    assert [t.get_secret_value() for t in tokens.values()] == ["fake-env-token", "fake-file-token"]
+
+
+def test_secret_properties_are_validated_like_tokens(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TOKEN_A", "fake-a")
+    monkeypatch.setenv("TOKEN_B", "fake-b")
+    monkeypatch.setenv("KAFKA_PASSWORD", "fake-pass\nword")
+    path = tmp_path / "streamer.yaml"
+    path.write_text(
+        HEADER
+        + "kafka:\n  secret_properties:\n    sasl.password: {env: KAFKA_PASSWORD}\nroutes: []\n"
+    )
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    [problem] = error.value.problems
+    assert problem.startswith(f"{path}:8: kafka.secret_properties.sasl.password: ")
+    assert "the environment variable KAFKA_PASSWORD holds a secret with whitespace" in problem
+    assert "fake-pass" not in problem
+
+
+def test_every_secret_is_offered_to_the_log_mask(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TOKEN_A", "fake-a-token")
+    monkeypatch.setenv("TOKEN_B", "fake-b-token")
+    monkeypatch.setenv("KAFKA_PASSWORD", "fake-kafka-password")
+    monkeypatch.setenv("REGISTRY_USER_INFO", "fake-user:fake-registry-password")
+    path = tmp_path / "streamer.yaml"
+    path.write_text(
+        HEADER
+        + "kafka:\n  secret_properties:\n    sasl.password: {env: KAFKA_PASSWORD}\n"
+        + "schema_registry:\n  url: https://registry:8081\n  secret_properties:\n"
+        + "    basic.auth.user.info: {env: REGISTRY_USER_INFO}\nroutes: []\n"
+    )
+    assert sorted(load_config(path).secret_values()) == [
+        "fake-a-token",
+        "fake-b-token",
+        "fake-kafka-password",
+        "fake-user:fake-registry-password",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("kafka", "sasl.password"),
+        ("kafka", "ssl.key.password"),
+        ("kafka", "ssl.keystore.password"),
+        ("kafka", "ssl.key.pem"),
+        ("kafka", "sasl.oauthbearer.client.secret"),
+        ("kafka", "sasl.oauthbearer.assertion.private.key.passphrase"),
+        ("schema_registry", "basic.auth.user.info"),
+        ("schema_registry", "bearer.auth.token"),
+        ("schema_registry", "bearer.auth.client.secret"),
+        ("schema_registry", "ssl.key.password"),
+        ("kafka", "some.vendor.api_credentials"),
+    ],
+)
+def test_a_secret_property_is_refused_inline(tmp_path, section: str, key: str) -> None:
+    registry = "" if section == "schema_registry" else "schema_registry: {url: https://r}\n"
+    body = f"{registry}{section}:\n"
+    body += "  url: https://r\n" if section == "schema_registry" else ""
+    body += f"  properties:\n    {key}: fake-inline-secret\nroutes: []\n"
+    found = problems(tmp_path, body)
+    line = header_lines() + body.count("\n", 0, body.index(key)) + 1
+    assert found == [
+        f"{tmp_path / 'streamer.yaml'}:{line}: {section}.properties.{key}: {key} is a secret: "
+        f"give it in {section}.secret_properties as {key}: {{env: VARIABLE}} or "
+        "{file: PATH}, never in the file"
+    ]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "sasl.username",
+        "ssl.key.location",
+        "basic.auth.credentials.source",
+        "bearer.auth.credentials.source",
+        "sasl.oauthbearer.token.endpoint.url",
+        "sasl.oauthbearer.client.id",
+    ],
+)
+def test_settings_about_secrets_are_not_secrets(key: str) -> None:
+    assert not is_secret_key(key)
+
+
+@pytest.mark.parametrize(
+    ("body", "where", "pointer"),
+    [
+        (
+            "schema_registry: {url: 'https://fake-user:fake-pass@registry:8081'}",
+            "schema_registry.url",
+            "basic.auth.user.info (user:password) in schema_registry.secret_properties",
+        ),
+        (
+            "kafka: {bootstrap_servers: 'fake-user:fake-pass@broker:9093'}",
+            "kafka.bootstrap_servers",
+            "sasl.password in kafka.secret_properties",
+        ),
+        (
+            "kafka: {properties: {sasl.oauthbearer.token.endpoint.url: 'https://fake-user:fake-pass@idp/token'}}",
+            "kafka.properties.sasl.oauthbearer.token.endpoint.url",
+            "the whole property in kafka.secret_properties",
+        ),
+    ],
+)
+def test_credentials_in_a_url_are_refused(tmp_path, body: str, where: str, pointer: str) -> None:
+    [problem] = problems(tmp_path, body + "\nroutes: []\n")
+    assert problem.startswith(f"{tmp_path / 'streamer.yaml'}:{header_lines() + 1}: {where}: ")
+    assert "credentials (user:password@) are refused" in problem.replace(" in a URL", "")
+    assert pointer in problem
+    assert "fake-pass" not in problem and "fake-user" not in problem
+
+
+@pytest.mark.parametrize(
+    "url", ["http://api.incident.io", "http://10.0.0.7:8080", "http://127.example.com"]
+)
+def test_a_destination_needs_https_away_from_loopback(tmp_path, url: str) -> None:
+    body = f"destinations:\n  a:\n    alert_source_config_id: A\n    token: {{env: TOKEN_A}}\n    url: {url}\n"
+    path = tmp_path / "streamer.yaml"
+    path.write_text(HEADER.split("destinations:")[0] + body + "routes: []\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path, check_secrets=False)
+    line = HEADER.split("destinations:")[0].count("\n") + 5
+    assert error.value.problems == [
+        f"{path}:{line}: destinations.a.url: http:// would send the bearer token in cleartext: "
+        "use https://, or http:// only to a loopback address (127.0.0.1, ::1, localhost)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.incident.io",
+        "http://127.0.0.1:8080",
+        "http://127.1.2.3",
+        "http://localhost:8080",
+        "http://[::1]:8080",
+    ],
+)
+def test_https_or_loopback_destinations_load(tmp_path, url: str) -> None:
+    body = f"destinations:\n  a: {{alert_source_config_id: A, token: {{env: TOKEN_A}}, url: '{url}'}}\n"
+    path = tmp_path / "streamer.yaml"
+    path.write_text(HEADER.split("destinations:")[0] + body + "routes: []\n")
+    assert load_config(path, check_secrets=False).file.destinations["a"].url == url
 
 
 # -- the example ---------------------------------------------------------------------

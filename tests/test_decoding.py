@@ -14,6 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamer.decoding import (
+    MAX_JSON_DEPTH,
+    MAX_JSON_NUMBER_CHARS,
+    MAX_VALUE_BYTES,
     SINGLE_OBJECT_MAGIC,
     DecodeError,
     EventDecoder,
@@ -144,20 +147,236 @@ def test_json_with_wrong_types_names_the_field() -> None:
     assert "event_id" in error.value.detail
 
 
-@pytest.mark.parametrize("value", [b"{nope", b"[1, 2]", b"\xff\xfe"])
+@pytest.mark.parametrize("value", [b"{nope", b"[1, 2]", b"\xff\xfe", '{"a": 1}'.encode("utf-16")])
 def test_what_is_not_a_json_object_is_invalid_json(value: bytes) -> None:
     assert reason(EventDecoder("json", V1), value) == "invalid-json"
+
+
+def with_extra(event: dict[str, Any], extra: str) -> bytes:
+    """The event as JSON with one more field, written as raw JSON text."""
+    return json_bytes(event)[:-1] + b', "extra": ' + extra.encode() + b"}"
+
+
+@pytest.mark.parametrize("open_close", ["[]", '{"a":}'])
+def test_json_nested_deeper_than_the_limit_is_too_deep(open_close: str) -> None:
+    # 100,000 levels made json.loads raise RecursionError out of decode.
+    opening, closing = open_close[:-1], open_close[-1]
+    deep = opening * 100_000 + "1" + closing * 100_000
+    assert reason(EventDecoder("json", V1), with_extra(alert_event(), deep)) == "too-deep"
+    too_deep = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH  # inside the event: one more
+    assert reason(EventDecoder("json", V1), with_extra(alert_event(), too_deep)) == "too-deep"
+
+
+def test_json_nested_up_to_the_limit_decodes() -> None:
+    # The event is one level; what it holds may nest MAX_JSON_DEPTH - 1 more.
+    deepest = "[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1)
+    many = ", ".join(["[" * (MAX_JSON_DEPTH - 2) + "]" * (MAX_JSON_DEPTH - 2)] * 10)
+    decoder = EventDecoder("json", V1)
+    assert decoder.decode(with_extra(alert_event(), deepest)) == alert_event()
+    assert decoder.decode(with_extra(alert_event(), f"[{many}]")) == alert_event()
+
+
+def test_brackets_and_escaped_quotes_inside_json_strings_do_not_nest() -> None:
+    text = '\\"[[[' + "[" * 1000 + "\\\\"  # an escaped quote, brackets, a backslash
+    event = alert_event()
+    event["alert"] = {**event["alert"], "annotations": {"summary": text}}
+    assert EventDecoder("json", V1).decode(json_bytes(event)) == event
+
+
+@pytest.mark.parametrize(
+    "number", ["9" * 5000, "-" + "9" * 5000, "0." + "9" * 5000, "1e" + "9" * 200]
+)
+def test_a_json_number_longer_than_the_limit_is_too_large(number: str) -> None:
+    # 5,000 digits made int() raise "Exceeds the limit (4300 digits)" out of decode.
+    value = json_bytes(alert_event())[:-1] + b', "event_time": ' + number.encode() + b"}"
+    with pytest.raises(DecodeError) as error:
+        EventDecoder("json", V1).decode(value)
+    assert error.value.reason == "too-large"
+    assert str(MAX_JSON_NUMBER_CHARS) in error.value.detail
+
+
+@pytest.mark.parametrize("wire_format", ["raw", "json"])
+def test_a_value_over_the_size_limit_is_too_large(wire_format: Any) -> None:
+    value = b"{" + b" " * MAX_VALUE_BYTES + b"}"
+    assert reason(EventDecoder(wire_format, V1), value) == "too-large"
+
+
+# -- hostile Avro: few bytes that claim unbounded work -------------------------------
+
+
+def varint(n: int) -> bytes:
+    """Avro's zig-zag varint, for hand-crafted counts and lengths."""
+    zigzag = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while zigzag > 0x7F:
+        out.append(zigzag & 0x7F | 0x80)
+        zigzag >>= 7
+    return bytes(out + bytes([zigzag]))
+
+
+def v1_with_extra_field(field_type: Any) -> dict[str, Any]:
+    """V1 with a first field the reader does not know: fastavro skips its bytes."""
+    schema = json.loads(json.dumps(V1))
+    schema["fields"].insert(0, {"name": "extra", "type": field_type})
+    return schema
+
+
+class SchemaTexts:
+    """A registry double: schema texts by id, counting the questions."""
+
+    def __init__(self, *schemas: dict[str, Any]) -> None:
+        self.texts = {i: json.dumps(s) for i, s in enumerate(schemas, start=1)}
+        self.asked = 0
+
+    def by_id(self, schema_id: int) -> str:
+        self.asked += 1
+        return self.texts[schema_id]
+
+    def by_guid(self, guid: str) -> str:
+        raise AssertionError("not used")
+
+
+def confluent(schema_id: int, body: bytes) -> bytes:
+    return b"\x00" + schema_id.to_bytes(4, "big") + body
+
+
+NULL_RECORD = {"type": "record", "name": "Nothing", "fields": [{"name": "n", "type": "null"}]}
+UNSAFE_WRITERS = {
+    "array of null": {"type": "array", "items": "null"},
+    "array of empty records": {
+        "type": "array",
+        "items": {"type": "record", "name": "E", "fields": []},
+    },
+    "array of records of nulls": {"type": "array", "items": NULL_RECORD},
+    "array of fixed(0)": {"type": "array", "items": {"type": "fixed", "name": "F0", "size": 0}},
+    "array of arrays of null": {"type": "array", "items": {"type": "array", "items": "null"}},
+    "recursion through a union": {
+        "type": "record",
+        "name": "Node",
+        "fields": [{"name": "next", "type": ["null", "Node"]}],
+    },
+    "recursion through an array": {
+        "type": "record",
+        "name": "Tree",
+        "fields": [{"name": "children", "type": {"type": "array", "items": "Tree"}}],
+    },
+}
+
+
+@pytest.mark.parametrize("field_type", UNSAFE_WRITERS.values(), ids=UNSAFE_WRITERS.keys())
+def test_a_writer_schema_that_lets_few_bytes_cost_unbounded_work_is_unsafe(
+    field_type: Any,
+) -> None:
+    # A 10-byte count of 2^62 null items never ends; 30 million took 0.8 s. A self-
+    # containing type nested 10,000 deep crashed the process (fastavro's C stack).
+    registry = SchemaTexts(v1_with_extra_field(field_type))
+    decoder = EventDecoder("confluent", V1, registry=registry)
+    hostile = confluent(1, varint(2**62) + b"\x02" * 10_000 + avro(alert_event(), V1))
+    for _ in range(3):
+        with pytest.raises(DecodeError) as error:
+            decoder.decode(hostile)
+        assert error.value.reason == "unsafe-schema"
+        assert "schema 1: extra" in error.value.detail
+    assert registry.asked == 1  # refused once, then from the cache
+
+
+def test_a_configured_unsafe_schema_is_refused_at_start(tmp_path: Path) -> None:
+    unsafe = v1_with_extra_field(UNSAFE_WRITERS["array of null"])
+    with pytest.raises(ValueError, match="extra is an array of items that take no bytes"):
+        EventDecoder("raw", V1, writer_schema=unsafe)
+    path = tmp_path / "unsafe.avsc"
+    path.write_text(json.dumps(unsafe))
+    with pytest.raises(ValueError, match=r"unsafe\.avsc: not safe to decode: extra is an array"):
+        load_schema(path)
+
+
+FIXED16 = {"type": "fixed", "name": "F16", "size": 16}
+BOOL_FLOAT = {
+    "type": "record",
+    "name": "BF",
+    "fields": [{"name": "b", "type": "boolean"}, {"name": "f", "type": "float"}],
+}
+HUGE_COUNTS = {
+    # fastavro skips booleans, floats, doubles and fixeds without checking the end of
+    # the buffer: before the fix a count of 2^62 of them over 10 bytes never ended.
+    "array of boolean": ({"type": "array", "items": "boolean"}, varint(2**62)),
+    "array of double": ({"type": "array", "items": "double"}, varint(2**62)),
+    "array of fixed(16)": ({"type": "array", "items": FIXED16}, varint(2**62)),
+    "array of records of boolean+float": ({"type": "array", "items": BOOL_FLOAT}, varint(2**62)),
+    "array of arrays of boolean": (
+        {"type": "array", "items": {"type": "array", "items": "boolean"}},
+        varint(2**62) + varint(2**62),
+    ),
+    "array of int": ({"type": "array", "items": "int"}, varint(2**62)),
+    "negative count, then a block size": (
+        {"type": "array", "items": "int"},
+        varint(-(2**62)) + varint(2**60),
+    ),
+    "negative count, block size 0": (
+        {"type": "array", "items": "boolean"},
+        varint(-(2**62)) + varint(0),
+    ),
+    "map of boolean": ({"type": "map", "values": "boolean"}, varint(2**62)),
+    "string of 2^60 bytes": ("string", varint(2**60)),
+    "bytes of 2^60 bytes": ("bytes", varint(2**60)),
+    "negative length": ("bytes", varint(-5)),
+}
+
+
+@pytest.mark.parametrize(("field_type", "claim"), HUGE_COUNTS.values(), ids=HUGE_COUNTS.keys())
+def test_a_huge_count_or_length_over_a_short_buffer_ends_at_the_buffer(
+    field_type: Any, claim: bytes
+) -> None:
+    registry = SchemaTexts(v1_with_extra_field(field_type))
+    hostile = confluent(1, claim + b"\x01" * 10)
+    assert reason(EventDecoder("confluent", V1, registry=registry), hostile) in (
+        "truncated",
+        "invalid-data",
+    )
+
+
+def test_a_skipped_array_of_booleans_still_decodes_when_it_is_valid() -> None:
+    writer = v1_with_extra_field({"type": "array", "items": ["boolean", "double"]})
+    writer["fields"].insert(1, {"name": "flags", "type": {"type": "array", "items": "boolean"}})
+    written = avro({"extra": [True, 1.5], "flags": [True, False] * 50, **alert_event()}, writer)
+    decoder = EventDecoder("confluent", V1, registry=SchemaTexts(writer))
+    assert decoder.decode(confluent(1, written)) == alert_event()
+    assert reason(decoder, confluent(1, written[:40])) == "truncated"
+
+
+def test_invalid_utf8_in_an_avro_string_is_invalid_data() -> None:
+    written = avro(alert_event(event_id="ab"), V1)
+    assert written[:3] == b"\x04ab"
+    assert reason(EventDecoder("raw", V1), b"\x04\xff\xfe" + written[3:]) == "invalid-data"
+
+
+def test_a_registry_schema_that_is_not_avro_is_incompatible_and_asked_once() -> None:
+    registry = SchemaTexts()
+    registry.texts = {1: "[" * 100_000, 2: '{"type": {"type": "int"}}', 3: "not json"}
+    decoder = EventDecoder("confluent", V1, registry=registry)
+    for schema_id in (1, 2, 3, 1, 2, 3):
+        assert reason(decoder, confluent(schema_id, b"\x00")) == "incompatible-schema"
+    assert registry.asked == 3
 
 
 # -- nothing but DecodeError, whatever the bytes -------------------------------------
 
 
+WITH_BOOLEANS = v1_with_extra_field({"type": "array", "items": "boolean"})
 DECODERS = {
     "raw": EventDecoder("raw", V2, writer_schema=V1),
+    "raw, skipping booleans": EventDecoder("raw", V1, writer_schema=WITH_BOOLEANS),
     "single-object": EventDecoder("single-object", V1, known_schemas=[V2]),
     "json": EventDecoder("json", V1),
 }
 VALID = avro(alert_event(), V1)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=30,
+)
 
 
 @settings(max_examples=400, deadline=None)
@@ -172,6 +391,18 @@ VALID = avro(alert_event(), V1)
         st.binary(max_size=64).map(
             lambda tail: SINGLE_OBJECT_MAGIC + single_object_fingerprint(V1) + tail
         ),
+        # a huge count or length, then anything
+        st.tuples(st.integers(-(2**63), 2**63 - 1), st.binary(max_size=64)).map(
+            lambda claim: varint(claim[0]) + claim[1]
+        ),
+        # JSON: any shape, deep nesting (also unbalanced), long numbers
+        JSON_VALUES.map(
+            lambda v: json.dumps({**json.loads(json_bytes(alert_event())), "x": v}).encode()
+        ),
+        st.tuples(st.integers(0, 3000), st.sampled_from(["[", '{"a":', '"[', "\\"])).map(
+            lambda deep: (deep[1] * deep[0]).encode()
+        ),
+        st.integers(1, 6000).map(lambda n: b'{"event_time": ' + b"7" * n + b"}"),
     ),
 )
 def test_arbitrary_bytes_decode_or_raise_only_decode_error(wire_format: str, value: bytes) -> None:

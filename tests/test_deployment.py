@@ -39,11 +39,12 @@ CUSTOM_KINDS = {
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject-keda.sh-v1alpha1.json",
     ("keda.sh/v1alpha1", "TriggerAuthentication"): "triggerauthentication-keda.sh-v1alpha1.json",
     ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitor-monitoring.coreos.com-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring.coreos.com-v1.json",
 }
 
 
 def tool(name: str) -> Path:
-    path = CACHE / ("bin" if name == "kustomize" else "deploy-tools/bin") / name
+    path = CACHE / ("bin" if name in ("kustomize", "promtool") else "deploy-tools/bin") / name
     if not path.exists():
         pytest.fail(f"{path} is missing: `make deploy-tools` installs it (make test does)")
     return path
@@ -68,6 +69,16 @@ class Rendered:
         assert len(found) == 1, f"{self.name}: expected one {kind}, found {len(found)}"
         return found[0]
 
+    def named(self, kind: str, name: str) -> dict[str, Any]:
+        found = [o for o in self.objects if (o["kind"], o["metadata"]["name"]) == (kind, name)]
+        assert len(found) == 1, f"{self.name}: expected one {kind} {name}, found {len(found)}"
+        return found[0]
+
+    @property
+    def config_map(self) -> dict[str, Any]:
+        """The ConfigMap with streamer's configuration (the other is the dashboard)."""
+        return self.named("ConfigMap", "streamer-config")
+
     @property
     def pod(self) -> dict[str, Any]:
         spec: dict[str, Any] = self.one("Deployment")["spec"]["template"]["spec"]
@@ -80,7 +91,7 @@ class Rendered:
 
     @property
     def config(self) -> dict[str, Any]:
-        data: dict[str, Any] = yaml.safe_load(self.one("ConfigMap")["data"]["streamer.yaml"])
+        data: dict[str, Any] = yaml.safe_load(self.config_map["data"]["streamer.yaml"])
         return data
 
     def run_args(self) -> Any:
@@ -138,10 +149,12 @@ def test_every_overlay_has_the_whole_deployment(overlay: Rendered) -> None:
     assert kinds == sorted(
         [
             "ConfigMap",
+            "ConfigMap",
             "Deployment",
             "NetworkPolicy",
             "PodDisruptionBudget",
             "PodMonitor",
+            "PrometheusRule",
             "ScaledObject",
             "ServiceAccount",
             "TriggerAuthentication",
@@ -243,15 +256,16 @@ def test_checkov_dockerfile() -> None:
     assert "Passed checks:" in result.stdout, result.stdout
 
 
-def test_yamllint(rendered: dict[str, Rendered]) -> None:
-    result = run(
-        tool("yamllint"),
-        "--strict",
-        "-c",
-        K8S / ".yamllint.yaml",
-        K8S,
-        *[r.path for r in rendered.values()],
-    )
+def test_yamllint(rendered: dict[str, Rendered], tmp_path: Path) -> None:
+    # The dashboard's ConfigMap holds JSON (one PromQL query a line, longer than YAML's
+    # line limit); the JSON is checked by the dashboard tests below.
+    yaml_only = []
+    for r in rendered.values():
+        documents = r.path.read_text().split("\n---\n")
+        path = tmp_path / r.path.name
+        path.write_text("\n---\n".join(d for d in documents if "grafana_dashboard:" not in d))
+        yaml_only.append(path)
+    result = run(tool("yamllint"), "--strict", "-c", K8S / ".yamllint.yaml", K8S, *yaml_only)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -269,9 +283,7 @@ def test_the_configmap_rules_pass_rules_check_in_the_image_layout(
     copies = [rest.split() for k, rest in dockerfile_instructions() if k == "COPY"]
     assert ["schemas/*.avsc", "/etc/streamer/schemas/"] in copies
     (tmp_path / "config").mkdir()
-    (tmp_path / "config" / "streamer.yaml").write_text(
-        overlay.one("ConfigMap")["data"]["streamer.yaml"]
-    )
+    (tmp_path / "config" / "streamer.yaml").write_text(overlay.config_map["data"]["streamer.yaml"])
     shutil.copytree(ROOT / "schemas", tmp_path / "schemas")
     result = run(
         sys.executable,
@@ -294,8 +306,8 @@ def test_every_flag_the_manifests_pass_exists(overlay: Rendered) -> None:
     mounts = {m["mountPath"]: m["name"] for m in overlay.container["volumeMounts"]}
     volumes = {v["name"]: v for v in overlay.pod["volumes"]}
     config_volume = volumes[mounts[str(Path(args.config).parent)]]
-    assert config_volume["configMap"]["name"] == overlay.one("ConfigMap")["metadata"]["name"]
-    assert Path(args.config).name in overlay.one("ConfigMap")["data"]
+    assert config_volume["configMap"]["name"] == overlay.config_map["metadata"]["name"]
+    assert Path(args.config).name in overlay.config_map["data"]
 
 
 def _names_streamer_reads() -> set[str]:
@@ -462,3 +474,96 @@ def test_the_image_runs_as_a_numeric_non_root_user_without_compilers() -> None:
         if line and not line.startswith("#")
     ]
     assert patterns[0] == "*", ".dockerignore allow-lists what the image needs"
+
+
+# --- the service's alerts and dashboard (README: Runbook) ----------------------------------
+
+RULE_TESTS = K8S / "tests" / "prometheusrule.test.yaml"
+
+
+def _alerts(overlay: Rendered) -> list[dict[str, Any]]:
+    spec = overlay.one("PrometheusRule")["spec"]
+    return [r for group in spec["groups"] for r in group["rules"] if "alert" in r]
+
+
+def test_promtool_checks_and_unit_tests_the_alerts(overlay: Rendered, tmp_path: Path) -> None:
+    # The rules as this overlay renders them, in the file the unit tests name.
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(overlay.one("PrometheusRule")["spec"]))
+    shutil.copy(RULE_TESTS, tmp_path / RULE_TESTS.name)
+    check = run(tool("promtool"), "check", "rules", tmp_path / "rules.yaml")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"SUCCESS: {len(_alerts(overlay))} rules found" in check.stdout, check.stdout
+    test = run(tool("promtool"), "test", "rules", tmp_path / RULE_TESTS.name)
+    assert test.returncode == 0, test.stdout + test.stderr
+    assert "SUCCESS" in test.stdout, test.stdout
+
+
+def test_every_alert_is_tested_firing_and_not_firing(overlay: Rendered) -> None:
+    cases: dict[str, list[bool]] = {}
+    for group in yaml.safe_load(RULE_TESTS.read_text())["tests"]:
+        for case in group.get("alert_rule_test", []):
+            cases.setdefault(case["alertname"], []).append(bool(case["exp_alerts"]))
+    names = {a["alert"] for a in _alerts(overlay)}
+    assert set(cases) == names
+    for name, fires in cases.items():
+        assert True in fires and False in fires, f"{name}: test it firing and not firing"
+
+
+def _github_anchor(heading: str) -> str:
+    """The id GitHub gives a README heading."""
+    slug = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return slug.replace(" ", "-")
+
+
+def test_every_alert_names_its_runbook_section(overlay: Rendered) -> None:
+    readme = (ROOT / "README.md").read_text()
+    runbook = readme.split("\n## Runbook\n", 1)[1].split("\n## ", 1)[0]
+    sections = dict(
+        (_github_anchor(m.group(1)), m.group(2))
+        for m in re.finditer(r"^### ([^\n]+)\n(.*?)(?=^### |\Z)", runbook, re.M | re.S)
+    )
+    alerts = _alerts(overlay)
+    for alert in alerts:
+        for key in ("summary", "description", "runbook_url"):
+            assert alert["annotations"].get(key), f"{alert['alert']}: no {key}"
+        assert alert["labels"]["severity"] in ("warning", "critical")
+        anchor = alert["annotations"]["runbook_url"].rsplit("#", 1)[1]
+        assert anchor == _github_anchor(alert["alert"]), alert["annotations"]["runbook_url"]
+        assert anchor in sections, f"README's Runbook has no section for {alert['alert']}"
+        for part in ("What it means", "What to look at", "What to do"):
+            assert f"**{part}**" in sections[anchor], f"runbook {alert['alert']}: no {part}"
+    assert len(sections) == len(alerts), "a runbook section without its alert"
+
+
+def dashboard_of(overlay: Rendered) -> dict[str, Any]:
+    config_map = overlay.named("ConfigMap", "streamer-dashboard")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"  # the sidecar's label
+    dashboard: dict[str, Any] = json.loads(config_map["data"]["streamer.json"])
+    return dashboard
+
+
+def test_the_dashboard_ships_to_the_grafana_sidecar(overlay: Rendered) -> None:
+    dashboard = dashboard_of(overlay)
+    assert dashboard["uid"] == "streamer"
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["query"] == "prometheus"
+    rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
+    assert rows == ["Destinations: incident.io", "Partitions", "Process"]
+    cells: set[tuple[int, int]] = set()
+    for panel in dashboard["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        area = {
+            (x, y)
+            for x in range(grid["x"], grid["x"] + grid["w"])
+            for y in range(grid["y"], grid["y"] + grid["h"])
+        }
+        assert not area & cells, f"{panel['title']} overlaps another panel"
+        cells |= area
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["targets"] and panel["description"], panel["title"]
+        for target in panel["targets"]:
+            # every query is for the namespace chosen at the top
+            assert 'namespace="$namespace"' in target["expr"], (panel["title"], target["expr"])

@@ -118,9 +118,12 @@ def test_a_revoked_partitions_request_never_starts_after_its_cut_off() -> None:
     h.event(P0)
     h.round()
     assert h.http.posted == [] and h.destinations["a"].ready  # left to the next owner
+    staying = h.event(P1, key="other")
+    h.round()
+    assert h.finished == [staying]  # the partition that stays is not held back by it
     h.clock.advance(3600)
     h.round()
-    assert h.http.posted == []
+    assert [p["n"] for p in h.http.posted] == [0]  # P1's only; P0's never started
 
 
 def test_an_answer_after_a_revoke_only_releases_the_key() -> None:

@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 from streamer.failure_policy import (
     Accepted,
     Backoff,
-    DeadLetter,
     FailurePolicy,
     HoldDestination,
     RateLimited,
     Retry,
+    Undeliverable,
 )
 from streamer.testing import http_date
 
@@ -47,7 +47,7 @@ def test_202_is_accepted_with_its_request_id() -> None:
 def test_a_payload_incident_io_refuses_is_dead_lettered_with_the_body(status) -> None:
     body = error_body(status, "is_required", "title")
     decision = decide(status, body)
-    assert isinstance(decision, DeadLetter)
+    assert isinstance(decision, Undeliverable)
     assert decision.status == status and decision.request_id == "req-1"
     assert decision.body == body.decode()
     assert "is_required (title)" in decision.reason
@@ -77,7 +77,7 @@ def test_with_a_maximum_retry_time_an_outage_ends_in_a_dead_letter() -> None:
     early = policy.decide_response(503, {}, b"", attempt=3, first_attempt_at=NOW, now=NOW + 599)
     late = policy.decide_response(503, {}, b"", attempt=9, first_attempt_at=NOW, now=NOW + 600)
     assert isinstance(early, Retry)
-    assert isinstance(late, DeadLetter) and "gave up after 600 s, 10 attempts" in late.reason
+    assert isinstance(late, Undeliverable) and "gave up after 600 s, 10 attempts" in late.reason
 
 
 @pytest.mark.parametrize(
@@ -107,4 +107,27 @@ def test_backoff_is_full_jitter_under_the_cap(attempt, r) -> None:
 @given(status=st.integers(100, 599), body=st.binary(max_size=200))
 def test_any_answer_gets_a_decision(status, body) -> None:
     decision = decide(status, body)
-    assert isinstance(decision, Accepted | RateLimited | Retry | DeadLetter | HoldDestination)
+    assert isinstance(decision, Accepted | RateLimited | Retry | Undeliverable | HoldDestination)
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308, 300, 399])
+def test_a_redirect_holds_the_destination_naming_where_it_moved(status) -> None:
+    headers = {"Location": "https://api.example.com/v2/alert_events/http/SRC?token=s3cret#x"}
+    decision = decide(status, b"", headers)
+    assert isinstance(decision, HoldDestination) and decision.status == status
+    assert "https://api.example.com/v2/alert_events/http/SRC" in decision.reason
+    assert "s3cret" not in decision.reason and "?" not in decision.reason
+
+
+def test_a_redirect_reason_keeps_no_credentials_and_is_bounded() -> None:
+    headers = {"location": "https://user:s3cret@api.example.com/" + "a" * 5000 + "\x1b[31m"}
+    decision = decide(301, b"", headers)
+    assert isinstance(decision, HoldDestination)
+    assert "s3cret" not in decision.reason and "user" not in decision.reason
+    assert "https://api.example.com/aaa" in decision.reason
+    assert len(decision.reason) < 400 and "\x1b" not in decision.reason
+
+
+def test_a_redirect_without_location_still_holds() -> None:
+    decision = decide(302, b"")
+    assert isinstance(decision, HoldDestination) and "(no Location)" in decision.reason

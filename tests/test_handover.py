@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from streamer.handover import HandOver
+from streamer.handover import START_MARGIN, HandOver
 
 P0, P1 = ("events", 0), ("events", 1)
 
@@ -12,9 +12,9 @@ P0, P1 = ("events", 0), ("events", 1)
 def test_a_revoked_partitions_requests_stop_starting_one_request_timeout_before_the_drain_ends():
     handover = HandOver(request_timeout=10.0)
     handover.begin({P0}, drain_deadline=100.0)
-    assert handover.last_start(P0) == 90.0
-    assert handover.may_start(P0, 89.9)
-    assert not handover.may_start(P0, 90.0)  # could still be in flight at the hand-over
+    assert handover.last_start(P0) == 90.0 - START_MARGIN
+    assert handover.may_start(P0, 89.5)
+    assert not handover.may_start(P0, 90.0 - START_MARGIN)  # could outlive the hand-over
     assert handover.may_start(P1, 1e9)  # not being let go
     handover.end({P0})
     assert handover.last_start(P0) == math.inf

@@ -1,7 +1,9 @@
-"""The incident.io client: what goes on the wire, proxies, timeouts, connection reuse."""
+"""The incident.io client: what goes on the wire, proxies, deadlines, body caps, reuse."""
 
 from __future__ import annotations
 
+import re
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,7 +14,8 @@ import pytest
 from pydantic import SecretStr
 
 from streamer import __version__
-from streamer.incident_io import IncidentIoClient, PostsAlertEvents
+from streamer.failure_policy import FailurePolicy, HoldDestination
+from streamer.incident_io import MAX_ANSWER_BODY, IncidentIoClient, PostsAlertEvents
 from streamer.testing import FakeIncidentIo
 from tests.pipeline import TOKENS
 
@@ -76,7 +79,9 @@ class _Recorder(BaseHTTPRequestHandler):
 def recorder() -> Iterator[str]:
     _Recorder.seen, _Recorder.client_ports = [], []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
@@ -150,3 +155,262 @@ def test_each_thread_keeps_its_connection_alive(recorder: str) -> None:
     assert len(ports) == 4
     assert len(set(ports[:3])) == 1, "one keep-alive connection for the first thread"
     assert ports[3] != ports[0], "another thread, its own connection"
+
+
+# -- hostile or broken peers (DESIGN.md guarantee 8) ---------------------------------------
+
+
+class Peer:
+    """A raw socket server on loopback that misbehaves in one way, for one connection.
+
+    `closed` is set when the peer sees the client hang up (a read returns EOF, a write
+    fails); `sent` counts the bytes it managed to write.
+    """
+
+    def __init__(self, behave: Callable[[Peer, socket.socket], None]) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.closed = threading.Event()
+        self.requests: list[bytes] = []
+        self.sent = 0
+        self._behave = behave
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self.listener.settimeout(0.05)
+        while not self._stop.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with connection:
+                connection.settimeout(10)
+                self.requests.append(read_request(connection))
+                try:
+                    self._behave(self, connection)
+                except OSError:
+                    self.closed.set()
+
+    def trickle(self, connection: socket.socket, data: bytes, pause: float = 0.02) -> None:
+        for i in range(len(data)):
+            connection.sendall(data[i : i + 1])
+            self.sent += 1
+            if self._stop.wait(pause):
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        self.listener.close()
+        self._thread.join(5)
+
+
+def read_request(connection: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += connection.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])  # type: ignore[index]
+    while len(body) < length:
+        body += connection.recv(65536)
+    return data
+
+
+def wait_for_hang_up(peer: Peer, connection: socket.socket) -> None:
+    """Reads until the client hangs up: a server that accepted and never answers."""
+    while connection.recv(65536):
+        pass
+    peer.closed.set()
+
+
+def trickled_headers(peer: Peer, connection: socket.socket) -> None:
+    peer.trickle(connection, b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\n" * 20)
+
+
+def trickled_body(peer: Peer, connection: socket.socket) -> None:
+    connection.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: 10000\r\n\r\n")
+    peer.trickle(connection, b"{" + b" " * 9999)
+
+
+HUGE = 200 * 1024 * 1024
+
+
+def huge_body(peer: Peer, connection: socket.socket) -> None:
+    connection.sendall(f"HTTP/1.1 500 Oops\r\nContent-Length: {HUGE}\r\n\r\n".encode())
+    chunk = b'{"type": "internal_server_error", "request_id": "r-1"}' + b" " * 65482
+    while peer.sent < HUGE:
+        connection.sendall(chunk)
+        peer.sent += len(chunk)
+
+
+@pytest.fixture
+def peer() -> Iterator[Callable[[Callable[[Peer, socket.socket], None]], Peer]]:
+    made: list[Peer] = []
+
+    def make(behave: Callable[[Peer, socket.socket], None]) -> Peer:
+        made.append(Peer(behave))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.close()
+
+
+@pytest.mark.parametrize(
+    "behave", [wait_for_hang_up, trickled_headers, trickled_body], ids=lambda f: f.__name__
+)
+def test_a_slow_peer_gets_a_timeout_and_a_closed_connection(
+    behave: Callable[[Peer, socket.socket], None],
+    peer: Callable[..., Peer],
+    make_client: Callable[..., PostsAlertEvents],
+) -> None:
+    # Each of these outlives httpx's per-read timeout; the client ends them at its deadline
+    # (bench/slow_peers.py measures how close to it).
+    server = peer(behave)
+    client = make_client(timeout=0.5)
+    with pytest.raises(httpx.ReadTimeout):
+        client.post_alert_event(server.url, "SRC_A", SecretStr("t"), PAYLOAD)
+    assert server.closed.wait(5), "the client hung up"
+    assert len(server.requests) == 1
+
+
+def test_a_connect_that_hangs_gets_a_connect_timeout(
+    make_client: Callable[..., PostsAlertEvents],
+) -> None:
+    # A listener whose accept queue is full: the kernel drops further SYNs unanswered.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    fillers = []
+    try:
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(listener.getsockname())
+            fillers.append(filler)
+        client = make_client(timeout=0.5)
+        with pytest.raises(httpx.ConnectTimeout):
+            client.post_alert_event(url, "SRC_A", SecretStr("t"), PAYLOAD)
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+def test_only_the_start_of_a_huge_body_is_read_and_the_connection_is_dropped(
+    peer: Callable[..., Peer], make_client: Callable[..., PostsAlertEvents]
+) -> None:
+    server = peer(huge_body)
+    client = make_client(timeout=5)
+    answer = client.post_alert_event(server.url, "SRC_A", SecretStr("t"), PAYLOAD)
+    assert answer.status == 500
+    assert len(answer.body) == MAX_ANSWER_BODY
+    assert answer.body.startswith(b'{"type": "internal_server_error"')
+    assert server.closed.wait(5), "the rest is not drained: the connection is closed"
+    assert server.sent < HUGE // 10
+    # Not returned to the pool: the next request opens a new connection (the peer serves
+    # one request per connection; the rest of the first body would garble a reuse).
+    again = client.post_alert_event(server.url, "SRC_A", SecretStr("t"), PAYLOAD)
+    assert again.status == 500 and len(server.requests) == 2
+
+
+def test_a_body_under_the_cap_keeps_its_connection(recorder: str) -> None:
+    client = IncidentIoClient()
+    try:
+        for _ in range(2):
+            assert client.post_alert_event(recorder, "SRC_A", SecretStr("t"), PAYLOAD).body
+    finally:
+        client.close()
+    assert len(set(_Recorder.client_ports)) == 1
+
+
+def test_a_redirect_is_returned_not_followed(
+    peer: Callable[..., Peer], make_client: Callable[..., PostsAlertEvents]
+) -> None:
+    def moved(peer: Peer, connection: socket.socket) -> None:
+        connection.sendall(
+            b"HTTP/1.1 308 Permanent Redirect\r\nLocation: http://127.0.0.1:1/new?token=x\r\n"
+            b"Content-Length: 0\r\n\r\n"
+        )
+
+    server = peer(moved)
+    answer = make_client().post_alert_event(server.url, "SRC_A", SecretStr("t"), PAYLOAD)
+    assert answer.status == 308
+    assert answer.headers["location"] == "http://127.0.0.1:1/new?token=x"
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "token", ["s3cr3t\r\nX-Evil: 1", "s3cr3t value", "s3crët", "s3cr3t\x00", ""], ids=repr
+)
+def test_a_token_no_header_can_carry_is_refused_without_quoting_it(
+    token: str, recorder: str, make_client: Callable[..., PostsAlertEvents]
+) -> None:
+    with pytest.raises(ValueError) as refused:
+        make_client().post_alert_event(recorder, "SRC_A", SecretStr(token), PAYLOAD)
+    assert "s3cr" not in str(refused.value) and refused.value.__context__ is None
+    assert _Recorder.seen == []
+
+
+def test_errors_never_quote_the_token(make_client: Callable[..., PostsAlertEvents]) -> None:
+    # Port 1 on loopback: refused. Whatever the error says, it names no header value.
+    with pytest.raises(httpx.ConnectError) as refused:
+        make_client(timeout=2).post_alert_event(
+            "http://127.0.0.1:1", "SRC_A", SecretStr("the-secret-token"), PAYLOAD
+        )
+    assert "the-secret-token" not in repr(refused.value)
+
+
+# -- the same peers, end to end against the double -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "inject",
+    [
+        lambda fake: fake.hang(),
+        lambda fake: fake.trickle(bytes_per_second=50),
+        lambda fake: fake.trickle(bytes_per_second=50, part="body"),
+        lambda fake: (fake.huge_body(HUGE, status=502), fake.trickle(bytes_per_second=20_000)),
+    ],
+    ids=["hang", "trickled answer", "trickled body", "trickled huge body"],
+)
+def test_the_doubles_slow_faults_end_at_the_clients_deadline(
+    inject: Callable[[FakeIncidentIo], object],
+    fake: FakeIncidentIo,
+    make_client: Callable[..., PostsAlertEvents],
+) -> None:
+    inject(fake)
+    client = make_client(timeout=0.5)
+    with pytest.raises(httpx.TimeoutException):
+        client.post_alert_event(fake.url, "SRC_A", SecretStr(TOKENS["TEST_TOKEN_A"]), PAYLOAD)
+
+
+def test_the_doubles_huge_body_is_read_up_to_the_cap(
+    fake: FakeIncidentIo, make_client: Callable[..., PostsAlertEvents]
+) -> None:
+    fake.huge_body(HUGE, status=503, count=1)
+    client = make_client(timeout=5)
+    token = SecretStr(TOKENS["TEST_TOKEN_A"])
+    answer = client.post_alert_event(fake.url, "SRC_A", token, PAYLOAD)
+    assert answer.status == 503 and len(answer.body) == MAX_ANSWER_BODY
+    assert client.post_alert_event(fake.url, "SRC_A", token, PAYLOAD).status == 202
+
+
+def test_a_moved_destination_is_held_with_its_new_location(
+    fake: FakeIncidentIo, make_client: Callable[..., PostsAlertEvents]
+) -> None:
+    fake.redirect("https://api.moved.example/v2/alert_events/http/SRC_A?token=leak", status=301)
+    answer = make_client().post_alert_event(
+        fake.url, "SRC_A", SecretStr(TOKENS["TEST_TOKEN_A"]), PAYLOAD
+    )
+    decision = FailurePolicy().decide_response(
+        answer.status, answer.headers, answer.body, attempt=0, first_attempt_at=0, now=0
+    )
+    assert isinstance(decision, HoldDestination) and decision.status == 301
+    assert "https://api.moved.example/v2/alert_events/http/SRC_A" in decision.reason
+    assert "leak" not in decision.reason
+    assert len(fake.answers) == 1 and fake.events == []

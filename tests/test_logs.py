@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import subprocess
+import sys
+import threading
+from urllib.parse import quote, quote_plus, urlencode
 
 import httpx
 import pytest
 
-from streamer.logs import JsonFormatter, SecretMask
+from streamer import logs
+from streamer.logs import JsonFormatter, SecretMask, redact_url
 from tests.pipeline import TOKENS, Pipeline, ServiceProcess, check_event
 
 
@@ -47,6 +52,107 @@ def test_known_secrets_are_masked_in_messages_and_context() -> None:
     r = record("auth failed with %s", "tok-very-secret", destination="d tok-very-secret")
     mask.filter(r)
     assert r.getMessage() == "auth failed with ***" and r.__dict__["destination"] == "d ***"
+
+
+# -- every form of a secret, everywhere a line can carry it -------------------------------
+
+# Made-up values: one like a real token, one with every character some escaping changes.
+FAKE_SECRETS = ["fake-token-0123456789abcdef", "FAKE/s3cr3t+'q\"\\%é"]
+
+
+def escaped_forms(secret: str) -> set[str]:
+    return {
+        secret,
+        repr(secret)[1:-1],
+        json.dumps(secret)[1:-1],
+        secret.encode("unicode_escape").decode(),
+        quote(secret, safe=""),
+        quote_plus(secret),
+    }
+
+
+@pytest.fixture
+def configured_logging(monkeypatch):
+    """`logs.configure` for one test; the root logger and exception hooks restored after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    monkeypatch.setattr(logs, "MASK", SecretMask())
+    yield
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+@pytest.mark.parametrize("secret", FAKE_SECRETS)
+def test_no_form_of_a_secret_reaches_a_log_line(configured_logging, capsys, fmt, secret) -> None:
+    logs.configure("debug", fmt)
+    logs.MASK.add([secret])  # the fixture's fresh mask, which configure() installed
+    log = logging.getLogger("streamer.test")
+    log.error("raw %s", secret)
+    log.error("repr %r", secret)
+    log.error(f"bang-r {secret!r} inside {'Bearer ' + secret!r}")
+    log.error("json %s", json.dumps({"token": secret}))
+    log.error(
+        "unicode_escape %s and %s",
+        secret.encode("unicode_escape"),
+        secret.encode("unicode_escape").decode(),
+    )
+    log.error("url %s %s %s", quote(secret), quote(secret, safe=""), urlencode({"t": secret}))
+    log.error("Illegal header value %r", f"Bearer {secret}".encode())
+    log.error("context", extra={"destination": secret, "problems": [f"x {secret!r}"]})
+    try:
+        raise RuntimeError(f"the registry refused {secret}") from ValueError(repr(secret))
+    except RuntimeError:
+        log.exception("failed while holding %s", "nothing secret")
+    try:
+        json.loads(json.dumps(secret) + "x")
+    except ValueError as e:
+        log.warning("parse error", exc_info=e)
+    log.info("with a stack", stack_info=True)
+    output = capsys.readouterr().err
+    assert output.count("***") >= 12, output
+    leaked = [form for form in escaped_forms(secret) if form in output]
+    assert not leaked, output
+    assert "Traceback" in output and "RuntimeError" in output  # the traceback is kept, masked
+
+
+def test_an_uncaught_exception_is_printed_masked() -> None:
+    secret = FAKE_SECRETS[0]
+    program = (
+        "from streamer import logs\n"
+        f"logs.MASK.add([{secret!r}])\n"
+        "logs.configure()\n"
+        f"raise RuntimeError('Illegal header value ' + repr(b'Bearer ' + {secret!r}.encode()))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert "RuntimeError: Illegal header value b'Bearer ***'" in result.stderr
+    assert secret not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "https://user:fake-pass@registry:8081/apis/ccompat/v7",
+            "https://registry:8081/apis/ccompat/v7",
+        ),
+        ("http://registry:8081/?api_key=fake-key#frag", "http://registry:8081/"),
+        ("https://a:1@r1:8081, https://b:2@r2:8081", "https://r1:8081, https://r2:8081"),
+        ("user:fake-pass@broker-1:9093,broker-2:9093", "broker-1:9093,broker-2:9093"),
+        ("SASL_SSL://u:p@[::1]:9093", "SASL_SSL://[::1]:9093"),
+        ("https://api.incident.io", "https://api.incident.io"),
+    ],
+)
+def test_a_url_is_shown_without_credentials_or_query(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
 
 
 @pytest.mark.integration

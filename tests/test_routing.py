@@ -9,10 +9,11 @@ import fastavro
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from streamer.config import ConfigError
 from streamer.decoding import load_schema
 from streamer.routing import Matcher, field_text
 from tests.rules_helpers import SCHEMA, alert, check, config_from
-from tests.strategies import events
+from tests.strategies import events, rule_trees
 
 _PARSED_V2 = fastavro.parse_schema(load_schema(SCHEMA))
 
@@ -45,6 +46,47 @@ _PARSED_V2 = fastavro.parse_schema(load_schema(SCHEMA))
 )
 def test_each_matcher(matcher: str, holds: bool) -> None:
     assert Matcher.parse(matcher).matches(alert()) is holds
+
+
+@pytest.mark.parametrize(
+    ("matcher", "holds"),
+    [
+        ('severity =~ "(?i)critical"', True),  # a leading flag, refused before RE2
+        ('severity =~ "(?s)CRIT.*"', True),
+        ('severity =~ "CRITICAL|"', True),  # anchored around the whole alternation
+        ('severity =~ "|CRIT"', False),
+        ("alert.labels.instance =~ [[:alpha:]]+-[[:digit:]]+", True),
+        (r'alert.labels.instance =~ "\pL+-\d+"', True),
+        (r'labels.team =~ "\Qpay.ments\E"', False),  # \Q...\E quotes the dot
+        (r'labels.team =~ "\Qpayments\E"', True),
+        ("labels.team !~ (?i)PAY.*", False),
+    ],
+)
+def test_regex_matchers_are_alertmanagers(matcher: str, holds: bool) -> None:
+    assert Matcher.parse(matcher).matches(alert()) is holds
+
+
+def test_a_backtracking_bomb_is_instant() -> None:
+    # Reproduced in issue 11: with Python's re this took more than 20 s per event.
+    matcher = Matcher.parse('alert.labels.instance =~ "([a-z0-9]+-?)+prod"')
+    event = alert()
+    event["alert"]["labels"]["instance"] = "a" * 41
+    assert matcher.matches(event) is False
+
+
+def test_a_regex_re2_refuses_is_refused_at_load_with_its_line(tmp_path) -> None:
+    with pytest.raises(ConfigError) as refused:
+        config_from(
+            tmp_path,
+            """
+            routes:
+              - name: r
+                destination: a
+                match: ['alert.labels.instance =~ "(?<=x)y"']
+            """,
+        )
+    assert "streamer.yaml:10: route r (match.0)" in str(refused.value)
+    assert "invalid regular expression" in str(refused.value) and "RE2" in str(refused.value)
 
 
 def test_field_text_of_plain_values() -> None:
@@ -182,8 +224,75 @@ def test_a_when_that_fails_dead_letters_instead_of_dropping(tmp_path) -> None:
     )
     decision = config.rules.evaluate(alert())
     [failure] = decision.failures
-    assert failure.route == "fragile" and "when" in failure.reason
+    assert failure.route == "fragile" and failure.reason.startswith("when: UndefinedError")
+    assert failure.code == "route:when"
     assert decision.deliveries == ()  # it counted as this level's match: no fall-through
+
+
+def test_explain_agrees_when_a_when_fails(tmp_path) -> None:
+    # Issue 12: explain said `second` delivered to a while evaluate dead-lettered at first.
+    config = config_from(
+        tmp_path,
+        """
+        routes:
+          - {name: first, when: "alert.labels.missing == 'x'", destination: b}
+          - {name: second, destination: a}
+    """,
+    )
+    decision, explanation = config.rules.trace(alert())
+    assert config.rules.explain(alert()) == explanation
+    first, second = explanation
+    assert first["result"] == "failed: dead-lettered"
+    assert first["dead_letter"]["code"] == "route:when"
+    assert "missing" in first["when"]["error"]
+    assert second["result"].startswith("not tried") and "delivers_to" not in second
+    assert decision.deliveries == () and [f.route for f in decision.failures] == ["first"]
+
+
+def test_explain_says_when_rendering_fails(tmp_path) -> None:
+    config = config_from(
+        tmp_path,
+        """
+        routes: [{name: r, destination: a, templates: {title: "{{ alert.labels.team }}"}}]
+    """,
+    )
+    [entry] = config.rules.explain(alert())
+    assert entry["delivers_to"] == "a" and entry["dead_letter"]["code"] == "template"
+    [failure] = config.rules.evaluate(alert()).failures
+    assert failure.code == "template" and entry["dead_letter"]["reason"] == failure.reason
+
+
+def _verdict_of_explanation(rules, entries) -> tuple[list, list, list]:
+    """(deliveries, failures, matched) read back from `explain`, in walk order."""
+    deliveries, failures, matched = [], [], []
+
+    def visit(entries) -> None:
+        for entry in entries:
+            if entry["result"].startswith("failed"):
+                failures.append((entry["route"], entry["dead_letter"]["code"]))
+            if entry["route"] == "default" and rules.default is None:
+                continue  # no default route: explained as a drop, no route matched
+            if "delivers_to" in entry:
+                matched.append(entry["route"])
+                if "dead_letter" in entry:
+                    failures.append((entry["route"], entry["dead_letter"]["code"]))
+                elif entry["delivers_to"] != "drop":
+                    deliveries.append((entry["route"], entry["delivers_to"]))
+            visit(entry.get("children", []))
+
+    visit(entries)
+    return deliveries, failures, matched
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rules=rule_trees(), event=events)
+def test_explain_is_the_evaluation(rules, event) -> None:
+    decision = rules.evaluate(event)
+    assert _verdict_of_explanation(rules, rules.explain(event)) == (
+        [(d.route, d.destination) for d in decision.deliveries],
+        [(f.route, f.code) for f in decision.failures],
+        list(decision.matched),
+    )
 
 
 # -- the alert event -----------------------------------------------------------------

@@ -140,3 +140,138 @@ def test_fast_paths_render_exactly_what_jinja_renders(source: str, event: dict) 
     assert _outcome(lambda: template.render(variables)) == _outcome(
         lambda: template.render_with_jinja(variables)
     )
+
+
+# --- budgets: a template that would take long or allocate much fails its event, at once ----
+
+OVER_BUDGET = [
+    ("{{ 'a'.ljust(10**8) }}", "str.ljust would make 100000000 characters"),
+    ("{{ 'a'.center(10**8) }} {{ 'a'.zfill(10**8) }}", "str.center"),
+    ("{{ ('\\t' * 1000).expandtabs(10**6) }}", "str.expandtabs"),
+    ("{{ '%0100000000d' % 1 }}", "width or precision 100000000"),
+    ("{{ '%.100000000f' % 1.0 }}", "width or precision 100000000"),
+    ("{{ '%*d' % (10, 1) }}", "`*` width"),
+    ("{{ '%s%s%s' % (('a' * 50000,) * 3) }}", "% formatting"),
+    ("{{ '%(a)s%(a)s%(a)s' % {'a': 'x' * 50000} }}", "% formatting"),
+    ("{{ '{:>100000000}'.format(1) }}", "format width or precision"),
+    ("{{ '{0}{0}{0}'.format('a' * 50000) }}", "str.format"),
+    ("{{ ('a' * 100000).replace('', 'a' * 1000) }}", "str.replace"),
+    ("{{ ('a' * 100000) | replace('a', 'bb') }}", "replace"),
+    ("{{ 'x'.join(['a' * 60000, 'b' * 60000]) }}", "join"),
+    ("{{ ['a' * 60000, 'b' * 60000] | join }}", "join"),
+    ("{{ 'a' | center(100000000) }}", "center"),
+    ("{{ ('a\\n' * 1000) | indent(1000) }}", "indent"),
+    ("{{ [1] | batch(100000000, 'x') | list }}", "batch"),
+    ("{{ [[0] * 1000] * 1000 | sum(start=[]) }}", "sum adds numbers"),
+    ("{{ ('a' * 100000) | regex_replace('', 'a' * 1000) }}", "regex_replace"),
+    ("{{ 'a' * 60000 + 'b' * 60000 }}", "+"),
+    ("{{ ((2 ** 64) ** 64) ** 64 }}", "bits"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}", "loops"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "loops"),
+    (
+        "{% for x in [1] recursive %}{% if loop.depth < 3 %}{{ loop(range(100000)) }}{% endif %}{% endfor %}",
+        "loops",
+    ),
+    ("{% for i in range(10000) %}{{ range(100000) | sum }}{% endfor %}", "work"),
+    ("{% set s = 'a' * 100000 %}{% for i in range(100) %}{{ s }}{% endfor %}", "output"),
+    (
+        "{% macro f(s, n) %}{% if n > 0 %}{{ f(s ~ s, n - 1) }}{% endif %}{% endmacro %}{{ f('a', 40) }}",
+        "join",
+    ),
+    # small as values, huge as text: refused while being written, not after
+    ("{% set a = [1] * 1000 %}{% set b = [a] * 1000 %}{{ [b] * 1000 }}", "into text"),
+    ("{% set a = [1] * 1000 %}{% set b = [a] * 1000 %}{{ b ~ '' }}", "into text"),
+    ("{% set a = [1] * 1000 %}{% set b = [a] * 1000 %}{{ ([b] * 1000) | tojson }}", "tojson"),
+    ("{% set a = [1] * 1000 %}{% set b = [a] * 1000 %}{{ b | string }}", "into text"),
+    ("{% set a = [1] * 1000 %}{% set b = [a] * 1000 %}{{ '{}'.format(b) }}", "into text"),
+]
+
+
+@pytest.mark.parametrize(("template", "why"), OVER_BUDGET)
+def test_templates_over_budget_fail_the_event(tmp_path, template: str, why: str) -> None:
+    body = f"routes: [{{name: r, destination: a, templates: {{title: {json.dumps(template)}}}}}]"
+    decision = config_from(tmp_path, body).rules.evaluate(alert())
+    [failure] = decision.failures
+    assert failure.code == "template" and failure.reason.startswith("title: TemplateLimitError")
+    assert why in failure.reason
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "'a'.ljust(10**8) == 'a'",
+        "'%0100000000d' % 1 == 'a'",
+        "('a' * 100000).replace('', 'a' * 1000) == 'a'",
+        "range(100000) | map('string') | join(range(100000) | join) == 'x'",
+    ],
+)
+def test_when_expressions_over_budget_fail_the_event(tmp_path, expression: str) -> None:
+    body = f"routes: [{{name: r, destination: a, when: {json.dumps(expression)}}}]"
+    [failure] = config_from(tmp_path, body).rules.evaluate(alert()).failures
+    assert failure.code == "route:when" and "TemplateLimitError" in failure.reason
+
+
+def test_use_defaults_applies_to_a_template_over_budget(tmp_path) -> None:
+    body = """
+        routes:
+          - {name: r, destination: a, on_template_error: use-defaults, templates: {title: "{{ 'a'.ljust(10**8) }}"}}
+    """
+    [delivery] = config_from(tmp_path, body).rules.evaluate(alert()).deliveries
+    assert delivery.payload.title == "Checkout errors"
+
+
+@pytest.mark.parametrize(
+    ("template", "rendered"),
+    [
+        ("{{ '%05.1f|%-4s|' % (3.14159, 'a') }}", "003.1|a   |"),
+        ("{{ '%(team)s!' % labels }}", "payments!"),
+        ("{{ '{:<6}|{team}'.format('ab', team=labels.team) }}", "ab    |payments"),
+        ("{{ '{team}'.format_map(labels) }}", "payments"),
+        ("{{ '%s-%s' | format('a', 'b') }}", "a-b"),
+        ("{{ labels | dictsort | join(';') }}", "('service', 'checkout');('team', 'payments')"),
+        (
+            "{{ [1, (2,), {'a': [None, true]}, 1.5, labels.keys()] }}",
+            "[1, (2,), {'a': [None, True]}, 1.5, dict_keys(['team', 'service'])]",
+        ),
+        ("{{ labels.items() | list ~ '' }}", "[('team', 'payments'), ('service', 'checkout')]"),
+        (
+            "{% for k, v in labels | dictsort %}{{ k }}={{ v }}{% if not loop.last %},{% endif %}{% endfor %}",
+            "service=checkout,team=payments",
+        ),
+        ("{{ 'ab'.ljust(4, '.') }}{{ 'x'.zfill(3) }}{{ 'a-b'.replace('-', '+') }}", "ab..00xa+b"),
+        (
+            "{{ alert.labels.instance | regex_replace('(\\\\w+)-(\\\\d)', '\\\\2:\\\\1') }}",
+            "1:checkout",
+        ),
+        ("{{ 'x\u06612' | regex_replace('\\\\d', '#') }}", "x\u0661#"),  # \\d: ASCII, as in Go
+        ("{{ ('x' * 100000) | length }}", "100000"),
+    ],
+)
+def test_what_stays_within_budget_renders_as_jinja_would(
+    tmp_path, template: str, rendered: str
+) -> None:
+    body = (
+        f"routes: [{{name: r, destination: a, templates: {{description: {json.dumps(template)}}}}}]"
+    )
+    [delivery] = config_from(tmp_path, body).rules.evaluate(alert()).deliveries
+    assert delivery.payload.description == rendered
+
+
+@pytest.mark.parametrize(
+    ("field", "source"),
+    [
+        ("title", "{{ labels.team | regex_replace('(?<=p)a', 'A') }}"),
+        ("when", "labels.team | regex_replace('\\\\Z', '') == 'x'"),
+    ],
+)
+def test_a_literal_regex_replace_pattern_re2_refuses_is_refused_at_load(
+    tmp_path, field, source
+) -> None:
+    if field == "when":
+        body = f"routes: [{{name: r, destination: a, when: {json.dumps(source)}}}]"
+    else:
+        body = f"routes: [{{name: r, destination: a, templates: {{title: {json.dumps(source)}}}}}]"
+    with pytest.raises(
+        ConfigError, match=r"streamer\.yaml:\d+: route r.*invalid regular expression.*RE2"
+    ):
+        config_from(tmp_path, body)

@@ -7,18 +7,18 @@ or external services named by environment variables).
 
 from streamer.testing.fake_incident_io import (
     AlertSource,
-    Answer,
     FakeIncidentIo,
     Fault,
     ReceivedEvent,
+    RecordedAnswer,
     http_date,
 )
 
 __all__ = [
     "AlertSource",
-    "Answer",
     "FakeIncidentIo",
     "Fault",
     "ReceivedEvent",
+    "RecordedAnswer",
     "http_date",
 ]

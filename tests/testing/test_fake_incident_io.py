@@ -242,3 +242,68 @@ def test_queued_failures_apply_one_after_the_other(fake, http) -> None:
     fake.fail(503, count=2)
     fake.fail(422, count=1)
     assert [post(http, fake).status_code for _ in range(4)] == [503, 503, 422, 202]
+
+
+# -- hostile and broken servers ------------------------------------------------------------
+
+
+def test_a_redirect_fault_answers_a_3xx_with_its_location(fake, http) -> None:
+    fake.redirect("https://moved.example/v2?token=x", count=1)
+    response = post(http, fake)
+    assert response.status_code == 308
+    assert response.headers["Location"] == "https://moved.example/v2?token=x"
+    assert fake.events == [] and [a.status for a in fake.answers] == [308]
+    assert post(http, fake).status_code == 202
+
+
+def test_a_huge_body_fault_streams_a_valid_error_of_that_size(fake, http) -> None:
+    fake.huge_body(300_000, status=502, count=1)
+    response = post(http, fake)
+    assert len(response.content) == 300_000
+    assert_error_shape(response, 502, "internal_server_error")
+    assert fake.events == []
+
+
+def test_a_trickled_answer_still_processes_the_event(fake, http) -> None:
+    fake.trickle(bytes_per_second=100_000, count=1)  # whole answer, headers included
+    fake.trickle(bytes_per_second=100_000, part="body", count=1)
+    assert [post(http, fake).status_code for _ in range(2)] == [202, 202]
+    assert len(fake.events) == 2
+
+
+def test_a_trickle_slower_than_the_client_ends_in_its_timeout(fake, http) -> None:
+    fake.trickle(bytes_per_second=20, part="body", count=1)  # a byte every 50 ms
+    with pytest.raises(httpx.ReadTimeout):
+        http.post(
+            fake.endpoint(SOURCE.id),
+            json=EVENT,
+            headers={"Authorization": f"Bearer {SOURCE.token}"},
+            timeout=httpx.Timeout(5, read=0.01),
+        )
+    assert len(fake.events) == 1  # the client gave up; incident.io did not
+
+
+def test_a_hang_fault_answers_nothing_until_the_client_gives_up(fake) -> None:
+    fake.hang(count=1)
+    with httpx.Client(timeout=0.2) as impatient, pytest.raises(httpx.ReadTimeout):
+        post(impatient, fake)
+    assert fake.events == [] and [a.status for a in fake.answers] == [0]
+
+
+def test_new_faults_are_reachable_over_http(fake, http) -> None:
+    created = http.post(
+        f"{fake.url}/_fake/faults",
+        json={"kind": "redirect", "location": "https://moved.example/", "count": 1},
+    )
+    assert created.status_code == 201 and created.json()["status"] == 308
+    assert post(http, fake).status_code == 308
+    for kind in ("trickle", "huge_body", "redirect", "nonsense"):
+        refused = http.post(f"{fake.url}/_fake/faults", json={"kind": kind})
+        assert refused.status_code == 400, kind
+    assert (
+        http.post(
+            f"{fake.url}/_fake/faults", json={"kind": "huge_body", "size": 1000, "count": 1}
+        ).json()["status"]
+        == 500
+    )
+    assert len(post(http, fake).content) == 1000

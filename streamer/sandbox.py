@@ -1,0 +1,330 @@
+"""The template sandbox: what a template or `when:` expression may do, and how much.
+
+Invariant: one render (a template field, or a `when:` evaluation) cannot reach Python
+(Jinja2's ImmutableSandboxedEnvironment: no underscored attributes, no mutation), and
+cannot cost more than the budget of streamer/template_budget.py, whatever the template
+or the event: it fails with `TemplateLimitError` (a TemplateError) instead, before
+making the oversized thing:
+
+- no string a template makes (an operator, a method, a filter, an output) is longer
+  than MAX_TEXT characters, and no render outputs more than MAX_TEXT in all;
+- loops run at most MAX_ITERATIONS times per render, all loops together;
+- a render's work (characters made, items walked) is at most MAX_WORK; integers have
+  at most MAX_INT_BITS bits.
+
+Mechanism: Jinja2's sandbox hooks, each checking sizes before the allocation: `call`
+(str methods: `ljust`, `replace`, `join`, ...), `call_binop` (`*`, `**`, `%`, `+`),
+`wrap_str_format` (`str.format`), `finalize` (`{{ }}` output), `concat` (a render's or
+a macro's output); bounded replacements or pre-checks of the filters that can amplify
+(`join`, `format`, `center`, `indent`, `replace`, `batch`, `slice`, `tojson`, ...); and
+a code generator that routes `~` and every `for` loop's iterable through the budget.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from typing import Any, TypeVar
+
+from jinja2 import StrictUndefined, Undefined, nodes
+from jinja2.compiler import CodeGenerator, Frame
+from jinja2.exceptions import SecurityError
+from jinja2.filters import make_attrgetter
+from jinja2.runtime import LoopContext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import pass_environment
+
+from streamer.regexes import RegexError, RegexLimitError, compiled
+from streamer.template_budget import (
+    CONTAINERS,
+    MAX_EXPONENT,
+    MAX_INT_BITS,
+    MAX_ITERATIONS,
+    MAX_TEXT,
+    BoundedFormatter,
+    TemplateLimitError,
+    as_text,
+    budget,
+    checked_text,
+    join_text,
+    percent_format,
+    replace_size,
+    str_method_size,
+    too_long,
+    width_of,
+)
+
+__all__ = ["environment"]
+
+_T = TypeVar("_T")
+
+
+class _CodeGenerator(CodeGenerator):
+    """Jinja's code generator, with `~` and every loop's iterable under the budget."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.join_text((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+    def visit_For(self, node: nodes.For, frame: Frame) -> None:
+        # `for x in items` runs as `for x in environment.iterate(items)`.
+        if not _is_counted(node.iter):
+            node.iter = nodes.Call(
+                nodes.EnvironmentAttribute("iterate"), [node.iter], [], None, None
+            ).set_lineno(node.iter.lineno)
+        super().visit_For(node, frame)
+
+
+def _is_counted(node: nodes.Node) -> bool:
+    return (
+        isinstance(node, nodes.Call)
+        and isinstance(node.node, nodes.EnvironmentAttribute)
+        and node.node.name == "iterate"
+    )
+
+
+class _AlertSandbox(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset({"**", "*", "%", "+"})
+    code_generator_class = _CodeGenerator
+
+    def iterate(self, iterable: Iterable[_T]) -> Iterator[_T]:
+        spent = budget()
+        for item in iterable:
+            spent.iterations += 1
+            if spent.iterations > MAX_ITERATIONS:
+                raise TemplateLimitError(f"loops ran more than {MAX_ITERATIONS} times")
+            yield item
+
+    def join_text(self, values: tuple[Any, ...]) -> str:
+        return join_text("", values, strict=False)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "%" and isinstance(left, str):
+            return percent_format(left, right)
+        ints = [v for v in (left, right) if isinstance(v, int) and not isinstance(v, bool)]
+        if operator == "**" and isinstance(right, int) and abs(right) > MAX_EXPONENT:
+            raise TemplateLimitError(f"exponent {right} is larger than {MAX_EXPONENT}")
+        bits = sum(abs(v).bit_length() for v in ints)
+        if operator == "**" and len(ints) == 2 and abs(left).bit_length() * right > MAX_INT_BITS:
+            raise TemplateLimitError(f"a power of more than {MAX_INT_BITS} bits")
+        if operator == "*" and len(ints) == 2 and bits > MAX_INT_BITS:
+            raise TemplateLimitError(f"a product of more than {MAX_INT_BITS} bits")
+        sequences = [v for v in (left, right) if isinstance(v, str | list | tuple)]
+        if operator == "*" and sequences and ints and ints[0] * len(sequences[0]) > MAX_TEXT:
+            raise TemplateLimitError(f"repeating a value to more than {MAX_TEXT} items")
+        if operator == "+" and len(sequences) == 2 and len(left) + len(right) > MAX_TEXT:
+            raise too_long("+", len(left) + len(right))
+        return self._checked(super().call_binop(context, operator, left, right))
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        if type(__obj) is LoopContext and args:  # a recursive loop's `loop(items)`
+            args = (__self.iterate(args[0]), *args[1:])
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str) and not isinstance(__obj, type):
+            name = getattr(__obj, "__name__", "")
+            if name == "join" and len(args) == 1 and not kwargs:
+                return join_text(owner, args[0], strict=True)
+            size = str_method_size(owner, name, args, kwargs)
+            if size > MAX_TEXT:
+                raise too_long(f"str.{name}", size)
+            budget().spend(size)
+        return __self._checked(super().call(__context, __obj, *args, **kwargs))
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        value = super().getitem(obj, argument)
+        if isinstance(argument, slice) and isinstance(value, str | list | tuple):
+            budget().spend(len(value))
+        return value
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        if getattr(value, "__name__", None) not in ("format", "format_map"):
+            return None
+        text = getattr(value, "__self__", None)
+        if type(text) is not str:
+            return super().wrap_str_format(value)
+        is_map = value.__name__ == "format_map"
+
+        def formatted(*args: Any, **kwargs: Any) -> str:
+            if is_map:
+                if kwargs or len(args) != 1:
+                    raise TypeError("format_map() takes exactly one argument")
+                return str(BoundedFormatter(self).vformat(text, (), args[0]))
+            return str(BoundedFormatter(self).vformat(text, args, kwargs))
+
+        return functools.update_wrapper(formatted, value)
+
+    @staticmethod
+    def _checked(result: Any) -> Any:
+        if isinstance(result, str):
+            checked_text(result, "the operation")
+            budget().spend(len(result))
+        elif isinstance(result, list | tuple | dict | set | frozenset):
+            budget().spend(len(result))
+        return result
+
+
+def _finalize(value: Any) -> str:
+    if type(value) is str and len(value) <= MAX_TEXT:
+        return value  # the common case, kept cheap: this runs for every `{{ }}`
+    return as_text(value)
+
+
+def _concat(pieces: Iterable[str]) -> str:
+    parts: list[str] = []
+    size = 0
+    for piece in pieces:
+        size += len(piece)
+        if size > MAX_TEXT:
+            raise too_long("the template's output", size)
+        parts.append(piece)
+    return "".join(parts)
+
+
+# -- filters ---------------------------------------------------------------------------
+
+# Filters that look at a value's items, not at its text, or that bound their own text:
+# their containers are not weighed as text first (they pay for their length instead).
+_STRUCTURAL = frozenset(
+    (
+        *("abs", "attr", "batch", "count", "d", "default", "dictsort", "first", "float"),
+        *("format", "groupby", "int", "items", "join", "last", "length", "list", "map"),
+        *("max", "min", "random", "regex_replace", "reject", "rejectattr", "reverse"),
+        *("round", "select", "selectattr", "slice", "sort", "sum", "tojson", "unique"),
+    )
+)
+
+
+def _pre_check(name: str, value: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    if name == "center" and width_of(args, kwargs, 0, "width") > MAX_TEXT:
+        raise too_long("center", width_of(args, kwargs, 0, "width"))
+    if name == "indent" and isinstance(value, str):
+        size = len(value) + (value.count("\n") + 1) * width_of(args, kwargs, 0, "width")
+        if size > MAX_TEXT:
+            raise too_long("indent", size)
+    if name == "replace" and isinstance(value, str) and len(args) >= 2:
+        count = args[2] if len(args) > 2 else kwargs.get("count")
+        size = replace_size(value, args[0], args[1], -1 if count is None else count)
+        if size > MAX_TEXT:
+            raise too_long("replace", size)
+    if name == "wordwrap" and isinstance(value, str):
+        wrap = args[2] if len(args) > 2 else kwargs.get("wrapstring") or "\n"
+        size = len(value) + (len(value) + 1) * len(wrap) if isinstance(wrap, str) else 0
+        if len(value) > 1 and size > MAX_TEXT:
+            raise too_long("wordwrap", size)
+    if name in ("batch", "slice"):
+        count = args[0] if args else kwargs.get("linecount", kwargs.get("slices", 0))
+        if isinstance(count, int) and count > MAX_TEXT:
+            raise TemplateLimitError(f"{name} into more than {MAX_TEXT} parts")
+    if name == "sum":
+        start = args[1] if len(args) > 1 else kwargs.get("start", 0)
+        if not isinstance(start, int | float):
+            raise TemplateLimitError("sum adds numbers (its start must be a number)")
+
+
+def _counted(items: Iterator[Any]) -> Iterator[Any]:
+    spent = budget()
+    for item in items:
+        spent.spend(1)
+        yield item
+
+
+# Filters that take constant time and make nothing new: left unwrapped, they are among
+# the most used (`default`, `length`) and cost nothing to bound.
+_CONSTANT = frozenset({"abs", "attr", "count", "d", "default", "first", "length", "round"})
+_PRE_CHECKED = frozenset({"center", "indent", "replace", "wordwrap", "batch", "slice", "sum"})
+
+
+def _bounded_filter(name: str, filter_: Callable[..., Any]) -> Callable[..., Any]:
+    passes = 1 if getattr(filter_, "jinja_pass_arg", None) is not None else 0
+    weighs_text = name not in _STRUCTURAL
+    pre_checked = name in _PRE_CHECKED
+
+    @functools.wraps(filter_)
+    def bounded_filter(*args: Any, **kwargs: Any) -> Any:
+        spent = 0
+        if len(args) > passes:
+            value = args[passes]
+            kind = type(value)
+            if kind is str:
+                spent = len(value)
+            elif kind in CONTAINERS:
+                if weighs_text:
+                    as_text(value)
+                spent = len(value)
+            elif isinstance(value, Iterator):
+                args = (*args[:passes], _counted(value), *args[passes + 1 :])
+            elif isinstance(value, Sized) and not isinstance(value, Undefined):
+                spent = len(value)
+            if pre_checked:
+                _pre_check(name, value, args[passes + 1 :], kwargs)
+        result = filter_(*args, **kwargs)
+        kind = type(result)
+        if kind is str:
+            checked_text(result, name)
+            spent += len(result)
+        elif kind in CONTAINERS:
+            spent += len(result)
+        if spent:
+            budget().spend(spent)
+        return result
+
+    return bounded_filter
+
+
+def _regex_replace(value: object, pattern: str, replacement: str, count: int = 0) -> str:
+    try:
+        return compiled(pattern).replace(as_text(value), replacement, count, max_length=MAX_TEXT)
+    except RegexLimitError as e:
+        raise TemplateLimitError(str(e)) from None
+    except RegexError as e:
+        raise SecurityError(f"regex_replace: {e}") from None
+
+
+def _tojson(value: object) -> str:
+    # Jinja's own tojson escapes for HTML; alert text is not HTML. Encoded piece by
+    # piece, so a value that is small but huge as JSON is refused before it is built.
+    parts, size = [], 0
+    for part in json.JSONEncoder(default=str, sort_keys=True).iterencode(value):
+        size += len(part)
+        if size > MAX_TEXT:
+            raise too_long("tojson", size)
+        parts.append(part)
+    budget().spend(size)
+    return "".join(parts)
+
+
+@pass_environment
+def _join_filter(env: Any, value: Iterable[Any], d: str = "", attribute: Any = None) -> str:
+    if attribute is not None:
+        value = map(make_attrgetter(env, attribute), value)
+    return join_text(as_text(d), value, strict=False)
+
+
+def _format_filter(value: object, *args: Any, **kwargs: Any) -> str:
+    if args and kwargs:
+        raise SecurityError("format takes positional or keyword arguments, not both")
+    return percent_format(as_text(value), kwargs or args)
+
+
+def environment() -> ImmutableSandboxedEnvironment:
+    env = _AlertSandbox(
+        undefined=StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=False,
+        finalize=_finalize,
+    )
+    env.concat = _concat  # type: ignore[method-assign]
+    env.filters.update(
+        regex_replace=_regex_replace, tojson=_tojson, join=_join_filter, format=_format_filter
+    )
+    env.filters = {
+        name: f if name in _CONSTANT else _bounded_filter(name, f)
+        for name, f in env.filters.items()
+    }
+    # Nothing from outside the event: no globals beyond Jinja's harmless ones.
+    env.globals = {k: v for k, v in env.globals.items() if k in ("range", "dict")}
+    return env

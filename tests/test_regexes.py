@@ -1,0 +1,79 @@
+"""Regexes are RE2 in Go's syntax, anchored for matchers, linear whatever the input."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamer.regexes import Regex, RegexError, RegexLimitError
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text", "matches"),
+    [
+        ("pay", "payments", False),  # fully anchored, as Alertmanager's `^(?:...)$`
+        ("pay.*", "payments", True),
+        ("a|b", "ab", False),  # the anchors hold across alternation
+        ("a|b", "b", True),
+        ("(?i)critical", "CRITICAL", True),  # a leading flag works
+        ("x(?i:abc)", "xABC", True),
+        ("(?s).", "\n", True),
+        (".", "\n", False),
+        ("a$", "a\n", False),  # `$` is the end of the text, not before a last newline
+        ("[[:digit:]]+", "123", True),
+        (r"\d+", "١٢٣", False),  # \d is ASCII-only, as in Go
+        (r"\w+", "é", False),
+        (r"\pL+", "éa", True),
+        (r"\p{Greek}+", "αβγ", True),
+        (r"a\z", "a", True),
+        (r"\Q.*\E", ".*", True),
+        (r"\Q.*\E", "ab", False),
+        ("", "", True),
+        ("x", "\ud800x", False),  # a lone surrogate is no error
+    ],
+)
+def test_fullmatch_is_go_syntax_fully_anchored(pattern: str, text: str, matches: bool) -> None:
+    assert Regex(pattern).fullmatch(text) is matches
+
+
+@pytest.mark.parametrize(
+    ("pattern", "why"),
+    [
+        ("a(?=b)", "invalid perl operator"),  # no look-around
+        (r"(a)\1", "invalid escape"),  # no backreferences
+        ("(a", "missing )"),
+        ("a)|(b", "unexpected )"),  # cannot escape the anchoring group
+        ("x{2000}", "repetition"),
+        (r"\Z", "invalid escape"),  # Go has \z, not Python's \Z
+    ],
+)
+def test_patterns_outside_re2_are_refused(pattern: str, why: str) -> None:
+    with pytest.raises(RegexError, match="RE2") as refused:
+        Regex(pattern)
+    assert why in str(refused.value)
+
+
+def test_a_catastrophic_pattern_for_backtracking_is_linear() -> None:
+    # Python's re takes minutes on this (issue 11); RE2 answers at once.
+    assert Regex("([a-z0-9]+-?)+prod").fullmatch("a" * 41) is False
+    assert Regex("([a-z0-9]+-?)+prod").fullmatch("a" * 100_000 + "-x") is False
+
+
+def test_replace_uses_python_group_references() -> None:
+    assert Regex(r"-\d+$").replace("checkout-1", "", max_length=100) == "checkout"
+    assert Regex(r"(\w+)@(\w+)").replace("a@b c@d", r"\2 at \1", max_length=100) == "b at a d at c"
+    assert Regex(r"(?P<n>\w)").replace("ab", r"<\g<n>>", max_length=100) == "<a><b>"
+    assert Regex("a").replace("aaa", "b", 2, max_length=100) == "bba"
+    assert Regex("é").replace("café!", "e", max_length=100) == "cafe!"
+
+
+def test_a_bad_group_reference_is_an_error() -> None:
+    with pytest.raises(RegexError, match="bad replacement"):
+        Regex("a").replace("a", r"\3", max_length=10)
+
+
+def test_replace_refuses_an_output_over_the_bound_before_building_it() -> None:
+    with pytest.raises(RegexLimitError, match="more than 100000"):
+        Regex("").replace("a" * 100_000, "a" * 1000, max_length=100_000)
+    with pytest.raises(RegexLimitError):
+        Regex("x").replace("y" * 11, "", max_length=10)  # the unmatched tail counts too
+    assert Regex("x").replace("y" * 10, "", max_length=10) == "y" * 10
