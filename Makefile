@@ -18,7 +18,7 @@ PROMTOOL   := $(STREAMER_CACHE_DIR)/bin/promtool
 PROMETHEUS_VERSION := v0.315.1
 TOOLS_STAMP := $(TOOLS)/.installed-$(subst ==,-,$(subst $() ,_,$(TOOLS_PINS)))
 
-.PHONY: demo test lint unit install deploy-tools clean bench-decoding bench-routing bench-delivery bench-memory
+.PHONY: demo test lint unit install deploy-tools clean bench-decoding bench-routing bench-delivery bench-memory bench-firehose bench-storm
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -88,3 +88,11 @@ bench-delivery: $(BIN)/.installed
 bench-memory: $(BIN)/.installed
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/memory.py --events 15000 --event-bytes 102400
+
+## bench-firehose: the drop path (and 1% routed) end to end vs a raw consume+decode loop (~5 min)
+bench-firehose: $(BIN)/.installed
+	$(BIN)/python bench/firehose.py
+
+## bench-storm: 1,000 keys x 10 transitions at 120/min, coalesce latest vs none, time compressed x30 (~4 min)
+bench-storm: $(BIN)/.installed
+	$(BIN)/python bench/storm.py

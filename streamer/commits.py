@@ -7,6 +7,10 @@ even if nothing new became terminal meanwhile. Which offsets may be committed at
 the ledger's business (its watermarks never pass a message that is not terminal); this
 core only decides when to send them and what is still unconfirmed.
 
+A commit carries a note (its metadata: the budget spent and the offsets already terminal
+above it, see `budget.py`); a partition whose offset stands still is committed again when
+its note changed, so the next owner always learns what was spent.
+
 Asynchronous commits are the steady state (every `interval` seconds, or after `every`
 terminal messages); a forced commit (revoke, shutdown) sends everything not yet
 confirmed, even what an asynchronous commit already has on its way.
@@ -14,7 +18,7 @@ confirmed, even what an asynchronous commit already has on its way.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from streamer.ledger import Partition
 
@@ -24,6 +28,9 @@ class CommitSchedule:
         self.interval, self.every = interval, every
         self.confirmed: dict[Partition, int] = {}  # the broker said yes
         self._sending: dict[Partition, int] = {}  # sent asynchronously, no answer yet
+        self.notes: dict[Partition, str] = {}  # the notes of the offsets last returned
+        self._confirmed_notes: dict[Partition, str] = {}
+        self._sending_notes: dict[Partition, str] = {}
         self._last = now
         self._terminal = 0
 
@@ -38,39 +45,53 @@ class CommitSchedule:
         *,
         force: bool = False,
         only: Collection[Partition] | None = None,
+        notes: Callable[[Mapping[Partition, int]], Mapping[Partition, str]] | None = None,
     ) -> dict[Partition, int]:
-        """What to commit now: nothing unless due (or forced); never what is confirmed."""
+        """What to commit now: nothing unless due (or forced); never what is confirmed
+        with the same note. `notes` gives the note of each candidate (in `self.notes`)."""
         due = now - self._last >= self.interval or self._terminal >= self.every
         if not (force or due):
             return {}
         self._last, self._terminal = now, 0
-        return {
-            p: offset
-            for p, offset in watermarks.items()
-            if (only is None or p in only)
-            and offset != self.confirmed.get(p)
-            and (force or offset != self._sending.get(p))
-        }
+        candidates = {p: o for p, o in watermarks.items() if only is None or p in only}
+        written = dict(notes(candidates)) if notes else {}
+        self.notes = {}
+        out = {}
+        for p, offset in candidates.items():
+            note = written.get(p, "")
+            confirmed = (self.confirmed.get(p), self._confirmed_notes.get(p, ""))
+            sending = (self._sending.get(p), self._sending_notes.get(p, ""))
+            if (offset, note) != confirmed and (force or (offset, note) != sending):
+                out[p] = offset
+                self.notes[p] = note
+        return out
 
     def sending(self, offsets: Mapping[Partition, int]) -> None:
         """These went out asynchronously; the answer comes through `answered`."""
         self._sending.update(offsets)
+        self._sending_notes.update({p: self.notes.get(p, "") for p in offsets})
 
     def not_sent(self, offsets: Mapping[Partition, int]) -> None:
         """Sending raised: nothing is on its way, the next commit sends them again."""
         for p in offsets:
             self._sending.pop(p, None)
+            self._sending_notes.pop(p, None)
 
     def answered(self, partition: Partition, offset: int, *, ok: bool, owned: bool) -> None:
         """The broker's answer for one partition. A refusal leaves it unconfirmed, so it is
         sent again; an answer for a partition no longer ours is not remembered."""
+        note = self.notes.get(partition, "")
         if self._sending.get(partition) == offset:
             del self._sending[partition]
+            note = self._sending_notes.pop(partition, note)
         if ok and owned:
             self.confirmed[partition] = offset
+            self._confirmed_notes[partition] = note
 
     def forget(self, partitions: Collection[Partition]) -> None:
         """Revoked or lost: the next owner commits from here on."""
         for p in partitions:
-            self.confirmed.pop(p, None)
-            self._sending.pop(p, None)
+            for known in (self.confirmed, self._sending):
+                known.pop(p, None)
+            for notes in (self._confirmed_notes, self._sending_notes, self.notes):
+                notes.pop(p, None)

@@ -27,18 +27,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
+from streamer.decoding import Headers
 from streamer.logs import MASK
 
 MAX_TEXT = 4096
 PREFIX = "streamer."
 
-Headers = list[tuple[str, bytes | None]]
 
 
-@dataclass(frozen=True)
-class SourceMessage:
-    """A fetched Kafka message, kept until it is terminal (for dead letters)."""
+class SourceMessage(NamedTuple):
+    """A fetched Kafka message, kept until it is terminal (for dead letters). A tuple:
+    one is made for every message fetched, so it must be cheap to make."""
 
     topic: str
     partition: int
@@ -113,11 +114,11 @@ def fitted(letter: DeadLetter, limit: int, now: datetime | None = None) -> Recor
         return Record(key, value, headers)
     original_size = len(value or b"")
     ours = [(k, v) for k, v in headers if k.startswith(PREFIX)]
-    marks: Headers = [
+    marks: list[tuple[str, bytes | None]] = [
         (PREFIX + "value-truncated", b"true"),
         (PREFIX + "original-size", str(original_size).encode()),
     ]
-    headers = headers + marks
+    headers = [*headers, *marks]
     room = limit - _size(key, b"", headers)
     if room < 0:  # the key and the original headers alone are too big: keep only ours
         headers = ours + marks

@@ -35,8 +35,12 @@ from streamer.testing import AlertSource, FakeIncidentIo
 from streamer.testing.events import MonitoringTraffic, as_json
 from streamer.testing.infra import Infrastructure, local_infrastructure
 
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLE = REPO / "examples" / "streamer.yaml"
+# What the demo reads ships with the package (pyproject's package-data): in a checkout these
+# are links to examples/ and schemas/, in an installed wheel copies of them. The layout is
+# the repository's, so the example's relative paths (../schemas/..., secrets) resolve alike.
+DATA = Path(__file__).resolve().parent / "demo_data"
+EXAMPLE = DATA / "examples" / "streamer.yaml"
+WRITER_SCHEMA = DATA / "schemas" / "monitoring_event.v1.avsc"  # older than the reader's
 # Each run gets its own topics, so a shared or reused broker never mixes runs.
 RUN_ID = uuid.uuid4().hex[:6]
 ALERTS_TOPIC, CHECKS_TOPIC = f"monitoring.alerts.{RUN_ID}", f"monitoring.checks.{RUN_ID}"
@@ -86,7 +90,7 @@ class TrafficProducer(threading.Thread):
         from confluent_kafka.schema_registry.avro import AvroSerializer
 
         self.producer = Producer({"bootstrap.servers": infra.bootstrap_servers})
-        v1 = load_schema(REPO / "schemas" / "monitoring_event.v1.avsc")
+        v1 = load_schema(WRITER_SCHEMA)
         self.serialize = AvroSerializer(
             SchemaRegistryClient({"url": infra.schema_registry_url}), json.dumps(v1)
         )
@@ -143,6 +147,7 @@ def _summary(stats: Stats, produced: int, lag: int, fake: FakeIncidentIo, elapse
             f"  delivered       {stats.delivered:>7}   incident.io answered 202",
             f"  retried         {stats.retried:>7}",
             f"  dead-lettered   {stats.dead_lettered:>7}   bad input, refused payloads",
+            f"  superseded      {stats.superseded:>7}   a newer state of their key sent instead",
             f"  rate-limit waits{stats.rate_limit_waits:>7}   deliveries held back by the limiter",
             f"  429s            {stats.rate_limited:>7}",
             f"  held dest.      {stats.held_destinations:>7}",
@@ -155,8 +160,9 @@ def _summary(stats: Stats, produced: int, lag: int, fake: FakeIncidentIo, elapse
 
 
 def message_outcomes(telemetry: Telemetry) -> dict[str, int]:
-    """Messages per terminal outcome (delivered, dropped, dead-lettered, revoked), from the
-    process-duration histogram, which counts each message once, when its last job ends."""
+    """Messages per terminal outcome (delivered, dropped, dead-lettered, superseded,
+    revoked), from the process-duration histogram, which counts each message once, when its
+    last job ends."""
     from prometheus_client.parser import text_string_to_metric_families
 
     outcomes: dict[str, int] = {}
@@ -170,21 +176,29 @@ def message_outcomes(telemetry: Telemetry) -> dict[str, int]:
 
 def reconciliation(stats: Stats, outcomes: dict[str, int], lag: int) -> str:
     """The final account: every consumed message has one terminal outcome (a message that
-    became several alert events counts once), and the committed offsets reach the end.
-    (When superseding events exist, they are one more outcome here.)"""
+    became several alert events counts once), and the committed offsets reach the end. A
+    superseded alert event is accounted for without a dead letter: a newer state of its key
+    was sent instead."""
     delivered, dropped = outcomes.get("delivered", 0), outcomes.get("dropped", 0)
     dead, revoked = outcomes.get("dead-lettered", 0), outcomes.get("revoked", 0)
-    waiting = stats.consumed - delivered - dropped - dead - revoked
+    superseded = outcomes.get("superseded", 0)
+    waiting = stats.consumed - delivered - dropped - dead - superseded - revoked
     balanced = waiting == 0 and revoked == 0 and lag == 0
-    undelivered = stats.routed - stats.delivered
+    undelivered = stats.routed - stats.delivered - stats.superseded
     lines = [
         "final reconciliation",
         f"  messages  consumed {stats.consumed} = delivered {delivered} + dropped {dropped} "
         f"+ dead-lettered {dead}"
+        + (f" + superseded {superseded}" if superseded else "")
         + (f" + revoked {revoked}" if revoked else "")
         + (f" + not finished {waiting}" if waiting else ""),
         f"  alerts    routed {stats.routed}: delivered {stats.delivered} (202), "
-        f"not delivered {undelivered}"
+        + (
+            f"superseded {stats.superseded} (a newer state sent instead), "
+            if stats.superseded
+            else ""
+        )
+        + f"not delivered {undelivered}"
         + (" (refused or given up: dead-lettered)" if balanced and undelivered else ""),
         f"  kafka     lag {lag}"
         + (": every offset committed" if lag == 0 else ": not committed, re-read next run"),

@@ -2,7 +2,8 @@
 
 Each destination (an alert source with its token) has a queue of deliveries whose key is
 free (per-key order is the ledger's job: only a key's active delivery is ever queued
-here), two rolling-window limiters (its alert source's and its API key's, the latter
+here, so the queue's order, its `priority`, never reorders a key; `coalescing.py`), two
+rolling-window limiters (its alert source's and its API key's, the latter
 shared by every destination with the same token), and a hold.
 
 Invariants:
@@ -13,8 +14,10 @@ Invariants:
   its events: it is held; nothing of it starts except one probe every
   `hold_retry_seconds`; the first answer that is not a hold releases it. Other
   destinations keep flowing.
-- **Shares.** Replicas split each limit by the partitions they own (or a fixed fraction),
-  so the group never starts more than the limit.
+- **Shares.** Replicas split each limit by the partitions they own, or mostly by where
+  deliveries wait (`share_by_demand`, fed by `group_budget.py`), or a fixed fraction, so
+  the group never starts more than the limit. Each start is attributed to its partition
+  (`spent`): that partition's next owner inherits it.
 
 Pure: plain values and the caller's clock (monotonic seconds); nothing here sleeps.
 """
@@ -22,15 +25,16 @@ Pure: plain values and the caller's clock (monotonic seconds); nothing here slee
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Literal
 
 from pydantic import SecretStr
 
+from streamer.coalescing import WaitingQueue, rank_of
 from streamer.config import DeliverySettings, Destination
 from streamer.failure_policy import Accepted, Decision, HoldDestination
 from streamer.ledger import Job, Partition
-from streamer.rate_limit import RollingWindowLimiter, acquire, share_of
+from streamer.rate_limit import RollingWindowLimiter, acquire, share_by_demand
 
 HoldChange = Literal["held", "released"] | None
 
@@ -43,16 +47,20 @@ class DestinationState:
         token: SecretStr,
         key_limiter: RollingWindowLimiter,
         margin: float,
+        window: float = 60.0,
     ) -> None:
         self.name = name
         self.spec = spec
         self.token = token
-        self.limiter = RollingWindowLimiter(spec.events_per_minute, 60.0, margin=margin)
+        self.limiter = RollingWindowLimiter(spec.events_per_minute, window, margin=margin)
         self.key_limiter = key_limiter
-        self.ready: deque[Job] = deque()  # active deliveries, oldest first
+        # active deliveries, one per key, in the order they may start (`priority`)
+        self.ready = WaitingQueue()
         self.held_reason: str | None = None
         self.probe_at = 0.0
         self.probing = False  # the one request a held destination may have in flight
+        # the starts made for each partition (monotonic): its next owner inherits them
+        self.spent: dict[Partition, deque[float]] = {}
 
     def may_start(self, now: float) -> bool:
         """Takes the slot for the queue's head if it may start now (hold, limiters)."""
@@ -63,6 +71,8 @@ class DestinationState:
         if acquire([self.limiter, self.key_limiter], now) is not None:
             self.probing = False
             return False
+        if self.ready:  # the head starts (passed-over heads are rare: drains only)
+            self.spent.setdefault(self.ready[0].partition, deque()).append(now)
         return True
 
     def earliest_start(self, now: float) -> float:
@@ -105,10 +115,16 @@ class DestinationState:
 
     def drop(self, partitions: Collection[Partition]) -> list[Job]:
         """Takes the queued deliveries of these partitions out; returns them."""
-        dropped = [job for job in self.ready if job.partition in partitions]
-        if dropped:
-            self.ready = deque(job for job in self.ready if job.partition not in partitions)
-        return dropped
+        return self.ready.drop(partitions)
+
+    @property
+    def coalesces(self) -> bool:
+        """Whether a waiting key sends only its newest event (`coalesce: latest`)."""
+        return self.spec.coalesce == "latest"
+
+    def rank(self, job: Job) -> int:
+        """Where a delivery ranks among the waiting keys (`priority`); lower goes first."""
+        return rank_of(getattr(job.work, "payload", None), self.spec.priority)
 
 
 class Destinations:
@@ -122,18 +138,21 @@ class Destinations:
     def configure(self, specs: Mapping[str, Destination], tokens: Mapping[str, SecretStr]) -> None:
         """Applies a (re)loaded configuration; queues, holds and spent budget carry over."""
         margin = self.settings.rate_limit_margin_seconds
+        window = self.settings.rate_limit_window_seconds
         for name, spec in specs.items():
             token = tokens[name]
             key = token.get_secret_value()  # limiter per API key; the dict never leaves here
             key_limiter = self._key_limiters.setdefault(
                 key,
                 RollingWindowLimiter(
-                    self.settings.requests_per_minute_per_api_key, 60.0, margin=margin
+                    self.settings.requests_per_minute_per_api_key, window, margin=margin
                 ),
             )
             state = self._states.get(name)
             if state is None:
-                self._states[name] = DestinationState(name, spec, token, key_limiter, margin)
+                self._states[name] = DestinationState(
+                    name, spec, token, key_limiter, margin, window
+                )
             else:
                 state.spec, state.token, state.key_limiter = spec, token, key_limiter
 
@@ -146,25 +165,47 @@ class Destinations:
     def held(self) -> int:
         return sum(1 for s in self._states.values() if s.held_reason is not None)
 
-    def share(self, owned_partitions: int, total_partitions: int) -> None:
-        """Sets every limiter to this replica's share of its limit."""
+    def share(
+        self,
+        owned_partitions: int,
+        total_partitions: int,
+        demand: Mapping[str, tuple[int, int]] | None = None,
+        *,
+        now: float = 0.0,
+        raise_after: float = 0.0,
+    ) -> None:
+        """Sets every limiter to this replica's share of its limit: by partitions owned, or
+        given `demand` (per destination: this replica's and the group's partitions with
+        deliveries waiting for it), mostly by demand (`share_by_demand`); a raise then
+        waits `raise_after` seconds, a cut applies at once."""
+        key_limit = self.settings.requests_per_minute_per_api_key
         share = self.settings.rate_limit_share
-        limit_of: Callable[[int], int]
-        if share == "partitions":
-
-            def limit_of(limit: int) -> int:
-                return share_of(limit, owned_partitions, total_partitions)
-
-        else:
+        if share != "partitions":
             fraction = float(share)
-
-            def limit_of(limit: int) -> int:
-                return max(1, int(limit * fraction))
-
+            for state in self._states.values():
+                state.limiter.set_limit(max(1, int(state.spec.events_per_minute * fraction)))
+            for limiter in self._key_limiters.values():
+                limiter.set_limit(max(1, int(key_limit * fraction)))
+            return
+        key_demand: dict[int, tuple[int, int]] = {}
         for state in self._states.values():
-            state.limiter.set_limit(limit_of(state.spec.events_per_minute))
+            mine, group = (demand or {}).get(state.name, (0, 0))
+            limit = share_by_demand(
+                state.spec.events_per_minute, owned_partitions, total_partitions, mine, group
+            )
+            state.limiter.set_limit(limit, now=now, raise_after=raise_after)
+            before = key_demand.get(id(state.key_limiter), (0, 0))
+            key_demand[id(state.key_limiter)] = (before[0] + mine, before[1] + group)
         for limiter in self._key_limiters.values():
-            limiter.set_limit(limit_of(self.settings.requests_per_minute_per_api_key))
+            mine, group = key_demand.get(id(limiter), (0, 0))
+            limit = share_by_demand(key_limit, owned_partitions, total_partitions, mine, group)
+            limiter.set_limit(limit, now=now, raise_after=raise_after)
+
+    def limiters(self) -> Iterator[tuple[RollingWindowLimiter, int, list[str]]]:
+        """Each API-key limiter, its whole limit, and the destinations that share it."""
+        for limiter in self._key_limiters.values():
+            names = [s.name for s in self._states.values() if s.key_limiter is limiter]
+            yield limiter, self.settings.requests_per_minute_per_api_key, names
 
     def drop(self, partitions: Collection[Partition]) -> list[Job]:
         """Every queued delivery of these partitions, taken out of its queue."""

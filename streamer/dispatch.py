@@ -11,6 +11,11 @@ a transport error: nothing an endpoint sends can stop the loop.
 
 An answer for a job whose partition was revoked meanwhile only releases its key: the
 next owner delivers it (fencing).
+
+Alert storms (`coalescing.py`): a delivery waits in its destination's queue in priority
+order, and where the destination coalesces, a newer event of a waiting key supersedes it
+(on arrival, and whenever the key waits again after a 429, a hold or a backoff); what
+waits and why is reported by `pending.py`.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import heapq
 import itertools
 import logging
 import queue
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +32,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from streamer.coalescing import Waiting, coalesce
 from streamer.config import DeliverySettings
 from streamer.dead_letters import DeadLetter, SourceMessage
 from streamer.destinations import Destinations, DestinationState
@@ -42,8 +48,9 @@ from streamer.failure_policy import (
 from streamer.handover import HandOver
 from streamer.incident_io import Answer, PostsAlertEvents
 from streamer.instrumentation import MessageSpans, Stats, log_context
-from streamer.ledger import DeliveryLedger, Job, Partition
+from streamer.ledger import DeliveryLedger, Job, OrderingKey, Partition
 from streamer.logs import redact_url
+from streamer.pending import PendingView
 from streamer.telemetry import Telemetry
 
 log = logging.getLogger("streamer.engine")
@@ -62,6 +69,9 @@ class Delivery:
     waiting_since: float | None = None  # monotonic: when the limiter first said wait
     event_time: float | None = None  # epoch seconds, for end-to-end latency
     sent_at: float = 0.0  # monotonic, for request duration
+    # its key's place in the destination's queue (since when it waits, and its turn): kept
+    # across 429s, holds and retries, and handed to the event that supersedes it
+    place: Waiting | None = None
     span: Span | None = None  # the current attempt's client span
 
 
@@ -83,6 +93,7 @@ class Dispatcher:
         finish: Callable[[Job], None],
         release: Callable[[Job], None],
         dead_letter: Callable[[Job], None],
+        superseded: Callable[[list[Job]], None] = lambda jobs: None,
     ) -> None:
         self.settings = settings
         self.ledger, self.destinations, self.handover = ledger, destinations, handover
@@ -90,6 +101,7 @@ class Dispatcher:
         self.clock, self.wall_clock = clock, wall_clock
         self.activate, self.finish, self.release = activate, finish, release
         self.dead_letter = dead_letter
+        self.superseded = superseded  # terminal, never sent (the engine counts commits)
         self.policy = FailurePolicy(
             Backoff(settings.backoff_base_seconds, settings.backoff_cap_seconds),
             settings.max_retry_seconds,
@@ -99,6 +111,8 @@ class Dispatcher:
         self._results: queue.SimpleQueue[tuple[Job, Answer | Exception]] = queue.SimpleQueue()
         self._timers: list[tuple[float, int, Job]] = []  # (due, tie-breaker, job)
         self._sequence = itertools.count()
+        # what waits and why (/pending, gauges, the watermark log line): rebuilt each second
+        self.pending = PendingView(telemetry, clock, settings.watermark_hold_log_seconds)
 
     @property
     def has_timers(self) -> bool:
@@ -113,21 +127,21 @@ class Dispatcher:
         self.http.close()
 
     def dispatch(self) -> None:
-        """Starts what may start now, oldest first per destination. A delivery of a
-        partition past its hand-over cut-off is passed over (it stays queued for the drain
-        to give up), so it does not hold back the partitions that stay; keys are distinct
-        within a queue, so passing one over never reorders a key."""
+        """Starts what may start now, per destination in its queue's order (`priority`). A
+        delivery of a partition past its hand-over cut-off is passed over (it stays queued
+        for the drain to give up), so it does not hold back the partitions that stay; keys
+        are distinct within a queue, so neither priority nor passing over reorders a key."""
         now = self.clock()
         for state in self.destinations:
-            i = 0
-            while i < len(state.ready) and self.busy < self.settings.workers:
-                job = state.ready[i]
+            passed_over = []
+            while state.ready and self.busy < self.settings.workers:
+                job = state.ready[0]
                 if not self.ledger.owns(job):  # its partition was revoked: let the key go
-                    del state.ready[i]
+                    state.ready.remove(job)
                     self.release(job)
                     continue
                 if not self.handover.may_start(job.partition, now):
-                    i += 1  # too late to start: it is left to the next owner
+                    passed_over.append(state.ready.remove(job))  # left to the next owner
                     continue
                 if not state.may_start(now):
                     if not state.held_reason and not job.work.waited_for_rate_limit:
@@ -136,8 +150,53 @@ class Dispatcher:
                         self.stats.rate_limit_waits += 1
                         self.telemetry.rate_limit_waits.add(1, {"destination": state.name})
                     break
-                del state.ready[i]
+                job.work.place = state.ready.remove(job)
                 self._send(job, state)
+            for entry in passed_over:
+                state.ready.restore(entry)
+        if self.pending.due(now):
+            self.pending.refresh(
+                now, self.destinations, self.handover, self.ledger, (j for _, _, j in self._timers)
+            )
+
+    # -- waiting: coalescing and priority ----------------------------------------------------
+
+    def enqueue(self, job: Job) -> None:
+        """A delivery waits for its destination (its key just became free, or it is back
+        from a 429, a hold or a backoff). Where the destination coalesces, the newest
+        event of its key waits in its place and the older ones end `superseded`."""
+        state = self.destinations[job.work.destination]
+        place = job.work.place
+        if state.coalesces and job.key is not None:
+            coalesced = coalesce(self.ledger, job.key, waiting=(job,))
+            self._supersede(coalesced.superseded, state)
+            job = coalesced.active or job
+        job.work.place = place
+        state.ready.add(job, rank=state.rank(job), since=self.clock(), place=place)
+
+    def coalesce(self, works: Iterable[tuple[OrderingKey | None, Any]]) -> None:
+        """Events just added to the ledger: each may supersede the waiting (not in flight)
+        events of its key. The newest takes the key's place in its destination's queue."""
+        for key, _ in works:
+            if key is None:
+                continue
+            state = self.destinations[key.destination]
+            if not state.coalesces:
+                continue
+            coalesced = coalesce(self.ledger, key, waiting=state.ready)
+            self._supersede(coalesced.superseded, state)
+            if coalesced.active is not None:
+                replaced = coalesced.superseded[0]  # the key's waiting event
+                state.ready.replace(replaced, coalesced.active, rank=state.rank(coalesced.active))
+
+    def _supersede(self, jobs: list[Job], state: DestinationState) -> None:
+        if not jobs:
+            return
+        for job in jobs:
+            self.spans.job_ended(job.partition, job.offset, "superseded")
+        self.stats.superseded += len(jobs)
+        self.telemetry.superseded.add(len(jobs), {"destination": state.name})
+        self.superseded(jobs)
 
     def _send(self, job: Job, state: DestinationState) -> None:
         delivery: Delivery = job.work
@@ -221,7 +280,7 @@ class Dispatcher:
         elif isinstance(decision, RateLimited):  # not a failure: no attempt counted
             self.stats.rate_limited += 1
             state.rate_limited(self.clock() + max(0.0, decision.retry_at - now_wall))
-            state.ready.appendleft(job)
+            self.enqueue(job)  # its key keeps its place
         elif isinstance(decision, Retry):
             job.attempts += 1
             self.stats.retried += 1
@@ -250,7 +309,7 @@ class Dispatcher:
                         "http_status": decision.status,
                     },
                 )
-            state.ready.appendleft(job)
+            self.enqueue(job)
         else:  # the payload is wrong, or retries ran out: a dead letter
             job.attempts += 1
             job.work = DeadLetter(

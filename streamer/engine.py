@@ -8,6 +8,7 @@ a queue; the dead-letter producer's acknowledgements arrive on the poll thread t
 The decisions live in pure cores, each with its own tests: the `DeliveryLedger` (per-key
 order, the commit watermark, fencing), `Destinations` (holds, probes, limits, shares),
 the `FailurePolicy` (what an answer means), `CommitSchedule` (confirmed-only commits),
+`GroupBudget` (rate budget, demand and done offsets shared through commit metadata),
 `HandOver` (drain cut-offs) and `Backpressure` (pause, resume, registry blocks).
 
 A message's life: fetched -> decoded -> routed -> one job per delivery (or a dead letter)
@@ -26,6 +27,7 @@ import time
 from collections.abc import Callable, Collection, Iterable
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from opentelemetry.trace import INVALID_SPAN
 
 from streamer import logs
 from streamer.backpressure import Backpressure
@@ -36,6 +38,7 @@ from streamer.dead_letters import DeadLetter
 from streamer.decoding import EventDecoder, RegistryUnavailable
 from streamer.destinations import Destinations
 from streamer.dispatch import Dispatcher
+from streamer.group_budget import GroupBudget
 from streamer.handover import HandOver
 from streamer.incident_io import IncidentIoClient, PostsAlertEvents
 from streamer.instrumentation import (
@@ -110,6 +113,13 @@ class Engine:
         self.commits = CommitSchedule(
             interval=s.commit_interval_seconds, every=s.commit_every_messages, now=clock()
         )
+        # a note may take two commit intervals (and a round trip) to be confirmed
+        self.budget = GroupBudget(
+            self.destinations,
+            self.ledger,
+            tail_seconds=2 * s.commit_interval_seconds + 1.0,
+            view_interval=s.commit_interval_seconds,
+        )
         self.stats = Stats()
         self.spans = MessageSpans(self.telemetry, config.file.kafka.group_id, clock)
         self.out = Dispatcher(
@@ -127,6 +137,7 @@ class Engine:
             finish=self._finish,
             release=self._release,
             dead_letter=self._write_dead_letter,
+            superseded=lambda jobs: self.commits.terminal(len(jobs)),
         )
         self._decoders: dict[str, EventDecoder] = {}
         self._registry = registry_of(config)
@@ -176,15 +187,14 @@ class Engine:
             batch = [] if first is None else [first]
             if first is not None and room > 1:
                 batch += self.consumer.consume(min(500, room - 1), 0)
-            for message in batch:
-                self._ingest(message)
+            self._ingest(batch)
             fetched = len(batch)
         elif consume:
             # At the cap: still serve rebalance callbacks. Partitions are paused, but one
             # just assigned may hand over a message; it is ingested, never dropped.
             handed_over = self.consumer.poll(0)
             if handed_over is not None:
-                self._ingest(handed_over)
+                self._ingest([handed_over])
         if not fetched:
             self.out.collect(wait=timeout if self.out.busy else 0.0)
             if not self.out.busy and (not consume or room <= 0):
@@ -204,52 +214,76 @@ class Engine:
 
     # -- in: messages -> jobs --------------------------------------------------------------
 
-    def _ingest(self, message: Message) -> None:
-        error = message.error()
-        if error is not None:
-            if error.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer error: %s", error)
-            return
-        source = source_message(message)
-        if source is None:
-            return
-        partition: Partition = (source.topic, source.partition)
-        if self.backpressure.blocked(partition) or partition not in self.ledger.partitions:
-            return  # re-fetched after the seek that unblocks it / no longer ours
-        seen_up_to = self.ledger.next_offset(partition)
-        if seen_up_to is not None and source.offset < seen_up_to:
-            return  # fetched twice (a prefetch around a seek): it is already accounted for
-        self.stats.consumed += 1
-        self.telemetry.consumed.add(
-            1,
-            {
-                "messaging.system": "kafka",
-                "messaging.destination.name": source.topic,
-                "messaging.consumer.group.name": self.config.file.kafka.group_id,
-            },
-        )
-        span = self.spans.start(source)
-        try:
-            works = works_of(source, self._decoders, self.config.rules, self.telemetry, self.stats)
-        except RegistryUnavailable as e:
-            self._block_for_registry(partition, source.offset, str(e))
-            span.set_attribute("streamer.outcome", "registry-unavailable")
-            span.end()
-            return
-        self.backpressure.registry_answered(partition)
-        self.spans.routed(partition, source.offset, span, len(works))
-        size = len(source.value or b"") + len(source.key or b"")
-        for job in self.ledger.add(partition, source.offset, works, size):
-            self._activate(job)
-        if not works:
-            self.commits.terminal()
+    def _ingest(self, batch: list[Message]) -> None:
+        """Turns fetched messages into jobs. Most are dropped by the rules and terminal at
+        once, so this is the firehose's cost: per message only decode, route and the
+        ledger's offset; counters are added once per batch."""
+        rules, decoders, ledger, spans = self.config.rules, self._decoders, self.ledger, self.spans
+        tracing = self.telemetry.tracing
+        consumed: dict[str, int] = {}
+        dropped = 0
+        for message in batch:
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error: %s", error)
+                continue
+            source = source_message(message)
+            if source is None:
+                continue
+            partition: Partition = (source.topic, source.partition)
+            if not ledger.holds(partition) or self.backpressure.blocked(partition):
+                continue  # no longer ours / re-fetched after the seek that unblocks it
+            seen_up_to = ledger.next_offset(partition)
+            if seen_up_to is not None and source.offset < seen_up_to:
+                continue  # fetched twice (a prefetch around a seek): already accounted for
+            if self.budget.already_done(partition, source.offset):
+                ledger.add(partition, source.offset, ())  # terminal before a hand-over
+                continue
+            consumed[source.topic] = consumed.get(source.topic, 0) + 1
+            span = spans.start(source) if tracing else None
+            try:
+                works = works_of(source, decoders, rules, self.telemetry, self.stats)
+            except RegistryUnavailable as e:
+                self._block_for_registry(partition, source.offset, str(e))
+                if span is not None:
+                    span.set_attribute("streamer.outcome", "registry-unavailable")
+                    span.end()
+                continue
+            self.backpressure.registry_answered(partition)
+            size = len(source.value or b"") + len(source.key or b"")
+            if works:
+                spans.routed(partition, source.offset, span or INVALID_SPAN, len(works))
+                for job in ledger.add(partition, source.offset, works, size):
+                    self._activate(job)
+                self.out.coalesce(works)  # a newer event supersedes its key's waiting one
+            else:  # dropped on purpose: terminal now
+                ledger.add(partition, source.offset, (), size)
+                dropped += 1
+                if span is not None:
+                    spans.routed(partition, source.offset, span, 0)
+        if dropped:
+            self.stats.dropped += dropped
+            self.telemetry.dropped.add(dropped)
+            self.commits.terminal(dropped)
+        group = self.config.file.kafka.group_id
+        for topic, count in consumed.items():
+            self.stats.consumed += count
+            self.telemetry.consumed.add(
+                count,
+                {
+                    "messaging.system": "kafka",
+                    "messaging.destination.name": topic,
+                    "messaging.consumer.group.name": group,
+                },
+            )
 
     def _activate(self, job: Job) -> None:
         """A job whose key is free: queue it for its destination, or dead-letter it."""
         if isinstance(job.work, DeadLetter):
             self._write_dead_letter(job)
         else:
-            self.destinations[job.work.destination].ready.append(job)
+            self.out.enqueue(job)  # coalesced and ranked (streamer/coalescing.py)
 
     def _unblock_registry_partitions(self) -> None:
         due = self.backpressure.unblock_due(self.clock())
@@ -309,12 +343,21 @@ class Engine:
     def _commit_if_due(
         self, *, force: bool = False, partitions: Collection[Partition] | None = None
     ) -> None:
+        now, wall = self.clock(), self.wall_clock()
         offsets = self.commits.offsets_to_send(
-            self.ledger.commit_offsets(), self.clock(), force=force, only=partitions
+            self.ledger.commit_offsets(),
+            now,
+            force=force,
+            only=partitions,
+            notes=lambda due: self.budget.notes(due, now, wall, final=force),
         )
+        if not force and self.budget.view_due(now):
+            self._observe_group(now, wall)
         if not offsets:
             return
-        tps = [TopicPartition(p[0], p[1], o) for p, o in offsets.items()]
+        notes = self.commits.notes
+        tps = [TopicPartition(p[0], p[1], o, notes.get(p, "")) for p, o in offsets.items()]
+        self.budget.sending(now)
         try:
             if force:  # on revoke and shutdown: wait for the broker's answer
                 self._on_commit(None, self.consumer.commit(offsets=tps, asynchronous=False))
@@ -323,7 +366,24 @@ class Engine:
                 self.consumer.commit(offsets=tps, asynchronous=True)
         except Exception as e:  # e.g. no coordinator mid-rebalance: the next commit retries
             self.commits.not_sent(offsets)
+            self.budget.answered(ok=False)
             log.warning("commit failed, will retry: %s", e)
+
+    def _observe_group(self, now: float, wall: float) -> None:
+        """Every partition's committed note (one request): what the group spent, where
+        deliveries wait (`GroupBudget.observe`)."""
+        tps = [
+            TopicPartition(topic.name, i)
+            for topic in self.config.file.topics
+            for i in range(self.partition_counts.total([topic.name]))
+        ]
+        try:
+            committed = self.consumer.committed(tps, timeout=2)
+        except Exception as e:  # the coordinator moves: the next view will do
+            log.debug("could not read the group's notes: %s", e)
+            return
+        notes = {(tp.topic, tp.partition): (tp.offset, tp.metadata) for tp in committed}
+        self.budget.observe(notes, now, wall, total_partitions=len(tps))
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         """The broker's answer to a commit (librdkafka calls this on the poll thread)."""
@@ -337,6 +397,7 @@ class Engine:
                 failed.append(f"{tp.topic}[{tp.partition}]@{tp.offset}")
             elif owned:
                 self.stats.committed[partition] = tp.offset
+        self.budget.answered(ok=not failed)
         if failed:
             log.warning(
                 "commit of %s failed (%s); it is sent again at the next commit",
@@ -381,10 +442,23 @@ class Engine:
         self.telemetry.health.joined = True  # an empty assignment is a joined member too
         for tp in partitions:
             self.ledger.assign((tp.topic, tp.partition))
-        log.info("assigned %s", names(partitions), extra={"partitions": names(partitions)})
         self._update_shares()
+        self._take_over(consumer, partitions)
+        log.info("assigned %s", names(partitions), extra={"partitions": names(partitions)})
         if self.backpressure.paused:
             consumer.pause(partitions)
+
+    def _take_over(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """What the previous owners spent, paused and finished: ours now (`GroupBudget`)."""
+        try:
+            committed = consumer.committed(partitions, timeout=10)
+        except Exception as e:  # no coordinator: start as without notes (re-sends, no budget)
+            log.warning("could not read the previous owners' notes: %s", e)
+            return
+        now, wall = self.clock(), self.wall_clock()
+        for tp in committed:
+            if tp.offset >= 0:
+                self.budget.take_over((tp.topic, tp.partition), tp.metadata, tp.offset, now, wall)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
@@ -425,6 +499,7 @@ class Engine:
         for p in partitions:
             self.ledger.revoke(p)
         self.commits.forget(partitions)
+        self.budget.let_go(partitions)
         self.backpressure.forget(partitions)
         for job in self.destinations.drop(partitions):
             self._release(job)
@@ -435,6 +510,7 @@ class Engine:
         topics = [t.name for t in self.config.file.topics]
         total = self.partition_counts.total(topics) or max(1, len(self.ledger.partitions))
         self.destinations.share(len(self.ledger.partitions), total)
+        self.budget.promise_tails()
 
     # -- shutdown --------------------------------------------------------------------------
 

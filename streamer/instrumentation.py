@@ -41,6 +41,7 @@ class Stats:
     rate_limited: int = 0  # 429s received
     rate_limit_waits: int = 0  # deliveries our own limiter held back
     dead_lettered: int = 0
+    superseded: int = 0  # waiting events a newer one of their key replaced (never sent)
     held_destinations: int = 0
     pauses: int = 0  # times consumption paused at the in-flight cap
     committed: dict[Partition, int] = field(default_factory=dict)
@@ -83,10 +84,9 @@ class MessageSpans:
         """A message with `jobs` jobs; with none it was dropped and is terminal now."""
         if jobs:
             self._open[(partition, offset)] = (span, jobs, self.clock())
-        else:
+        else:  # dropped events are counted, not timed: they take no time past routing
             span.set_attribute("streamer.outcome", "dropped")
             span.end()
-            self.telemetry.process_duration.record(0.0, {"streamer.outcome": "dropped"})
 
     def parent(self, partition: Partition, offset: int) -> Span | None:
         entry = self._open.get((partition, offset))

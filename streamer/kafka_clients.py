@@ -9,6 +9,7 @@ in the file can switch it off.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from confluent_kafka import Consumer, Message, TopicPartition
@@ -56,11 +57,17 @@ def kafka_settings(config: Config) -> dict[str, Any]:
 
 def consumer_settings(config: Config) -> dict[str, Any]:
     """Defaults an operator may override (properties:), then what no-loss depends on."""
+    kafka = config.file.kafka
+    instance = os.environ.get(kafka.group_instance_id_env) if kafka.group_instance_id_env else None
     return {
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
+        # a killed member's partitions move on after 10 s, not librdkafka's 45
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 2_000,
+        **({"group.instance.id": instance} if instance else {}),
         **kafka_settings(config),
-        "group.id": config.file.kafka.group_id,
+        "group.id": kafka.group_id,
         "enable.auto.commit": False,  # offsets move only behind terminal events
         "enable.auto.offset.store": False,
     }
@@ -72,20 +79,26 @@ def producer_settings(config: Config) -> dict[str, Any]:
 
 
 def source_message(message: Message) -> SourceMessage | None:
-    """A fetched record as plain values (None for records without coordinates)."""
+    """A fetched record as plain values (None for records without coordinates). Made for
+    every message fetched: the common case (bytes, no headers) takes no conversions."""
     topic, partition, offset = message.topic(), message.partition(), message.offset()
     if topic is None or partition is None or offset is None:
         return None
-    raw = message.headers() or []
+    raw = message.headers()
+    headers = _header_pairs(raw) if raw else ()
+    key, value = message.key(), message.value()
+    if isinstance(key, str):
+        key = key.encode()
+    if isinstance(value, str):
+        value = value.encode()
+    return SourceMessage(topic, partition, offset, key, value, headers)
+
+
+def _header_pairs(
+    raw: dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]],
+) -> tuple[tuple[str, bytes | None], ...]:
     pairs = raw.items() if isinstance(raw, dict) else raw
-    headers = tuple((name, _bytes(value)) for name, value in pairs)
-    return SourceMessage(
-        topic, partition, offset, _bytes(message.key()), _bytes(message.value()), headers
-    )
-
-
-def _bytes(value: str | bytes | None) -> bytes | None:
-    return value.encode() if isinstance(value, str) else value
+    return tuple((name, v.encode() if isinstance(v, str) else v) for name, v in pairs)
 
 
 def topic_partitions(partitions: list[Partition]) -> list[TopicPartition]:

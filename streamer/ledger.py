@@ -12,7 +12,8 @@ Invariants it keeps (each is property-tested in tests/test_ledger.py):
    deduplication key) become *active* one at a time, in the order they were added; the
    next becomes active only when the previous one finished. Jobs of other keys do not
    wait for each other. A job with no key (a dead letter of an undecodable message) is
-   active at once.
+   active at once. A queued job may be withdrawn (a newer one of its key superseded it:
+   `coalescing.py`): it is terminal at once and never becomes active.
 3. **Fencing.** Each assignment of a partition has an epoch. Revoking or losing a
    partition forgets its messages and queued jobs; a job of an old epoch that finishes
    later releases its key (so keys never stay stuck) but cannot move any watermark.
@@ -90,6 +91,10 @@ class DeliveryLedger:
     def partitions(self) -> list[Partition]:
         return list(self._partitions)
 
+    def holds(self, partition: Partition) -> bool:
+        """Whether the partition is assigned here now."""
+        return partition in self._partitions
+
     def owns(self, job: Job) -> bool:
         state = self._partitions.get(job.partition)
         return state is not None and state.epoch == job.epoch
@@ -132,14 +137,7 @@ class DeliveryLedger:
 
     def finish(self, job: Job) -> list[Job]:
         """A job reached a terminal state; returns the job of its key that is active now."""
-        if self.owns(job):
-            state = self._partitions[job.partition]
-            message = state.by_offset[job.offset]
-            message.unfinished -= 1
-            while state.messages and state.messages[0].unfinished == 0:
-                done = state.messages.popleft()
-                del state.by_offset[done.offset]
-                state.size -= done.size
+        self._terminal(job)
         if job.key is None:
             return []
         queue = self._keys.get(job.key)
@@ -152,6 +150,31 @@ class DeliveryLedger:
             del self._keys[job.key]
             return []
         return [queue[0]]
+
+    def _terminal(self, job: Job) -> None:
+        if self.owns(job):
+            state = self._partitions[job.partition]
+            message = state.by_offset[job.offset]
+            message.unfinished -= 1
+            while state.messages and state.messages[0].unfinished == 0:
+                done = state.messages.popleft()
+                del state.by_offset[done.offset]
+                state.size -= done.size
+
+    # -- coalescing (streamer/coalescing.py decides which jobs) -----------------------------
+
+    def queue_of(self, key: OrderingKey) -> tuple[Job, ...]:
+        """A key's jobs in order, its active job first (a copy)."""
+        return tuple(self._keys.get(key, ()))
+
+    def withdraw(self, job: Job) -> None:
+        """A job queued behind its key's active job will never start (a newer one of its
+        key superseded it): it is terminal now, as if it had finished."""
+        queue = self._keys.get(job.key) if job.key is not None else None
+        if not queue or queue[0] is job or job not in queue:
+            raise ValueError("withdraw() of a job that is not queued behind its key's active job")
+        queue.remove(job)
+        self._terminal(job)
 
     # -- what may be committed ------------------------------------------------------------
 
@@ -184,3 +207,13 @@ class DeliveryLedger:
         """One past the last message added: where to seek back to after a pause."""
         state = self._partitions.get(partition)
         return state.next_offset if state else None
+
+    def terminal_above_watermark(self, partition: Partition) -> list[int]:
+        """Offsets past the commit offset that are terminal already (the offset map a next
+        owner skips): messages whose jobs all finished, and those dropped on purpose."""
+        state = self._partitions.get(partition)
+        if state is None or not state.messages or state.next_offset is None:
+            return []
+        unfinished = {m.offset for m in state.messages if m.unfinished}
+        first = state.messages[0].offset
+        return [o for o in range(first, state.next_offset) if o not in unfinished]

@@ -117,6 +117,11 @@ class Matcher:
                 raise ValueError(f"matcher {text!r}: invalid regular expression: {e}") from None
         return cls(tuple(path.split(".")), op, value, text.strip(), regex)  # type: ignore[arg-type]
 
+    def text_of(self, event: Mapping[str, Any]) -> str:
+        """The field this matcher tests, as it reads it (for the routes' index)."""
+        actual = self._get(event)
+        return actual if actual.__class__ is str else _as_text(actual)
+
     def matches(self, event: Mapping[str, Any]) -> bool:
         actual = self._get(event)
         if actual.__class__ is not str:

@@ -11,13 +11,19 @@ two requests started exactly one window apart can arrive less than a window apar
 
 A 429 pauses the whole limiter until its retry-after, not just the one request. The
 time comes from an injected clock (monotonic seconds); nothing here sleeps.
+
+Through hand-overs (see `budget.py`): starts another incarnation made for a partition
+this one now owns are `inherit`ed and count like its own; the starts other members make
+for their partitions, as far as their committed notes tell, count against a `ceiling`
+(the whole group's limit); and `promise(tail)` caps the starts not yet covered by a
+confirmed note, so a kill -9 can hide at most `tail` starts from the next owner.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 
 class RollingWindowLimiter:
@@ -28,14 +34,28 @@ class RollingWindowLimiter:
         self._limit = limit
         self._starts: deque[float] = deque()
         self._paused_until = -math.inf
+        self._foreign: list[float] = []  # other members' starts (sorted), for the ceiling
+        self._ceiling: int | None = None
+        self._tail: int | None = None  # at most this many starts not yet in a confirmed note
+        self._unconfirmed: deque[float] = deque()
+        self._raise: tuple[int, float] | None = None  # a raise asked for, and since when
 
     @property
     def limit(self) -> int:
         return self._limit
 
-    def set_limit(self, limit: int) -> None:
-        """A new share of the limit (replicas joined or left); applies from now on."""
-        self._limit = max(1, limit)
+    def set_limit(self, limit: int, *, now: float = 0.0, raise_after: float = 0.0) -> None:
+        """A new share of the limit; applies from now on. A cut applies at once; a raise
+        only once it was asked for `raise_after` seconds in a row (time for the members
+        whose shares shrink to see why and shrink first)."""
+        limit = max(1, limit)
+        if limit <= self._limit or raise_after <= 0:
+            self._limit, self._raise = limit, None
+            return
+        if self._raise is None or self._raise[0] != limit:
+            self._raise = (limit, now)
+        if now - self._raise[1] >= raise_after:
+            self._limit, self._raise = limit, None
 
     def next_start(self, now: float) -> float:
         """When a request may start: `now` if it may start now."""
@@ -45,10 +65,45 @@ class RollingWindowLimiter:
         if len(self._starts) >= self._limit:
             # the start that must leave the window before one more fits
             at = max(at, self._starts[len(self._starts) - self._limit] + self.window)
+        if self._ceiling is not None and self._foreign:
+            group = sorted([*self._starts, *(t for t in self._foreign if t > now - self.window)])
+            if len(group) >= self._ceiling:
+                at = max(at, group[len(group) - self._ceiling] + self.window)
+        if self._tail is not None and len(self._unconfirmed) >= self._tail:
+            at = max(at, now + 0.05)  # until the next note is confirmed (a commit away)
         return at
 
     def record_start(self, now: float) -> None:
         self._starts.append(now)
+        if self._tail is not None:
+            self._unconfirmed.append(now)
+
+    def starts(self, now: float) -> list[float]:
+        """The starts counted in the window that ends at `now`, oldest first."""
+        return [t for t in self._starts if t > now - self.window]
+
+    def inherit(self, starts: Iterable[float]) -> None:
+        """Starts made for a partition this limiter's owner took over: they count as its own."""
+        self._starts = deque(sorted([*self._starts, *starts]))
+
+    def set_ceiling(self, limit: int | None, foreign: Iterable[float] = ()) -> None:
+        """The group's whole limit, and the starts other members made (as far as known):
+        this limiter never lets its own starts and theirs exceed it in a window."""
+        self._ceiling = None if limit is None else max(1, limit)
+        self._foreign = sorted(foreign)
+
+    def promise(self, tail: int | None) -> None:
+        """At most `tail` starts may be made that no confirmed note covers yet."""
+        self._tail = None if tail is None else max(1, tail)
+
+    @property
+    def tail(self) -> int | None:
+        return self._tail
+
+    def confirmed(self, through: float) -> None:
+        """A note with every start up to `through` is on the broker."""
+        while self._unconfirmed and self._unconfirmed[0] <= through:
+            self._unconfirmed.popleft()
 
     def pause_until(self, until: float) -> None:
         """A 429 said to wait: nothing starts before `until` (a later pause wins)."""
@@ -85,3 +140,22 @@ def share_of(limit: int, owned_partitions: int, total_partitions: int) -> int:
     if total_partitions <= 0 or owned_partitions <= 0:
         return 1
     return max(1, limit * owned_partitions // total_partitions)
+
+
+DEMAND_FLOOR = 0.05  # the part of a limit shared by partitions owned, demand or not
+
+
+def share_by_demand(
+    limit: int, owned_partitions: int, total_partitions: int, mine: int, group: int
+) -> int:
+    """This replica's part of a limit, mostly by demand: `mine` of the `group`'s partitions
+    with deliveries waiting for it are this replica's. A floor (`DEMAND_FLOOR` of the
+    limit) is still shared by partitions owned, so a replica whose demand the others have
+    not seen yet can start. The exact parts add up to the limit; rounded down (at least
+    one, as `share_of`). Without demand anywhere: by partitions owned."""
+    if group <= 0 or not 0 <= mine <= group or total_partitions <= 0:
+        return share_of(limit, owned_partitions, total_partitions)
+    exact = limit * (
+        DEMAND_FLOOR * owned_partitions / total_partitions + (1 - DEMAND_FLOOR) * mine / group
+    )
+    return max(1, math.floor(exact + 1e-9))

@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from streamer.alert_event import FIELD_LIMITS, AlertEventPayload
 from streamer.matchers import Matcher, field_text
+from streamer.route_index import indexes
 from streamer.templates import (
     DEFAULT_TEMPLATES,
     CompiledExpression,
@@ -204,10 +205,14 @@ class _Walk:
         return Evaluation(tuple(self.deliveries), tuple(self.failures), tuple(self.matched))
 
     def _level(self, routes: tuple[Route, ...], entries: list[dict[str, Any]]) -> bool:
-        """Tries `routes` in order; whether any matched (or failed: it counts as one)."""
+        """Tries `routes` in order; whether any matched (or failed: it counts as one).
+        Without `explain`, only the routes the level's index says could match are tried;
+        the result is the same (route_index.py)."""
         any_matched = False
         stopped = False
         event = self.event
+        if not self.explain:
+            routes = self.rules.candidates(routes, event)
         matcher: Matcher | None
         for route in routes:
             entry: dict[str, Any] | None = None
@@ -308,6 +313,13 @@ class Rules:
     def __init__(self, routes: tuple[Route, ...], default: Route | None) -> None:
         self.routes = routes
         self.default = default
+        # per level (by identity of its tuple): the routes that could match an event
+        self._index = {id(index.routes): index for index in indexes(routes)}
+
+    def candidates(self, routes: tuple[Route, ...], event: Mapping[str, Any]) -> tuple[Route, ...]:
+        """Of one level's routes, those that could match `event` (route_index.py)."""
+        index = self._index.get(id(routes))
+        return routes if index is None else index.candidates(event)
 
     def walk(self) -> Iterator[Route]:
         """Every route, depth first, in file order (not an evaluation)."""

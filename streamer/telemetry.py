@@ -18,6 +18,7 @@ handled by retries and holds, and restarting pods would not help.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -161,6 +162,12 @@ class Telemetry:
             "streamer.config.reloads",
             description="Configuration reloads, by result (applied, rejected)",
         )
+        self.superseded = Tally(
+            meter,
+            "streamer.events.superseded",
+            description="Waiting events a newer event of their key replaced (never sent), "
+            "per destination",
+        )
         self.rate_limit_waits = Tally(
             meter,
             "streamer.rate_limit.waits",
@@ -183,12 +190,22 @@ class Telemetry:
             description="From the event's time to incident.io's 202",
         )
         self._gauges: dict[str, Callable[[], Iterable[tuple[float, dict[str, Any]]]]] = {}
+        # `/pending`: the oldest waiting keys per destination, and why (streamer/pending.py)
+        self.pending: Callable[[], Mapping[str, Any]] = dict
         for name, description in (
             ("streamer.events.in_flight", "Events fetched but not terminal"),
             ("streamer.partitions.paused", "Partitions paused (backpressure, registry outage)"),
             ("streamer.destinations.held", "Destinations held after 401/403/404"),
             ("streamer.commit.watermark_gap", "Per partition: fetched offsets not yet committable"),
             ("streamer.consumer.lag", "Per partition: messages behind the log end (librdkafka)"),
+            (
+                "streamer.destination.oldest_waiting_age",
+                "Per destination: seconds its longest-waiting key has waited to be sent",
+            ),
+            (
+                "streamer.partition.oldest_waiting_age",
+                "Per partition: seconds its longest-waiting key has waited to be sent",
+            ),
         ):
             meter.create_observable_gauge(
                 name, callbacks=[self._observer(name)], description=description
@@ -233,6 +250,10 @@ def serve(telemetry: Telemetry, host: str, port: int) -> tuple[WSGIServer, str]:
         if path == "/metrics":
             start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
             return [telemetry.scrape()]
+        if path == "/pending":  # read-only: keys, partitions, ages, reasons; no payloads
+            body = json.dumps(telemetry.pending(), indent=1).encode()
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [body]
         checks = {"/livez": telemetry.health.live, "/readyz": telemetry.health.ready}
         if path in checks:
             ok = checks[path]()
@@ -241,7 +262,7 @@ def serve(telemetry: Telemetry, host: str, port: int) -> tuple[WSGIServer, str]:
             )
             return [b"ok\n" if ok else b"not ok\n"]
         start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"/metrics, /livez, /readyz\n"]
+        return [b"/metrics, /pending, /livez, /readyz\n"]
 
     server = make_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="telemetry", daemon=True).start()

@@ -54,6 +54,7 @@ class Pipeline:
         tokens: dict[str, str] | None = None,
         kafka: dict[str, Any] | None = None,
         monkeypatch: Any = None,
+        coalesce: str = "none",
     ) -> None:
         self.infra, self.fake = infra, fake
         suffix = uuid.uuid4().hex[:8]
@@ -65,10 +66,13 @@ class Pipeline:
             monkeypatch.setenv(name, value)
         self.config_path = tmp_path / "streamer.yaml"
         # Limits far above what tests send: tests that are about limits set their own.
+        # Every event is sent (`coalesce: none`): tests of per-event guarantees count them;
+        # tests of coalescing (the default in production) ask for `latest`.
         destination = {
             "token": {"env": "TEST_TOKEN_A"},
             "url": fake.url,
             "events_per_minute": 1_000_000,
+            "coalesce": coalesce,
         }
         config = {
             "kafka": {

@@ -27,18 +27,87 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
+COMMANDS = [
+    "run",
+    "demo",
+    "infra",
+    "fake-incident-io",
+    "rules check",
+    "rules test",
+    "dlq replay",
+    "send",
+]
+
+
 def test_help_names_every_command() -> None:
     result = run("--help")
     assert result.returncode == 0
-    for command in ("demo", "infra", "fake-incident-io"):
+    for command in ("run", "demo", "infra", "rules", "dlq", "send", "fake-incident-io"):
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("command", ["demo", "infra", "fake-incident-io"])
+@pytest.mark.parametrize("command", COMMANDS)
 def test_each_command_explains_itself(command: str) -> None:
-    result = run(command, "--help")
+    result = run(*command.split(), "--help")
     assert result.returncode == 0
     assert len(result.stdout.splitlines()) > 4
+
+
+@pytest.mark.parametrize(
+    "command", [c for c in COMMANDS if c.split()[0] in ("run", "rules", "dlq", "send")]
+)
+def test_commands_reading_a_configuration_require_it_alike(command: str) -> None:
+    help_text = run(*command.split(), "--help").stdout
+    assert "--config FILE" in help_text
+    assert "the YAML configuration" in help_text
+
+
+def test_the_metrics_flags_read_the_same_for_run_and_demo() -> None:
+    run_help = " ".join(run("run", "--help").stdout.split())
+    demo_help = " ".join(run("demo", "--help").stdout.split())
+    assert (
+        "--metrics-port PORT port of /metrics (Prometheus), /livez and /readyz (default: 9464"
+        in run_help
+    )
+    assert "--metrics-host ADDRESS address to serve them on (default: 0.0.0.0" in run_help
+    assert (
+        "--metrics-port PORT port of /metrics (Prometheus), /livez and /readyz on 127.0.0.1"
+        in demo_help
+    )
+    assert "--metrics-host" not in demo_help  # the demo serves on loopback only
+
+
+def test_everything_the_demo_reads_ships_as_package_data() -> None:
+    # `streamer demo` from an installed wheel: each file it opens must be matched by
+    # pyproject's package-data (a checkout has links there; the wheel has copies).
+    import tomllib
+    from pathlib import Path
+
+    import yaml
+
+    from streamer import demo
+
+    package = Path(demo.__file__).parent
+    root = package.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["streamer"]
+    shipped = {p for pattern in patterns for p in package.glob(pattern) if p.is_file()}
+    config = yaml.safe_load(demo.EXAMPLE.read_text())
+    token_files = [
+        d["token"]["file"] for d in config["destinations"].values() if "file" in d["token"]
+    ]
+    wanted = [
+        demo.EXAMPLE,
+        demo.WRITER_SCHEMA,
+        Path(os.path.normpath(demo.EXAMPLE.parent / config["reader_schema"])),
+        *(Path(os.path.normpath(demo.EXAMPLE.parent / f)) for f in token_files),
+    ]
+    assert token_files, "the example no longer reads a token file: update this test"
+    for path in wanted:
+        assert path in shipped, f"{path} is read by the demo but not shipped in the wheel"
+    # ... and they are the repository's examples, not copies that could drift
+    assert demo.EXAMPLE.read_text() == (root / "examples" / "streamer.yaml").read_text()
 
 
 def test_a_malformed_source_is_rejected_with_the_expected_form() -> None:
@@ -81,8 +150,10 @@ def test_demo_runs_the_pipeline_to_a_clean_finish(infrastructure: Infrastructure
         if len(line.split()) >= 2 and line.split()[1].isdigit()
     }
     assert numbers["produced"] == numbers["consumed"] == 80
-    assert numbers["delivered"] == numbers["routed"] > 0
-    assert numbers["dropped"] > 0 and numbers["lag"] == 0
+    # every alert event the rules made reached incident.io, or a newer state of its key did
+    assert numbers["delivered"] + numbers.get("superseded", 0) == numbers["routed"] > 0
+    assert numbers["delivered"] > 0 and numbers["dropped"] > 0 and numbers["lag"] == 0
+    assert "nothing lost" in final
 
 
 @pytest.mark.integration
@@ -179,22 +250,22 @@ def registry_config(tmp_path, monkeypatch, url: str, user_info: str):
 def test_the_registry_probe_uses_the_configured_credentials(
     tmp_path, monkeypatch, registry_needing_auth
 ) -> None:
-    from streamer.cli import _registry_problem
+    from streamer.cli.run import registry_problem
 
     config = registry_config(tmp_path, monkeypatch, registry_needing_auth, FAKE_USER_INFO)
-    assert _registry_problem(config, timeout=10) is None
+    assert registry_problem(config, timeout=10) is None
 
 
 def test_a_refused_registry_probe_says_so_without_the_credentials(
     tmp_path, monkeypatch, registry_needing_auth
 ) -> None:
     from streamer import logs
-    from streamer.cli import _registry_problem
+    from streamer.cli.run import registry_problem
 
     wrong = "fake-user:fake-wrong-password"
     config = registry_config(tmp_path, monkeypatch, registry_needing_auth, wrong)
     monkeypatch.setattr(logs, "MASK", logs.SecretMask(config.secret_values()))
-    problem = _registry_problem(config, timeout=10)
+    problem = registry_problem(config, timeout=10)
     assert problem == (
         f"the schema registry at {registry_needing_auth} refused the configured credentials "
         "(HTTP 401); check basic.auth.user.info (or bearer.auth.*) in "
@@ -205,14 +276,14 @@ def test_a_refused_registry_probe_says_so_without_the_credentials(
 def test_a_silent_registry_fails_the_probe_within_the_start_up_timeout(
     tmp_path, monkeypatch
 ) -> None:
-    from streamer.cli import _registry_problem
+    from streamer.cli.run import registry_problem
 
     with socket.socket() as silent:  # accepts connections, never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
         config = registry_config(tmp_path, monkeypatch, url, FAKE_USER_INFO)
-        problem = _registry_problem(config, timeout=1)
+        problem = registry_problem(config, timeout=1)
     assert problem is not None and problem.startswith(
         f"the schema registry at {url} did not answer within 1 s"
     )

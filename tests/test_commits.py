@@ -97,3 +97,18 @@ def test_the_broker_ends_up_with_the_watermark_whatever_it_refused(steps) -> Non
     final = commits.offsets_to_send({P0: watermark}, now + 1, force=True)
     if broker != watermark:
         assert final == {P0: watermark}
+
+
+def test_a_new_note_is_committed_though_the_offset_stands_still() -> None:
+    """The budget spent for a partition changes while its offset waits (requests in
+    flight): the next owner must learn it, so the note alone makes a commit due."""
+    commits = schedule()
+    notes = {P0: "spent 1"}
+    sent = commits.offsets_to_send({P0: 5}, now=1.0, notes=lambda due: notes)
+    assert sent == {P0: 5} and commits.notes == {P0: "spent 1"}
+    commits.sending(sent)
+    commits.answered(P0, 5, ok=True, owned=True)
+    assert commits.offsets_to_send({P0: 5}, now=2.0, notes=lambda due: notes) == {}
+    notes = {P0: "spent 2"}
+    assert commits.offsets_to_send({P0: 5}, now=3.0, notes=lambda due: notes) == {P0: 5}
+    assert commits.notes == {P0: "spent 2"}

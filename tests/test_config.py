@@ -406,3 +406,69 @@ def test_rules_test_explains(tmp_path) -> None:
         "result": "applies: no route matched",
         "delivers_to": "drop",
     }
+
+
+# -- Alertmanager's matchers and enum values (issue 14) ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("matcher", "said"),
+    [
+        (
+            "severity = CRITICL",
+            "severity = CRITICL can never match: severity is one of CRITICAL, ERROR, WARNING, INFO, UNKNOWN",
+        ),
+        ("severity != critical", "severity != critical always matches"),
+        (
+            'alert.status =~ "FIRE|RESOLVE"',
+            'alert.status =~ "FIRE|RESOLVE" can never match: alert.status is one of FIRING, RESOLVED',
+        ),
+        (
+            "check.state = Ok",
+            "check.state = Ok can never match: check.state is one of OK, WARNING, CRITICAL, UNKNOWN",
+        ),
+        ("source_system !~ .*", "source_system !~ .* can never match"),
+        ('severity !~ "crit.*"', 'severity !~ "crit.*" always matches'),
+    ],
+)
+def test_a_matcher_on_an_enum_value_it_cannot_hold_is_refused(tmp_path, matcher, said) -> None:
+    found = problems(tmp_path, f"routes:\n  - {{name: r, match: ['{matcher}'], destination: a}}\n")
+    assert len(found) == 1
+    assert said in found[0]
+    assert ":" + str(header_lines() + 2) + ":" in found[0]
+
+
+@pytest.mark.parametrize(
+    "matcher",
+    ["severity = CRITICAL", 'alert.status = ""', 'severity =~ "(?i)crit.*"', "check.state !~ OK"],
+)
+def test_matchers_an_enum_value_can_satisfy_load(tmp_path, matcher) -> None:
+    config_from(tmp_path, f"routes:\n  - {{name: r, match: ['{matcher}'], destination: a}}\n")
+
+
+def test_alertmanager_matchers_load_with_their_problems_located(tmp_path) -> None:
+    body = """\
+routes:
+  - name: am
+    destination: a
+    matchers: ['{"service.name"=~"api|web"}', 'team=payments}']
+    match: {alertname: Watchdog, code: 500}
+    match_re: {instance: "[a"}
+"""
+    found = problems(tmp_path, body)
+    first = header_lines() + 1
+    assert len(found) == 2
+    assert f":{first + 3}: route am (matchers.1): matchers 'team=payments}}', column 14" in found[0]
+    assert f":{first + 5}: route am (match_re.instance): " in found[1]
+    assert "missing ]" in found[1]
+
+
+def test_match_maps_read_yaml_scalars_as_alertmanager_does(tmp_path) -> None:
+    config = config_from(
+        tmp_path, "routes:\n  - {name: r, match: {code: 500, up: true}, destination: a}\n"
+    )
+    (route,) = config.rules.routes
+    assert [(m.path, m.value) for m in route.matchers] == [
+        (("alert", "labels", "code"), "500"),
+        (("alert", "labels", "up"), "true"),
+    ]

@@ -54,19 +54,22 @@ def answer(status: int, body: Any = None, **headers: str) -> Answer:
 
 
 class Harness:
-    def __init__(self, http: ScriptedIncidentIo, **settings: Any) -> None:
+    def __init__(
+        self, http: ScriptedIncidentIo, destination: Mapping[str, Any] = {}, **settings: Any
+    ) -> None:
         self.clock = ManualClock(1000.0)
         self.settings = DeliverySettings(rate_limit_margin_seconds=0.0, **settings)
         self.ledger = DeliveryLedger()
         self.destinations = Destinations(self.settings)
-        spec = Destination(alert_source_config_id="SRC", token=TokenSource(env="T"))
+        spec = Destination(alert_source_config_id="SRC", token=TokenSource(env="T"), **destination)
         self.destinations.configure({"a": spec}, {"a": SecretStr("t")})
         self.handover = HandOver(self.settings.request_timeout_seconds)
         self.finished: list[Job] = []
         self.released: list[Job] = []
         self.dead: list[Job] = []
         self.http = http
-        telemetry = Telemetry()
+        self.telemetry = telemetry = Telemetry()
+        self.stats = Stats()
         self.out = Dispatcher(
             self.settings,
             ledger=self.ledger,
@@ -74,28 +77,39 @@ class Harness:
             handover=self.handover,
             http=http,
             telemetry=telemetry,
-            stats=Stats(),
+            stats=self.stats,
             spans=MessageSpans(telemetry, "g", self.clock),
             clock=self.clock,
             wall_clock=self.clock,
-            activate=lambda job: self.destinations["a"].ready.append(job),
-            finish=self.finished.append,
-            release=self.released.append,
+            activate=lambda job: self.out.enqueue(job),
+            finish=self._finish,
+            release=self._release,
             dead_letter=self.dead.append,
         )
         for p in (P0, P1):
             self.ledger.assign(p)
         self.offsets = {P0: 0, P1: 0}
 
-    def event(self, partition=P0, key: str = "k") -> Job:
+    def event(self, partition=P0, key: str = "k", **payload: Any) -> Job:
         offset = self.offsets[partition]
         self.offsets[partition] += 1
         source = SourceMessage(partition[0], partition[1], offset, None, b"v", ())
-        delivery = Delivery(source, "r", "a", {"n": offset})
+        delivery = Delivery(source, "r", "a", {"n": offset, **payload})
         jobs = self.ledger.add(partition, offset, [(OrderingKey("a", key), delivery)])
         for job in jobs:
-            self.destinations["a"].ready.append(job)
+            self.out.enqueue(job)
+        self.out.coalesce([(OrderingKey("a", key), delivery)])
         return job if jobs else None
+
+    def _finish(self, job: Job) -> None:  # as the engine does: the key's next job waits
+        self.finished.append(job)
+        for next_job in self.ledger.finish(job):
+            self.out.enqueue(next_job)
+
+    def _release(self, job: Job) -> None:
+        self.released.append(job)
+        for next_job in self.ledger.finish(job):
+            self.out.enqueue(next_job)
 
     def round(self) -> None:
         """Start what may start, and wait for the answers of what started."""
@@ -215,3 +229,129 @@ def test_no_answer_or_error_from_the_peer_escapes_the_loop(hostile) -> None:
     h.clock.advance(3600)
     h.round()
     assert h.finished == [job] or h.dead == [job]
+
+
+# -- alert storms: coalescing, priority, what waits and why ---------------------------------
+
+
+def sent(h: Harness) -> list[int]:
+    return [p["n"] for p in h.http.posted]
+
+
+def test_events_waiting_behind_the_limit_send_only_the_newest_and_commit_the_rest() -> None:
+    h = Harness(ScriptedIncidentIo(), {"events_per_minute": 1})
+    h.event(key="x")
+    h.round()  # sent; the limit is spent for a minute
+    for _ in range(3):
+        h.event(key="x")  # offsets 1, 2, 3: each supersedes the one waiting before it
+    h.round()
+    assert sent(h) == [0] and h.stats.superseded == 2
+    h.clock.advance(60)
+    h.round()
+    assert sent(h) == [0, 3]  # never an older state after a newer one
+    assert h.ledger.commit_offset(P0) == 4  # superseded offsets commit like dropped ones
+
+
+def test_coalesce_none_sends_every_state() -> None:
+    h = Harness(ScriptedIncidentIo(), {"events_per_minute": 1, "coalesce": "none"})
+    for _ in range(4):
+        h.event(key="x")
+    for _ in range(4):
+        h.round()
+        h.clock.advance(60)
+    assert sent(h) == [0, 1, 2, 3] and h.stats.superseded == 0
+
+
+def test_an_event_in_flight_is_never_recalled() -> None:
+    h = Harness(ScriptedIncidentIo())
+    first = h.event(key="x")
+    h.out.dispatch()  # in flight
+    h.event(key="x")
+    h.event(key="x")  # supersedes offset 1, which waits behind the one in flight
+    while h.out.busy:
+        h.out.collect(wait=10.0)
+    h.round()
+    assert sent(h) == [0, 2] and h.finished[0] is first and h.stats.superseded == 1
+
+
+def test_a_429_sends_the_newest_state_when_the_limit_reopens() -> None:
+    h = Harness(ScriptedIncidentIo(answer(429, **{"Retry-After": "30"})))
+    h.event(key="x")
+    h.out.dispatch()
+    h.event(key="x")  # arrives while the first is in flight
+    while h.out.busy:
+        h.out.collect(wait=10.0)  # 429: the first waits again, and the newer one replaces it
+    assert h.stats.superseded == 1
+    h.clock.advance(30)
+    h.round()
+    assert sent(h) == [0, 1] and [j.offset for j in h.finished] == [1]
+
+
+def test_firing_critical_keys_go_first_then_the_longest_waiting() -> None:
+    def storm(priority: str) -> list[str]:
+        h = Harness(ScriptedIncidentIo(), {"events_per_minute": 1, "priority": priority})
+        h.event(key="filler")
+        h.round()  # spends the minute
+        h.event(key="warning-1", status="firing", metadata={"severity": "warning"})
+        h.clock.advance(1)
+        h.event(key="warning-2", status="firing", metadata={"severity": "warning"})
+        h.clock.advance(1)
+        h.event(key="page", status="firing", metadata={"severity": "critical"})
+        order = []
+        for _ in range(3):
+            h.clock.advance(60)
+            h.round()
+            order.append(h.finished[-1].key.deduplication_key)
+        return order
+
+    assert storm("critical-first") == ["page", "warning-1", "warning-2"]
+    assert storm("oldest-first") == ["warning-1", "warning-2", "page"]
+
+
+def test_a_key_keeps_its_place_when_a_newer_event_supersedes_its_waiting_one() -> None:
+    h = Harness(ScriptedIncidentIo(), {"events_per_minute": 1})
+    h.event(key="filler")
+    h.round()
+    h.event(key="x")
+    h.clock.advance(1)
+    h.event(key="y")
+    h.clock.advance(1)
+    h.event(key="x")  # newer state of x: x still waited longest
+    h.clock.advance(60)
+    h.round()
+    assert h.finished[-1].key.deduplication_key == "x" and sent(h)[-1] == 3
+
+
+def test_a_key_holding_the_watermark_is_logged_once_and_pending_says_why(caplog) -> None:
+    h = Harness(ScriptedIncidentIo(), {"events_per_minute": 1}, watermark_hold_log_seconds=30.0)
+    h.event(key="filler")
+    h.round()
+    h.event(key="db-1//disk")  # offset 1: waits for the limit, and holds P0's watermark
+    h.event(P1, key="web-1//http")
+    for _ in range(4):
+        h.clock.advance(11)
+        h.out.dispatch()
+    held = [r.getMessage() for r in caplog.records if "held the commit" in r.getMessage()]
+    [line] = [m for m in held if m.startswith("events[0]")]  # once, not on every look
+    assert "'db-1//disk'" in line and "rate limit" in line and len(held) == 2
+    report = h.out.pending.report.as_json(h.clock())
+    [waiting] = [k for k in report["destinations"]["a"]["oldest"] if k["offset"] == 1]
+    assert waiting["deduplication_key"] == "db-1//disk" and waiting["reason"] == "limit"
+    assert waiting["state"] == "queued" and waiting["waiting_seconds"] >= 33
+    assert report["destinations"]["a"]["waiting_keys"] == 2
+    assert "payload" not in json.dumps(report) and '"n"' not in json.dumps(report)
+    scrape = h.telemetry.scrape().decode()
+    assert 'streamer_destination_oldest_waiting_age{destination="a",' in scrape
+    assert "streamer_partition_oldest_waiting_age{" in scrape
+
+
+def test_a_retrying_key_is_pending_with_reason_backoff() -> None:
+    h = Harness(ScriptedIncidentIo(answer(503)), backoff_cap_seconds=5.0)
+    h.event(key="x")
+    h.round()
+    h.clock.advance(1.0)
+    h.out.pending.refresh(
+        h.clock(), h.destinations, h.handover, h.ledger, (j for _, _, j in h.out._timers)
+    )
+    [key] = h.out.pending.report.oldest["a"]
+    assert (key.state, key.reason) == ("retrying", "backoff")

@@ -179,3 +179,52 @@ class LedgerMachine(RuleBasedStateMachine):
 
 LedgerMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 test_ledger_state_machine = LedgerMachine.TestCase
+
+
+# -- coalescing: queued jobs withdrawn (superseded) ---------------------------------------
+
+
+def test_a_withdrawn_job_is_terminal_and_never_becomes_active() -> None:
+    book = ledger()
+    [first] = book.add(P0, 0, [(K1, "sending")])
+    book.add(P0, 1, [(K1, "superseded")])
+    book.add(P0, 2, [(K1, "newest")])
+    _, middle, newest = book.queue_of(K1)
+    book.withdraw(middle)
+    assert book.queue_of(K1) == (first, newest) and book.commit_offset(P0) == 0
+    assert book.finish(first) == [newest] and book.commit_offset(P0) == 2
+    with pytest.raises(ValueError, match="withdraw"):
+        book.withdraw(newest)  # the active job finishes, it is never withdrawn
+
+
+class LedgerWithWithdrawals(LedgerMachine):
+    """The same random runs, with queued jobs withdrawn (superseded) at any time."""
+
+    def _queued(self) -> list[Job]:
+        keys = [K1, K2, OrderingKey("b", "k1")]
+        return [j for k in keys for j in self.book.queue_of(k)[1:]]
+
+    @precondition(lambda self: self._queued())
+    @rule(data=st.data())
+    def withdraw(self, data) -> None:
+        job = data.draw(st.sampled_from(self._queued()))
+        if not hasattr(self, "withdrawn"):
+            self.withdrawn: list[Job] = []
+        self.withdrawn.append(job)
+        self.book.withdraw(job)
+        if self.book.owns(job):
+            left = self.unfinished[job.partition]
+            left[job.offset] -= 1
+            if left[job.offset] == 0:
+                del left[job.offset]
+
+    @invariant()
+    def withdrawn_jobs_never_become_active(self) -> None:
+        activated = {id(j) for jobs in self.activated_order.values() for j in jobs}
+        assert not any(id(j) in activated for j in getattr(self, "withdrawn", []))
+
+
+LedgerWithWithdrawals.TestCase.settings = settings(
+    max_examples=200, stateful_step_count=40, deadline=None
+)
+test_ledger_with_withdrawals = LedgerWithWithdrawals.TestCase

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.rate_limit import RollingWindowLimiter, acquire, share_of
+from streamer.rate_limit import RollingWindowLimiter, acquire, share_by_demand, share_of
 
 
 def run(limiters, arrivals: list[float]) -> list[float]:
@@ -92,3 +92,76 @@ def test_replica_shares_never_add_up_to_more_than_the_limit(limit, split) -> Non
         assert sum(shares) <= limit
     # Otherwise a replica's exact share is below one request per window; it still gets one
     # (a partition that cannot deliver would stall its alerts), which the docs call out.
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 20),
+    st.lists(st.floats(0, 30), max_size=40),
+    st.lists(st.floats(0.0, 3.0), min_size=1, max_size=300),
+)
+def test_inherited_starts_count_like_our_own(limit, inherited, gaps) -> None:
+    """A partition's next owner counts what its previous owner started in the window."""
+    limiter = RollingWindowLimiter(limit, 10.0, margin=0.0)
+    limiter.inherit(sorted(inherited))
+    ours, now = [], 30.0
+    for gap in gaps:
+        now += gap
+        if acquire([limiter], now) is None:
+            ours.append(now)
+    starts = sorted([*inherited, *ours])
+    for t in ours:  # every window that ends with a start of ours holds at most the limit
+        assert sum(1 for s in starts if t - 10.0 < s <= t) <= limit
+
+
+def test_others_starts_count_against_the_ceiling() -> None:
+    limiter = RollingWindowLimiter(10, 10.0, margin=0.0)
+    limiter.set_ceiling(10, foreign=[1.0] * 8)  # the rest of the group spent 8
+    assert acquire([limiter], 2.0) is None
+    assert acquire([limiter], 2.0) is None
+    assert acquire([limiter], 2.0) == 11.0  # 10 in the window: wait for theirs to leave it
+
+
+def test_starts_no_confirmed_note_covers_are_capped_by_the_tail() -> None:
+    limiter = RollingWindowLimiter(100, 10.0, margin=0.0)
+    limiter.promise(3)
+    for _ in range(3):
+        assert acquire([limiter], 1.0) is None
+    assert acquire([limiter], 1.0) is not None  # a kill now would hide at most 3
+    limiter.confirmed(1.0)
+    assert acquire([limiter], 1.1) is None
+
+
+@given(
+    st.integers(20, 5000),
+    st.lists(st.tuples(st.integers(1, 8), st.integers(0, 8)), min_size=1, max_size=6),
+)
+def test_shares_by_demand_add_up_to_the_limit_at_most(limit, replicas) -> None:
+    """Each replica: (partitions owned, of them with deliveries waiting)."""
+    total = sum(owned for owned, _ in replicas)
+    group = sum(min(w, owned) for owned, w in replicas)
+    shares = [share_by_demand(limit, owned, total, min(w, owned), group) for owned, w in replicas]
+    # rounded down, but at least one each (as share_of): only those can tip it over
+    exact = [
+        limit
+        * (0.05 * owned / total + (0.95 * min(w, owned) / group if group else 0.95 * owned / total))
+        for owned, w in replicas
+    ]
+    assert sum(shares) <= limit + sum(1 for e in exact if e < 1)
+
+
+def test_a_replica_with_all_the_demand_gets_nearly_all_the_limit() -> None:
+    # three replicas of one partition each; the hot key's partition is on the first
+    shares = [share_by_demand(120, 1, 3, mine, 1) for mine in (1, 0, 0)]
+    assert shares[0] >= 0.9 * 120
+    assert sum(shares) <= 120
+
+
+def test_a_raise_waits_and_a_cut_applies_at_once() -> None:
+    limiter = RollingWindowLimiter(10, 60.0)
+    limiter.set_limit(30, now=0.0, raise_after=2.0)
+    assert limiter.limit == 10  # the others have not seen why yet
+    limiter.set_limit(30, now=2.0, raise_after=2.0)
+    assert limiter.limit == 30
+    limiter.set_limit(5, now=2.1, raise_after=2.0)
+    assert limiter.limit == 5

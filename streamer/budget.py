@@ -1,0 +1,148 @@
+"""What a partition's next owner must know, carried in the metadata of its commits.
+
+Invariants (property-tested in tests/test_budget.py):
+
+1. **Spent budget is handed over, never under-counted.** A partition's note lists, per
+   destination, the wall-clock start times of the requests started for that partition in
+   the current window and the 429 pause in force. Times are stored rounded *up* (to
+   `RESOLUTION`), so an inherited start never leaves the window earlier than the real one.
+   A note that is not final (a periodic commit, not the one at revoke or shutdown) also
+   carries `tail`: how many more starts its writer may make before its next note is
+   confirmed. The writer keeps that promise (`RollingWindowLimiter.confirmed`), so after a
+   kill -9 the next owner counts the tail as spent at take-over and never under-counts.
+2. **Accepted work is not redone.** `done` lists the offsets above the committed offset
+   that were already terminal; the next owner skips them (no POST, no second dead letter).
+3. **It always fits.** The encoded text is at most `max_bytes` (the broker's
+   `offset.metadata.max.bytes`, 4096 by default). When the offset map does not fit it is
+   dropped first (those events are re-sent, as without a map: never skipped unknowingly);
+   the budget is small by construction (one count per `RESOLUTION` step of one window).
+4. **Garbage reads as nothing.** A note that cannot be read (another version, another
+   tool's metadata) decodes to an empty note: the next owner starts as it did before.
+
+Format: `s1:` + base64(zlib(JSON)); offsets relative to the committed offset, as runs.
+Pure: plain values in, plain values out.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import json
+import math
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+PREFIX = "s1:"
+RESOLUTION = 0.25  # seconds: the grain of stored start times
+MAX_BYTES = 4096  # the broker's default offset.metadata.max.bytes
+
+
+@dataclass(frozen=True)
+class Spent:
+    """One destination's budget spent for one partition (wall-clock seconds)."""
+
+    starts: tuple[float, ...] = ()
+    paused_until: float = 0.0
+    tail: int = 0  # starts its writer may still make before its next note is confirmed
+    waiting: int = 0  # the partition's deliveries waiting for this destination (demand)
+
+
+@dataclass(frozen=True)
+class PartitionNote:
+    writer: str = ""  # the incarnation that wrote it (a take-over adds its tail once)
+    final: bool = True  # written at revoke/shutdown: nothing was started after it
+    spent: Mapping[str, Spent] = field(default_factory=dict)
+    done: frozenset[int] = frozenset()  # terminal offsets above the committed offset
+
+
+EMPTY = PartitionNote()
+
+
+def _up(t: float) -> int:
+    return math.ceil(t / RESOLUTION - 1e-9)
+
+
+def _runs(offsets: Iterable[int], base: int) -> list[int]:
+    """[start, length, start, length, ...], starts relative to the previous run's end."""
+    out: list[int] = []
+    previous_end = base
+    for o in sorted(offsets):
+        if o < base:
+            continue
+        if out and o == previous_end:
+            out[-1] += 1
+        else:
+            out += [o - previous_end, 1]
+        previous_end = o + 1
+    return out
+
+
+def _from_runs(runs: list[int], base: int) -> frozenset[int]:
+    done: set[int] = set()
+    at = base
+    for gap, length in zip(runs[::2], runs[1::2], strict=True):
+        if gap < 0 or length < 1:
+            raise ValueError("bad run")
+        at += gap
+        done.update(range(at, at + length))
+        at += length
+    return frozenset(done)
+
+
+def _spent_json(spent: Spent) -> list[Any]:
+    ticks = sorted(_up(t) for t in spent.starts)
+    # first tick, then deltas: small numbers compress well
+    deltas = [b - a for a, b in itertools.pairwise(ticks)]
+    return [ticks[:1] + deltas, _up(spent.paused_until), spent.tail, spent.waiting]
+
+
+def encode(note: PartitionNote, committed: int, max_bytes: int = MAX_BYTES) -> str:
+    """The note as commit metadata for `committed` (the offset it is committed with)."""
+    body: dict[str, Any] = {
+        "w": note.writer,
+        "f": int(note.final),
+        "s": {name: _spent_json(s) for name, s in sorted(note.spent.items())},
+        "d": _runs(note.done, committed),
+    }
+    text = _pack(body)
+    if len(text) > max_bytes and body["d"]:
+        body["d"] = []  # the offset map does not fit: re-sending them is the safe loss
+        text = _pack(body)
+    if len(text) > max_bytes:
+        raise ValueError(f"a partition note of {len(text)} bytes exceeds {max_bytes}")
+    return text
+
+
+def _pack(body: dict[str, Any]) -> str:
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    return PREFIX + base64.b64encode(zlib.compress(raw, 9)).decode()
+
+
+def decode(text: str | None, committed: int) -> PartitionNote:
+    """The note committed with offset `committed`; EMPTY if there is none or it is unreadable."""
+    if not text or not text.startswith(PREFIX):
+        return EMPTY
+    try:
+        body = json.loads(zlib.decompress(base64.b64decode(text[len(PREFIX) :], validate=True)))
+        spent = {}
+        for name, (deltas, paused, tail, waiting) in body["s"].items():
+            ticks: list[int] = []
+            for d in deltas:
+                ticks.append(d if not ticks else ticks[-1] + d)
+            spent[str(name)] = Spent(
+                tuple(t * RESOLUTION for t in ticks),
+                paused * RESOLUTION,
+                int(tail),
+                int(waiting),
+            )
+        return PartitionNote(
+            writer=str(body["w"]),
+            final=bool(body["f"]),
+            spent=spent,
+            done=_from_runs([int(x) for x in body["d"]], committed),
+        )
+    except (ValueError, KeyError, TypeError, zlib.error, binascii.Error):
+        return EMPTY

@@ -1,0 +1,280 @@
+"""`streamer rules`: offline tools for the routing rules (check a file, test events).
+
+Nothing here consumes or sends: `check` loads a file exactly as `run` would before
+consuming; `test` evaluates events with the very walk the service uses (`Rules.trace`),
+so what it prints, `--explain` included, is what the service would do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from streamer.cli.common import config_option
+
+
+def add_parser(commands: Any) -> None:
+    rules = commands.add_parser(
+        "rules",
+        help="check, test, diff or import routing rules",
+        description="Offline tools for the routing rules, like amtool's `config routes test`.",
+    )
+    rules_commands = rules.add_subparsers(dest="rules_command", required=True, metavar="COMMAND")
+    check = rules_commands.add_parser(
+        "check",
+        parents=[config_option()],
+        help="validate a configuration file; exit 0 if it is valid, 1 with every problem",
+        description=(
+            "Validates the whole file as `streamer run` would before consuming: settings, "
+            "field paths against the reader schema, regexes, templates, destinations, route "
+            "names, and that every token variable or file is set. Each problem is printed as "
+            "file:line: route: what is wrong."
+        ),
+    )
+    check.add_argument(
+        "--no-secrets",
+        action="store_true",
+        help="do not check that token variables and files exist "
+        "(for checking the rules away from where they run)",
+    )
+    check.set_defaults(func=cmd_rules_check)
+    test = rules_commands.add_parser(
+        "test",
+        parents=[config_option()],
+        help="print, as JSON, which routes events match and the alerts they become",
+        description=(
+            "Evaluates each event (a JSON file valid under the reader schema; see "
+            "examples/events/) against the rules and prints, per event, the matched routes, "
+            "each delivery with its destination and rendered payload, dead letters with "
+            "their reason, and whether the rules dropped it. Nothing is sent. Exit 1 if an "
+            "event file cannot be read."
+        ),
+    )
+    test.add_argument(
+        "--event",
+        required=True,
+        action="extend",
+        nargs="+",
+        metavar="EVENT.json",
+        help="event files (repeatable)",
+    )
+    test.add_argument(
+        "--explain", action="store_true", help="also say why each route did or did not match"
+    )
+    test.set_defaults(func=cmd_rules_test)
+
+    diff = rules_commands.add_parser(
+        "diff",
+        help="which events change route, destination or payload between two configurations",
+        description=(
+            "Evaluates each event under both configurations (nothing is sent) and prints, as "
+            "JSON on stdout, every event whose matched routes, destinations (or dead letters) "
+            "or rendered payload differ, with the old and new values; a short summary goes to "
+            "stderr. Exit status: 0 no event changed, 3 some changed, 1 bad configuration."
+        ),
+    )
+    diff.add_argument("--old", required=True, metavar="FILE", help="the configuration today")
+    diff.add_argument("--new", required=True, metavar="FILE", help="the proposed configuration")
+    diff.add_argument(
+        "--event", action="extend", nargs="+", metavar="EVENT.json", help="event files (repeatable)"
+    )
+    diff.add_argument(
+        "--events", metavar="FILE.jsonl", help="a file of events, one JSON object per line"
+    )
+    diff.set_defaults(func=cmd_rules_diff)
+
+    imports = rules_commands.add_parser(
+        "import",
+        parents=[config_option()],
+        help="turn an Alertmanager configuration's routing tree into streamer rules",
+        description=(
+            "Reads ALERTMANAGER.yml and prints --config (the base: Kafka, topics, destinations) "
+            "with its routes and default replaced by Alertmanager's routing tree: matchers "
+            "(read as Alertmanager reads them, on the alert's labels), continue, nesting and "
+            "receiver inheritance kept; the root receiver becomes the default. A webhook "
+            "receiver to incident.io's alert-events URL becomes a destination (its token from "
+            "the webhook's credentials_file, else an environment variable; inline tokens are "
+            "never copied); a receiver with no integration drops; any other receiver must be "
+            "mapped with --receiver. What has no equivalent (grouping and its timings, inhibit "
+            "rules, time intervals, route labels, other integrations) is listed on stderr and "
+            "at the top of the output. The output passes `rules check`."
+        ),
+    )
+    imports.add_argument("alertmanager", metavar="ALERTMANAGER.yml")
+    imports.add_argument(
+        "--receiver",
+        action="append",
+        type=_receiver,
+        default=[],
+        metavar="NAME=DESTINATION",
+        help="deliver what Alertmanager sends to receiver NAME to DESTINATION (a destination "
+        "of --config, or drop) (repeatable)",
+    )
+    imports.add_argument(
+        "--output", metavar="FILE", help="write the configuration to FILE instead of stdout"
+    )
+    imports.set_defaults(func=cmd_rules_import)
+
+
+def cmd_rules_check(args: argparse.Namespace) -> int:
+    from streamer.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config, check_secrets=not args.no_secrets)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+
+    def count(n: int, noun: str) -> str:
+        return f"{n} {noun}{'' if n == 1 else 's'}"
+
+    routes = sum(1 for _ in config.rules.walk())
+    print(
+        f"{config.path}: OK ({count(len(config.file.destinations), 'destination')}, "
+        f"{count(routes, 'route')}, {count(len(config.file.topics), 'topic')})"
+    )
+    return 0
+
+
+def _read_events(files: list[str], lines_file: str | None) -> list[tuple[str, bytes | str]]:
+    """(label, JSON text) per event: each --event file, each line of --events FILE.jsonl;
+    an unreadable file gives its error text in place of the JSON (as str)."""
+    from pathlib import Path
+
+    events: list[tuple[str, bytes | str]] = []
+    for name in files:
+        try:
+            events.append((name, Path(name).read_bytes()))
+        except OSError as e:
+            events.append((name, f"cannot read the event: {e.strerror}"))
+    if lines_file:
+        try:
+            text = Path(lines_file).read_bytes()
+        except OSError as e:
+            events.append((lines_file, f"cannot read the events: {e.strerror}"))
+        else:
+            for number, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    events.append((f"{lines_file}:{number}", line))
+    return events
+
+
+def _outcome(config: Any, data: bytes | str, *, explain: bool = False) -> dict[str, Any]:
+    from streamer.decoding import DecodeError, EventDecoder
+    from streamer.rules_report import outcome
+
+    if isinstance(data, str):
+        return {"error": data}
+    try:
+        event = EventDecoder("json", config.reader_schema).decode(data)
+    except DecodeError as e:
+        return {"error": f"cannot read the event: {e}"}
+    return outcome(config.rules, event, explain=explain)
+
+
+def cmd_rules_test(args: argparse.Namespace) -> int:
+    import json
+
+    from streamer.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config, check_secrets=False)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    results = [
+        {"event": name, **_outcome(config, data, explain=args.explain)}
+        for name, data in _read_events(args.event, None)
+    ]
+    print(json.dumps(results, indent=2))
+    return 1 if any("error" in r for r in results) else 0
+
+
+def cmd_rules_diff(args: argparse.Namespace) -> int:
+    import json
+
+    from streamer.config import ConfigError, load_config
+    from streamer.rules_report import changes, summary
+
+    if not args.event and not args.events:
+        print(
+            "error: give the events to compare: --event FILE ... or --events FILE.jsonl",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        old = load_config(args.old, check_secrets=False)
+        new = load_config(args.new, check_secrets=False)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    events = _read_events(args.event or [], args.events)
+    found = [
+        change
+        for name, data in events
+        if (change := changes(name, _outcome(old, data), _outcome(new, data))) is not None
+    ]
+    print(json.dumps({"events": len(events), "changed": found}, indent=2))
+    print(summary(len(events), found), file=sys.stderr)
+    return 3 if found else 0
+
+
+def cmd_rules_import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import yaml
+
+    from streamer.alertmanager import ImportProblems, import_alertmanager
+    from streamer.config import ConfigError, load_config
+
+    receivers = dict(args.receiver)
+    try:
+        alertmanager = yaml.safe_load(Path(args.alertmanager).read_text())
+        base = yaml.safe_load(Path(args.config).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    output = Path(args.output) if args.output else None
+    try:
+        imported = import_alertmanager(
+            alertmanager if isinstance(alertmanager, dict) else {},
+            base if isinstance(base, dict) else {},
+            receivers=receivers,
+            base_dir=Path(args.config).parent,
+            output_dir=output.parent if output else Path(args.config).parent,
+            alertmanager_dir=Path(args.alertmanager).parent,
+        )
+    except ImportProblems as e:
+        print(f"{args.alertmanager}: cannot import:", file=sys.stderr)
+        for problem in e.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    text = imported.to_yaml(args.alertmanager)
+    # What is written must load as `streamer run` would load it (rules check).
+    check = output or Path(args.config).parent / f".{Path(args.config).name}.imported"
+    check.write_text(text)
+    try:
+        load_config(check, check_secrets=False)
+    except ConfigError as e:
+        print(f"the imported configuration does not load:\n{e}", file=sys.stderr)
+        return 1
+    finally:
+        if output is None:
+            check.unlink()
+    if output is None:
+        print(text, end="")
+    for gap in imported.gaps:
+        print(f"not imported: {gap}", file=sys.stderr)
+    for note in imported.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
+def _receiver(text: str) -> tuple[str, str]:
+    name, sep, destination = text.partition("=")
+    if not sep or not name or not destination:
+        raise argparse.ArgumentTypeError(
+            f"--receiver {text!r}: expected NAME=DESTINATION (a destination of --config, or drop)"
+        )
+    return name, destination

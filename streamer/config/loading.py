@@ -1,0 +1,210 @@
+"""`load_config(path)`: reads one YAML file, validates all of it, compiles the rules once.
+
+Each section (and each topic, destination and route) is validated on its own, so one bad
+part does not hide another's problems; all of them are raised together as one
+`ConfigError`. Nothing is consumed before a file loads cleanly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import SecretStr, TypeAdapter, ValidationError
+
+from streamer.config.model import (
+    Config,
+    ConfigFile,
+    DefaultRoute,
+    DeliverySettings,
+    Destination,
+    KafkaSettings,
+    RouteSpec,
+    SchemaRegistrySettings,
+    TokenSource,
+    Topic,
+)
+from streamer.config.problems import ConfigError, Loc, Problems
+from streamer.config.rule_compiler import RulesCompiler, SchemaPaths
+from streamer.config.secrets import check_no_inline_secrets, read_secret, read_secrets
+from streamer.decoding import load_schema
+
+
+def load_config(path: str | Path, *, check_secrets: bool = True) -> Config:
+    """Reads, validates and compiles a configuration file; raises ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(path, [f"{path}: cannot read the file: {e.strerror}"]) from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        raise ConfigError(path, [f"{path}:{line}: not valid YAML: {e}"]) from None
+    problems = Problems(path, root, data)
+    if not isinstance(data, dict):
+        problems.add(
+            (), "the file must be a YAML mapping (kafka:, topics:, destinations:, routes:)"
+        )
+        problems.raise_if_any()
+    config, invalid_destinations = _validate_sections(data, problems)
+    check_no_inline_secrets(data, problems)
+
+    base = path.parent
+    reader_schema: dict[str, Any] = {}
+    schema_file = Path(config.reader_schema)
+    try:
+        reader_schema = load_schema(
+            schema_file if schema_file.is_absolute() else base / schema_file
+        )
+    except ValueError as e:
+        problems.add(("reader_schema",), str(e))
+        problems.raise_if_any()
+
+    for i, topic in enumerate(config.topics):
+        if topic.format == "raw" and not topic.writer_schema:
+            problems.add(
+                ("topics", i, "format"), "the raw format needs writer_schema: (a .avsc file)"
+            )
+        if topic.format == "confluent" and config.schema_registry is None:
+            problems.add(
+                ("topics", i, "format"), "the confluent format needs schema_registry: url:"
+            )
+    tokens: dict[str, SecretStr] = {}
+    for name, destination in config.destinations.items():
+        if name in invalid_destinations:
+            continue
+        token_loc: Loc = ("destinations", name, "token")
+        if (destination.token.env is None) == (destination.token.file is None):
+            problems.add(token_loc, "give exactly one of env: (a variable name) or file: (a path)")
+        elif check_secrets:
+            try:
+                tokens[name] = SecretStr(read_secret(destination.token, base, "token"))
+            except ValueError as e:
+                problems.add(token_loc, str(e))
+    kafka_secrets = read_secrets(
+        config.kafka.secret_properties,
+        ("kafka", "secret_properties"),
+        base,
+        problems,
+        check_secrets,
+    )
+    registry_secrets = read_secrets(
+        config.schema_registry.secret_properties if config.schema_registry else {},
+        ("schema_registry", "secret_properties"),
+        base,
+        problems,
+        check_secrets,
+    )
+    rules = RulesCompiler(config, SchemaPaths(reader_schema), problems).rules()
+    problems.raise_if_any()
+    return Config(path, config, rules, reader_schema, tokens, kafka_secrets, registry_secrets)
+
+
+_SECTION_TYPES: dict[str, Any] = {
+    "kafka": KafkaSettings,
+    "delivery": DeliverySettings,
+    "schema_registry": SchemaRegistrySettings | None,
+    "reader_schema": str,
+    "default": Literal["drop"] | DefaultRoute,
+}
+
+
+def _validate(type_: Any, data: Any, loc: Loc, problems: Problems) -> Any:
+    """The validated value, or None after adding each of its problems."""
+    try:
+        return TypeAdapter(type_).validate_python(data)
+    except ValidationError as e:
+        for error in e.errors():
+            problems.add((*loc, *_without_union_tags(error["loc"])), _message(error))
+        return None
+
+
+def _route_spec(raw: Any, loc: Loc, problems: Problems) -> RouteSpec | None:
+    """One route and, separately, each child: a bad child does not hide its siblings."""
+    if not isinstance(raw, dict):
+        problems.add(loc, "a route is a mapping (name:, match:, destination:, ...)")
+        return None
+    children_raw = raw.get("routes", [])
+    spec: RouteSpec | None = _validate(
+        RouteSpec, {k: v for k, v in raw.items() if k != "routes"}, loc, problems
+    )
+    if not isinstance(children_raw, list):
+        problems.add((*loc, "routes"), "routes: must be a list of routes")
+        children_raw = []
+    children = [_route_spec(c, (*loc, "routes", i), problems) for i, c in enumerate(children_raw)]
+    if spec is None:
+        return None
+    return spec.model_copy(update={"routes": [c for c in children if c is not None]})
+
+
+def _validate_sections(data: dict[str, Any], problems: Problems) -> tuple[ConfigFile, set[str]]:
+    """Validates each part on its own, so one bad part does not hide the others'.
+
+    Returns the valid parts and the names of destinations that were invalid.
+    """
+    for key in data.keys() - ConfigFile.model_fields.keys():
+        problems.add((key,), "unknown setting (check the spelling; see examples/streamer.yaml)")
+    parts: dict[str, Any] = {}
+    for key in ("kafka", "schema_registry", "delivery", "reader_schema", "default"):
+        if key in data:
+            parts[key] = _validate(_SECTION_TYPES[key], data[key], (key,), problems)
+    topics = data.get("topics")
+    destinations = data.get("destinations")
+    routes = data.get("routes", [])
+    if not isinstance(topics, list) or not topics:
+        problems.add(("topics",), "topics: must list at least one topic")
+        topics = []
+    if not isinstance(destinations, dict) or not destinations:
+        problems.add(("destinations",), "destinations: must name at least one destination")
+        destinations = {}
+    if not isinstance(routes, list):
+        problems.add(("routes",), "routes: must be a list of routes")
+        routes = []
+    parts["topics"] = [_validate(Topic, t, ("topics", i), problems) for i, t in enumerate(topics)]
+    parts["destinations"] = {
+        name: _validate(Destination, d, ("destinations", name), problems)
+        for name, d in destinations.items()
+    }
+    parts["routes"] = [_route_spec(r, ("routes", i), problems) for i, r in enumerate(routes)]
+    valid_topics = [t for t in parts["topics"] if t is not None]
+    # An invalid destination keeps its name, so routes naming it are not blamed as well.
+    valid_destinations = {
+        name: d
+        or Destination.model_construct(alert_source_config_id="?", token=TokenSource(env="?"))
+        for name, d in parts["destinations"].items()
+    }
+    invalid = {name for name, d in parts["destinations"].items() if d is None}
+    config = ConfigFile.model_construct(
+        kafka=parts.get("kafka") or KafkaSettings(),
+        delivery=parts.get("delivery") or DeliverySettings(),
+        schema_registry=parts.get("schema_registry"),
+        reader_schema=parts.get("reader_schema")
+        or ConfigFile.model_fields["reader_schema"].default,
+        topics=valid_topics,
+        destinations=valid_destinations,
+        default=parts.get("default") or "drop",
+        routes=[r for r in parts["routes"] if r is not None],
+    )
+    return config, invalid
+
+
+def _without_union_tags(loc: Iterable[str | int]) -> Loc:
+    # pydantic names union branches in locations ("DefaultRoute"); operators never wrote those.
+    return tuple(k for k in loc if not (isinstance(k, str) and k[:1].isupper()))
+
+
+def _message(error: Any) -> str:
+    kind, message = error["type"], error["msg"]
+    if kind == "extra_forbidden":
+        return "unknown setting (check the spelling; see examples/streamer.yaml)"
+    if kind == "missing":
+        return "required setting is missing"
+    if kind == "value_error" and "error" in error.get("ctx", {}):
+        return str(error["ctx"]["error"])  # our validators' own words, without "Value error, "
+    return str(message)

@@ -1,0 +1,126 @@
+"""Secrets: read from an environment variable or a file, validated, never inline.
+
+Every secret (a destination's token, a Kafka or registry secret property) is read from an
+environment variable or a file, never written in the file: a property whose key looks secret
+(`is_secret_key`) and a URL with `user:password@` are refused inline. Each is validated at
+load as one line of printable characters (one trailing line break, as files and Kubernetes
+Secrets usually have, is removed), so no HTTP or Kafka library ever quotes a malformed one
+back in an error; problems name the variable or file, never the value.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import SecretStr
+
+from streamer.config.model import TokenSource
+from streamer.config.problems import Loc, Problems
+
+
+def read_secret(source: TokenSource, base: Path, what: Literal["token", "secret"]) -> str:
+    """The secret, checked to be one line of printable characters; a ValueError naming the
+    variable or file (never the value) otherwise."""
+    if source.env:
+        where = f"the environment variable {source.env}"
+        value = os.environ.get(source.env, "")
+        if not value:
+            raise ValueError(f"{where} is not set")
+    else:
+        assert source.file is not None
+        file = source.file if source.file.is_absolute() else base / source.file
+        where = f"the {what} file {file}"
+        try:
+            value = file.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ValueError(f"cannot read {where}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{where} is not UTF-8 text") from None
+    # Files, and variables filled from Kubernetes Secrets, usually end with a line break.
+    value = value.removesuffix("\n").removesuffix("\r")
+    if not value:
+        raise ValueError(f"{where} is empty")
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(
+            f"{where} holds a {what} with whitespace or a control character in it (a line "
+            f"break, space or tab?); a {what} is one line of printable characters"
+        )
+    if what == "token" and not value.isascii():
+        raise ValueError(
+            f"{where} holds a token with non-ASCII characters (it is sent in a header)"
+        )
+    return value
+
+
+def read_secrets(
+    sources: Mapping[str, TokenSource], loc: Loc, base: Path, problems: Problems, check: bool
+) -> dict[str, SecretStr]:
+    out: dict[str, SecretStr] = {}
+    for name, source in sources.items():
+        if (source.env is None) == (source.file is None):
+            problems.add(
+                (*loc, name), "give exactly one of env: (a variable name) or file: (a path)"
+            )
+        elif check:
+            try:
+                out[name] = SecretStr(read_secret(source, base, "secret"))
+            except ValueError as e:
+                problems.add((*loc, name), str(e))
+    return out
+
+
+_SECRET_WORDS = ("password", "passphrase", "secret", "credentials", "token")
+_SECRET_KEYS = frozenset({"basic.auth.user.info", "ssl.key.pem"})
+# Keys that say where a secret comes from or is sent to, not what it is:
+# basic.auth.credentials.source, sasl.oauthbearer.token.endpoint.url, ...
+_SECRET_SOURCE_SUFFIXES = (".source", ".url", ".location", ".file")
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a Kafka or registry property holds a secret, so belongs in secret_properties.
+
+    A secret: basic.auth.user.info, ssl.key.pem, and any key containing password,
+    passphrase, secret, credentials or token, except keys ending in .source, .url,
+    .location or .file (they name where a secret comes from, not the secret).
+    """
+    key = key.lower()
+    if key in _SECRET_KEYS:
+        return True
+    return any(w in key for w in _SECRET_WORDS) and not key.endswith(_SECRET_SOURCE_SUFFIXES)
+
+
+def check_no_inline_secrets(data: Mapping[str, Any], problems: Problems) -> None:
+    """Refuses secrets written in the file: secret-looking properties and URL credentials."""
+    pointers = {
+        "kafka": "set kafka.properties sasl.username, and sasl.password in kafka.secret_properties",
+        "schema_registry": "give them as basic.auth.user.info (user:password) in "
+        "schema_registry.secret_properties",
+    }
+    for section, address in (("kafka", "bootstrap_servers"), ("schema_registry", "url")):
+        settings = data.get(section)
+        if not isinstance(settings, dict):
+            continue
+        if "@" in str(settings.get(address, "")):
+            problems.add(
+                (section, address),
+                f"credentials (user:password@) are refused here: {pointers[section]}: "
+                "{env: VARIABLE} or {file: PATH}",
+            )
+        properties = settings.get("properties")
+        for key, value in properties.items() if isinstance(properties, dict) else ():
+            if is_secret_key(str(key)):
+                problems.add(
+                    (section, "properties", key),
+                    f"{key} is a secret: give it in {section}.secret_properties as "
+                    f"{key}: {{env: VARIABLE}} or {{file: PATH}}, never in the file",
+                )
+            elif isinstance(value, str) and "://" in value and "@" in value:
+                problems.add(
+                    (section, "properties", key),
+                    "credentials in a URL (user:password@) are refused in the file: give the "
+                    f"whole property in {section}.secret_properties as "
+                    f"{key}: {{env: VARIABLE}} or {{file: PATH}}",
+                )

@@ -1,0 +1,219 @@
+"""This member's part of what the consumer group shares through commit metadata.
+
+Invariants (tests/test_group_budget.py):
+
+1. **Whoever owns a partition next counts what was spent for it.** Every start is
+   attributed to a partition (the one whose delivery took the slot). A partition's note
+   (`budget.PartitionNote`, committed with its offset) lists its starts in the window and
+   its destinations' 429 pauses; `take_over` adds them to this member's limiters, so a
+   restart, a kill -9 or a rebalance never starts a window's budget afresh.
+2. **A kill -9 hides at most `tail` starts per destination**: the limiters never make
+   more than `tail` starts that no confirmed note covers (`RollingWindowLimiter.promise`),
+   and a take-over from a writer that did not leave cleanly counts its tail as spent now.
+3. **No member starts what the group has spent.** `observe` reads the notes of the
+   partitions other members own; their starts count against each limiter's ceiling (the
+   whole limit), and shares follow demand: a member whose partitions have waiting
+   deliveries gets most of the limit, the others keep a floor to start with.
+4. **Accepted work is skipped, not redone**: the offsets a note says were terminal above
+   its committed offset are terminal at once for the next owner.
+
+Monotonic time for decisions, wall-clock time in notes (another process reads them):
+`wall - now` converts between them, taken by the caller at the same moment.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections import deque
+from collections.abc import Collection, Mapping
+
+from streamer.budget import PartitionNote, Spent, decode, encode
+from streamer.destinations import Destinations
+from streamer.ledger import DeliveryLedger, Partition
+
+
+class GroupBudget:
+    def __init__(
+        self,
+        destinations: Destinations,
+        ledger: DeliveryLedger,
+        *,
+        tail_seconds: float,
+        view_interval: float = 1.0,
+        writer: str | None = None,
+    ) -> None:
+        self.destinations, self.ledger = destinations, ledger
+        self.writer = writer or uuid.uuid4().hex[:12]
+        self.tail_seconds = tail_seconds  # how long a note may take to be confirmed
+        self.recent = 2 * tail_seconds  # a partition that started this recently has demand
+        self.view_interval = view_interval  # how often the group's notes are read
+        # a raise waits until the others read our demand (a note and a view away)
+        self.raise_after = tail_seconds + view_interval
+        self._next_view = 0.0
+        self._done: dict[Partition, frozenset[int]] = {}  # inherited offset maps
+        self._tails_taken: set[str] = set()  # writers whose tail was already counted
+        self._commits: deque[float] = deque()  # built-at times of commits on their way
+
+    # -- what to commit -------------------------------------------------------------------
+
+    def notes(
+        self, offsets: Mapping[Partition, int], now: float, wall: float, *, final: bool
+    ) -> dict[Partition, str]:
+        """Each partition's note as the metadata of its commit at `offsets`."""
+        waiting = self._waiting(now)
+        return {
+            p: encode(self.note(p, now, wall, final=final, waiting=waiting.get(p, {})), o)
+            for p, o in offsets.items()
+        }
+
+    def note(
+        self,
+        partition: Partition,
+        now: float,
+        wall: float,
+        *,
+        final: bool,
+        waiting: Mapping[str, int] | None = None,
+    ) -> PartitionNote:
+        to_wall = wall - now
+        if waiting is None:
+            waiting = self._waiting(now).get(partition, {})
+        spent = {}
+        for state in self.destinations:
+            starts = state.spent.get(partition)
+            window = state.limiter.window
+            while starts and starts[0] <= now - window:
+                starts.popleft()
+            paused = state.limiter.paused_until
+            tail = 0 if final else state.limiter.tail or 0
+            if not starts and paused <= now and not waiting.get(state.name) and not tail:
+                continue
+            spent[state.name] = Spent(
+                tuple(t + to_wall for t in starts or ()),
+                paused + to_wall if paused > now else 0.0,
+                tail,
+                waiting.get(state.name, 0),
+            )
+        done = frozenset(self.ledger.terminal_above_watermark(partition))
+        return PartitionNote(self.writer, final, spent, done | self._done.get(partition, done))
+
+    def _waiting(self, now: float) -> dict[Partition, dict[str, int]]:
+        """Demand per partition and destination: the deliveries waiting, or 1 if one
+        started recently (a hot key's next event is not queued while one is in flight)."""
+        out: dict[Partition, dict[str, int]] = {}
+        for state in self.destinations:
+            for w in state.ready.waiting():
+                counts = out.setdefault(w.job.partition, {})
+                counts[state.name] = counts.get(state.name, 0) + 1
+            for p, starts in state.spent.items():
+                if starts and starts[-1] > now - self.recent:
+                    out.setdefault(p, {}).setdefault(state.name, 1)
+        return out
+
+    def sending(self, built_at: float) -> None:
+        """A commit of notes built at `built_at` went out (asynchronously)."""
+        self._commits.append(built_at)
+
+    def answered(self, ok: bool) -> None:
+        """The broker answered the oldest commit on its way (librdkafka answers in order)."""
+        built_at = self._commits.popleft() if self._commits else None
+        if ok and built_at is not None:
+            self.confirmed(built_at)
+
+    def confirmed(self, built_at: float) -> None:
+        """Notes with every start up to `built_at` are on the broker."""
+        for state in self.destinations:
+            state.limiter.confirmed(built_at)
+            state.key_limiter.confirmed(built_at)
+
+    def promise_tails(self) -> None:
+        """Caps unconfirmed starts to what `tail_seconds` of each limit allows (at least 1)."""
+        for state in self.destinations:
+            for limiter in (state.limiter, state.key_limiter):
+                rate = limiter.limit / limiter.window
+                limiter.promise(math.ceil(rate * self.tail_seconds) + 1)
+
+    # -- the rest of the group -------------------------------------------------------------
+
+    def view_due(self, now: float) -> bool:
+        if now < self._next_view:
+            return False
+        self._next_view = now + self.view_interval
+        return True
+
+    def observe(
+        self,
+        committed: Mapping[Partition, tuple[int, str | None]],
+        now: float,
+        wall: float,
+        *,
+        total_partitions: int,
+    ) -> None:
+        """The group's committed notes, read again: the starts of partitions others own
+        count against each limit's ceiling, and shares follow where deliveries wait."""
+        to_now = now - wall
+        mine = set(self.ledger.partitions)
+        foreign: dict[str, list[float]] = {}
+        others: dict[str, int] = {}
+        for p, (offset, metadata) in committed.items():
+            if p in mine:
+                continue
+            for name, spent in decode(metadata, offset).spent.items():
+                foreign.setdefault(name, []).extend(t + to_now for t in spent.starts)
+                others[name] = others.get(name, 0) + (spent.waiting > 0)
+        demand = {}
+        for state in self.destinations:
+            waiting = {w.job.partition for w in state.ready.waiting()}
+            waiting |= {p for p, s in state.spent.items() if s and s[-1] > now - self.recent}
+            ours = len(waiting & mine)
+            demand[state.name] = (ours, ours + others.get(state.name, 0))
+        self.destinations.share(
+            len(mine), total_partitions, demand, now=now, raise_after=self.raise_after
+        )
+        for state in self.destinations:
+            state.limiter.set_ceiling(state.spec.events_per_minute, foreign.get(state.name, ()))
+        for limiter, limit, names in self.destinations.limiters():
+            limiter.set_ceiling(limit, [t for name in names for t in foreign.get(name, ())])
+
+    # -- taking partitions over and letting them go ----------------------------------------
+
+    def take_over(
+        self, partition: Partition, metadata: str | None, committed: int, now: float, wall: float
+    ) -> PartitionNote:
+        """The previous owner's note for `partition`: its budget becomes ours, its offset
+        map is skipped."""
+        note = decode(metadata, committed)
+        to_now = now - wall
+        if note.done:
+            self._done[partition] = note.done
+        tail_counts = not note.final and note.writer not in self._tails_taken
+        if tail_counts:
+            self._tails_taken.add(note.writer)
+        for name, spent in note.spent.items():
+            try:
+                state = self.destinations[name]
+            except KeyError:
+                continue  # a destination the configuration no longer has
+            starts = [t + to_now for t in spent.starts if t + to_now > now - state.limiter.window]
+            if tail_counts:
+                starts += [now] * spent.tail  # what the writer may have started unseen
+            state.limiter.inherit(starts)
+            state.key_limiter.inherit(starts)
+            mine = state.spent.setdefault(partition, deque())
+            mine.extend(starts)
+            state.spent[partition] = deque(sorted(mine))
+            if spent.paused_until:
+                state.limiter.pause_until(spent.paused_until + to_now)
+        return note
+
+    def already_done(self, partition: Partition, offset: int) -> bool:
+        """Terminal before the hand-over: the next owner must not deliver it again."""
+        done = self._done.get(partition)
+        return done is not None and offset in done
+
+    def let_go(self, partitions: Collection[Partition]) -> None:
+        for p in partitions:
+            self._done.pop(p, None)
+            for state in self.destinations:
+                state.spent.pop(p, None)

@@ -1,0 +1,128 @@
+"""What the rules do with an event, as `rules test` prints it, and how two configurations differ.
+
+Invariant: an outcome is computed by the service's own walk (`Rules.evaluate`, or
+`Rules.trace` when the reason is wanted too), never by a re-implementation, so `rules test`,
+`rules diff` and the Alertmanager conformance suite all report what `streamer run` would
+do; nothing is sent. Two outcomes differ in `route` when the matched routes differ, in
+`destination` when the destinations delivered to (or dead-lettered for) differ, and in
+`payload` when a delivery to the same route and destination renders differently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from streamer.routing import Rules
+
+__all__ = ["changes", "outcome", "summary"]
+
+
+def outcome(rules: Rules, event: Mapping[str, Any], *, explain: bool = False) -> dict[str, Any]:
+    """matched_routes, deliveries (route, destination, payload), dead_letters, dropped; and
+    `explain` (why each route did or did not match) from the same walk when asked."""
+    if explain:
+        decision, explanation = rules.trace(event)
+    else:
+        decision, explanation = rules.evaluate(event), None
+    result: dict[str, Any] = {
+        "matched_routes": list(decision.matched),
+        "deliveries": [
+            {
+                "route": d.route,
+                "destination": d.destination,
+                "payload": d.payload.model_dump(exclude_none=True),
+            }
+            for d in decision.deliveries
+        ],
+        "dead_letters": [
+            {"route": f.route, "destination": f.destination, "reason": f.reason}
+            for f in decision.failures
+        ],
+        "dropped": decision.dropped,
+    }
+    if explanation is not None:
+        result["explain"] = explanation
+    return result
+
+
+def _destinations(result: Mapping[str, Any]) -> list[str]:
+    delivered = [f"{d['destination']}" for d in result["deliveries"]]
+    return delivered + [f"{f['destination']} (dead letter)" for f in result["dead_letters"]]
+
+
+def changes(event: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any] | None:
+    """How the outcome of one event changed between two configurations; None if it did not."""
+    kinds: list[str] = []
+    if old.get("error") or new.get("error"):
+        if old.get("error") == new.get("error"):
+            return None
+        return {"event": event, "changed": ["error"], "old": dict(old), "new": dict(new)}
+    if old["matched_routes"] != new["matched_routes"]:
+        kinds.append("route")
+    if _destinations(old) != _destinations(new) or old["dropped"] != new["dropped"]:
+        kinds.append("destination")
+    payloads = []
+    before = {(d["route"], d["destination"]): d["payload"] for d in old["deliveries"]}
+    for delivery in new["deliveries"]:
+        earlier = before.get((delivery["route"], delivery["destination"]))
+        if earlier is None or earlier == delivery["payload"]:
+            continue
+        fields = {
+            key: {"old": earlier.get(key), "new": delivery["payload"].get(key)}
+            for key in sorted(earlier.keys() | delivery["payload"].keys())
+            if earlier.get(key) != delivery["payload"].get(key)
+        }
+        payloads.append(
+            {"route": delivery["route"], "destination": delivery["destination"], "fields": fields}
+        )
+    if payloads:
+        kinds.append("payload")
+    if not kinds:
+        return None
+    out: dict[str, Any] = {"event": event, "changed": kinds}
+    if "route" in kinds:
+        out["routes"] = {"old": old["matched_routes"], "new": new["matched_routes"]}
+    if "destination" in kinds:
+        out["destinations"] = {
+            "old": _destinations(old) or ["(dropped)"],
+            "new": _destinations(new) or ["(dropped)"],
+        }
+    if payloads:
+        out["payloads"] = payloads
+    return out
+
+
+def summary(total: int, changed: Iterable[Mapping[str, Any]]) -> str:
+    """A few lines for a person: how many events changed, and how, one line each."""
+    changed = list(changed)
+    counts = {
+        k: sum(1 for c in changed if k in c["changed"])
+        for k in ("route", "destination", "payload", "error")
+    }
+    how = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    lines = [
+        f"{total} event{'s' if total != 1 else ''}: {len(changed)} changed"
+        + (f" ({how})" if how else "")
+        + f", {total - len(changed)} unchanged"
+    ]
+    for change in changed:
+        parts = []
+        if "routes" in change:
+            parts.append(
+                f"routes {_list(change['routes']['old'])} -> {_list(change['routes']['new'])}"
+            )
+        if "destinations" in change:
+            old, new = change["destinations"]["old"], change["destinations"]["new"]
+            parts.append(f"destinations {_list(old)} -> {_list(new)}")
+        for payload in change.get("payloads", []):
+            fields = ", ".join(payload["fields"])
+            parts.append(f"{payload['route']} -> {payload['destination']}: {fields} changed")
+        if "error" in change["changed"]:
+            parts.append(f"error: {change['old'].get('error') or change['new'].get('error')}")
+        lines.append(f"  {change['event']}: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def _list(items: list[str]) -> str:
+    return ", ".join(items) if items else "(none)"

@@ -1,0 +1,146 @@
+"""`streamer rules import`: an Alertmanager configuration as streamer rules (streamer/alertmanager.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from streamer.alertmanager import ImportProblems, import_alertmanager
+from streamer.config import load_config
+from streamer.rules_report import outcome
+from tests.rules_helpers import alert
+
+ROOT = Path(__file__).parent.parent
+EXAMPLE = ROOT / "examples" / "alertmanager.yml"
+BASE = ROOT / "examples" / "streamer.yaml"
+MAPPED = ["slack-platform=sre-overview", "team-database=database", "slack-payments=payments-low"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streamer", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+
+
+def import_example(tmp_path: Path, *receivers: str) -> subprocess.CompletedProcess[str]:
+    mapped = [arg for r in receivers for arg in ("--receiver", r)]
+    output = tmp_path / "imported.yaml"
+    return run(
+        "rules", "import", str(EXAMPLE), "--config", str(BASE), *mapped, "--output", str(output)
+    )
+
+
+def with_labels(**labels: str) -> dict:
+    event = alert()
+    event["alert"]["labels"] = labels
+    return event
+
+
+def test_the_example_imports_routes_as_alertmanager_would(tmp_path: Path) -> None:
+    result = import_example(tmp_path, *MAPPED)
+    assert result.returncode == 0, result.stderr
+    path = tmp_path / "imported.yaml"
+    assert run("rules", "check", "--no-secrets", "--config", str(path)).returncode == 0
+    rules = load_config(path, check_secrets=False).rules
+
+    def destinations(**labels: str) -> list[str]:
+        return [d["destination"] for d in outcome(rules, with_labels(**labels))["deliveries"]]
+
+    assert destinations(alertname="Watchdog", severity="critical", env="prod") == []  # blackhole
+    assert destinations(severity="critical", env="prod", team="payments") == [
+        "sre-overview",  # continue: true ...
+        "incident-io-payments",  # ... then the team's route, its child inheriting the receiver
+    ]
+    assert destinations(severity="warning", team="payments") == ["payments-low"]
+    assert destinations(**{"service.namespace": "storage", "k8s.cluster.name": "eu-west-1"}) == [
+        "database"
+    ]
+    assert destinations(team="database", alertname="PostgresDown") == ["database"]
+    assert destinations(team="search") == ["sre-overview"]  # the root's receiver
+
+
+def test_what_has_no_equivalent_is_listed_not_dropped(tmp_path: Path) -> None:
+    result = import_example(tmp_path, *MAPPED)
+    header = (tmp_path / "imported.yaml").read_text().split("\nkafka:")[0]
+    for what in (
+        "group_by",
+        "group_wait",
+        "mute_time_intervals: out-of-hours",
+        "inhibit_rules: 1",
+        "time_intervals: out-of-hours",
+        "templates:",
+        "global: (resolve_timeout",
+    ):
+        assert what in result.stderr, what
+        assert what in header, what
+
+
+def test_an_incident_io_webhook_becomes_a_destination_without_copying_an_inline_token(
+    tmp_path: Path,
+) -> None:
+    alertmanager = {
+        "route": {"receiver": "pager"},
+        "receivers": [
+            {
+                "name": "pager",
+                "webhook_configs": [
+                    {
+                        "url": "https://api.incident.io/v2/alert_events/http/01NEWSOURCE",
+                        "http_config": {"authorization": {"credentials": "s3cret-token"}},
+                    }
+                ],
+            }
+        ],
+    }
+    imported = import_alertmanager(
+        alertmanager, yaml.safe_load(BASE.read_text()), base_dir=BASE.parent, output_dir=BASE.parent
+    )
+    assert imported.config["destinations"]["pager"] == {
+        "alert_source_config_id": "01NEWSOURCE",
+        "token": {"env": "INCIDENT_IO_TOKEN_PAGER"},
+    }
+    assert imported.config["default"] == {"destination": "pager"}
+    assert "s3cret-token" not in imported.to_yaml("am.yml")
+    assert any("INCIDENT_IO_TOKEN_PAGER" in note for note in imported.notes)
+
+
+def test_a_receiver_streamer_cannot_send_to_must_be_mapped(tmp_path: Path) -> None:
+    result = import_example(tmp_path, "slack-platform=sre-overview")
+    assert result.returncode == 1
+    assert "receiver slack-payments (slack_configs) has no equivalent" in result.stderr
+    assert "--receiver slack-payments=DESTINATION" in result.stderr
+    assert not (tmp_path / "imported.yaml").exists()
+
+
+def test_a_mapping_to_an_unknown_destination_is_refused() -> None:
+    with pytest.raises(ImportProblems, match="no destination 'nowhere'"):
+        import_alertmanager(
+            {"route": {"receiver": "r"}, "receivers": [{"name": "r"}]},
+            {"destinations": {"a": {}}},
+            receivers={"r": "nowhere"},
+        )
+
+
+def test_relative_paths_are_rebased_to_where_the_output_is_written(tmp_path: Path) -> None:
+    imported = import_alertmanager(
+        {"route": {"receiver": "blackhole"}, "receivers": [{"name": "blackhole"}]},
+        yaml.safe_load(BASE.read_text()),
+        base_dir=BASE.parent,
+        output_dir=tmp_path,
+    )
+    written = tmp_path / "streamer.yaml"
+    written.write_text(imported.to_yaml("am.yml"))
+    config = load_config(written, check_secrets=False)
+    assert config.file.default == "drop"
+    token = imported.config["destinations"]["database"]["token"]["file"]
+    assert (tmp_path / token).resolve() == (
+        ROOT / "examples" / "secrets" / "database-token"
+    ).resolve()

@@ -1,0 +1,185 @@
+"""Alertmanager's own routing and matcher tests, as data, through `rules import` and the walk
+`rules test` reports (tests/alertmanager_conformance/README.md says where each fact is from)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from streamer.alertmanager import import_alertmanager
+from streamer.config import ConfigError, load_config
+from streamer.rules_report import outcome
+from tests.rules_helpers import SCHEMA, alert
+
+DATA = Path(__file__).parent / "alertmanager_conformance"
+ROUTING = yaml.safe_load((DATA / "routing.yaml").read_text())
+MATCHERS = yaml.safe_load((DATA / "matchers.yaml").read_text())
+
+
+def receivers_of(route: dict[str, Any]) -> set[str]:
+    found = {route["receiver"]} if "receiver" in route else set()
+    for child in route.get("routes") or []:
+        found |= receivers_of(child)
+    return found
+
+
+def imported(tmp_path: Path, route: dict[str, Any]) -> tuple[Path, list[str]]:
+    """The tree imported on a base whose destinations are named after the receivers."""
+    names = sorted(receivers_of(route))
+    base = {
+        "reader_schema": str(SCHEMA),
+        "topics": [{"name": "events", "format": "json"}],
+        "destinations": {
+            n: {"alert_source_config_id": f"ID-{n}", "token": {"env": "TOKEN"}} for n in names
+        },
+    }
+    result = import_alertmanager(
+        {"route": route, "receivers": [{"name": n} for n in names]},
+        base,
+        receivers={n: n for n in names},
+        base_dir=tmp_path,
+        output_dir=tmp_path,
+    )
+    path = tmp_path / "streamer.yaml"
+    path.write_text(result.to_yaml("alertmanager.yml"))
+    return path, result.gaps
+
+
+def event_with(labels: dict[str, str]) -> dict[str, Any]:
+    event = alert()
+    event["alert"]["labels"] = dict(labels)
+    return event
+
+
+def notified(config_path: Path, labels: dict[str, str]) -> list[str]:
+    result = outcome(load_config(config_path, check_secrets=False).rules, event_with(labels))
+    assert not result["dead_letters"], result["dead_letters"]
+    return [d["destination"] for d in result["deliveries"]]
+
+
+ROUTING_CASES = [
+    pytest.param(tree, case, id=f"{tree['source'].split()[-1]}-{i}")
+    for tree in ROUTING["trees"]
+    for i, case in enumerate(tree["cases"])
+]
+
+
+@pytest.mark.parametrize(("tree", "case"), ROUTING_CASES)
+def test_route_tree(tmp_path: Path, tree: dict[str, Any], case: dict[str, Any]) -> None:
+    path, gaps = imported(tmp_path, tree["route"])
+    assert notified(path, case["labels"]) == case["receivers"]
+    for gap in tree.get("gaps", []):
+        assert any(f"{gap}:" in g for g in gaps), gaps
+
+
+def test_route_walk(tmp_path: Path) -> None:
+    (walk,) = ROUTING["walks"]
+    (tree,) = [t for t in ROUTING["trees"] if t["source"] == walk["tree"]]
+    path, _ = imported(tmp_path, tree["route"])
+    rules = load_config(path, check_secrets=False).rules
+    assert rules.default is not None
+    order = [rules.default.destination] + [
+        r.destination for r in rules.walk() if r is not rules.default
+    ]
+    assert order == walk["receivers"]
+
+
+def matcher_cases() -> list[Any]:
+    cases = []
+    for group, entries in MATCHERS.items():
+        for entry in entries:
+            if entry.get("refused"):
+                cases.append(
+                    pytest.param(entry, None, "refused", id=f"{group}: {entry['name']}: refused")
+                )
+            for outcome_name in ("hit", "miss"):
+                for i, labels in enumerate(entry.get(outcome_name, [])):
+                    cases.append(
+                        pytest.param(
+                            entry,
+                            labels,
+                            outcome_name,
+                            id=f"{group}: {entry['name']}: {outcome_name} {i}",
+                        )
+                    )
+    return cases
+
+
+MATCHER_CASES = matcher_cases()
+
+
+@pytest.mark.parametrize(("entry", "labels", "expected"), MATCHER_CASES)
+def test_matcher(
+    tmp_path: Path, entry: dict[str, Any], labels: dict[str, str] | None, expected: str
+) -> None:
+    route: dict[str, Any] = {"receiver": "hit"}
+    for key in ("matchers", "match", "match_re"):
+        if key in entry:
+            route[key] = entry[key]
+    path, _ = imported(tmp_path, {"receiver": "miss", "routes": [route]})
+    if expected == "refused":
+        with pytest.raises(ConfigError):
+            load_config(path, check_secrets=False)
+        return
+    assert labels is not None
+    assert notified(path, labels) == [expected]
+
+
+def test_the_suite_is_all_there() -> None:
+    # Counted here so a lost file or a YAML slip cannot shrink the suite unnoticed.
+    assert len(ROUTING_CASES) == 28
+    assert len(MATCHER_CASES) >= 150
+
+
+def test_the_cli_imports_and_tests_a_tree_as_alertmanager_routes_it(tmp_path: Path) -> None:
+    tree = ROUTING["trees"][0]
+    base_path, _ = imported(tmp_path, tree["route"])  # a base with the destinations
+    names = sorted(receivers_of(tree["route"]))
+    (tmp_path / "alertmanager.yml").write_text(
+        yaml.safe_dump({"route": tree["route"], "receivers": [{"name": n} for n in names]})
+    )
+    receivers = [arg for n in names for arg in ("--receiver", f"{n}={n}")]
+    output = tmp_path / "imported.yaml"
+    run = [sys.executable, "-m", "streamer", "rules"]
+    done = subprocess.run(
+        [
+            *run,
+            "import",
+            str(tmp_path / "alertmanager.yml"),
+            "--config",
+            str(base_path),
+            *receivers,
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "group_by" in done.stderr  # what has no equivalent is said, not dropped
+    events = []
+    for i, case in enumerate(tree["cases"]):
+        event = event_with(case["labels"])
+        event["event_time"] = 1795000000000
+        event["alert"]["starts_at"] = 1794999400000
+        file = tmp_path / f"event-{i}.json"
+        file.write_text(json.dumps(event))
+        events += ["--event", str(file)]
+    done = subprocess.run(
+        [*run, "test", "--config", str(output), *events],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    assert [[d["destination"] for d in r["deliveries"]] for r in results] == [
+        case["receivers"] for case in tree["cases"]
+    ]

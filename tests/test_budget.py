@@ -1,0 +1,65 @@
+"""Partition notes: what the next owner of a partition learns from its commit metadata."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamer.budget import EMPTY, MAX_BYTES, RESOLUTION, PartitionNote, Spent, decode, encode
+
+NOW = 1_790_000_000.0
+
+spent = st.builds(
+    Spent,
+    starts=st.lists(st.floats(NOW - 60, NOW), max_size=300).map(tuple),
+    paused_until=st.one_of(st.just(0.0), st.floats(NOW, NOW + 120)),
+    tail=st.integers(0, 50),
+    waiting=st.integers(0, 10_000),
+)
+notes = st.builds(
+    PartitionNote,
+    writer=st.text("0123456789abcdef", max_size=12),
+    final=st.booleans(),
+    spent=st.dictionaries(st.text(min_size=1, max_size=20), spent, max_size=5),
+    done=st.frozensets(st.integers(100, 20_000), max_size=2_000),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(notes)
+def test_a_note_comes_back_as_written_never_earlier_and_always_fits(note: PartitionNote) -> None:
+    text = encode(note, committed=100)
+    assert len(text) <= MAX_BYTES
+    back = decode(text, committed=100)
+    assert (back.writer, back.final) == (note.writer, note.final)
+    assert back.spent.keys() == note.spent.keys()
+    for name, spent_ in note.spent.items():
+        got = back.spent[name]
+        assert len(got.starts) == len(spent_.starts)
+        # rounded up, never down: an inherited start never leaves the window early
+        for real, stored in zip(sorted(spent_.starts), got.starts, strict=True):
+            assert real <= stored + 1e-6 <= real + RESOLUTION + 1e-6
+        assert got.paused_until >= spent_.paused_until - 1e-6
+        assert (got.tail, got.waiting) == (spent_.tail, spent_.waiting)
+    # the offset map survives whole, or is dropped whole (re-sent, never skipped wrongly)
+    assert back.done in (note.done, frozenset())
+
+
+def test_offsets_below_the_committed_one_are_not_kept() -> None:
+    text = encode(PartitionNote(done=frozenset({5, 9, 10, 11, 20})), committed=10)
+    assert decode(text, committed=10).done == {10, 11, 20}
+
+
+def test_an_offset_map_too_large_to_fit_is_dropped_and_the_budget_kept() -> None:
+    scattered = frozenset(random.Random(1).sample(range(1_000_000), 5_000))
+    note = PartitionNote(spent={"a": Spent((NOW,), 0.0, 3, 1)}, done=scattered)
+    back = decode(encode(note, committed=0), committed=0)
+    assert back.done == frozenset()
+    assert back.spent["a"].tail == 3
+
+
+def test_anything_else_reads_as_an_empty_note() -> None:
+    for metadata in (None, "", "hello", "s1:not base64!", "s1:aGVsbG8="):
+        assert decode(metadata, committed=0) == EMPTY

@@ -1,0 +1,132 @@
+"""The group's shared budget: what a partition's next owner inherits through its notes."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import SecretStr
+
+from streamer.config import DeliverySettings, Destination, TokenSource
+from streamer.destinations import Destinations
+from streamer.group_budget import GroupBudget
+from streamer.ledger import DeliveryLedger, OrderingKey
+
+P0, P1 = ("events", 0), ("events", 1)
+WALL = 1_790_000_000.0  # wall clock = monotonic + WALL in these tests
+
+
+def member(limit: int = 10, writer: str = "w") -> tuple[GroupBudget, Destinations, DeliveryLedger]:
+    spec = Destination(
+        alert_source_config_id="SRC", token=TokenSource(env="T"), events_per_minute=limit
+    )
+    ds = Destinations(DeliverySettings(rate_limit_margin_seconds=0.0))
+    ds.configure({"a": spec}, {"a": SecretStr("t1")})
+    ledger = DeliveryLedger()
+    budget = GroupBudget(ds, ledger, tail_seconds=1.0, writer=writer)
+    return budget, ds, ledger
+
+
+def start(ds: Destinations, ledger: DeliveryLedger, partition, offset: int, now: float) -> bool:
+    """One delivery of `partition` at the head of the queue asks for a slot."""
+    [job] = ledger.add(partition, offset, [(OrderingKey("a", f"k{offset}"), "work")])
+    ds["a"].ready.add(job, rank=0)
+    started = ds["a"].may_start(now)
+    ds["a"].ready.drop([partition])
+    return started
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 10), st.booleans())
+def test_the_next_owner_starts_no_more_than_the_limit_in_the_window(spent, clean) -> None:
+    """An owner spends `spent` of 10 on P0 and hands it over cleanly (or is killed): the
+    next owner, a new process, never starts more than what is left in that window."""
+    old, old_ds, old_ledger = member(writer="old")
+    old_ledger.assign(P0)
+    old.promise_tails()
+    for offset in range(spent):
+        now = 1.0 + offset * 0.01
+        if not start(old_ds, old_ledger, P0, offset, now):
+            break
+        old.confirmed(now)  # each start's note confirmed (a kill hides nothing)
+    offset = old_ledger.commit_offset(P0) or 0
+    note = old.notes({P0: offset}, now=2.0, wall=WALL + 2.0, final=clean)[P0]
+    new, new_ds, new_ledger = member(writer="new")
+    new_ledger.assign(P0)
+    new.take_over(P0, note, offset, now=3.0, wall=WALL + 3.0)  # another clock: wall matters
+    started_before = sum(1 for t in old_ds["a"].spent.get(P0, ()) if t > 0)
+    more = sum(start(new_ds, new_ledger, P0, 100 + i, 3.5) for i in range(20))
+    assert started_before + more <= 10
+
+
+def test_a_kill_hides_at_most_the_tail_and_the_next_owner_counts_it() -> None:
+    old, old_ds, old_ledger = member(writer="old")
+    old_ledger.assign(P0)
+    old.promise_tails()
+    tail = old_ds["a"].limiter.tail
+    assert tail is not None
+    note = old.notes({P0: 0}, now=1.0, wall=WALL + 1.0, final=False)[P0]  # then a kill
+    hidden = sum(start(old_ds, old_ledger, P0, i, 1.5) for i in range(20))
+    assert hidden == tail  # the writer kept its promise
+    new, new_ds, new_ledger = member(writer="new")
+    new_ledger.assign(P0)
+    new.take_over(P0, note, 0, now=2.0, wall=WALL + 2.0)
+    more = sum(start(new_ds, new_ledger, P0, 100 + i, 2.5) for i in range(20))
+    assert hidden + more <= 10
+
+
+def test_offsets_terminal_above_the_watermark_are_skipped_by_the_next_owner() -> None:
+    old, _, old_ledger = member()
+    old_ledger.assign(P0)
+    old_ledger.add(P0, 0, [(OrderingKey("a", "x"), "still in flight")])
+    [second] = old_ledger.add(P0, 1, [(OrderingKey("a", "y"), "done")])
+    old_ledger.add(P0, 2, [])  # dropped by the rules
+    old_ledger.finish(second)
+    note = old.notes({P0: 0}, now=1.0, wall=WALL, final=False)[P0]
+    new, _, new_ledger = member(writer="new")
+    new_ledger.assign(P0)
+    new.take_over(P0, note, 0, now=1.0, wall=WALL)
+    assert [o for o in range(4) if new.already_done(P0, o)] == [1, 2]
+
+
+def test_a_429_pause_is_handed_over() -> None:
+    old, old_ds, old_ledger = member()
+    old_ledger.assign(P0)
+    old_ds["a"].rate_limited(until=40.0)
+    note = old.notes({P0: 0}, now=10.0, wall=WALL + 10.0, final=True)[P0]
+    new, new_ds, new_ledger = member(writer="new")
+    new_ledger.assign(P0)
+    new.take_over(P0, note, 0, now=500.0, wall=WALL + 20.0)  # 10 s later, another clock
+    assert new_ds["a"].limiter.paused_until >= 520.0
+
+
+def test_a_replica_with_the_only_demand_gets_nearly_all_of_the_limit_after_a_delay() -> None:
+    """Three partitions on three replicas, one hot key on P0: its owner's share grows to
+    >= 0.9 of the limit once the others could have seen its demand; theirs stay small."""
+    hot, hot_ds, hot_ledger = member(limit=30, writer="hot")
+    hot_ledger.assign(P0)
+    hot.promise_tails()
+    hot_ds.share(1, 3)
+    assert hot_ds["a"].limiter.limit == 10  # by partitions, before any demand is seen
+    [job] = hot_ledger.add(P0, 0, [(OrderingKey("a", "hot"), "work")])
+    hot_ds["a"].ready.add(job, rank=0)
+    quiet = {("events", 1): (0, None), ("events", 2): (0, None)}
+    hot.observe(quiet, now=1.0, wall=WALL + 1.0, total_partitions=3)
+    assert hot_ds["a"].limiter.limit == 10  # a raise waits for the others to see it
+    hot.observe(quiet, now=1.0 + hot.raise_after, wall=WALL, total_partitions=3)
+    assert hot_ds["a"].limiter.limit >= 27
+
+
+def test_what_others_started_counts_against_the_whole_limit() -> None:
+    busy, busy_ds, busy_ledger = member(limit=10, writer="busy")
+    busy_ledger.assign(P0)
+    for offset in range(8):
+        assert start(busy_ds, busy_ledger, P0, offset, 1.0)
+    note = busy.notes({P0: 0}, now=1.0, wall=WALL + 1.0, final=False)[P0]
+    other, other_ds, other_ledger = member(limit=10, writer="other")
+    other_ledger.assign(P1)
+    [job] = other_ledger.add(P1, 0, [(OrderingKey("a", "waiting"), "work")])
+    other_ds["a"].ready.add(job, rank=0)  # demand on both: a share of 5 each
+    other.observe({P0: (0, note)}, now=2.0, wall=WALL + 2.0, total_partitions=2)
+    assert other_ds["a"].limiter.limit == 5
+    other_ds["a"].ready.drop([P1])
+    assert sum(start(other_ds, other_ledger, P1, i, 2.0) for i in range(1, 10)) == 2

@@ -1,0 +1,103 @@
+"""The routes' index: skipping routes that cannot match never changes an evaluation."""
+
+from __future__ import annotations
+
+import copy
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamer.matchers import Matcher
+from streamer.route_index import LevelIndex
+from streamer.routing import Route, Rules
+from tests.rules_helpers import alert
+from tests.strategies import events, rule_trees
+
+TEAMS = ["payments", "search", "", "x"]
+EQUALITIES = [f"labels.team = '{t}'" for t in TEAMS] + [
+    "severity = CRITICAL",
+    "severity = WARNING",
+    "alert.status = FIRING",
+    "labels.missing = ''",
+    "labels.team != search",
+    'labels.team =~ "pay.*"',
+]
+
+
+@st.composite
+def team_trees(draw: st.DrawFn) -> Rules:
+    """Levels where many routes test the same field for equality (what gets indexed)."""
+    names = iter(range(10**6))
+
+    def route(parent: str | None, depth: int) -> Route:
+        name = f"r{next(names)}"
+        path = f"{parent} > {name}" if parent else name
+        children = (
+            ()
+            if depth >= 3
+            else tuple(route(path, depth + 1) for _ in range(draw(st.integers(0, 3))))
+        )
+        return Route(
+            name=name,
+            path=path,
+            matchers=tuple(
+                Matcher.parse(m) for m in draw(st.lists(st.sampled_from(EQUALITIES), max_size=3))
+            ),
+            destination=draw(st.sampled_from([None, "a", "b"])),
+            continue_=draw(st.booleans()),
+            children=children,
+        )
+
+    routes = tuple(route(None, 1) for _ in range(draw(st.integers(0, 8))))
+    return Rules(routes, draw(st.none() | st.just(Route(name="d", path="d", destination="a"))))
+
+
+def unindexed(rules: Rules) -> Rules:
+    plain = copy.copy(rules)
+    plain._index = {}
+    return plain
+
+
+def with_team(event: dict, team: str | None) -> dict:
+    event = dict(event)
+    labels = dict(event["labels"])
+    if team is None:
+        labels.pop("team", None)
+    else:
+        labels["team"] = team
+    event["labels"] = labels
+    return event
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rules=team_trees() | rule_trees(),
+    event=events,
+    team=st.none() | st.sampled_from(TEAMS),
+)
+def test_the_index_never_changes_what_the_rules_decide(rules, event, team) -> None:
+    event = with_team(event, team)
+    assert rules.evaluate(event) == unindexed(rules).evaluate(event)
+
+
+def test_a_level_of_routes_on_one_field_tries_only_the_routes_for_the_events_value() -> None:
+    routes = (
+        *(
+            Route(name=t, path=t, matchers=(Matcher.parse(f"labels.team = {t}"),), destination="a")
+            for t in ("payments", "search", "storage")
+        ),
+        Route(name="any", path="any", matchers=(), destination="b"),
+    )
+    index = LevelIndex(routes)
+    event = alert()
+    assert [r.name for r in index.candidates(event)] == ["payments", "any"]
+    event["labels"] = {"team": "nobody"}
+    assert [r.name for r in index.candidates(event)] == ["any"]
+
+
+def test_a_level_without_a_shared_equality_is_not_indexed() -> None:
+    routes = (
+        Route(name="a", path="a", matchers=(Matcher.parse("severity = CRITICAL"),)),
+        Route(name="b", path="b", matchers=(Matcher.parse('labels.team =~ "p.*"'),)),
+    )
+    assert LevelIndex(routes).candidates(alert()) == routes
