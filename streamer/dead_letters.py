@@ -36,7 +36,6 @@ MAX_TEXT = 4096
 PREFIX = "streamer."
 
 
-
 class SourceMessage(NamedTuple):
     """A fetched Kafka message, kept until it is terminal (for dead letters). A tuple:
     one is made for every message fetched, so it must be cheap to make."""
