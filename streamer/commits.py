@@ -27,6 +27,8 @@ class CommitSchedule:
     def __init__(self, *, interval: float, every: int, now: float) -> None:
         self.interval, self.every = interval, every
         self.confirmed: dict[Partition, int] = {}  # the broker said yes
+        # the last confirmed offset of every partition ever owned (summaries, the demo)
+        self.last_confirmed: dict[Partition, int] = {}
         self._sending: dict[Partition, int] = {}  # sent asynchronously, no answer yet
         self.notes: dict[Partition, str] = {}  # the notes of the offsets last returned
         self._confirmed_notes: dict[Partition, str] = {}
@@ -86,6 +88,7 @@ class CommitSchedule:
             note = self._sending_notes.pop(partition, note)
         if ok and owned:
             self.confirmed[partition] = offset
+            self.last_confirmed[partition] = offset
             self._confirmed_notes[partition] = note
 
     def forget(self, partitions: Collection[Partition]) -> None:

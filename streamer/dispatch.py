@@ -47,7 +47,7 @@ from streamer.failure_policy import (
 )
 from streamer.handover import HandOver
 from streamer.incident_io import Answer, PostsAlertEvents
-from streamer.instrumentation import MessageSpans, Stats, log_context
+from streamer.instrumentation import MessageSpans, log_context
 from streamer.ledger import DeliveryLedger, Job, OrderingKey, Partition
 from streamer.logs import redact_url
 from streamer.pending import PendingView
@@ -85,7 +85,6 @@ class Dispatcher:
         handover: HandOver,
         http: PostsAlertEvents,
         telemetry: Telemetry,
-        stats: Stats,
         spans: MessageSpans,
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
@@ -97,7 +96,7 @@ class Dispatcher:
     ) -> None:
         self.settings = settings
         self.ledger, self.destinations, self.handover = ledger, destinations, handover
-        self.http, self.telemetry, self.stats, self.spans = http, telemetry, stats, spans
+        self.http, self.telemetry, self.spans = http, telemetry, spans
         self.clock, self.wall_clock = clock, wall_clock
         self.activate, self.finish, self.release = activate, finish, release
         self.dead_letter = dead_letter
@@ -147,7 +146,6 @@ class Dispatcher:
                     if not state.held_reason and not job.work.waited_for_rate_limit:
                         job.work.waited_for_rate_limit = True
                         job.work.waiting_since = now
-                        self.stats.rate_limit_waits += 1
                         self.telemetry.rate_limit_waits.add(1, {"destination": state.name})
                     break
                 job.work.place = state.ready.remove(job)
@@ -194,7 +192,6 @@ class Dispatcher:
             return
         for job in jobs:
             self.spans.job_ended(job.partition, job.offset, "superseded")
-        self.stats.superseded += len(jobs)
         self.telemetry.superseded.add(len(jobs), {"destination": state.name})
         self.superseded(jobs)
 
@@ -271,19 +268,18 @@ class Dispatcher:
                 extra={"destination": state.name},
             )
         if isinstance(decision, Accepted):
-            self.stats.delivered += 1
+            self.telemetry.delivered.add(1, {"destination": state.name})
             if delivery.event_time is not None:
                 self.telemetry.latency.record(
                     max(0.0, now_wall - delivery.event_time), {"destination": state.name}
                 )
             self.finish(job)
         elif isinstance(decision, RateLimited):  # not a failure: no attempt counted
-            self.stats.rate_limited += 1
             state.rate_limited(self.clock() + max(0.0, decision.retry_at - now_wall))
             self.enqueue(job)  # its key keeps its place
         elif isinstance(decision, Retry):
             job.attempts += 1
-            self.stats.retried += 1
+            self.telemetry.retries.add(1, {"destination": state.name})
             log.warning(
                 "delivery to %s failed (%s); retry %d in %.1f s",
                 state.name,
@@ -324,7 +320,6 @@ class Dispatcher:
                 job.attempts,
             )
             self.dead_letter(job)
-        self.stats.held_destinations = self.destinations.held()
 
     def _record_attempt(
         self, delivery: Delivery, state: DestinationState, answer: Answer | Exception

@@ -47,6 +47,7 @@ from streamer.instrumentation import (
     Stats,
     log_context,
     register_gauges,
+    stats_of,
 )
 from streamer.intake import works_of
 from streamer.kafka_clients import (
@@ -120,7 +121,6 @@ class Engine:
             tail_seconds=2 * s.commit_interval_seconds + 1.0,
             view_interval=s.commit_interval_seconds,
         )
-        self.stats = Stats()
         self.spans = MessageSpans(self.telemetry, config.file.kafka.group_id, clock)
         self.out = Dispatcher(
             s,
@@ -129,7 +129,6 @@ class Engine:
             handover=self.handover,
             http=self.http,
             telemetry=self.telemetry,
-            stats=self.stats,
             spans=self.spans,
             clock=clock,
             wall_clock=wall_clock,
@@ -145,6 +144,16 @@ class Engine:
         self._last_reload_check = clock()
         self._apply_config(config)
         register_gauges(self.telemetry, self.ledger, self.backpressure, self.destinations, self.lag)
+
+    @property
+    def stats(self) -> Stats:
+        """The summary's numbers as they stand (read from the metrics)."""
+        return stats_of(
+            self.telemetry,
+            held_destinations=self.destinations.held(),
+            pauses=self.backpressure.pauses,
+            committed=self.commits.last_confirmed,
+        )
 
     @property
     def config(self) -> Config:
@@ -243,7 +252,7 @@ class Engine:
             consumed[source.topic] = consumed.get(source.topic, 0) + 1
             span = spans.start(source) if tracing else None
             try:
-                works = works_of(source, decoders, rules, self.telemetry, self.stats)
+                works = works_of(source, decoders, rules, self.telemetry)
             except RegistryUnavailable as e:
                 self._block_for_registry(partition, source.offset, str(e))
                 if span is not None:
@@ -263,12 +272,10 @@ class Engine:
                 if span is not None:
                     spans.routed(partition, source.offset, span, 0)
         if dropped:
-            self.stats.dropped += dropped
             self.telemetry.dropped.add(dropped)
             self.commits.terminal(dropped)
         group = self.config.file.kafka.group_id
         for topic, count in consumed.items():
-            self.stats.consumed += count
             self.telemetry.consumed.add(
                 count,
                 {
@@ -316,7 +323,6 @@ class Engine:
         letter: DeadLetter = job.work
 
         def written() -> None:
-            self.stats.dead_lettered += 1
             self.telemetry.dead_lettered.add(1, {"reason": letter.reason})
             self._finish(job)
 
@@ -395,8 +401,6 @@ class Engine:
             self.commits.answered(partition, tp.offset, ok=ok, owned=owned)
             if not ok:
                 failed.append(f"{tp.topic}[{tp.partition}]@{tp.offset}")
-            elif owned:
-                self.stats.committed[partition] = tp.offset
         self.budget.answered(ok=not failed)
         if failed:
             log.warning(
@@ -411,7 +415,6 @@ class Engine:
         unfinished, size = self.ledger.unfinished(), self.ledger.unfinished_size()
         change = self.backpressure.check(unfinished, size)
         if change == "pause":
-            self.stats.pauses = self.backpressure.pauses
             self.consumer.pause([TopicPartition(*p) for p in self.ledger.partitions])
             log.info(
                 "%d events (%d bytes) in flight (caps %d, %d): consumption paused",

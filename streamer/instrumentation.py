@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +29,10 @@ log = logging.getLogger("streamer.engine")
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
-@dataclass
+@dataclass(frozen=True)
 class Stats:
-    """Counters for the summary screen and tests (metrics proper are in telemetry)."""
+    """The numbers of the summary screen and of tests: a snapshot read from the metrics
+    (`stats_of`), so there is one counting path, not two."""
 
     consumed: int = 0
     routed: int = 0
@@ -44,7 +45,31 @@ class Stats:
     superseded: int = 0  # waiting events a newer one of their key replaced (never sent)
     held_destinations: int = 0
     pauses: int = 0  # times consumption paused at the in-flight cap
-    committed: dict[Partition, int] = field(default_factory=dict)
+    committed: Mapping[Partition, int] = field(default_factory=dict)
+
+
+def stats_of(
+    telemetry: Telemetry,
+    *,
+    held_destinations: int = 0,
+    pauses: int = 0,
+    committed: Mapping[Partition, int] | None = None,
+) -> Stats:
+    """The counters as they stand now, plus what the cores know (holds, pauses, commits)."""
+    return Stats(
+        consumed=telemetry.consumed.total(),
+        routed=telemetry.routed.total(),
+        dropped=telemetry.dropped.total(),
+        delivered=telemetry.delivered.total(),
+        retried=telemetry.retries.total(),
+        rate_limited=telemetry.attempts.total(lambda a: a.get("http.response.status_code") == 429),
+        rate_limit_waits=telemetry.rate_limit_waits.total(),
+        dead_lettered=telemetry.dead_lettered.total(),
+        superseded=telemetry.superseded.total(),
+        held_destinations=held_destinations,
+        pauses=pauses,
+        committed=dict(committed or {}),
+    )
 
 
 def partition_attributes(p: Partition) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from typing import Any
 from streamer.dead_letters import DeadLetter, SourceMessage
 from streamer.decoding import DecodeError, EventDecoder, RegistryUnavailable
 from streamer.dispatch import Delivery
-from streamer.instrumentation import Stats
 from streamer.ledger import OrderingKey
 from streamer.routing import Rules
 from streamer.telemetry import Telemetry
@@ -34,11 +33,10 @@ def works_of(
     decoders: Mapping[str, EventDecoder],
     rules: Rules,
     telemetry: Telemetry,
-    stats: Stats,
 ) -> list[Work]:
     """A message's jobs (none: the rules dropped it); raises only RegistryUnavailable."""
     try:
-        return _works_of(source, decoders, rules, telemetry, stats)
+        return _works_of(source, decoders, rules, telemetry)
     except RegistryUnavailable:
         raise
     except Exception as e:  # a bug met by one message must not stop every partition
@@ -56,7 +54,6 @@ def _works_of(
     decoders: Mapping[str, EventDecoder],
     rules: Rules,
     telemetry: Telemetry,
-    stats: Stats,
 ) -> list[Work]:
     try:
         event = decoders[source.topic].decode(source.value, source.headers)
@@ -78,7 +75,6 @@ def _works_of(
         telemetry.routed.add(1, {"route": d.route, "destination": d.destination})
     for f in decision.failures:
         works.append((None, DeadLetter(source, f.code, f.reason, f.route, f.destination)))
-    stats.routed += len(decision.deliveries)
     return works
 
 

@@ -92,6 +92,12 @@ class Tally:
         with self._lock:
             self._totals[key] = self._totals.get(key, 0) + amount
 
+    def total(self, where: Callable[[Mapping[str, Any]], bool] | None = None) -> int:
+        """The sum over every attribute set (or those `where` says), for summaries."""
+        with self._lock:
+            totals = list(self._totals.items())
+        return sum(n for key, n in totals if where is None or where(dict(key)))
+
     def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
         with self._lock:
             totals = list(self._totals.items())
@@ -156,6 +162,17 @@ class Telemetry:
             "http.client.request.duration",
             unit="s",
             description="Duration of requests to incident.io",
+        )
+        self.delivered = Tally(
+            meter,
+            "streamer.events.delivered",
+            description="Alert events incident.io accepted (202), per destination",
+        )
+        self.retries = Tally(
+            meter,
+            "streamer.delivery.retries",
+            description="Attempts that failed and are retried after a backoff (5xx, timeouts, "
+            "connection errors), per destination",
         )
         self.config_reloads = Tally(
             meter,

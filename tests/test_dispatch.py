@@ -21,7 +21,7 @@ from streamer.destinations import Destinations
 from streamer.dispatch import Delivery, Dispatcher
 from streamer.handover import HandOver
 from streamer.incident_io import Answer
-from streamer.instrumentation import MessageSpans, Stats
+from streamer.instrumentation import MessageSpans, Stats, stats_of
 from streamer.ledger import DeliveryLedger, Job, OrderingKey
 from streamer.telemetry import Telemetry
 from tests.conftest import ManualClock
@@ -69,7 +69,6 @@ class Harness:
         self.dead: list[Job] = []
         self.http = http
         self.telemetry = telemetry = Telemetry()
-        self.stats = Stats()
         self.out = Dispatcher(
             self.settings,
             ledger=self.ledger,
@@ -77,7 +76,6 @@ class Harness:
             handover=self.handover,
             http=http,
             telemetry=telemetry,
-            stats=self.stats,
             spans=MessageSpans(telemetry, "g", self.clock),
             clock=self.clock,
             wall_clock=self.clock,
@@ -89,6 +87,10 @@ class Harness:
         for p in (P0, P1):
             self.ledger.assign(p)
         self.offsets = {P0: 0, P1: 0}
+
+    @property
+    def stats(self) -> Stats:
+        return stats_of(self.telemetry)
 
     def event(self, partition=P0, key: str = "k", **payload: Any) -> Job:
         offset = self.offsets[partition]

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from streamer.dead_letters import DeadLetter, SourceMessage
 from streamer.decoding import EventDecoder, load_schema
 from streamer.dispatch import Delivery
-from streamer.instrumentation import Stats
 from streamer.intake import works_of
 from streamer.ledger import OrderingKey
 from streamer.telemetry import Telemetry
@@ -68,7 +67,7 @@ def rules(tmp_path_factory):
 
 def through(rules, decoder: EventDecoder, value: bytes | None):
     source = SourceMessage("events", 0, 7, b"k", value, ())
-    works = works_of(source, {"events": decoder}, rules, Telemetry(), Stats())
+    works = works_of(source, {"events": decoder}, rules, Telemetry())
     for key, work in works:
         if isinstance(work, DeadLetter):
             assert key is None and work.reason.startswith(REASONS), work.reason
