@@ -6,7 +6,9 @@ root's receiver as the default), and nothing Alertmanager does is left out silen
 has no equivalent here (grouping and its timings, inhibit rules, time intervals, route
 labels, other receiver kinds, webhook settings) is listed in `Imported.gaps`, and a
 receiver that is neither mapped (`--receiver NAME=DESTINATION`) nor an incident.io webhook
-nor empty is an error, so no alert is dropped on a guess.
+nor empty is an error, so no alert is dropped on a guess. An input that YAML aliases
+expand too far (an alias bomb: 2^N routes from N lines) is refused before any tree is
+walked (`streamer.config.yaml_limits`), so an import costs time linear in its files' size.
 
 Mechanism: the route tree is copied almost verbatim, since streamer reads Alertmanager's
 `matchers:`, `match:` and `match_re:` itself (`streamer.label_matchers`); receivers become
@@ -29,7 +31,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
-__all__ = ["ImportProblems", "Imported", "import_alertmanager"]
+from streamer.config.yaml_limits import YamlLimitError, check_parsed, check_yaml, read_yaml_text
+
+__all__ = ["ImportProblems", "Imported", "import_alertmanager", "read_yaml_file"]
 
 _INCIDENT_IO_PATH = re.compile(r"^/v2/alert_events/http/([A-Za-z0-9_-]+)/?$")
 _ROUTE_KEYS = {"receiver", "matchers", "match", "match_re", "continue", "routes"}
@@ -67,6 +71,23 @@ class _Receiver:
     new_destination: dict[str, Any] | None = None
 
 
+def read_yaml_file(path: Path) -> Any:
+    """A parsed YAML file (the Alertmanager configuration, or the base), bounded as the
+    configuration loader bounds its file; ImportProblems naming the file and line otherwise."""
+    try:
+        text = read_yaml_text(path)
+        check_yaml(text)
+        return yaml.safe_load(text)
+    except OSError as e:
+        raise ImportProblems([f"{path}: cannot read the file: {e.strerror}"]) from None
+    except YamlLimitError as e:
+        raise ImportProblems([f"{path}:{e.line}: {e}"]) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        raise ImportProblems([f"{path}:{line}: not valid YAML: {e}"]) from None
+
+
 def import_alertmanager(
     alertmanager: Mapping[str, Any],
     base: Mapping[str, Any],
@@ -78,6 +99,11 @@ def import_alertmanager(
 ) -> Imported:
     """The streamer configuration for `alertmanager` (a parsed alertmanager.yml) on top of
     `base` (a parsed streamer configuration); raises ImportProblems."""
+    for what, parsed in (("the Alertmanager configuration", alertmanager), ("the base", base)):
+        try:
+            check_parsed(parsed)  # before walking it: shared (aliased) parts could be 2^N
+        except YamlLimitError as e:
+            raise ImportProblems([f"{what}: {e}"]) from None
     mapped = dict(receivers or {})
     problems: list[str] = []
     gaps: list[str] = []

@@ -16,8 +16,12 @@ Invariants (property-tested in tests/test_budget.py):
    `offset.metadata.max.bytes`, 4096 by default). When the offset map does not fit it is
    dropped first (those events are re-sent, as without a map: never skipped unknowingly);
    the budget is small by construction (one count per `RESOLUTION` step of one window).
-4. **Garbage reads as nothing.** A note that cannot be read (another version, another
-   tool's metadata) decodes to an empty note: the next owner starts as it did before.
+4. **Garbage reads as nothing, and numbers are bounded.** Notes come from other processes
+   and could be anything: one that cannot be read (another version, another tool's
+   metadata, a compression bomb, nesting past any sense) decodes to an empty note, and the
+   next owner starts as it did before; one with numbers past sense (more starts than any
+   limit, a tail or an offset map of millions, times that are not finite) is refused as a
+   whole the same way. Decoding costs at most `MAX_TEXT` decompressed bytes.
 
 Format: `s1:` + base64(zlib(JSON)); offsets relative to the committed offset, as runs.
 Pure: plain values in, plain values out.
@@ -26,7 +30,6 @@ Pure: plain values in, plain values out.
 from __future__ import annotations
 
 import base64
-import binascii
 import itertools
 import json
 import math
@@ -38,6 +41,11 @@ from typing import Any
 PREFIX = "s1:"
 RESOLUTION = 0.25  # seconds: the grain of stored start times
 MAX_BYTES = 4096  # the broker's default offset.metadata.max.bytes
+MAX_TEXT = 256 * 1024  # decompressed JSON a note may hold (a 4 KiB note holds far less)
+MAX_STARTS = 100_000  # starts in one note, all destinations together
+MAX_COUNT = 100_000  # a tail or a waiting count
+MAX_DONE = 100_000  # offsets in the offset map
+MAX_TICK = 2**45  # ~280 years of RESOLUTION ticks since the epoch
 
 
 @dataclass(frozen=True)
@@ -122,27 +130,56 @@ def _pack(body: dict[str, Any]) -> str:
 
 
 def decode(text: str | None, committed: int) -> PartitionNote:
-    """The note committed with offset `committed`; EMPTY if there is none or it is unreadable."""
-    if not text or not text.startswith(PREFIX):
+    """The note committed with offset `committed`; EMPTY if there is none, or it is
+    unreadable or out of bounds (see invariant 4)."""
+    if not text or not text.startswith(PREFIX) or len(text) > 4 * MAX_TEXT:
         return EMPTY
     try:
-        body = json.loads(zlib.decompress(base64.b64decode(text[len(PREFIX) :], validate=True)))
-        spent = {}
-        for name, (deltas, paused, tail, waiting) in body["s"].items():
-            ticks: list[int] = []
-            for d in deltas:
-                ticks.append(d if not ticks else ticks[-1] + d)
-            spent[str(name)] = Spent(
-                tuple(t * RESOLUTION for t in ticks),
-                paused * RESOLUTION,
-                int(tail),
-                int(waiting),
-            )
-        return PartitionNote(
-            writer=str(body["w"]),
-            final=bool(body["f"]),
-            spent=spent,
-            done=_from_runs([int(x) for x in body["d"]], committed),
-        )
-    except (ValueError, KeyError, TypeError, zlib.error, binascii.Error):
+        inflate = zlib.decompressobj()
+        raw = inflate.decompress(base64.b64decode(text[len(PREFIX) :], validate=True), MAX_TEXT)
+        if inflate.unconsumed_tail:
+            return EMPTY  # more than any note holds: a bomb, not a note
+        return _note(json.loads(raw), committed)
+    except Exception:  # garbage of any kind (RecursionError included) is no note at all
         return EMPTY
+
+
+def _count(value: Any, limit: int) -> int:
+    if value.__class__ is not int or not 0 <= value <= limit:
+        raise ValueError("a count out of bounds")
+    return int(value)
+
+
+def _note(body: Any, committed: int) -> PartitionNote:
+    if not isinstance(body, dict) or not isinstance(body["s"], dict):
+        raise ValueError("not a note")
+    spent, starts = {}, 0
+    for name, entry in body["s"].items():
+        deltas, paused, tail, waiting = entry
+        if not isinstance(deltas, list):
+            raise ValueError("starts are not a list")
+        starts += len(deltas)
+        if starts > MAX_STARTS:
+            raise ValueError("more starts than any limit allows")
+        ticks: list[int] = []
+        for d in deltas:
+            tick = _count(d, MAX_TICK) if not ticks else ticks[-1] + _count(d, MAX_TICK)
+            ticks.append(tick)
+        spent[str(name)] = Spent(
+            tuple(t * RESOLUTION for t in ticks if t <= MAX_TICK),
+            _count(paused, MAX_TICK) * RESOLUTION,
+            _count(tail, MAX_COUNT),
+            _count(waiting, MAX_COUNT),
+        )
+    runs = body["d"]
+    if not isinstance(runs, list) or len(runs) > 2 * MAX_DONE:
+        raise ValueError("an offset map out of bounds")
+    runs = [_count(x, MAX_TICK) for x in runs]
+    if sum(runs[1::2]) > MAX_DONE:
+        raise ValueError("an offset map out of bounds")
+    return PartitionNote(
+        writer=str(body["w"])[:64],
+        final=bool(body["f"]),
+        spent=spent,
+        done=_from_runs(runs, committed),
+    )

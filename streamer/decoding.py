@@ -35,7 +35,7 @@ import json
 import re
 import uuid
 from array import array
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
@@ -45,6 +45,8 @@ import fastavro
 from fastavro.read import SchemaResolutionError
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from fastavro.types import Schema
+
+from streamer.schema_safety import CheckedBuffer, hazards
 
 WireFormat = Literal["confluent", "single-object", "raw", "json"]
 DecodeErrorReason = Literal[
@@ -102,7 +104,7 @@ def load_schema(path: str | Path) -> dict[str, Any]:
     named: dict[str, Any] = {}
     try:
         schema = json.loads(Path(path).read_text())
-        unsafe, _ = _hazards(fastavro.parse_schema(schema, named), named)
+        unsafe, _ = hazards(fastavro.parse_schema(schema, named), named)
     except (OSError, ValueError, fastavro.schema.SchemaParseException) as e:
         raise ValueError(f"{path}: not a readable Avro schema: {e}") from e
     if not isinstance(schema, dict):
@@ -163,13 +165,13 @@ class EventDecoder:
         try:
             schema = json.loads(writer_schema) if isinstance(writer_schema, str) else writer_schema
             writer = fastavro.parse_schema(schema, named)
-            unsafe, checked_reads = _hazards(writer, named)
+            unsafe, checked_reads = hazards(writer, named)
         except Exception as e:  # fastavro's parser raises many kinds on odd schemas
             raise DecodeError("incompatible-schema", f"not an Avro schema: {e!r}") from e
         if unsafe is not None:
             raise DecodeError("unsafe-schema", unsafe)
         same = to_parsing_canonical_form(writer) == self._reader_canonical
-        buffer = _CheckedBuffer if checked_reads and not same else io.BytesIO
+        buffer = CheckedBuffer if checked_reads and not same else io.BytesIO
         return _Resolution(writer, None if same else self._reader, buffer)
 
     def decode(self, value: bytes | None, headers: Headers | None = None) -> dict[str, Any]:
@@ -287,80 +289,6 @@ def _json_depth(value: bytes) -> int:
     unescaped = value.replace(b"\\\\", b"").replace(b'\\"', b"")
     brackets = _JSON_STRING.sub(b"", unescaped).translate(_BRACKET_STEPS, _NOT_BRACKETS)
     return max(accumulate(array("b", brackets)), default=0)
-
-
-# What one value costs at the end of the buffer: nothing (null, fixed of size 0, records
-# of those); a read fastavro's *skips* do not check (boolean, float, double, fixed); or
-# a read that raises there (everything else: varints, strings, unions, ...).
-_NO_BYTES, _UNCHECKED, _CHECKED = 0, 1, 2
-_COSTS = {"null": _NO_BYTES} | dict.fromkeys(("boolean", "float", "double", "fixed"), _UNCHECKED)
-
-
-def _hazards(schema: Schema, named: Mapping[str, Any]) -> tuple[str | None, bool]:
-    """(Why a parsed writer schema lets few bytes stand for unbounded work, or None;
-    whether its reads must check the end of the buffer). Linear in the schema: each
-    named type is walked once."""
-    expanding: list[str] = []
-    walked: set[str] = set()
-    costs: dict[str, int] = {}
-    checked_reads = False
-
-    def walk(s: Any, path: str) -> str | None:
-        nonlocal checked_reads
-        if isinstance(s, str):
-            if s in expanding:
-                return f"{path or 'the top level'} contains {s} again (recursion)"
-            return walk(named[s], path) if s in named and s not in walked else None
-        if isinstance(s, list):
-            return next(filter(None, (walk(branch, path) for branch in s)), None)
-        kind = s["type"]
-        if kind in ("record", "error") and s["name"] not in walked:
-            expanding.append(s["name"])
-            for field in s["fields"]:
-                if found := walk(field["type"], f"{path}.{field['name']}".lstrip(".")):
-                    return found
-            walked.add(expanding.pop())
-        elif kind == "array":
-            if found := walk(s["items"], f"{path}[]"):
-                return found
-            cost = _cost(s["items"], named, costs)
-            if cost == _NO_BYTES:
-                return f"{path or 'the top level'} is an array of items that take no bytes"
-            checked_reads |= cost == _UNCHECKED
-        elif kind == "map":  # every entry has its key's length: a checked read
-            return walk(s["values"], f"{path}{{}}")
-        return None
-
-    return walk(schema, ""), checked_reads
-
-
-def _cost(schema: Any, named: Mapping[str, Any], costs: dict[str, int]) -> int:
-    """See _NO_BYTES; `costs` remembers named types (the schema is not recursive)."""
-    if isinstance(schema, str):
-        if schema not in named:
-            return _COSTS.get(schema, _CHECKED)
-        if schema not in costs:
-            costs[schema] = _cost(named[schema], named, costs)
-        return costs[schema]
-    if isinstance(schema, list):  # a union reads its branch index
-        return _CHECKED
-    kind = schema["type"]
-    if kind in ("record", "error"):
-        return max((_cost(f["type"], named, costs) for f in schema["fields"]), default=_NO_BYTES)
-    if kind == "fixed" and schema["size"] == 0:
-        return _NO_BYTES
-    return _cost(kind, named, costs)
-
-
-class _CheckedBuffer(io.BytesIO):
-    """A buffer whose short reads raise, as fastavro's skips assume (they loop forever
-    over a count of 2^62 booleans otherwise). Slower: used only when a schema needs it."""
-
-    def read(self, size: int | None = -1, /) -> bytes:
-        data = super().read(size)
-        if size is not None and len(data) < size:
-            raise EOFError(f"{size} bytes wanted, {len(data)} left")
-        return data
 
 
 def _schema_key(framed: memoryview, where: str) -> tuple[int | str, int]:

@@ -24,7 +24,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from opentelemetry.trace import INVALID_SPAN
@@ -32,6 +32,7 @@ from opentelemetry.trace import INVALID_SPAN
 from streamer import logs
 from streamer.backpressure import Backpressure
 from streamer.commits import CommitSchedule
+from streamer.committer import Committer
 from streamer.config import Config, DeliverySettings
 from streamer.dead_letter_writer import DeadLetterWriter
 from streamer.dead_letters import DeadLetter
@@ -51,7 +52,6 @@ from streamer.instrumentation import (
 )
 from streamer.intake import works_of
 from streamer.kafka_clients import (
-    PartitionCounts,
     consumer_settings,
     decoders_of,
     names,
@@ -87,22 +87,6 @@ class Engine:
         self.settings: DeliverySettings = config.file.delivery
         self.clock, self.wall_clock = clock, wall_clock
         self.lag = ConsumerLag()
-        kafka_log = logging.getLogger("librdkafka")  # JSON, secrets masked
-        self.consumer = consumer or Consumer(
-            {
-                "statistics.interval.ms": 5000,  # consumer lag per partition, for the metric
-                **consumer_settings(config),
-                "on_commit": self._on_commit,
-                "logger": kafka_log,
-                "stats_cb": self.lag.on_statistics,
-            }
-        )
-        self.producer = producer or Producer({**producer_settings(config), "logger": kafka_log})
-        self.dead_letters = DeadLetterWriter(
-            self.producer,
-            config.file.kafka.dead_letter_topic,
-            int(config.file.kafka.properties.get("message.max.bytes", 1_000_000)),
-        )
         s = self.settings
         self.http: PostsAlertEvents = http or IncidentIoClient(timeout=s.request_timeout_seconds)
         self.ledger = DeliveryLedger()
@@ -121,6 +105,31 @@ class Engine:
             tail_seconds=2 * s.commit_interval_seconds + 1.0,
             view_interval=s.commit_interval_seconds,
         )
+        self.committer = Committer(
+            commits=self.commits,
+            budget=self.budget,
+            ledger=self.ledger,
+            config=lambda: self.config,
+            clock=clock,
+            wall_clock=wall_clock,
+        )
+        kafka_log = logging.getLogger("librdkafka")  # JSON, secrets masked
+        self.consumer = consumer or Consumer(
+            {
+                "statistics.interval.ms": 5000,  # consumer lag per partition, for the metric
+                **consumer_settings(config),
+                "on_commit": self.committer.on_commit,
+                "logger": kafka_log,
+                "stats_cb": self.lag.on_statistics,
+            }
+        )
+        self.producer = producer or Producer({**producer_settings(config), "logger": kafka_log})
+        self.dead_letters = DeadLetterWriter(
+            self.producer,
+            config.file.kafka.dead_letter_topic,
+            int(config.file.kafka.properties.get("message.max.bytes", 1_000_000)),
+        )
+        self.committer.attach(self.consumer)
         self.spans = MessageSpans(self.telemetry, config.file.kafka.group_id, clock)
         self.out = Dispatcher(
             s,
@@ -140,7 +149,6 @@ class Engine:
         )
         self._decoders: dict[str, EventDecoder] = {}
         self._registry = registry_of(config)
-        self.partition_counts = PartitionCounts(self.consumer)
         self._last_reload_check = clock()
         self._apply_config(config)
         register_gauges(self.telemetry, self.ledger, self.backpressure, self.destinations, self.lag)
@@ -214,7 +222,7 @@ class Engine:
         self._unblock_registry_partitions()
         self.out.dispatch()
         self._apply_backpressure()
-        self._commit_if_due()
+        self.committer.commit_if_due()
         now = self.clock()
         if now - self._last_reload_check >= self.settings.reload_interval_seconds:
             self._last_reload_check = now
@@ -346,69 +354,6 @@ class Engine:
         for next_job in self.ledger.finish(job):
             self._activate(next_job)
 
-    def _commit_if_due(
-        self, *, force: bool = False, partitions: Collection[Partition] | None = None
-    ) -> None:
-        now, wall = self.clock(), self.wall_clock()
-        offsets = self.commits.offsets_to_send(
-            self.ledger.commit_offsets(),
-            now,
-            force=force,
-            only=partitions,
-            notes=lambda due: self.budget.notes(due, now, wall, final=force),
-        )
-        if not force and self.budget.view_due(now):
-            self._observe_group(now, wall)
-        if not offsets:
-            return
-        notes = self.commits.notes
-        tps = [TopicPartition(p[0], p[1], o, notes.get(p, "")) for p, o in offsets.items()]
-        self.budget.sending(now)
-        try:
-            if force:  # on revoke and shutdown: wait for the broker's answer
-                self._on_commit(None, self.consumer.commit(offsets=tps, asynchronous=False))
-            else:
-                self.commits.sending(offsets)
-                self.consumer.commit(offsets=tps, asynchronous=True)
-        except Exception as e:  # e.g. no coordinator mid-rebalance: the next commit retries
-            self.commits.not_sent(offsets)
-            self.budget.answered(ok=False)
-            log.warning("commit failed, will retry: %s", e)
-
-    def _observe_group(self, now: float, wall: float) -> None:
-        """Every partition's committed note (one request): what the group spent, where
-        deliveries wait (`GroupBudget.observe`)."""
-        tps = [
-            TopicPartition(topic.name, i)
-            for topic in self.config.file.topics
-            for i in range(self.partition_counts.total([topic.name]))
-        ]
-        try:
-            committed = self.consumer.committed(tps, timeout=2)
-        except Exception as e:  # the coordinator moves: the next view will do
-            log.debug("could not read the group's notes: %s", e)
-            return
-        notes = {(tp.topic, tp.partition): (tp.offset, tp.metadata) for tp in committed}
-        self.budget.observe(notes, now, wall, total_partitions=len(tps))
-
-    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        """The broker's answer to a commit (librdkafka calls this on the poll thread)."""
-        failed = []
-        for tp in partitions:
-            partition = (tp.topic, tp.partition)
-            ok = error is None and tp.error is None
-            owned = partition in self.ledger.partitions
-            self.commits.answered(partition, tp.offset, ok=ok, owned=owned)
-            if not ok:
-                failed.append(f"{tp.topic}[{tp.partition}]@{tp.offset}")
-        self.budget.answered(ok=not failed)
-        if failed:
-            log.warning(
-                "commit of %s failed (%s); it is sent again at the next commit",
-                ", ".join(failed),
-                error or "per-partition errors",
-            )
-
     # -- backpressure ----------------------------------------------------------------------
 
     def _apply_backpressure(self) -> None:
@@ -446,22 +391,10 @@ class Engine:
         for tp in partitions:
             self.ledger.assign((tp.topic, tp.partition))
         self._update_shares()
-        self._take_over(consumer, partitions)
+        self.committer.take_over(partitions)
         log.info("assigned %s", names(partitions), extra={"partitions": names(partitions)})
         if self.backpressure.paused:
             consumer.pause(partitions)
-
-    def _take_over(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """What the previous owners spent, paused and finished: ours now (`GroupBudget`)."""
-        try:
-            committed = consumer.committed(partitions, timeout=10)
-        except Exception as e:  # no coordinator: start as without notes (re-sends, no budget)
-            log.warning("could not read the previous owners' notes: %s", e)
-            return
-        now, wall = self.clock(), self.wall_clock()
-        for tp in committed:
-            if tp.offset >= 0:
-                self.budget.take_over((tp.topic, tp.partition), tp.metadata, tp.offset, now, wall)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
@@ -475,7 +408,7 @@ class Engine:
             and self._worth_waiting()
         ):
             self._step(consume=False)
-        self._commit_if_due(force=True, partitions=revoked)
+        self.committer.commit_if_due(force=True, partitions=revoked)
         left = sum(self.ledger.unfinished(p) for p in revoked)
         self._let_go(revoked)
         log.info("revoked %s (%d events left to the next owner)", names(partitions), left)
@@ -510,8 +443,7 @@ class Engine:
         self._update_shares()
 
     def _update_shares(self) -> None:
-        topics = [t.name for t in self.config.file.topics]
-        total = self.partition_counts.total(topics) or max(1, len(self.ledger.partitions))
+        total = self.committer.total_partitions() or max(1, len(self.ledger.partitions))
         self.destinations.share(len(self.ledger.partitions), total)
         self.budget.promise_tails()
 
@@ -525,7 +457,7 @@ class Engine:
             self.consumer.pause([TopicPartition(*p) for p in self.ledger.partitions])
             while self.ledger.unfinished() and self.clock() < deadline and self._worth_waiting():
                 self._step(consume=False)
-            self._commit_if_due(force=True)
+            self.committer.commit_if_due(force=True)
             left = self.ledger.unfinished()
             if left:
                 log.warning(

@@ -4,7 +4,8 @@ Pure: a status, headers and body (or a transport error) in, a decision out.
 
 - 2xx: accepted, done.
 - 429: wait for the retry-after (the body's `rate_limit.retry_after`, or a `Retry-After`
-  header in seconds or as an HTTP date), pause the whole limiter, retry; not a failure.
+  header in seconds or as an HTTP date; never longer than MAX_RETRY_AFTER), pause the
+  whole limiter, retry; not a failure.
 - 5xx, 408, timeouts, connection errors: retry with capped exponential backoff and full
   jitter; optionally dead-letter after a maximum retry time (default: keep trying, as
   an outage must not turn into lost alerts).
@@ -20,6 +21,7 @@ Pure: a status, headers and body (or a transport error) in, a decision out.
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 MAX_BODY_IN_DEAD_LETTER = 4096
+MAX_RETRY_AFTER = 600.0  # seconds: the longest pause a 429 may impose
 MAX_LOCATION_IN_REASON = 200
 
 
@@ -165,8 +168,12 @@ class FailurePolicy:
                 candidates.append(now + int(header))
             else:
                 candidates.append(_http_date(header))
-        found = [c for c in candidates if c is not None]
-        return max(found) if found else now + self.default_rate_limit_wait
+        found = [c for c in candidates if c is not None and math.isfinite(c)]
+        # A retry-after past MAX_RETRY_AFTER is not believed (a broken proxy, a year-long
+        # date): the limiter pauses that long at most, then asks again.
+        return (
+            min(max(found), now + MAX_RETRY_AFTER) if found else now + self.default_rate_limit_wait
+        )
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

@@ -9,15 +9,22 @@ making the oversized thing:
 - no string a template makes (an operator, a method, a filter, an output) is longer
   than MAX_TEXT characters, and no render outputs more than MAX_TEXT in all;
 - loops run at most MAX_ITERATIONS times per render, all loops together;
-- a render's work (characters made, items walked) is at most MAX_WORK; integers have
-  at most MAX_INT_BITS bits.
+- a render's work (characters made, items walked or compared, look-ups x LOOKUP_WORK,
+  regex steps / REGEX_STEPS_PER_WORK) is at most MAX_WORK; integers have at most
+  MAX_INT_BITS bits;
+- a render makes at most MAX_CALLS calls (macros, methods), nested at most
+  MAX_CALL_DEPTH deep, so a macro calling itself twice cannot cost 2**n;
+- no bytes: `str.encode` and `int.to_bytes` are refused, and so is any operation on
+  bytes, so every size check above, written for text, covers all that a render makes.
 
 Mechanism: Jinja2's sandbox hooks, each checking sizes before the allocation: `call`
 (str methods: `ljust`, `replace`, `join`, ...), `call_binop` (`*`, `**`, `%`, `+`),
 `wrap_str_format` (`str.format`), `finalize` (`{{ }}` output), `concat` (a render's or
 a macro's output); bounded replacements or pre-checks of the filters that can amplify
-(`join`, `format`, `center`, `indent`, `replace`, `batch`, `slice`, `tojson`, ...); and
-a code generator that routes `~` and every `for` loop's iterable through the budget.
+(`join`, `format`, `center`, `indent`, `replace`, `batch`, `slice`, `tojson`, ...);
+`getattr`/`getitem` and every test (`in`, `eq`, ... in `select`) pay for what they walk;
+and a code generator that routes `~`, every comparison's operands and every `for`
+loop's iterable through the budget.
 """
 
 from __future__ import annotations
@@ -28,20 +35,24 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from typing import Any, TypeVar
 
 from jinja2 import StrictUndefined, Undefined, nodes
-from jinja2.compiler import CodeGenerator, Frame
+from jinja2.compiler import CodeGenerator, Frame, operators, optimizeconst
 from jinja2.exceptions import SecurityError
 from jinja2.filters import make_attrgetter
 from jinja2.runtime import LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import pass_environment
 
-from streamer.regexes import RegexError, RegexLimitError, compiled
+from streamer.regexes import RegexError, RegexLimitError, for_replace
 from streamer.template_budget import (
     CONTAINERS,
+    LOOKUP_WORK,
+    MAX_CALL_DEPTH,
+    MAX_CALLS,
     MAX_EXPONENT,
     MAX_INT_BITS,
     MAX_ITERATIONS,
     MAX_TEXT,
+    REGEX_STEPS_PER_WORK,
     BoundedFormatter,
     TemplateLimitError,
     as_text,
@@ -58,10 +69,34 @@ from streamer.template_budget import (
 __all__ = ["environment"]
 
 _T = TypeVar("_T")
+# Values whose comparison (`==`, `in`, ...) walks them: they pay their length.
+_WEIGHED = frozenset({str, *CONTAINERS})
+_WALKED = (*CONTAINERS, range)  # whose methods (`count`, `index`) may walk every item
+# Methods that make bytes, which no size check here measures: refused.
+_BYTES_MAKERS = frozenset({"encode", "to_bytes"})
+
+
+def _no_bytes(what: str) -> TemplateLimitError:
+    return TemplateLimitError(f"{what}: bytes are not available in templates (they work on text)")
 
 
 class _CodeGenerator(CodeGenerator):
-    """Jinja's code generator, with `~` and every loop's iterable under the budget."""
+    """Jinja's code generator, with `~`, comparisons and loops under the budget."""
+
+    @optimizeconst
+    def visit_Compare(self, node: nodes.Compare, frame: Frame) -> None:
+        # `a in b` runs as `environment.weighed(a) in environment.weighed(b)`.
+        self.write("(environment.weighed(")
+        self.visit(node.expr, frame)
+        self.write(")")
+        for op in node.ops:
+            self.visit(op, frame)
+        self.write(")")
+
+    def visit_Operand(self, node: nodes.Operand, frame: Frame) -> None:
+        self.write(f" {operators[node.op]} environment.weighed(")
+        self.visit(node.expr, frame)
+        self.write(")")
 
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
         self.write("environment.join_text((")
@@ -102,7 +137,14 @@ class _AlertSandbox(ImmutableSandboxedEnvironment):
     def join_text(self, values: tuple[Any, ...]) -> str:
         return join_text("", values, strict=False)
 
+    def weighed(self, value: _T) -> _T:
+        if type(value) in _WEIGHED:
+            budget().spend(len(value))  # type: ignore[arg-type]
+        return value
+
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if isinstance(left, bytes | bytearray) or isinstance(right, bytes | bytearray):
+            raise _no_bytes(operator)
         if operator == "%" and isinstance(left, str):
             return percent_format(left, right)
         ints = [v for v in (left, right) if isinstance(v, int) and not isinstance(v, bool)]
@@ -121,20 +163,42 @@ class _AlertSandbox(ImmutableSandboxedEnvironment):
         return self._checked(super().call_binop(context, operator, left, right))
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        spent = budget()
+        spent.calls += 1
+        if spent.calls > MAX_CALLS:
+            raise TemplateLimitError(f"the template makes more than {MAX_CALLS} calls")
+        if spent.depth >= MAX_CALL_DEPTH:
+            raise TemplateLimitError(f"calls nest more than {MAX_CALL_DEPTH} deep")
+        spent.spend(len(args) + len(kwargs))
         if type(__obj) is LoopContext and args:  # a recursive loop's `loop(items)`
             args = (__self.iterate(args[0]), *args[1:])
         owner = getattr(__obj, "__self__", None)
+        name = getattr(__obj, "__name__", "")
+        if isinstance(owner, bytes | bytearray) or (
+            name in _BYTES_MAKERS and isinstance(owner, str | int)
+        ):
+            raise _no_bytes(f"{type(owner).__name__}.{name}")
         if isinstance(owner, str) and not isinstance(__obj, type):
-            name = getattr(__obj, "__name__", "")
             if name == "join" and len(args) == 1 and not kwargs:
                 return join_text(owner, args[0], strict=True)
             size = str_method_size(owner, name, args, kwargs)
             if size > MAX_TEXT:
                 raise too_long(f"str.{name}", size)
-            budget().spend(size)
-        return __self._checked(super().call(__context, __obj, *args, **kwargs))
+            spent.spend(size)
+        elif isinstance(owner, _WALKED):
+            spent.spend(len(owner))  # type: ignore[arg-type]  # `list.count`: walks all
+        spent.depth += 1
+        try:
+            return __self._checked(super().call(__context, __obj, *args, **kwargs))
+        finally:
+            spent.depth -= 1
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        budget().spend(LOOKUP_WORK)  # an attribute path in `map`/`sort`/...: per item
+        return super().getattr(obj, attribute)
 
     def getitem(self, obj: Any, argument: Any) -> Any:
+        budget().spend(LOOKUP_WORK)
         value = super().getitem(obj, argument)
         if isinstance(argument, slice) and isinstance(value, str | list | tuple):
             budget().spend(len(value))
@@ -275,9 +339,15 @@ def _bounded_filter(name: str, filter_: Callable[..., Any]) -> Callable[..., Any
     return bounded_filter
 
 
+def _regex_steps(steps: int) -> None:
+    budget().spend(steps // REGEX_STEPS_PER_WORK)
+
+
 def _regex_replace(value: object, pattern: str, replacement: str, count: int = 0) -> str:
     try:
-        return compiled(pattern).replace(as_text(value), replacement, count, max_length=MAX_TEXT)
+        regex = for_replace(pattern)
+        text = as_text(value)
+        return regex.replace(text, replacement, count, max_length=MAX_TEXT, steps=_regex_steps)
     except RegexLimitError as e:
         raise TemplateLimitError(str(e)) from None
     except RegexError as e:
@@ -310,6 +380,17 @@ def _format_filter(value: object, *args: Any, **kwargs: Any) -> str:
     return percent_format(as_text(value), kwargs or args)
 
 
+def _bounded_test(test: Any) -> Callable[..., Any]:
+    @functools.wraps(test)
+    def bounded_test(*args: Any, **kwargs: Any) -> Any:
+        size = sum(len(v) for v in (*args, *kwargs.values()) if type(v) in _WEIGHED)
+        if size:
+            budget().spend(size)  # `select('in', items)` compares each item with all
+        return test(*args, **kwargs)
+
+    return bounded_test
+
+
 def environment() -> ImmutableSandboxedEnvironment:
     env = _AlertSandbox(
         undefined=StrictUndefined,
@@ -325,6 +406,7 @@ def environment() -> ImmutableSandboxedEnvironment:
         name: f if name in _CONSTANT else _bounded_filter(name, f)
         for name, f in env.filters.items()
     }
+    env.tests = {name: _bounded_test(t) for name, t in env.tests.items()}
     # Nothing from outside the event: no globals beyond Jinja's harmless ones.
     env.globals = {k: v for k, v in env.globals.items() if k in ("range", "dict")}
     return env

@@ -1,9 +1,11 @@
 """Budgets for one template render: limits, and the text operations that keep them.
 
 Invariant: no operation done for a template makes a string over MAX_TEXT characters,
-and one render (`bounded`) does at most MAX_WORK characters/items of work and
-MAX_ITERATIONS loop iterations; past a limit, `TemplateLimitError` (a Jinja
-SecurityError, so a TemplateError) is raised *before* the oversized thing is made.
+and one render (`bounded`) does at most MAX_WORK characters/items of work,
+MAX_ITERATIONS loop iterations and MAX_CALLS calls, nested at most MAX_CALL_DEPTH deep;
+past a limit, `TemplateLimitError` (a Jinja SecurityError, so a TemplateError) is
+raised *before* the oversized thing is made. A render that overflows Python's stack
+anyway fails with a TemplateLimitError too.
 
 Mechanism: sizes are computed before allocating (`str_method_size`, `percent_format`'s
 parse of its directives, `BoundedFormatter`'s widths); containers are turned into text
@@ -23,10 +25,14 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedFormatter
 
 __all__ = [
+    "LOOKUP_WORK",
+    "MAX_CALLS",
+    "MAX_CALL_DEPTH",
     "MAX_INT_BITS",
     "MAX_ITERATIONS",
     "MAX_TEXT",
     "MAX_WORK",
+    "REGEX_STEPS_PER_WORK",
     "BoundedFormatter",
     "TemplateLimitError",
     "as_text",
@@ -39,6 +45,14 @@ __all__ = [
 MAX_TEXT = 100_000  # characters in any string a template makes, and in a render's output
 MAX_ITERATIONS = 10_000  # loop iterations per render
 MAX_WORK = 1_000_000  # characters made and items walked per render
+MAX_CALLS = 10_000  # calls (macros, methods, `loop(...)`) per render
+MAX_CALL_DEPTH = 50  # calls nested inside calls (a macro calling itself)
+# `regex_replace` costs at worst (bytes of text x instructions of the pattern's program)
+# steps of RE2, about 3 ns each: this many of them are one unit of work.
+REGEX_STEPS_PER_WORK = 50
+# A sandboxed attribute or item look-up (`a.b`, `a['b']`, each part of a filter's
+# `attribute='a.b'` for each item) costs ~2 us, a thousand times a character made.
+LOOKUP_WORK = 20
 MAX_INT_BITS = 65_536
 MAX_EXPONENT = 64
 _T = TypeVar("_T")
@@ -49,11 +63,13 @@ class TemplateLimitError(SecurityError):
 
 
 class _Budget:
-    __slots__ = ("iterations", "work")
+    __slots__ = ("calls", "depth", "iterations", "work")
 
     def __init__(self) -> None:
         self.iterations = 0
         self.work = 0
+        self.calls = 0
+        self.depth = 0
 
     def spend(self, amount: int) -> None:
         self.work += amount
@@ -77,6 +93,8 @@ def bounded(run: Callable[[], _T]) -> _T:
     token = _CURRENT.set(_Budget())
     try:
         return run()
+    except RecursionError:  # the stack is unwound by now: safe to go on
+        raise TemplateLimitError("the template nests calls or values too deeply") from None
     finally:
         _CURRENT.reset(token)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from jinja2 import TemplateError, meta, nodes
 
-from streamer.regexes import Regex
+from streamer.regexes import for_replace
 from streamer.sandbox import environment
 from streamer.template_budget import TemplateLimitError, bounded
 
@@ -208,11 +208,11 @@ class CompiledExpression:
 
 def _check_literal_patterns(tree: nodes.Template) -> None:
     """Compiles each `regex_replace('literal', ...)` pattern: raises RegexError (a
-    ValueError) now, at load, rather than for every event."""
+    ValueError) now, at load, rather than for every event (a program too large too)."""
     for node in tree.find_all(nodes.Filter):
         pattern = node.args[0] if node.name == "regex_replace" and node.args else None
         if isinstance(pattern, nodes.Const) and isinstance(pattern.value, str):
-            Regex(pattern.value)
+            for_replace(pattern.value)
 
 
 def variables_of(event: Mapping[str, Any]) -> dict[str, Any]:

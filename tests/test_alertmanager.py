@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from streamer.alertmanager import ImportProblems, import_alertmanager
+from streamer.alertmanager import ImportProblems, import_alertmanager, read_yaml_file
 from streamer.config import load_config
 from streamer.rules_report import outcome
 from tests.rules_helpers import alert
@@ -144,3 +144,70 @@ def test_relative_paths_are_rebased_to_where_the_output_is_written(tmp_path: Pat
     assert (tmp_path / token).resolve() == (
         ROOT / "examples" / "secrets" / "database-token"
     ).resolve()
+
+
+def alertmanager_bomb(levels: int) -> str:
+    """1.9 KB at 20 levels; expanded, 2^21 routes (the import ran > 90 s and 3.1 GB)."""
+    lines = ["defs:", "  - &l0 [{receiver: r, matchers: ['a=\"b\"']}]"]
+    lines += [
+        f"  - &l{i} [{{receiver: r, matchers: ['a=\"b{i}\"'], routes: *l{i - 1}}}, "
+        f"{{receiver: r, routes: *l{i - 1}}}]"
+        for i in range(1, levels + 1)
+    ]
+    lines += ["route:", "  receiver: r", f"  routes: *l{levels}", "receivers:", "  - name: r"]
+    return "\n".join(lines) + "\n"
+
+
+REFUSED = (
+    "aliases repeat more than 50,000 values in this file (*l10 here repeats 19,444): anchors "
+    "and aliases are for small shared blocks (templates, matchers), not for copying routing trees"
+)
+
+
+def test_an_alias_bomb_is_refused_before_its_routes_are_walked(tmp_path: Path) -> None:
+    bomb = tmp_path / "alertmanager.yml"
+    bomb.write_text(alertmanager_bomb(20))
+    result = run("rules", "import", str(bomb), "--config", str(BASE))
+    assert result.returncode == 1
+    assert "aliases repeat more than 50,000 values" in result.stderr
+    assert "not for copying routing trees" in result.stderr
+    with pytest.raises(ImportProblems) as error:
+        read_yaml_file(bomb)
+    assert error.value.problems == [f"{bomb}:13: {REFUSED}"]
+
+
+def test_parsed_input_with_an_alias_bomb_is_refused() -> None:
+    with pytest.raises(ImportProblems) as error:
+        import_alertmanager(yaml.safe_load(alertmanager_bomb(20)), {"destinations": {}})
+    assert error.value.problems == [
+        "the Alertmanager configuration: aliases repeat more than 50,000 values: anchors and "
+        "aliases are for small shared blocks (templates, matchers), not for copying routing trees"
+    ]
+
+
+def test_a_base_with_an_alias_bomb_is_refused_too() -> None:
+    shared: list[object] = ["x"]
+    for _ in range(20):
+        shared = [shared, shared]
+    with pytest.raises(ImportProblems, match="the base: aliases repeat more than 50,000"):
+        import_alertmanager(
+            {"route": {"receiver": "r"}, "receivers": [{"name": "r"}]},
+            {"destinations": {}, "topics": shared},
+        )
+
+
+def test_routes_sharing_matchers_by_alias_still_import(tmp_path: Path) -> None:
+    am = tmp_path / "alertmanager.yml"
+    am.write_text(
+        "route:\n"
+        "  receiver: r\n"
+        "  routes:\n"
+        "    - {receiver: r, matchers: &db ['team=\"database\"', 'severity=\"page\"']}\n"
+        "    - {receiver: r, matchers: *db, continue: true}\n"
+        "receivers:\n"
+        "  - name: r\n"
+    )
+    imported = import_alertmanager(read_yaml_file(am), yaml.safe_load(BASE.read_text()))
+    first, second = imported.config["routes"]
+    assert first["matchers"] == second["matchers"] == ['team="database"', 'severity="page"']
+    assert second["continue"] is True

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import random
+import zlib
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamer import budget
 from streamer.budget import EMPTY, MAX_BYTES, RESOLUTION, PartitionNote, Spent, decode, encode
 
 NOW = 1_790_000_000.0
@@ -63,3 +68,36 @@ def test_an_offset_map_too_large_to_fit_is_dropped_and_the_budget_kept() -> None
 def test_anything_else_reads_as_an_empty_note() -> None:
     for metadata in (None, "", "hello", "s1:not base64!", "s1:aGVsbG8="):
         assert decode(metadata, committed=0) == EMPTY
+
+
+# -- hostile notes: another process wrote them, so they can be anything ---------------------
+
+
+HOSTILE = {
+    "a list where a map belongs": {"w": "", "f": 1, "s": [], "d": []},
+    "a string where a map belongs": {"w": "", "f": 1, "s": "x", "d": []},
+    "an infinite tail": {"w": "", "f": 0, "s": {"a": [[], 0, 1e999, 0]}, "d": []},
+    "a huge pause": {"w": "", "f": 1, "s": {"a": [[], 10**400, 0, 0]}, "d": []},
+    "a tail of a billion": {"w": "", "f": 0, "s": {"a": [[], 0, 10**9, 0]}, "d": []},
+    "an offset map of a billion": {"w": "", "f": 1, "s": {}, "d": [0, 10**9]},
+    "an infinite start": {"w": "", "f": 1, "s": {"a": [[float("inf")], 0, 0, 0]}, "d": []},
+    "a negative delta": {"w": "", "f": 1, "s": {"a": [[5, -9], 0, 0, 0]}, "d": []},
+}
+
+
+@pytest.mark.parametrize("body", HOSTILE.values(), ids=HOSTILE.keys())
+def test_a_note_with_numbers_past_sense_reads_as_no_note(body) -> None:
+    text = budget._pack(body) if "inf" not in repr(body) else _pack_loose(body)
+    assert budget.decode(text, committed=10) == budget.EMPTY
+
+
+def test_a_compression_bomb_or_deep_nesting_reads_as_no_note() -> None:
+    nested = budget.PREFIX + base64.b64encode(zlib.compress(b"[" * 200_000)).decode()
+    bomb = budget.PREFIX + base64.b64encode(zlib.compress(b" " * 50_000_000)).decode()
+    assert budget.decode(nested, committed=0) == budget.EMPTY
+    assert budget.decode(bomb, committed=0) == budget.EMPTY
+
+
+def _pack_loose(body) -> str:
+    raw = json.dumps(body).encode()  # Infinity is not JSON, but a writer could send it
+    return budget.PREFIX + base64.b64encode(zlib.compress(raw)).decode()

@@ -472,3 +472,49 @@ def test_match_maps_read_yaml_scalars_as_alertmanager_does(tmp_path) -> None:
         (("alert", "labels", "code"), "500"),
         (("alert", "labels", "up"), "true"),
     ]
+
+
+def _alias_bomb(levels: int) -> str:
+    """Routes whose children are aliases of the level below: 2**levels route paths."""
+    lines = ["routes:", "  - &l0 {name: leaf, destination: a}"]
+    for n in range(1, levels + 1):
+        lines.append(f"  - &l{n} {{name: r{n}, destination: a, routes: [*l{n - 1}, *l{n - 1}]}}")
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_before_anything_walks_it(tmp_path) -> None:
+    with pytest.raises(ConfigError) as refused:
+        config_from(tmp_path, _alias_bomb(24))
+    assert "alias" in str(refused.value) and "streamer.yaml:" in str(refused.value)
+
+
+def test_shared_blocks_by_anchor_and_alias_still_load(tmp_path) -> None:
+    config = config_from(
+        tmp_path,
+        """
+        routes:
+          - name: first
+            match: ["labels.team = a"]
+            templates: &shared {title: "{{ severity }}"}
+            destination: a
+          - name: second
+            templates: *shared
+            destination: b
+        """,
+    )
+    assert [r.name for r in config.rules.routes] == ["first", "second"]
+
+
+def test_an_env_that_is_not_a_variable_name_is_refused_without_quoting_it(tmp_path) -> None:
+    pasted = "tok3n with spaces-and-$ymbols"
+    path = tmp_path / "streamer.yaml"
+    path.write_text(HEADER.replace("{env: TOKEN_B}", f"{{env: '{pasted}'}}") + "routes: []\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path, check_secrets=False)
+    assert "must name an environment variable" in str(refused.value)
+    assert pasted not in str(refused.value)
+
+
+@pytest.mark.parametrize("key", ["sasl.jaas.config", "sasl.oauthbearer.config"])
+def test_a_jaas_or_oauthbearer_config_is_a_secret_key(key) -> None:
+    assert is_secret_key(key)

@@ -85,7 +85,7 @@ def test_with_a_maximum_retry_time_an_outage_ends_in_a_dead_letter() -> None:
     [
         ({}, http_date(NOW + 42), NOW + 42),  # the documented body
         ({"Retry-After": "17"}, None, NOW + 17),  # header in seconds
-        ({"retry-after": "Thu, 26 Nov 2026 09:00:00 GMT"}, None, 1795683600.0),  # header as a date
+        ({"retry-after": http_date(NOW + 120)}, None, NOW + 120),  # header as a date
         ({"Retry-After": "5"}, http_date(NOW + 30), NOW + 30),  # both: the later wins
         ({}, None, NOW + 1.0),  # neither: a default wait
         ({"Retry-After": "soon"}, "not a date", NOW + 1.0),
@@ -131,3 +131,20 @@ def test_a_redirect_reason_keeps_no_credentials_and_is_bounded() -> None:
 def test_a_redirect_without_location_still_holds() -> None:
     decision = decide(302, b"")
     assert isinstance(decision, HoldDestination) and "(no Location)" in decision.reason
+
+
+def test_a_retry_after_past_the_cap_pauses_only_as_long_as_the_cap() -> None:
+    """A broken proxy's year-long Retry-After must not take the alert source offline."""
+    from streamer.failure_policy import MAX_RETRY_AFTER
+
+    policy = FailurePolicy()
+    now = 1_790_000_000.0
+    for headers, body in [
+        ({"Retry-After": "31536000"}, b"{}"),
+        ({}, b'{"rate_limit": {"retry_after": "Fri, 31 Dec 9999 23:59:59 GMT"}}'),
+    ]:
+        decision = policy.decide_response(
+            429, headers, body, attempt=0, first_attempt_at=now, now=now
+        )
+        assert isinstance(decision, RateLimited)
+        assert decision.retry_at == now + MAX_RETRY_AFTER

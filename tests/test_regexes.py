@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamer.regexes import Regex, RegexError, RegexLimitError
+from streamer.regexes import MAX_REPLACE_PROGRAM, Regex, RegexError, RegexLimitError, for_replace
 
 
 @pytest.mark.parametrize(
@@ -77,3 +77,27 @@ def test_replace_refuses_an_output_over_the_bound_before_building_it() -> None:
     with pytest.raises(RegexLimitError):
         Regex("x").replace("y" * 11, "", max_length=10)  # the unmatched tail counts too
     assert Regex("x").replace("y" * 10, "", max_length=10) == "y" * 10
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text"),
+    [("(.*){1000}", "x"), ("(?i)\\w{1000}", "X" * 1000), (".{1000}x", "x" * 1001)],
+)
+def test_replace_refuses_a_pattern_whose_program_is_too_large(pattern: str, text: str) -> None:
+    assert Regex(pattern).fullmatch(text)  # fine as a matcher: RE2's DFA is linear
+    with pytest.raises(RegexError, match=f"more than the {MAX_REPLACE_PROGRAM} allowed"):
+        for_replace(pattern)
+    assert for_replace("\\pL+").replace("é a", "x", max_length=10) == "x x"
+
+
+def test_replace_reports_its_worst_case_cost_before_matching() -> None:
+    costs: list[int] = []
+    regex = Regex("(.*){10}")
+
+    def refuse(steps: int) -> None:
+        costs.append(steps)
+        raise RegexLimitError("too costly")
+
+    with pytest.raises(RegexLimitError):
+        regex.replace("é" * 1000, "", max_length=10_000, steps=refuse)
+    assert costs == [2000 * regex.program_size]  # bytes of UTF-8 x instructions

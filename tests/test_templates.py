@@ -184,6 +184,37 @@ OVER_BUDGET = [
     ("{% set a = [1] * 1000 %}{% set b = [a] * 1000 %}{{ ([b] * 1000) | tojson }}", "tojson"),
     ("{% set a = [1] * 1000 %}{% set b = [a] * 1000 %}{{ b | string }}", "into text"),
     ("{% set a = [1] * 1000 %}{% set b = [a] * 1000 %}{{ '{}'.format(b) }}", "into text"),
+    # calls: a macro calling itself twice would cost 2**22 calls; nesting fails cleanly
+    (
+        "{% macro f(n) %}{% if n > 0 %}{{ f(n-1) }}{{ f(n-1) }}{% endif %}{% endmacro %}{{ f(22) }}",
+        "more than 10000 calls",
+    ),
+    ("{% macro f(n) %}{{ f(n+1) }}{% endmacro %}{{ f(0) }}", "nest more than 50 deep"),
+    # bytes: no size check measures them, so none are made
+    ("{{ ('a'.encode() * 1000000000) | length }}", "str.encode: bytes are not available"),
+    ("{{ 'a'.encode().ljust(10**9) | length }}", "bytes are not available"),
+    ("{{ ('%0500000000d'.encode() % 1) | length }}", "bytes are not available"),
+    ("{{ (1).to_bytes(10**9, 'big') | length }}", "int.to_bytes: bytes are not available"),
+    # walking a container in C (`in`, `==`, `count`, a test, an attribute path) is work
+    (
+        "{% set l = range(100000) | list %}{% for i in range(10000) %}{{ -1 in l }}{% endfor %}",
+        "work",
+    ),
+    (
+        "{% set l = range(100000) | list %}{% for i in range(10000) %}{{ l == l }}{% endfor %}",
+        "work",
+    ),
+    (
+        "{% set l = range(100000) | list %}{% for i in range(10000) %}{{ l.count(0) }}{% endfor %}",
+        "work",
+    ),
+    ("{% set l = range(100000) | list %}{{ range(100000) | select('in', l) | list }}", "work"),
+    ("{{ range(100000) | sort(attribute='real' ~ '.real' * 2000) | first }}", "work"),
+    # regex_replace pays bytes x program size: a loop of them cannot run for seconds
+    (
+        "{% set s = 'ab' * 50000 %}{% for i in range(100) %}{{ s | regex_replace('(.*){10}', '') }}{% endfor %}",
+        "work",
+    ),
 ]
 
 
@@ -203,6 +234,8 @@ def test_templates_over_budget_fail_the_event(tmp_path, template: str, why: str)
         "'%0100000000d' % 1 == 'a'",
         "('a' * 100000).replace('', 'a' * 1000) == 'a'",
         "range(100000) | map('string') | join(range(100000) | join) == 'x'",
+        "('a'.encode() * 1000000000) | length > 0",
+        "'%0500000000d'.encode() % 1 == 'a'",
     ],
 )
 def test_when_expressions_over_budget_fail_the_event(tmp_path, expression: str) -> None:
@@ -275,3 +308,15 @@ def test_a_literal_regex_replace_pattern_re2_refuses_is_refused_at_load(
         ConfigError, match=r"streamer\.yaml:\d+: route r.*invalid regular expression.*RE2"
     ):
         config_from(tmp_path, body)
+
+
+def test_a_regex_replace_pattern_with_a_large_program_is_refused(tmp_path) -> None:
+    # `(.*){1000}` compiles to 10 000 RE2 instructions: seconds per 100 000 characters
+    source = "{{ labels.team | regex_replace('(.*){1000}', '') }}"
+    body = f"routes: [{{name: r, destination: a, templates: {{title: {json.dumps(source)}}}}}]"
+    with pytest.raises(ConfigError, match=r"streamer\.yaml:\d+: route r.*more than the 2000"):
+        config_from(tmp_path, body)
+    made_at_run_time = "{{ labels.team | regex_replace('(.*)' ~ '{1000}', '') }}"
+    body = f"routes: [{{name: r, destination: a, templates: {{title: {json.dumps(made_at_run_time)}}}}}]"
+    [failure] = config_from(tmp_path, body).rules.evaluate(alert()).failures
+    assert "pattern too large for regex_replace" in failure.reason

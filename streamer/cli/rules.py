@@ -223,16 +223,14 @@ def cmd_rules_diff(args: argparse.Namespace) -> int:
 def cmd_rules_import(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import yaml
-
-    from streamer.alertmanager import ImportProblems, import_alertmanager
+    from streamer.alertmanager import ImportProblems, import_alertmanager, read_yaml_file
     from streamer.config import ConfigError, load_config
 
     receivers = dict(args.receiver)
-    try:
-        alertmanager = yaml.safe_load(Path(args.alertmanager).read_text())
-        base = yaml.safe_load(Path(args.config).read_text())
-    except (OSError, yaml.YAMLError) as e:
+    try:  # bounded: size, depth, alias expansion (streamer.config.yaml_limits)
+        alertmanager = read_yaml_file(Path(args.alertmanager))
+        base = read_yaml_file(Path(args.config))
+    except ImportProblems as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     output = Path(args.output) if args.output else None

@@ -9,7 +9,8 @@ from env or files only, are validated at load, and print as `**********`.
 The parts: `model` (the sections' pydantic models and the loaded `Config`), `problems`
 (`ConfigError`, problems with their line numbers), `secrets` (reading and validating
 secrets, refusing inline ones), `rule_compiler` (the routing tree checked against the
-reader schema and compiled into `Rules`), `loading` (`load_config`).
+reader schema and compiled into `Rules`), `yaml_limits` (a file's size, depth and alias
+expansion bounded before anything walks it), `loading` (`load_config`).
 """
 
 from streamer.config.loading import load_config

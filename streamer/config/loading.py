@@ -2,7 +2,8 @@
 
 Each section (and each topic, destination and route) is validated on its own, so one bad
 part does not hide another's problems; all of them are raised together as one
-`ConfigError`. Nothing is consumed before a file loads cleanly.
+`ConfigError`. Nothing is consumed before a file loads cleanly. Before anything walks the
+file, it is bounded (`yaml_limits`: its size, its depth, how far its aliases expand it).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from streamer.config.model import (
 from streamer.config.problems import ConfigError, Loc, Problems
 from streamer.config.rule_compiler import RulesCompiler, SchemaPaths
 from streamer.config.secrets import check_no_inline_secrets, read_secret, read_secrets
+from streamer.config.yaml_limits import YamlLimitError, check_yaml, read_yaml_text
 from streamer.decoding import load_schema
 
 
@@ -36,12 +38,21 @@ def load_config(path: str | Path, *, check_secrets: bool = True) -> Config:
     """Reads, validates and compiles a configuration file; raises ConfigError."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = read_yaml_text(path)
     except OSError as e:
         raise ConfigError(path, [f"{path}: cannot read the file: {e.strerror}"]) from None
+    except YamlLimitError as e:
+        raise ConfigError(path, [f"{path}:{e.line}: {e}"]) from None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        check_yaml(text)  # before anything walks it: aliases could expand it 2^N times
+        loader = yaml.SafeLoader(text)
+        try:
+            root = loader.get_single_node()
+            data: Any = loader.construct_document(root) if root is not None else None
+        finally:
+            loader.dispose()
+    except YamlLimitError as e:
+        raise ConfigError(path, [f"{path}:{e.line}: {e}"]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark else 1
@@ -176,7 +187,9 @@ def _validate_sections(data: dict[str, Any], problems: Problems) -> tuple[Config
     # An invalid destination keeps its name, so routes naming it are not blamed as well.
     valid_destinations = {
         name: d
-        or Destination.model_construct(alert_source_config_id="?", token=TokenSource(env="?"))
+        or Destination.model_construct(
+            alert_source_config_id="?", token=TokenSource.model_construct(env="?")
+        )
         for name, d in parts["destinations"].items()
     }
     invalid = {name for name, d in parts["destinations"].items() if d is None}

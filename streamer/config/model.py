@@ -9,6 +9,7 @@ the compiled rules, the reader schema and the secrets read for it (as `SecretStr
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,26 @@ class TokenSource(_Model):
 
     env: str | None = None
     file: Path | None = None
+
+    @field_validator("env")
+    @classmethod
+    def _a_variable_name(cls, env: str | None) -> str | None:
+        if env is not None and not is_env_name(env):
+            raise ValueError(NOT_AN_ENV_NAME)
+        return env
+
+
+# Never quotes the value: an operator may have pasted the secret itself into env:.
+NOT_AN_ENV_NAME = (
+    "env: must name an environment variable (letters, digits and _, not starting with a "
+    "digit), and this is not a name; it is not shown, in case it is the secret itself: give "
+    "the variable's name (env: MY_TOKEN) or a file (file: PATH), never the secret"
+)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def is_env_name(name: str) -> bool:
+    return _ENV_NAME.fullmatch(name) is not None
 
 
 class Destination(_Model):

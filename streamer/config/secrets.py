@@ -5,7 +5,8 @@ environment variable or a file, never written in the file: a property whose key 
 (`is_secret_key`) and a URL with `user:password@` are refused inline. Each is validated at
 load as one line of printable characters (one trailing line break, as files and Kubernetes
 Secrets usually have, is removed), so no HTTP or Kafka library ever quotes a malformed one
-back in an error; problems name the variable or file, never the value.
+back in an error; problems name the variable or file, never the value, and an `env:` that
+is not a variable name is not quoted either (it may be the secret, pasted by mistake).
 """
 
 from __future__ import annotations
@@ -17,14 +18,18 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 
-from streamer.config.model import TokenSource
+from streamer.config.model import NOT_AN_ENV_NAME, TokenSource, is_env_name
 from streamer.config.problems import Loc, Problems
 
 
-def read_secret(source: TokenSource, base: Path, what: Literal["token", "secret"]) -> str:
-    """The secret, checked to be one line of printable characters; a ValueError naming the
-    variable or file (never the value) otherwise."""
+def read_secret(
+    source: TokenSource, base: Path, what: Literal["token", "secret"], *, spaces: bool = False
+) -> str:
+    """The secret, checked to be one line of printable characters (with spaces only when
+    `spaces`); a ValueError naming the variable or file (never the value) otherwise."""
     if source.env:
+        if not is_env_name(source.env):
+            raise ValueError(NOT_AN_ENV_NAME)
         where = f"the environment variable {source.env}"
         value = os.environ.get(source.env, "")
         if not value:
@@ -43,7 +48,7 @@ def read_secret(source: TokenSource, base: Path, what: Literal["token", "secret"
     value = value.removesuffix("\n").removesuffix("\r")
     if not value:
         raise ValueError(f"{where} is empty")
-    if any(c.isspace() or not c.isprintable() for c in value):
+    if any((c.isspace() and not (spaces and c == " ")) or not c.isprintable() for c in value):
         raise ValueError(
             f"{where} holds a {what} with whitespace or a control character in it (a line "
             f"break, space or tab?); a {what} is one line of printable characters"
@@ -66,28 +71,39 @@ def read_secrets(
             )
         elif check:
             try:
-                out[name] = SecretStr(read_secret(source, base, "secret"))
+                spaces = _is_settings_list(name)
+                out[name] = SecretStr(read_secret(source, base, "secret", spaces=spaces))
             except ValueError as e:
                 problems.add((*loc, name), str(e))
     return out
 
 
 _SECRET_WORDS = ("password", "passphrase", "secret", "credentials", "token")
-_SECRET_KEYS = frozenset({"basic.auth.user.info", "ssl.key.pem"})
+_SECRET_KEYS = frozenset({"basic.auth.user.info", "ssl.key.pem", "sasl.oauthbearer.config"})
+# A JAAS configuration carries its password or client secret inside (sasl.jaas.config, ...).
+_SECRET_KEY_SUFFIXES = (".jaas.config",)
 # Keys that say where a secret comes from or is sent to, not what it is:
 # basic.auth.credentials.source, sasl.oauthbearer.token.endpoint.url, ...
 _SECRET_SOURCE_SUFFIXES = (".source", ".url", ".location", ".file")
 
 
+def _is_settings_list(key: str) -> bool:
+    """Whether the property is space-separated settings with a secret among them."""
+    key = key.lower()
+    return key == "sasl.oauthbearer.config" or key.endswith(_SECRET_KEY_SUFFIXES)
+
+
 def is_secret_key(key: str) -> bool:
     """Whether a Kafka or registry property holds a secret, so belongs in secret_properties.
 
-    A secret: basic.auth.user.info, ssl.key.pem, and any key containing password,
-    passphrase, secret, credentials or token, except keys ending in .source, .url,
-    .location or .file (they name where a secret comes from, not the secret).
+    A secret: basic.auth.user.info, ssl.key.pem, sasl.oauthbearer.config (it may hold
+    clientSecret=...), any key ending in .jaas.config (sasl.jaas.config: a password inside),
+    and any key containing password, passphrase, secret, credentials or token, except keys
+    ending in .source, .url, .location or .file (they name where a secret comes from, not
+    the secret).
     """
     key = key.lower()
-    if key in _SECRET_KEYS:
+    if key in _SECRET_KEYS or key.endswith(_SECRET_KEY_SUFFIXES):
         return True
     return any(w in key for w in _SECRET_WORDS) and not key.endswith(_SECRET_SOURCE_SUFFIXES)
 
