@@ -30,7 +30,10 @@ from collections.abc import Collection, Mapping
 
 from streamer.budget import PartitionNote, Spent, decode, encode
 from streamer.destinations import Destinations
+from streamer.failure_policy import MAX_RETRY_AFTER as MAX_PAUSE
 from streamer.ledger import DeliveryLedger, Partition
+
+SKEW = 5.0  # seconds: how far ahead of our clock another member's start times may be
 
 
 class GroupBudget:
@@ -160,7 +163,9 @@ class GroupBudget:
             if p in mine:
                 continue
             for name, spent in decode(metadata, offset).spent.items():
-                foreign.setdefault(name, []).extend(t + to_now for t in spent.starts)
+                foreign.setdefault(name, []).extend(
+                    min(t + to_now, now + SKEW) for t in spent.starts
+                )
                 others[name] = others.get(name, 0) + (spent.waiting > 0)
         demand = {}
         for state in self.destinations:
@@ -195,16 +200,23 @@ class GroupBudget:
                 state = self.destinations[name]
             except KeyError:
                 continue  # a destination the configuration no longer has
-            starts = [t + to_now for t in spent.starts if t + to_now > now - state.limiter.window]
-            if tail_counts:
-                starts += [now] * spent.tail  # what the writer may have started unseen
+            # Stored times are rounded up, and clocks differ a little: a start up to SKEW
+            # ahead is taken as it is (it leaves the window late, never early); one further
+            # ahead (a writer whose clock runs wrong) counts as SKEW from now, not a year.
+            starts = [
+                min(t + to_now, now + SKEW)
+                for t in spent.starts
+                if t + to_now > now - state.limiter.window
+            ]
+            if tail_counts:  # what the writer may have started unseen (never past the limit)
+                starts += [now] * min(spent.tail, state.spec.events_per_minute)
             state.limiter.inherit(starts)
             state.key_limiter.inherit(starts)
             mine = state.spent.setdefault(partition, deque())
             mine.extend(starts)
             state.spent[partition] = deque(sorted(mine))
-            if spent.paused_until:
-                state.limiter.pause_until(spent.paused_until + to_now)
+            if spent.paused_until:  # a 429's pause, never longer than any retry-after allows
+                state.limiter.pause_until(min(spent.paused_until + to_now, now + MAX_PAUSE))
         return note
 
     def already_done(self, partition: Partition, offset: int) -> bool:

@@ -130,3 +130,22 @@ def test_what_others_started_counts_against_the_whole_limit() -> None:
     assert other_ds["a"].limiter.limit == 5
     other_ds["a"].ready.drop([P1])
     assert sum(start(other_ds, other_ledger, P1, i, 2.0) for i in range(1, 10)) == 2
+
+
+def test_starts_and_pauses_from_a_clock_far_ahead_count_as_now_and_end_in_bounds() -> None:
+    """A writer whose clock runs a year ahead must not block the destination for a year."""
+    from streamer.budget import PartitionNote, Spent, encode
+    from streamer.failure_policy import MAX_RETRY_AFTER
+
+    year = 365 * 86400.0
+    ahead = PartitionNote(
+        writer="skewed",
+        final=True,
+        spent={"a": Spent(starts=(WALL + year,) * 10, paused_until=WALL + year)},
+    )
+    budget, ds, ledger = member(limit=10)
+    ledger.assign(P0)
+    budget.take_over(P0, encode(ahead, 0), 0, now=0.0, wall=WALL)
+    limiter = ds["a"].limiter
+    assert limiter.next_start(0.0) <= MAX_RETRY_AFTER  # paused, but not for a year
+    assert limiter.next_start(MAX_RETRY_AFTER) <= MAX_RETRY_AFTER + limiter.window
