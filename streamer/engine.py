@@ -24,7 +24,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from opentelemetry.trace import INVALID_SPAN
@@ -34,11 +34,13 @@ from streamer.backpressure import Backpressure
 from streamer.commits import CommitSchedule
 from streamer.committer import Committer
 from streamer.config import Config, DeliverySettings
+from streamer.consumption_flow import ConsumptionFlow
 from streamer.dead_letter_writer import DeadLetterWriter
 from streamer.dead_letters import DeadLetter
 from streamer.decoding import EventDecoder, RegistryUnavailable
 from streamer.destinations import Destinations
 from streamer.dispatch import Dispatcher
+from streamer.failure_policy import Backoff
 from streamer.group_budget import GroupBudget
 from streamer.handover import HandOver
 from streamer.incident_io import IncidentIoClient, PostsAlertEvents
@@ -46,6 +48,7 @@ from streamer.instrumentation import (
     ConsumerLag,
     MessageSpans,
     Stats,
+    count_consumed,
     log_context,
     register_gauges,
     stats_of,
@@ -131,6 +134,13 @@ class Engine:
         )
         self.committer.attach(self.consumer)
         self.spans = MessageSpans(self.telemetry, config.file.kafka.group_id, clock)
+        self.flow = ConsumptionFlow(
+            self.consumer,
+            self.ledger,
+            self.backpressure,
+            clock,
+            Backoff(s.backoff_base_seconds, s.backoff_cap_seconds),
+        )
         self.out = Dispatcher(
             s,
             ledger=self.ledger,
@@ -219,9 +229,9 @@ class Engine:
         self.producer.poll(0)
         self.out.collect()
         self.out.fire_timers()
-        self._unblock_registry_partitions()
+        self.flow.unblock_due()
         self.out.dispatch()
-        self._apply_backpressure()
+        self.flow.apply_caps()
         self.committer.commit_if_due()
         now = self.clock()
         if now - self._last_reload_check >= self.settings.reload_interval_seconds:
@@ -262,7 +272,7 @@ class Engine:
             try:
                 works = works_of(source, decoders, rules, self.telemetry)
             except RegistryUnavailable as e:
-                self._block_for_registry(partition, source.offset, str(e))
+                self.flow.block_for_registry(partition, source.offset, str(e))
                 if span is not None:
                     span.set_attribute("streamer.outcome", "registry-unavailable")
                     span.end()
@@ -282,16 +292,7 @@ class Engine:
         if dropped:
             self.telemetry.dropped.add(dropped)
             self.commits.terminal(dropped)
-        group = self.config.file.kafka.group_id
-        for topic, count in consumed.items():
-            self.telemetry.consumed.add(
-                count,
-                {
-                    "messaging.system": "kafka",
-                    "messaging.destination.name": topic,
-                    "messaging.consumer.group.name": group,
-                },
-            )
+        count_consumed(self.telemetry, consumed, self.config.file.kafka.group_id)
 
     def _activate(self, job: Job) -> None:
         """A job whose key is free: queue it for its destination, or dead-letter it."""
@@ -299,31 +300,6 @@ class Engine:
             self._write_dead_letter(job)
         else:
             self.out.enqueue(job)  # coalesced and ranked (streamer/coalescing.py)
-
-    def _unblock_registry_partitions(self) -> None:
-        due = self.backpressure.unblock_due(self.clock())
-        if due and not self.backpressure.paused:
-            self.consumer.resume([TopicPartition(*p) for p in due])
-
-    def _block_for_registry(self, partition: Partition, offset: int, reason: str) -> None:
-        """The registry is down: not the message's fault. Pause, seek back, retry later."""
-        attempt = self.backpressure.registry_attempt(partition)  # grows while it stays down
-        delay = self.out.policy.backoff.delay(attempt) + 1.0
-        self.backpressure.block_for_registry(partition, self.clock() + delay)
-        tp = TopicPartition(partition[0], partition[1], offset)
-        self.consumer.pause([tp])
-        self.consumer.seek(tp)
-        log.warning(
-            "schema registry unavailable; %s[%d] paused at offset %d for %.1f s: %s",
-            partition[0],
-            partition[1],
-            offset,
-            delay,
-            reason,
-            extra={"topic": partition[0], "partition": partition[1], "offset": offset},
-        )
-
-    # -- out: jobs -> incident.io ----------------------------------------------------------
 
     # -- dead letters ----------------------------------------------------------------------
 
@@ -353,36 +329,6 @@ class Engine:
         self.spans.job_ended(job.partition, job.offset, "revoked")
         for next_job in self.ledger.finish(job):
             self._activate(next_job)
-
-    # -- backpressure ----------------------------------------------------------------------
-
-    def _apply_backpressure(self) -> None:
-        unfinished, size = self.ledger.unfinished(), self.ledger.unfinished_size()
-        change = self.backpressure.check(unfinished, size)
-        if change == "pause":
-            self.consumer.pause([TopicPartition(*p) for p in self.ledger.partitions])
-            log.info(
-                "%d events (%d bytes) in flight (caps %d, %d): consumption paused",
-                unfinished,
-                size,
-                self.backpressure.max_messages,
-                self.backpressure.max_bytes,
-            )
-        elif change == "resume":
-            self._resume(self.backpressure.resumable(self.ledger.partitions))
-            log.info("%d events in flight: consumption resumed", unfinished)
-
-    def _resume(self, partitions: Iterable[Partition]) -> None:
-        # librdkafka drops prefetched messages on pause: seek to what we have not seen.
-        tps = []
-        for p in partitions:
-            next_offset = self.ledger.next_offset(p)
-            tp = TopicPartition(p[0], p[1], next_offset if next_offset is not None else -1001)
-            if next_offset is not None:
-                self.consumer.seek(tp)
-            tps.append(tp)
-        if tps:
-            self.consumer.resume(tps)
 
     # -- rebalance -------------------------------------------------------------------------
 

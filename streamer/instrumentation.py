@@ -208,3 +208,16 @@ def log_context(job: Job) -> dict[str, Any]:
     if route is not None:
         context["route"] = route
     return context
+
+
+def count_consumed(telemetry: Telemetry, consumed: Mapping[str, int], group: str) -> None:
+    """One batch's fetched messages, per topic (added once per batch, not per message)."""
+    for topic, count in consumed.items():
+        telemetry.consumed.add(
+            count,
+            {
+                "messaging.system": "kafka",
+                "messaging.destination.name": topic,
+                "messaging.consumer.group.name": group,
+            },
+        )
