@@ -20,16 +20,21 @@ Invariants (property-tested in tests/test_budget.py):
    and could be anything: one that cannot be read (another version, another tool's
    metadata, a compression bomb, nesting past any sense) decodes to an empty note, and the
    next owner starts as it did before; one with numbers past sense (more starts than any
-   limit, a tail or an offset map of millions, times that are not finite) is refused as a
-   whole the same way. Decoding costs at most `MAX_TEXT` decompressed bytes.
+   limit, an offset map of millions, times that are not finite) is refused as a whole the
+   same way. A tail or waiting count is capped at `MAX_COUNT`, never refused: a destination
+   with a huge limit (an unlimited one) has a huge tail, and refusing its note would lose
+   the other destinations' budget with it. Decoding costs at most `MAX_TEXT` decompressed bytes.
 
-Format: `s1:` + base64(zlib(JSON)); offsets relative to the committed offset, as runs.
+Format: `s2:` + base64(zlib(JSON)); starts as distinct ticks with counts, offsets relative
+to the committed offset, as runs. At most `MAX_STARTS` starts in a note (a writer keeps
+the latest of each destination; only limits past ~100,000 a minute ever have more).
 Pure: plain values in, plain values out.
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import itertools
 import json
 import math
@@ -38,7 +43,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-PREFIX = "s1:"
+PREFIX = "s2:"  # s1 (one number per start) is read as no note
 RESOLUTION = 0.25  # seconds: the grain of stored start times
 MAX_BYTES = 4096  # the broker's default offset.metadata.max.bytes
 MAX_TEXT = 256 * 1024  # decompressed JSON a note may hold (a 4 KiB note holds far less)
@@ -100,19 +105,27 @@ def _from_runs(runs: list[int], base: int) -> frozenset[int]:
     return frozenset(done)
 
 
-def _spent_json(spent: Spent) -> list[Any]:
-    ticks = sorted(_up(t) for t in spent.starts)
+def _spent_json(spent: Spent, most: int) -> list[Any]:
+    """[tick deltas, counts, pause, tail, waiting]: each distinct tick once with its count
+    (a burst of a thousand starts in one tick is two numbers); the latest `most` starts."""
+    ticks = collections.Counter(_up(t) for t in sorted(spent.starts)[-most:] if most > 0)
+    distinct = sorted(ticks)
     # first tick, then deltas: small numbers compress well
-    deltas = [b - a for a, b in itertools.pairwise(ticks)]
-    return [ticks[:1] + deltas, _up(spent.paused_until), spent.tail, spent.waiting]
+    deltas = distinct[:1] + [b - a for a, b in itertools.pairwise(distinct)]
+    tail, waiting = min(spent.tail, MAX_COUNT), min(spent.waiting, MAX_COUNT)
+    return [deltas, [ticks[t] for t in distinct], _up(spent.paused_until), tail, waiting]
 
 
 def encode(note: PartitionNote, committed: int, max_bytes: int = MAX_BYTES) -> str:
     """The note as commit metadata for `committed` (the offset it is committed with)."""
+    # more starts than a reader takes (limits of ~100,000 a minute): the latest of each
+    most = MAX_STARTS
+    if sum(len(s.starts) for s in note.spent.values()) > MAX_STARTS:
+        most = MAX_STARTS // len(note.spent)
     body: dict[str, Any] = {
         "w": note.writer,
         "f": int(note.final),
-        "s": {name: _spent_json(s) for name, s in sorted(note.spent.items())},
+        "s": {name: _spent_json(s, most) for name, s in sorted(note.spent.items())},
         "d": _runs(note.done, committed),
     }
     text = _pack(body)
@@ -155,21 +168,22 @@ def _note(body: Any, committed: int) -> PartitionNote:
         raise ValueError("not a note")
     spent, starts = {}, 0
     for name, entry in body["s"].items():
-        deltas, paused, tail, waiting = entry
-        if not isinstance(deltas, list):
-            raise ValueError("starts are not a list")
-        starts += len(deltas)
-        if starts > MAX_STARTS:
-            raise ValueError("more starts than any limit allows")
-        ticks: list[int] = []
-        for d in deltas:
-            tick = _count(d, MAX_TICK) if not ticks else ticks[-1] + _count(d, MAX_TICK)
-            ticks.append(tick)
+        deltas, counts, paused, tail, waiting = entry
+        if not isinstance(deltas, list) or not isinstance(counts, list):
+            raise ValueError("starts are not lists")
+        times: list[float] = []
+        tick = 0
+        for d, count in zip(deltas, counts, strict=True):
+            tick += _count(d, MAX_TICK)
+            starts += _count(count, MAX_STARTS)
+            if starts > MAX_STARTS or tick > MAX_TICK:
+                raise ValueError("more starts than any limit allows")
+            times += (tick * RESOLUTION,) * count
         spent[str(name)] = Spent(
-            tuple(t * RESOLUTION for t in ticks if t <= MAX_TICK),
+            tuple(times),
             _count(paused, MAX_TICK) * RESOLUTION,
-            _count(tail, MAX_COUNT),
-            _count(waiting, MAX_COUNT),
+            min(_count(tail, MAX_TICK), MAX_COUNT),  # a huge limit's tail: counted, capped
+            min(_count(waiting, MAX_TICK), MAX_COUNT),
         )
     runs = body["d"]
     if not isinstance(runs, list) or len(runs) > 2 * MAX_DONE:

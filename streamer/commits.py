@@ -12,8 +12,11 @@ above it, see `budget.py`); a partition whose offset stands still is committed a
 its note changed, so the next owner always learns what was spent.
 
 Asynchronous commits are the steady state (every `interval` seconds, or after `every`
-terminal messages); a forced commit (revoke, shutdown) sends everything not yet
-confirmed, even what an asynchronous commit already has on its way.
+terminal messages, or `soon()` after a dead letter: one must not be written twice); a
+partition not yet claimed (`handover.py`) is committed as soon as its offset is known,
+and again every `CLAIM_RETRY` seconds until the broker confirms it; a forced commit
+(revoke, shutdown) sends everything not yet confirmed, even what an asynchronous commit
+already has on its way.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 
 from streamer.ledger import Partition
+
+CLAIM_RETRY = 0.5  # seconds between commits of a partition not yet claimed
 
 
 class CommitSchedule:
@@ -31,14 +36,21 @@ class CommitSchedule:
         self.last_confirmed: dict[Partition, int] = {}
         self._sending: dict[Partition, int] = {}  # sent asynchronously, no answer yet
         self.notes: dict[Partition, str] = {}  # the notes of the offsets last returned
+        self.complete = False  # ... and they were every partition's (not a claim, not `only`)
         self._confirmed_notes: dict[Partition, str] = {}
         self._sending_notes: dict[Partition, str] = {}
         self._last = now
         self._terminal = 0
+        self._soon = False
+        self._claim_sent: dict[Partition, float] = {}
 
     def terminal(self, count: int = 1) -> None:
         """`count` more messages reached a terminal state."""
         self._terminal += count
+
+    def soon(self) -> None:
+        """Commit at the next chance (a dead letter was written)."""
+        self._soon = True
 
     def offsets_to_send(
         self,
@@ -48,14 +60,30 @@ class CommitSchedule:
         force: bool = False,
         only: Collection[Partition] | None = None,
         notes: Callable[[Mapping[Partition, int]], Mapping[Partition, str]] | None = None,
+        claims: Collection[Partition] = (),
     ) -> dict[Partition, int]:
-        """What to commit now: nothing unless due (or forced); never what is confirmed
-        with the same note. `notes` gives the note of each candidate (in `self.notes`)."""
-        due = now - self._last >= self.interval or self._terminal >= self.every
-        if not (force or due):
-            return {}
-        self._last, self._terminal = now, 0
+        """What to commit now: nothing unless due (or forced, or a claim to make); never
+        what is confirmed with the same note. `notes` gives the note of each candidate
+        (in `self.notes`); `claims` are the partitions waiting for their first confirmed
+        commit."""
+        due = now - self._last >= self.interval or self._terminal >= self.every or self._soon
         candidates = {p: o for p, o in watermarks.items() if only is None or p in only}
+        self.complete = only is None and (force or due)
+        if force or due:
+            self._last, self._terminal, self._soon = now, 0, False
+        else:
+            candidates = {
+                p: o
+                for p, o in candidates.items()
+                if p in claims
+                and p not in self._sending
+                and (p not in self._claim_sent or now - self._claim_sent[p] >= CLAIM_RETRY)
+            }
+            if not candidates:
+                return {}
+        for p in candidates:
+            if p in claims:
+                self._claim_sent[p] = now
         written = dict(notes(candidates)) if notes else {}
         self.notes = {}
         out = {}
@@ -94,6 +122,7 @@ class CommitSchedule:
     def forget(self, partitions: Collection[Partition]) -> None:
         """Revoked or lost: the next owner commits from here on."""
         for p in partitions:
+            self._claim_sent.pop(p, None)
             for known in (self.confirmed, self._sending):
                 known.pop(p, None)
             for notes in (self._confirmed_notes, self._sending_notes, self.notes):

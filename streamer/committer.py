@@ -6,6 +6,10 @@ rate-limit budget and offset map carried in commit metadata): it sends commits
 answers, reads the previous owner's notes when a partition is assigned, and every view
 interval reads the notes of the whole group. Notes are input from other processes: one
 that cannot be used is logged and ignored, never raised into the poll loop.
+
+A partition is claimed (`handover.py`) by its first confirmed commit; one whose previous
+note could not be read (no coordinator at assignment) is neither committed nor claimed
+until it is read: our note would overwrite what the previous owner spent.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from streamer.commits import CommitSchedule
 from streamer.config import Config
 from streamer.group_budget import GroupBudget
+from streamer.handover import HandOver
 from streamer.kafka_clients import PartitionCounts
 from streamer.ledger import DeliveryLedger, Partition
 
@@ -30,12 +35,15 @@ class Committer:
         *,
         commits: CommitSchedule,
         budget: GroupBudget,
+        handover: HandOver,
         ledger: DeliveryLedger,
         config: Callable[[], Config],
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
     ) -> None:
         self.commits, self.budget, self.ledger = commits, budget, ledger
+        self.handover = handover
+        self._unread: set[Partition] = set()  # assigned, the previous note not read yet
         self.config, self.clock, self.wall_clock = config, clock, wall_clock
         self.consumer: Consumer | None = None  # set once made (it calls on_commit)
         self.partition_counts: PartitionCounts | None = None
@@ -48,20 +56,28 @@ class Committer:
         self, *, force: bool = False, partitions: Collection[Partition] | None = None
     ) -> None:
         now, wall = self.clock(), self.wall_clock()
+        view = not force and self.budget.view_due(now)
+        if view and self._unread:
+            self.take_over([TopicPartition(*p) for p in self._unread])
+        watermarks = self.ledger.commit_offsets()
+        for p in self._unread:
+            watermarks.pop(p, None)
         offsets = self.commits.offsets_to_send(
-            self.ledger.commit_offsets(),
+            watermarks,
             now,
             force=force,
             only=partitions,
             notes=lambda due: self.budget.notes(due, now, wall, final=force),
+            claims=self.handover.unclaimed(),
         )
-        if not force and self.budget.view_due(now):
+        if view:
             self._observe_group(now, wall)
         if not offsets:
             return
         notes = self.commits.notes
         tps = [TopicPartition(p[0], p[1], o, notes.get(p, "")) for p, o in offsets.items()]
-        self.budget.sending(now)
+        # only a commit of every partition's note confirms the starts made before it
+        self.budget.sending(now if self.commits.complete else None)
         try:
             if force:  # on revoke and shutdown: wait for the broker's answer
                 self.on_commit(None, self._consumer().commit(offsets=tps, asynchronous=False))
@@ -100,6 +116,8 @@ class Committer:
             ok = error is None and tp.error is None
             owned = partition in self.ledger.partitions
             self.commits.answered(partition, tp.offset, ok=ok, owned=owned)
+            if ok and owned:
+                self.handover.claimed(partition)
             if not ok:
                 failed.append(f"{tp.topic}[{tp.partition}]@{tp.offset}")
         self.budget.answered(ok=not failed)
@@ -112,11 +130,14 @@ class Committer:
 
     def take_over(self, partitions: list[TopicPartition]) -> None:
         """What the previous owners spent, paused and finished: ours now (`GroupBudget`)."""
+        unread = {(tp.topic, tp.partition) for tp in partitions}
+        self._unread |= unread
         try:
             committed = self._consumer().committed(partitions, timeout=10)
-        except Exception as e:  # no coordinator: start as without notes (re-sends, no budget)
-            log.warning("could not read the previous owners' notes: %s", e)
+        except Exception as e:  # no coordinator: read again at the next view, start nothing
+            log.warning("could not read the previous owners' notes (read again soon): %s", e)
             return
+        self._unread -= unread
         now, wall = self.clock(), self.wall_clock()
         for tp in committed:
             if tp.offset >= 0:
@@ -126,6 +147,9 @@ class Committer:
                     )
                 except Exception:
                     log.exception("the note of %s[%d] is ignored", tp.topic, tp.partition)
+
+    def let_go(self, partitions: Collection[Partition]) -> None:
+        self._unread.difference_update(partitions)
 
     def _consumer(self) -> Consumer:
         assert self.consumer is not None, "attach() the consumer first"

@@ -111,6 +111,7 @@ class Engine:
         self.committer = Committer(
             commits=self.commits,
             budget=self.budget,
+            handover=self.handover,
             ledger=self.ledger,
             config=lambda: self.config,
             clock=clock,
@@ -309,6 +310,7 @@ class Engine:
         def written() -> None:
             self.telemetry.dead_lettered.add(1, {"reason": letter.reason})
             self._finish(job)
+            self.commits.soon()  # in the offset map before a kill could write it twice
 
         def again_in(seconds: float) -> None:  # not terminal until it is safely written
             self.out.schedule(self.clock() + seconds, job)
@@ -337,6 +339,7 @@ class Engine:
         for tp in partitions:
             self.ledger.assign((tp.topic, tp.partition))
         self._update_shares()
+        self.handover.take((tp.topic, tp.partition) for tp in partitions)  # until claimed
         self.committer.take_over(partitions)
         log.info("assigned %s", names(partitions), extra={"partitions": names(partitions)})
         if self.backpressure.paused:
@@ -381,6 +384,7 @@ class Engine:
         for p in partitions:
             self.ledger.revoke(p)
         self.commits.forget(partitions)
+        self.committer.let_go(partitions)
         self.budget.let_go(partitions)
         self.backpressure.forget(partitions)
         for job in self.destinations.drop(partitions):

@@ -56,7 +56,8 @@ class GroupBudget:
         self._next_view = 0.0
         self._done: dict[Partition, frozenset[int]] = {}  # inherited offset maps
         self._tails_taken: set[str] = set()  # writers whose tail was already counted
-        self._commits: deque[float] = deque()  # built-at times of commits on their way
+        # built-at times of commits on their way (None: not every partition's note)
+        self._commits: deque[float | None] = deque()
 
     # -- what to commit -------------------------------------------------------------------
 
@@ -92,8 +93,10 @@ class GroupBudget:
             tail = 0 if final else state.limiter.tail or 0
             if not starts and paused <= now and not waiting.get(state.name) and not tail:
                 continue
+            # beyond the limit the window is full: the latest `limit` tell when it frees up
+            latest = list(starts or ())[-state.spec.events_per_minute :]
             spent[state.name] = Spent(
-                tuple(t + to_wall for t in starts or ()),
+                tuple(t + to_wall for t in latest),
                 paused + to_wall if paused > now else 0.0,
                 tail,
                 waiting.get(state.name, 0),
@@ -114,8 +117,9 @@ class GroupBudget:
                     out.setdefault(p, {}).setdefault(state.name, 1)
         return out
 
-    def sending(self, built_at: float) -> None:
-        """A commit of notes built at `built_at` went out (asynchronously)."""
+    def sending(self, built_at: float | None) -> None:
+        """A commit of notes built at `built_at` went out; None if it carried only some
+        partitions' notes (it confirms no start)."""
         self._commits.append(built_at)
 
     def answered(self, ok: bool) -> None:
@@ -208,8 +212,9 @@ class GroupBudget:
                 for t in spent.starts
                 if t + to_now > now - state.limiter.window
             ]
-            if tail_counts:  # what the writer may have started unseen (never past the limit)
+            if tail_counts:  # what the writer may have started unseen
                 starts += [now] * min(spent.tail, state.spec.events_per_minute)
+            starts = sorted(starts)[-state.spec.events_per_minute :]  # a full window at most
             state.limiter.inherit(starts)
             state.key_limiter.inherit(starts)
             mine = state.spent.setdefault(partition, deque())

@@ -1,4 +1,11 @@
-"""Hand-over cut-offs: when a partition is let go, no request of it may start too late.
+"""Hand-overs: when a partition is taken, nothing of it starts before our claim is on the
+broker; when it is let go, no request of it may start too late.
+
+Invariant (rate limits across owners): a partition just assigned starts nothing until a
+commit of it carrying this member's note is confirmed (the claim). From then on the note
+on the broker names this member as the writer, so whoever owns the partition next (after
+a kill -9 too) counts this member's unconfirmed starts (`budget.Spent.tail`); without the
+claim, a member killed before its first commit would hide every start it made.
 
 Invariant (per-key order across owners): a request of a partition being revoked, or of
 any partition at shutdown, starts only if it can end before the drain does. A request
@@ -27,6 +34,18 @@ class HandOver:
     def __init__(self, request_timeout: float) -> None:
         self.request_timeout = request_timeout
         self._last_start: dict[Partition, float] = {}
+        self._unclaimed: set[Partition] = set()
+
+    def take(self, partitions: Iterable[Partition]) -> None:
+        """Newly assigned: nothing of them starts until `claimed`."""
+        self._unclaimed.update(partitions)
+
+    def claimed(self, partition: Partition) -> None:
+        """A commit of the partition with our note was confirmed."""
+        self._unclaimed.discard(partition)
+
+    def unclaimed(self) -> set[Partition]:
+        return self._unclaimed
 
     def begin(self, partitions: Iterable[Partition], drain_deadline: float) -> None:
         for p in partitions:
@@ -35,13 +54,14 @@ class HandOver:
     def end(self, partitions: Collection[Partition]) -> None:
         for p in partitions:
             self._last_start.pop(p, None)
+            self._unclaimed.discard(p)
 
     def last_start(self, partition: Partition) -> float:
         """When the partition's last request may start; infinity if it is not being let go."""
         return self._last_start.get(partition, math.inf)
 
     def may_start(self, partition: Partition, now: float) -> bool:
-        return now < self.last_start(partition)
+        return partition not in self._unclaimed and now < self.last_start(partition)
 
     def worth_waiting(self, *, in_flight: bool, starts: Iterable[tuple[Partition, float]]) -> bool:
         """Could anything still finish, or start before its cut-off?

@@ -61,7 +61,12 @@ def consumer_settings(config: Config) -> dict[str, Any]:
     instance = os.environ.get(kafka.group_instance_id_env) if kafka.group_instance_id_env else None
     return {
         "auto.offset.reset": "earliest",
-        "partition.assignment.strategy": "cooperative-sticky",
+        # Static members rejoin with their last assignment and no rebalance. Under the
+        # cooperative protocol a partition revoked in its first round waits for a second
+        # round; a member killed in between rejoins with its old assignment and that round
+        # never comes: the partition stays unowned (seen in the kill -9 test). An eager
+        # assignor hands out every partition in one round, so static members use it.
+        "partition.assignment.strategy": "roundrobin" if instance else "cooperative-sticky",
         # a killed member's partitions move on after 10 s, not librdkafka's 45
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 2_000,

@@ -21,6 +21,7 @@ confirmed note, so a kill -9 can hide at most `tail` starts from the next owner.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -66,8 +67,9 @@ class RollingWindowLimiter:
             # the start that must leave the window before one more fits
             at = max(at, self._starts[len(self._starts) - self._limit] + self.window)
         if self._ceiling is not None and self._foreign:
-            group = sorted([*self._starts, *(t for t in self._foreign if t > now - self.window)])
-            if len(group) >= self._ceiling:
+            foreign = self._foreign[bisect.bisect_right(self._foreign, now - self.window) :]
+            if len(self._starts) + len(foreign) >= self._ceiling:
+                group = sorted([*self._starts, *foreign])
                 at = max(at, group[len(group) - self._ceiling] + self.window)
         if self._tail is not None and len(self._unconfirmed) >= self._tail:
             at = max(at, now + 0.05)  # until the next note is confirmed (a commit away)

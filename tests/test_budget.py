@@ -76,12 +76,24 @@ def test_anything_else_reads_as_an_empty_note() -> None:
 HOSTILE = {
     "a list where a map belongs": {"w": "", "f": 1, "s": [], "d": []},
     "a string where a map belongs": {"w": "", "f": 1, "s": "x", "d": []},
-    "an infinite tail": {"w": "", "f": 0, "s": {"a": [[], 0, 1e999, 0]}, "d": []},
-    "a huge pause": {"w": "", "f": 1, "s": {"a": [[], 10**400, 0, 0]}, "d": []},
-    "a tail of a billion": {"w": "", "f": 0, "s": {"a": [[], 0, 10**9, 0]}, "d": []},
+    "an infinite tail": {"w": "", "f": 0, "s": {"a": [[], [], 0, 1e999, 0]}, "d": []},
+    "a huge pause": {"w": "", "f": 1, "s": {"a": [[], [], 10**400, 0, 0]}, "d": []},
     "an offset map of a billion": {"w": "", "f": 1, "s": {}, "d": [0, 10**9]},
-    "an infinite start": {"w": "", "f": 1, "s": {"a": [[float("inf")], 0, 0, 0]}, "d": []},
-    "a negative delta": {"w": "", "f": 1, "s": {"a": [[5, -9], 0, 0, 0]}, "d": []},
+    "an infinite start": {"w": "", "f": 1, "s": {"a": [[float("inf")], [1], 0, 0, 0]}, "d": []},
+    "a negative delta": {"w": "", "f": 1, "s": {"a": [[5, -9], [1, 1], 0, 0, 0]}, "d": []},
+    "a billion starts in one tick": {"w": "", "f": 1, "s": {"a": [[5], [10**9], 0, 0, 0]}, "d": []},
+    "too many starts together": {
+        "w": "",
+        "f": 1,
+        "s": {name: [[5], [60_000], 0, 0, 0] for name in ("a", "b")},
+        "d": [],
+    },
+    "counts that do not match the ticks": {
+        "w": "",
+        "f": 1,
+        "s": {"a": [[5, 1], [1], 0, 0, 0]},
+        "d": [],
+    },
 }
 
 
@@ -89,6 +101,32 @@ HOSTILE = {
 def test_a_note_with_numbers_past_sense_reads_as_no_note(body) -> None:
     text = budget._pack(body) if "inf" not in repr(body) else _pack_loose(body)
     assert budget.decode(text, committed=10) == budget.EMPTY
+
+
+def test_an_unlimited_destinations_huge_tail_is_capped_not_the_whole_note_refused() -> None:
+    """A destination allowing a million a minute promises a tail of ~100k starts: its note
+    (and every other destination's budget in it) must still reach the next owner."""
+    note = PartitionNote(
+        "w1",
+        final=False,
+        spent={"a": Spent((NOW,), 0.0, 7, 2), "b": Spent((), 0.0, 183_008, 0)},
+    )
+    back = decode(encode(note, committed=4), committed=4)
+    assert back.spent["a"] == Spent((NOW,), 0.0, 7, 2)
+    assert back.spent["b"].tail == budget.MAX_COUNT
+    written = {"w": "", "f": 0, "s": {"a": [[], [], 0, 10**9, 0]}, "d": []}  # by anyone
+    assert decode(budget._pack(written), committed=0).spent["a"].tail == budget.MAX_COUNT
+
+
+def test_a_burst_is_stored_as_one_tick_and_more_starts_than_a_reader_takes_are_cut() -> None:
+    burst = PartitionNote(spent={"a": Spent((NOW,) * 5_000, 0.0, 0, 0)})
+    text = encode(burst, committed=0)
+    assert len(text) < 200 and decode(text, committed=0).spent["a"].starts == (NOW,) * 5_000
+    # a limit of millions a minute: each destination keeps its latest starts, and it reads
+    older, newer = (NOW,) * 80_000, (NOW + 1,) * 80_000
+    huge = PartitionNote(spent={n: Spent(older + newer, 0.0, 0, 0) for n in ("a", "b")})
+    back = decode(encode(huge, committed=0), committed=0)
+    assert back.spent["a"].starts == (NOW + 1,) * (budget.MAX_STARTS // 2)
 
 
 def test_a_compression_bomb_or_deep_nesting_reads_as_no_note() -> None:

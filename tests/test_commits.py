@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.commits import CommitSchedule
+from streamer.commits import CLAIM_RETRY, CommitSchedule
 
 P0, P1 = ("events", 0), ("events", 1)
 
@@ -112,3 +112,30 @@ def test_a_new_note_is_committed_though_the_offset_stands_still() -> None:
     notes = {P0: "spent 2"}
     assert commits.offsets_to_send({P0: 5}, now=3.0, notes=lambda due: notes) == {P0: 5}
     assert commits.notes == {P0: "spent 2"}
+
+
+def test_a_claim_goes_out_at_once_and_again_until_confirmed_but_confirms_no_start() -> None:
+    commits = schedule(interval=10.0)
+    sent = commits.offsets_to_send({P0: 5, P1: 2}, now=0.1, claims={P0})
+    assert sent == {P0: 5} and not commits.complete  # only the claim, long before the interval
+    commits.sending(sent)
+    assert commits.offsets_to_send({P0: 5, P1: 2}, now=0.2, claims={P0}) == {}  # on its way
+    commits.answered(P0, 5, ok=False, owned=True)
+    assert commits.offsets_to_send({P0: 5}, now=0.3, claims={P0}) == {}  # not in a busy loop
+    assert commits.offsets_to_send({P0: 5}, now=0.1 + CLAIM_RETRY, claims={P0}) == {P0: 5}
+    assert commits.offsets_to_send({P0: 5, P1: 2}, now=10.0) == {P0: 5, P1: 2}
+    assert commits.complete  # every partition's note: the starts before it are covered
+
+
+def test_a_dead_letter_is_committed_at_the_next_chance() -> None:
+    commits = schedule(interval=10.0)
+    assert commits.offsets_to_send({P0: 5}, now=1.0) == {}
+    commits.soon()
+    assert commits.offsets_to_send({P0: 5}, now=1.1) == {P0: 5}
+    assert commits.offsets_to_send({P0: 6}, now=1.2) == {}  # once
+
+
+def test_a_commit_of_some_partitions_is_not_complete() -> None:
+    commits = schedule()
+    commits.offsets_to_send({P0: 5, P1: 3}, now=1.0, force=True, only={P0})
+    assert not commits.complete

@@ -276,11 +276,6 @@ def run_all_to_the_end(pipeline: Pipeline, processes: list[ServiceProcess], even
                 process.wait()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known flake (issue 13 left open): some runs see 11-13 starts in a 5 s window of 10 "
-    "and a few 429s after a restart; others 10 and none. The printed figures say which.",
-)
 def test_a_rolling_restart_of_three_replicas_never_exceeds_the_limit(
     infrastructure, strict_fake, tmp_path, monkeypatch
 ) -> None:
@@ -358,12 +353,6 @@ def resume_seconds(fake: FakeIncidentIo, kills: list[tuple[float, set[int]]], pa
     return out
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug (issue 13 left open): when the first member killed owns partitions "
-    "[0, 2] the next owner exceeds the window (12-18 of 10) and writes one dead letter "
-    "twice; it passes when the assignment falls otherwise. The printed figures say which.",
-)
 def test_kill_9_in_a_loop_never_exceeds_the_limit_nor_resends_much(
     infrastructure, strict_fake, tmp_path, monkeypatch
 ) -> None:

@@ -149,3 +149,29 @@ def test_starts_and_pauses_from_a_clock_far_ahead_count_as_now_and_end_in_bounds
     limiter = ds["a"].limiter
     assert limiter.next_start(0.0) <= MAX_RETRY_AFTER  # paused, but not for a year
     assert limiter.next_start(MAX_RETRY_AFTER) <= MAX_RETRY_AFTER + limiter.window
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 4)), min_size=1, max_size=6))
+def test_a_chain_of_kills_never_starts_more_than_the_limit_in_a_window(lives) -> None:
+    """Incarnation after incarnation takes the partition over, claims it (its note on the
+    broker before any start), starts what its limiter allows, commits now and then, and is
+    killed at any point: within one window, all of them together start at most the limit."""
+    on_broker: str | None = None  # the partition's last confirmed note
+    started, now = 0, 1.0
+    for life, (attempts, commit_every) in enumerate(lives):
+        budget, ds, ledger = member(writer=f"w{life}")
+        ledger.assign(P0)
+        budget.promise_tails()
+        if on_broker is not None:
+            budget.take_over(P0, on_broker, 0, now=now, wall=WALL + now)
+        on_broker = budget.notes({P0: 0}, now, WALL + now, final=False)[P0]  # the claim
+        budget.confirmed(now)
+        for attempt in range(attempts):
+            now += 0.01
+            started += start(ds, ledger, P0, 100 * life + attempt, now)
+            if commit_every and attempt % commit_every == 0:
+                on_broker = budget.notes({P0: 0}, now, WALL + now, final=False)[P0]
+                budget.confirmed(now)
+        now += 0.01  # kill -9: whatever was not confirmed is lost with the process
+    assert started <= 10

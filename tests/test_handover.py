@@ -35,3 +35,18 @@ def test_a_drain_ends_early_when_nothing_waiting_could_start_before_its_cut_off(
     # work of a partition that is staying may always start: the drain serves it meanwhile
     assert handover.worth_waiting(in_flight=False, starts=[(P1, 1e9)])
     assert not handover.worth_waiting(in_flight=False, starts=[])
+
+
+def test_a_partition_just_taken_starts_nothing_until_our_note_is_on_the_broker() -> None:
+    """The claim: until a commit carrying our note is confirmed, a kill would leave the
+    broker naming the previous writer (or nobody), and our starts would be invisible."""
+    handover = HandOver(request_timeout=10.0)
+    handover.take({P0})
+    assert not handover.may_start(P0, 0.0)
+    assert handover.may_start(P1, 0.0)  # never taken (tests, or long ours): not gated
+    assert handover.unclaimed() == {P0}
+    handover.claimed(P0)
+    assert handover.may_start(P0, 0.0)
+    handover.take({P1})
+    handover.end({P1})  # let go before it was claimed: nothing left to wait for
+    assert handover.unclaimed() == set()
