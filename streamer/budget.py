@@ -15,7 +15,10 @@ Invariants (property-tested in tests/test_budget.py):
 3. **It always fits.** The encoded text is at most `max_bytes` (the broker's
    `offset.metadata.max.bytes`, 4096 by default). When the offset map does not fit it is
    dropped first (those events are re-sent, as without a map: never skipped unknowingly);
-   the budget is small by construction (one count per `RESOLUTION` step of one window).
+   then each destination's starts are stored at its latest tick (counted later than they
+   were, never earlier); and if even that does not fit (a partition feeding a hundred
+   busy destinations), the note says `overflow` and its next owner counts every limit as
+   spent for a window. Encoding never fails: a commit must not.
 4. **Garbage reads as nothing, and numbers are bounded.** Notes come from other processes
    and could be anything: one that cannot be read (another version, another tool's
    metadata, a compression bomb, nesting past any sense) decodes to an empty note, and the
@@ -43,7 +46,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-PREFIX = "s2:"  # s1 (one number per start) is read as no note
+PREFIX = "s2:"
+OLD_PREFIX = "s1:"  # the previous format (one number per start): read, never written
 RESOLUTION = 0.25  # seconds: the grain of stored start times
 MAX_BYTES = 4096  # the broker's default offset.metadata.max.bytes
 MAX_TEXT = 256 * 1024  # decompressed JSON a note may hold (a 4 KiB note holds far less)
@@ -69,6 +73,8 @@ class PartitionNote:
     final: bool = True  # written at revoke/shutdown: nothing was started after it
     spent: Mapping[str, Spent] = field(default_factory=dict)
     done: frozenset[int] = frozenset()  # terminal offsets above the committed offset
+    # the budget did not fit in the metadata: every destination counts as full for a window
+    overflow: bool = False
 
 
 EMPTY = PartitionNote()
@@ -105,10 +111,14 @@ def _from_runs(runs: list[int], base: int) -> frozenset[int]:
     return frozenset(done)
 
 
-def _spent_json(spent: Spent, most: int) -> list[Any]:
+def _spent_json(spent: Spent, most: int, *, coarse: bool = False) -> list[Any]:
     """[tick deltas, counts, pause, tail, waiting]: each distinct tick once with its count
-    (a burst of a thousand starts in one tick is two numbers); the latest `most` starts."""
-    ticks = collections.Counter(_up(t) for t in sorted(spent.starts)[-most:] if most > 0)
+    (a burst of a thousand starts in one tick is two numbers); the latest `most` starts.
+    Coarse: all of them at the latest tick (they leave the window late, never early)."""
+    latest = sorted(spent.starts)[-most:] if most > 0 else []
+    if coarse and latest:
+        latest = [latest[-1]] * len(latest)
+    ticks = collections.Counter(_up(t) for t in latest)
     distinct = sorted(ticks)
     # first tick, then deltas: small numbers compress well
     deltas = distinct[:1] + [b - a for a, b in itertools.pairwise(distinct)]
@@ -132,8 +142,11 @@ def encode(note: PartitionNote, committed: int, max_bytes: int = MAX_BYTES) -> s
     if len(text) > max_bytes and body["d"]:
         body["d"] = []  # the offset map does not fit: re-sending them is the safe loss
         text = _pack(body)
-    if len(text) > max_bytes:
-        raise ValueError(f"a partition note of {len(text)} bytes exceeds {max_bytes}")
+    if len(text) > max_bytes:  # many busy destinations: each one's starts at its latest tick
+        body["s"] = {n: _spent_json(s, most, coarse=True) for n, s in sorted(note.spent.items())}
+        text = _pack(body)
+    if len(text) > max_bytes:  # still too many: the next owner counts every limit as spent
+        text = _pack({"w": note.writer, "f": int(note.final), "s": {}, "d": [], "x": 1})
     return text
 
 
@@ -142,17 +155,22 @@ def _pack(body: dict[str, Any]) -> str:
     return PREFIX + base64.b64encode(zlib.compress(raw, 9)).decode()
 
 
-def decode(text: str | None, committed: int) -> PartitionNote:
+def decode(
+    text: str | None, committed: int, keep: Mapping[str, int] | None = None
+) -> PartitionNote:
     """The note committed with offset `committed`; EMPTY if there is none, or it is
-    unreadable or out of bounds (see invariant 4)."""
-    if not text or not text.startswith(PREFIX) or len(text) > 4 * MAX_TEXT:
+    unreadable or out of bounds (see invariant 4). With `keep`, only the destinations it
+    names are read, each for its latest `keep[name]` starts (a reader's limits: the rest
+    cannot matter to it), so reading costs what the reader's limits allow, whatever the
+    note says."""
+    if not text or text[:3] not in (PREFIX, OLD_PREFIX) or len(text) > 4 * MAX_TEXT:
         return EMPTY
     try:
         inflate = zlib.decompressobj()
-        raw = inflate.decompress(base64.b64decode(text[len(PREFIX) :], validate=True), MAX_TEXT)
+        raw = inflate.decompress(base64.b64decode(text[3:], validate=True), MAX_TEXT)
         if inflate.unconsumed_tail:
             return EMPTY  # more than any note holds: a bomb, not a note
-        return _note(json.loads(raw), committed)
+        return _note(json.loads(raw), committed, keep, old=text.startswith(OLD_PREFIX))
     except Exception:  # garbage of any kind (RecursionError included) is no note at all
         return EMPTY
 
@@ -163,37 +181,51 @@ def _count(value: Any, limit: int) -> int:
     return int(value)
 
 
-def _note(body: Any, committed: int) -> PartitionNote:
+def _note(body: Any, committed: int, keep: Mapping[str, int] | None, *, old: bool) -> PartitionNote:
     if not isinstance(body, dict) or not isinstance(body["s"], dict):
         raise ValueError("not a note")
     spent, starts = {}, 0
     for name, entry in body["s"].items():
-        deltas, counts, paused, tail, waiting = entry
+        if old:  # s1: one delta per start
+            deltas, paused, tail, waiting = entry
+            counts = [1] * len(deltas) if isinstance(deltas, list) else None
+        else:
+            deltas, counts, paused, tail, waiting = entry
         if not isinstance(deltas, list) or not isinstance(counts, list):
             raise ValueError("starts are not lists")
-        times: list[float] = []
+        runs: list[tuple[int, int]] = []
         tick = 0
         for d, count in zip(deltas, counts, strict=True):
             tick += _count(d, MAX_TICK)
             starts += _count(count, MAX_STARTS)
             if starts > MAX_STARTS or tick > MAX_TICK:
                 raise ValueError("more starts than any limit allows")
-            times += (tick * RESOLUTION,) * count
+            runs.append((tick, count))
+        if keep is not None and str(name) not in keep:
+            continue  # a destination the reader does not have
+        most = MAX_STARTS if keep is None else keep[str(name)]
+        times: list[float] = []
+        for tick, count in reversed(runs):  # the latest `most`
+            take = min(count, most - len(times))
+            if take <= 0:
+                break
+            times += (tick * RESOLUTION,) * take
         spent[str(name)] = Spent(
-            tuple(times),
+            tuple(reversed(times)),
             _count(paused, MAX_TICK) * RESOLUTION,
             min(_count(tail, MAX_TICK), MAX_COUNT),  # a huge limit's tail: counted, capped
             min(_count(waiting, MAX_TICK), MAX_COUNT),
         )
-    runs = body["d"]
-    if not isinstance(runs, list) or len(runs) > 2 * MAX_DONE:
+    done_runs = body["d"]
+    if not isinstance(done_runs, list) or len(done_runs) > 2 * MAX_DONE:
         raise ValueError("an offset map out of bounds")
-    runs = [_count(x, MAX_TICK) for x in runs]
-    if sum(runs[1::2]) > MAX_DONE:
+    done_runs = [_count(x, MAX_TICK) for x in done_runs]
+    if sum(done_runs[1::2]) > MAX_DONE:
         raise ValueError("an offset map out of bounds")
     return PartitionNote(
         writer=str(body["w"])[:64],
         final=bool(body["f"]),
         spent=spent,
-        done=_from_runs(runs, committed),
+        done=_from_runs(done_runs, committed),
+        overflow=body.get("x") == 1,
     )

@@ -26,6 +26,7 @@ from collections.abc import Callable, Collection, Mapping
 from streamer.ledger import Partition
 
 CLAIM_RETRY = 0.5  # seconds between commits of a partition not yet claimed
+SOON = 0.1  # seconds: `soon()` commits no more often (a flood of dead letters)
 
 
 class CommitSchedule:
@@ -66,12 +67,14 @@ class CommitSchedule:
         what is confirmed with the same note. `notes` gives the note of each candidate
         (in `self.notes`); `claims` are the partitions waiting for their first confirmed
         commit."""
-        due = now - self._last >= self.interval or self._terminal >= self.every or self._soon
+        since = now - self._last
+        soon = self._soon and since >= SOON
+        due = since >= self.interval or self._terminal >= self.every or soon
         candidates = {p: o for p, o in watermarks.items() if only is None or p in only}
         self.complete = only is None and (force or due)
-        if force or due:
+        if self.complete:  # every partition's turn: the schedule starts again
             self._last, self._terminal, self._soon = now, 0, False
-        else:
+        if not (force or due):  # only the claims to make
             candidates = {
                 p: o
                 for p, o in candidates.items()

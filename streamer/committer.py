@@ -57,8 +57,8 @@ class Committer:
     ) -> None:
         now, wall = self.clock(), self.wall_clock()
         view = not force and self.budget.view_due(now)
-        if view and self._unread:
-            self.take_over([TopicPartition(*p) for p in self._unread])
+        if view and self._unread:  # as long as a view: the poll thread waits for it
+            self.take_over([TopicPartition(*p) for p in self._unread], timeout=2)
         watermarks = self.ledger.commit_offsets()
         for p in self._unread:
             watermarks.pop(p, None)
@@ -77,16 +77,22 @@ class Committer:
         notes = self.commits.notes
         tps = [TopicPartition(p[0], p[1], o, notes.get(p, "")) for p, o in offsets.items()]
         # only a commit of every partition's note confirms the starts made before it
-        self.budget.sending(now if self.commits.complete else None)
+        complete = self.commits.complete
         try:
             if force:  # on revoke and shutdown: wait for the broker's answer
-                self.on_commit(None, self._consumer().commit(offsets=tps, asynchronous=False))
+                answer = self._consumer().commit(offsets=tps, asynchronous=False)
+                if self._answered(None, answer) and complete:
+                    self.budget.confirmed(now)
             else:
                 self.commits.sending(offsets)
-                self._consumer().commit(offsets=tps, asynchronous=True)
+                self.budget.sending(now if complete else None)
+                try:
+                    self._consumer().commit(offsets=tps, asynchronous=True)
+                except Exception:
+                    self.budget.not_sent()
+                    raise
         except Exception as e:  # e.g. no coordinator mid-rebalance: the next commit retries
             self.commits.not_sent(offsets)
-            self.budget.answered(ok=False)
             log.warning("commit failed, will retry: %s", e)
 
     def _observe_group(self, now: float, wall: float) -> None:
@@ -109,7 +115,12 @@ class Committer:
             log.exception("the group's notes could not be read; shares stay as they were")
 
     def on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        """The broker's answer to a commit (librdkafka calls this on the poll thread)."""
+        """The broker's answer to an asynchronous commit (librdkafka calls this on the poll
+        thread, in the order the commits were sent)."""
+        self.budget.answered(ok=self._answered(error, partitions))
+
+    def _answered(self, error: KafkaError | None, partitions: list[TopicPartition]) -> bool:
+        """Takes the broker's answer partition by partition; True if all were taken."""
         failed = []
         for tp in partitions:
             partition = (tp.topic, tp.partition)
@@ -120,26 +131,31 @@ class Committer:
                 self.handover.claimed(partition)
             if not ok:
                 failed.append(f"{tp.topic}[{tp.partition}]@{tp.offset}")
-        self.budget.answered(ok=not failed)
         if failed:
             log.warning(
                 "commit of %s failed (%s); it is sent again at the next commit",
                 ", ".join(failed),
                 error or "per-partition errors",
             )
+        return not failed
 
-    def take_over(self, partitions: list[TopicPartition]) -> None:
+    def take_over(self, partitions: list[TopicPartition], timeout: float = 10) -> None:
         """What the previous owners spent, paused and finished: ours now (`GroupBudget`)."""
         unread = {(tp.topic, tp.partition) for tp in partitions}
         self._unread |= unread
         try:
-            committed = self._consumer().committed(partitions, timeout=10)
+            committed = self._consumer().committed(partitions, timeout=timeout)
         except Exception as e:  # no coordinator: read again at the next view, start nothing
             log.warning("could not read the previous owners' notes (read again soon): %s", e)
             return
-        self._unread -= unread
+        self._unread -= {(tp.topic, tp.partition) for tp in committed if tp.error is None}
         now, wall = self.clock(), self.wall_clock()
         for tp in committed:
+            if tp.error is not None:
+                log.warning(
+                    "could not read the note of %s[%d]: %s", tp.topic, tp.partition, tp.error
+                )
+                continue
             if tp.offset >= 0:
                 try:  # the previous owner's note is input from elsewhere: it cannot stop us
                     self.budget.take_over(
@@ -147,6 +163,10 @@ class Committer:
                     )
                 except Exception:
                     log.exception("the note of %s[%d] is ignored", tp.topic, tp.partition)
+
+    def unread(self, partition: Partition) -> bool:
+        """Assigned, but the previous owner's note could not be read yet."""
+        return partition in self._unread
 
     def let_go(self, partitions: Collection[Partition]) -> None:
         self._unread.difference_update(partitions)

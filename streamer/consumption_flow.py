@@ -62,8 +62,15 @@ class ConsumptionFlow:
         if tps:
             self.consumer.resume(tps)
 
-    def block_for_registry(self, partition: Partition, offset: int, reason: str) -> None:
-        """The registry is down: not the message's fault. Pause, seek back, retry later."""
+    def block_for_registry(
+        self,
+        partition: Partition,
+        offset: int,
+        reason: str,
+        what: str = "schema registry unavailable",
+    ) -> None:
+        """The registry is down (or the previous owner's note could not be read yet): not
+        the message's fault. Pause, seek back, retry later."""
         attempt = self.backpressure.registry_attempt(partition)  # grows while it stays down
         delay = self.backoff.delay(attempt) + 1.0
         self.backpressure.block_for_registry(partition, self.clock() + delay)
@@ -71,7 +78,8 @@ class ConsumptionFlow:
         self.consumer.pause([tp])
         self.consumer.seek(tp)
         log.warning(
-            "schema registry unavailable; %s[%d] paused at offset %d for %.1f s: %s",
+            "%s; %s[%d] paused at offset %d for %.1f s: %s",
+            what,
             partition[0],
             partition[1],
             offset,

@@ -265,6 +265,10 @@ class Engine:
             seen_up_to = ledger.next_offset(partition)
             if seen_up_to is not None and source.offset < seen_up_to:
                 continue  # fetched twice (a prefetch around a seek): already accounted for
+            if self.committer.unread(partition):  # its offset map is not known yet
+                why = "the previous owner's note is not read yet"
+                self.flow.block_for_registry(partition, source.offset, "no coordinator", why)
+                continue
             if self.budget.already_done(partition, source.offset):
                 ledger.add(partition, source.offset, ())  # terminal before a hand-over
                 continue

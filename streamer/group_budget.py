@@ -122,6 +122,10 @@ class GroupBudget:
         partitions' notes (it confirms no start)."""
         self._commits.append(built_at)
 
+    def not_sent(self) -> None:
+        """The commit just announced with `sending` could not be sent."""
+        self._commits.pop()
+
     def answered(self, ok: bool) -> None:
         """The broker answered the oldest commit on its way (librdkafka answers in order)."""
         built_at = self._commits.popleft() if self._commits else None
@@ -161,12 +165,13 @@ class GroupBudget:
         count against each limit's ceiling, and shares follow where deliveries wait."""
         to_now = now - wall
         mine = set(self.ledger.partitions)
+        limits = self._limits()
         foreign: dict[str, list[float]] = {}
         others: dict[str, int] = {}
         for p, (offset, metadata) in committed.items():
             if p in mine:
                 continue
-            for name, spent in decode(metadata, offset).spent.items():
+            for name, spent in decode(metadata, offset, limits).spent.items():
                 foreign.setdefault(name, []).extend(
                     min(t + to_now, now + SKEW) for t in spent.starts
                 )
@@ -192,13 +197,21 @@ class GroupBudget:
     ) -> PartitionNote:
         """The previous owner's note for `partition`: its budget becomes ours, its offset
         map is skipped."""
-        note = decode(metadata, committed)
+        note = decode(metadata, committed, self._limits())
         to_now = now - wall
         if note.done:
             self._done[partition] = note.done
-        tail_counts = not note.final and note.writer not in self._tails_taken
+        # Our own note (an eager rebalance handed the partition back): its starts are in
+        # our limiters already; only the partition's share of them is remembered again.
+        ours = note.writer == self.writer
+        tail_counts = not ours and not note.final and note.writer not in self._tails_taken
         if tail_counts:
             self._tails_taken.add(note.writer)
+        if note.overflow and not ours:  # its budget did not fit: every window counts as full
+            for state in self.destinations:
+                full = [now] * state.spec.events_per_minute
+                state.limiter.inherit(full)
+                state.key_limiter.inherit(full)
         for name, spent in note.spent.items():
             try:
                 state = self.destinations[name]
@@ -215,14 +228,20 @@ class GroupBudget:
             if tail_counts:  # what the writer may have started unseen
                 starts += [now] * min(spent.tail, state.spec.events_per_minute)
             starts = sorted(starts)[-state.spec.events_per_minute :]  # a full window at most
-            state.limiter.inherit(starts)
-            state.key_limiter.inherit(starts)
+            if not ours:
+                state.limiter.inherit(starts)
+                state.key_limiter.inherit(starts)
             mine = state.spent.setdefault(partition, deque())
             mine.extend(starts)
             state.spent[partition] = deque(sorted(mine))
             if spent.paused_until:  # a 429's pause, never longer than any retry-after allows
                 state.limiter.pause_until(min(spent.paused_until + to_now, now + MAX_PAUSE))
         return note
+
+    def _limits(self) -> dict[str, int]:
+        """How many starts of each destination a note is read for (the latest: past the
+        limit the window is full); destinations we do not have are not read at all."""
+        return {state.name: state.spec.events_per_minute for state in self.destinations}
 
     def already_done(self, partition: Partition, offset: int) -> bool:
         """Terminal before the hand-over: the next owner must not deliver it again."""

@@ -71,4 +71,5 @@ class HandOver:
         """
         if in_flight:
             return True
-        return any(start < self.last_start(p) for p, start in starts)
+        # an unclaimed partition starts nothing: a drain serves no commit answers
+        return any(start < self.last_start(p) and p not in self._unclaimed for p, start in starts)

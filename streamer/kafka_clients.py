@@ -9,6 +9,7 @@ in the file can switch it off.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -18,6 +19,8 @@ from streamer.config import Config
 from streamer.dead_letters import SourceMessage
 from streamer.decoding import EventDecoder, RegistryWriterSchemas, load_schema
 from streamer.ledger import Partition
+
+log = logging.getLogger("streamer.kafka")
 
 
 def registry_of(config: Config) -> RegistryWriterSchemas | None:
@@ -59,14 +62,24 @@ def consumer_settings(config: Config) -> dict[str, Any]:
     """Defaults an operator may override (properties:), then what no-loss depends on."""
     kafka = config.file.kafka
     instance = os.environ.get(kafka.group_instance_id_env) if kafka.group_instance_id_env else None
+    if kafka.group_instance_id_env and not instance:
+        log.warning(
+            "kafka.group_instance_id_env names %s, which is not set: this member joins "
+            "without a group.instance.id (dynamic membership)",
+            kafka.group_instance_id_env,
+        )
     return {
         "auto.offset.reset": "earliest",
         # Static members rejoin with their last assignment and no rebalance. Under the
         # cooperative protocol a partition revoked in its first round waits for a second
         # round; a member killed in between rejoins with its old assignment and that round
         # never comes: the partition stays unowned (seen in the kill -9 test). An eager
-        # assignor hands out every partition in one round, so static members use it.
-        "partition.assignment.strategy": "roundrobin" if instance else "cooperative-sticky",
+        # assignor hands out every partition in one round, so static members use it. It
+        # follows the file, not the variable: one group cannot mix eager and cooperative
+        # members (librdkafka refuses), and every member reads the same file.
+        "partition.assignment.strategy": (
+            "roundrobin" if kafka.group_instance_id_env else "cooperative-sticky"
+        ),
         # a killed member's partitions move on after 10 s, not librdkafka's 45
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 2_000,

@@ -139,3 +139,41 @@ def test_a_compression_bomb_or_deep_nesting_reads_as_no_note() -> None:
 def _pack_loose(body) -> str:
     raw = json.dumps(body).encode()  # Infinity is not JSON, but a writer could send it
     return budget.PREFIX + base64.b64encode(zlib.compress(raw)).decode()
+
+
+def test_a_note_in_the_previous_format_is_still_read() -> None:
+    """s1 wrote one number per start: an upgrade's first hand-over must not forget them."""
+    old = {"w": "w0", "f": 0, "s": {"a": [[budget._up(NOW), 0, 4], 0, 3, 1]}, "d": [1, 2]}
+    text = "s1:" + budget._pack(old)[len(budget.PREFIX) :]
+    note = decode(text, committed=10)
+    assert note.spent["a"] == Spent((NOW, NOW, NOW + 1.0), 0.0, 3, 1)
+    assert note.writer == "w0" and not note.final and note.done == {11, 12}
+
+
+def test_a_reader_reads_only_its_destinations_and_their_latest_starts() -> None:
+    """A hostile (or buggy) 91-byte note claiming 100,000 starts in one tick costs a reader
+    no more than its own limit."""
+    note = PartitionNote(
+        spent={"a": Spent((NOW,) * 99_000 + (NOW + 1,), 0.0, 0, 0), "z": Spent((NOW,))}
+    )
+    text = encode(note, committed=0)
+    assert len(text) < 200
+    back = decode(text, committed=0, keep={"a": 3})
+    assert back.spent["a"].starts == (NOW, NOW, NOW + 1)
+    assert "z" not in back.spent
+
+
+def test_encoding_never_fails_however_many_destinations_are_busy() -> None:
+    """A commit must not fail: past 4 KiB each destination's starts move to its latest
+    tick (counted later, never earlier); past that the note says it overflowed."""
+    rng = random.Random(7)
+    busy = {
+        f"dest-{i}": Spent(tuple(sorted(NOW + rng.randrange(240) / 4 for _ in range(120))))
+        for i in range(60)
+    }
+    back = decode(encode(PartitionNote("w", False, busy), committed=0), committed=0)
+    assert len(back.spent) == 60 and not back.overflow
+    assert back.spent["dest-7"].starts == (max(busy["dest-7"].starts),) * 120
+    many = {f"dest-{i}": Spent((NOW,), 0.0, 5, 3) for i in range(2_000)}
+    text = encode(PartitionNote("w", False, many), committed=0)
+    assert len(text) <= MAX_BYTES and decode(text, committed=0).overflow

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import bisect
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
+from streamer.budget import PartitionNote, Spent, encode
 from streamer.config import DeliverySettings, Destination, TokenSource
 from streamer.destinations import Destinations
 from streamer.group_budget import GroupBudget
@@ -175,3 +178,70 @@ def test_a_chain_of_kills_never_starts_more_than_the_limit_in_a_window(lives) ->
                 budget.confirmed(now)
         now += 0.01  # kill -9: whatever was not confirmed is lost with the process
     assert started <= 10
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.booleans(), st.integers(1, 40)), max_size=8))
+def test_shares_that_follow_shifting_demand_never_exceed_the_limit_together(phases) -> None:
+    """Two replicas, one partition each, their demand switching on and off in phases of 0.5
+    to 20 s: every second each commits its note and reads the other's (a view), shares move
+    with the demand, and in no window do the two start more than the limit together."""
+    limit, step = 10, 0.5
+    members = [member(limit=limit, writer=w) for w in ("left", "right")]
+    partitions = (P0, P1)
+    broker: dict = {}  # partition -> (offset, note): the last confirmed commits
+    queued: list = [None, None]  # each replica's head of the queue
+    starts: list[float] = []
+    for (budget, ds, ledger), p in zip(members, partitions, strict=True):
+        ledger.assign(p)
+        ds.share(1, 2)
+        budget.promise_tails()
+    now, offset = 1.0, 0
+    for phase in [(True, True, 4), *phases, (False, False, 130)]:
+        *demand, ticks = phase
+        for _ in range(ticks):
+            now += step
+            for i, ((budget, ds, ledger), p) in enumerate(zip(members, partitions, strict=True)):
+                for _ in range(limit):  # a backlog: as many as the limiter lets start
+                    if demand[i] and queued[i] is None:
+                        offset += 1
+                        key = OrderingKey("a", f"k{offset}")
+                        [queued[i]] = ledger.add(p, offset, [(key, "w")])
+                        ds["a"].ready.add(queued[i], rank=0)
+                    if queued[i] is None or not ds["a"].may_start(now):
+                        break
+                    starts.append(now)
+                    ds["a"].ready.remove(queued[i])
+                    queued[i] = None
+                if int(now / step) % int(1 / step) == 0:  # a commit interval: note and view
+                    broker[p] = (0, budget.notes({p: 0}, now, WALL + now, final=False)[p])
+                    budget.confirmed(now)
+                    others = {q: n for q, n in broker.items() if q != p}
+                    budget.observe(others, now, WALL + now, total_partitions=2)
+    window = members[0][1]["a"].limiter.window
+    busiest = max(bisect.bisect_left(starts, t + window) - i for i, t in enumerate(starts))
+    assert busiest <= limit
+
+
+def test_a_partition_handed_back_to_its_writer_is_not_counted_twice() -> None:
+    """An eager rebalance takes every partition away and often gives it straight back: our
+    own note's starts are in our limiters already."""
+    budget, ds, ledger = member(limit=10, writer="same")
+    ledger.assign(P0)
+    for offset in range(5):
+        assert start(ds, ledger, P0, offset, 1.0)
+    note = budget.notes({P0: 0}, now=1.0, wall=WALL + 1.0, final=True)[P0]
+    for _ in range(2):  # revoked and assigned back, twice
+        budget.let_go([P0])
+        budget.take_over(P0, note, 0, now=1.5, wall=WALL + 1.5)
+    assert len(ds["a"].limiter.starts(2.0)) == 5
+    assert sum(start(ds, ledger, P0, 100 + i, 2.0) for i in range(10)) == 5
+
+
+def test_a_note_that_overflowed_counts_every_limit_as_spent_for_a_window() -> None:
+    many = {f"dest-{i}": Spent((WALL,), 0.0, 5, 3) for i in range(2_000)}
+    overflowed = encode(PartitionNote("old", final=False, spent=many), 0)
+    new, ds, ledger = member(limit=10, writer="new")
+    ledger.assign(P0)
+    new.take_over(P0, overflowed, 0, now=1.0, wall=WALL + 1.0)
+    assert not start(ds, ledger, P0, 1, 2.0)

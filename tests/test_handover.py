@@ -50,3 +50,11 @@ def test_a_partition_just_taken_starts_nothing_until_our_note_is_on_the_broker()
     handover.take({P1})
     handover.end({P1})  # let go before it was claimed: nothing left to wait for
     assert handover.unclaimed() == set()
+
+
+def test_a_drain_does_not_wait_for_work_of_a_partition_not_yet_claimed() -> None:
+    """A drain serves no commit answers, so an unclaimed partition's work cannot start."""
+    handover = HandOver(request_timeout=10.0)
+    handover.take({P0})
+    handover.begin({P0}, drain_deadline=100.0)
+    assert not handover.worth_waiting(in_flight=False, starts=[(P0, 1.0)])

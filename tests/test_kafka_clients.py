@@ -23,3 +23,14 @@ def test_static_members_use_an_eager_assignor(tmp_path, monkeypatch) -> None:
     settings = consumer_settings(config)
     assert settings["group.instance.id"] == "streamer-1"
     assert settings["partition.assignment.strategy"] == "roundrobin"
+
+
+def test_the_assignor_follows_the_file_not_the_variable(tmp_path, monkeypatch, caplog) -> None:
+    """Eager and cooperative members cannot share a group: a member whose variable is unset
+    still uses the group's assignor, and says it joins without an instance id."""
+    monkeypatch.delenv("POD_NAME", raising=False)
+    config = config_from(tmp_path, "kafka: {group_instance_id_env: POD_NAME}\n" + ROUTES)
+    settings = consumer_settings(config)
+    assert "group.instance.id" not in settings
+    assert settings["partition.assignment.strategy"] == "roundrobin"
+    assert "POD_NAME, which is not set" in caplog.text
