@@ -13,8 +13,9 @@ Invariants (property-tested in tests/test_budget.py):
 2. **Accepted work is not redone.** `done` lists the offsets above the committed offset
    that were already terminal; the next owner skips them (no POST, no second dead letter).
 3. **It always fits.** The encoded text is at most `max_bytes` (the broker's
-   `offset.metadata.max.bytes`, 4096 by default). When the offset map does not fit it is
-   dropped first (those events are re-sent, as without a map: never skipped unknowingly);
+   `offset.metadata.max.bytes`, 4096 by default). When the offset map does not fit, only
+   its runs nearest the committed offset are kept (the others are re-sent, as without a
+   map: never skipped unknowingly);
    then each destination's starts are stored at its latest tick (counted later than they
    were, never earlier); and if even that does not fit (a partition feeding a hundred
    busy destinations), the note says `overflow` and its next owner counts every limit as
@@ -140,7 +141,17 @@ def encode(note: PartitionNote, committed: int, max_bytes: int = MAX_BYTES) -> s
     }
     text = _pack(body)
     if len(text) > max_bytes and body["d"]:
-        body["d"] = []  # the offset map does not fit: re-sending them is the safe loss
+        # The offset map does not fit: keep its runs nearest the committed offset (the
+        # next owner reaches those first); re-sending the others is the safe loss.
+        runs, fit, over = body["d"], 0, len(body["d"]) // 2 + 1
+        while over - fit > 1:  # the most runs that fit: at least 0, fewer than `over`
+            middle = (fit + over) // 2
+            body["d"] = runs[: 2 * middle]
+            if len(_pack(body)) <= max_bytes:
+                fit = middle
+            else:
+                over = middle
+        body["d"] = runs[: 2 * fit]
         text = _pack(body)
     if len(text) > max_bytes:  # many busy destinations: each one's starts at its latest tick
         body["s"] = {n: _spent_json(s, most, coarse=True) for n, s in sorted(note.spent.items())}
