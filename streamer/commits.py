@@ -12,7 +12,8 @@ above it, see `budget.py`); a partition whose offset stands still is committed a
 its note changed, so the next owner always learns what was spent.
 
 Asynchronous commits are the steady state (every `interval` seconds, or after `every`
-terminal messages, or `soon()` after a dead letter: one must not be written twice); a
+terminal messages, or `SOON` after a delivery or a dead letter: the offset map is then on
+the broker before a kill could send it or write it twice); a
 partition not yet claimed (`handover.py`) is committed as soon as its offset is known,
 and again every `CLAIM_RETRY` seconds until the broker confirms it; a forced commit
 (revoke, shutdown) sends everything not yet confirmed, even what an asynchronous commit
@@ -26,7 +27,7 @@ from collections.abc import Callable, Collection, Mapping
 from streamer.ledger import Partition
 
 CLAIM_RETRY = 0.5  # seconds between commits of a partition not yet claimed
-SOON = 0.1  # seconds: `soon()` commits no more often (a flood of dead letters)
+SOON = 0.1  # seconds: `soon()` commits no more often than this
 
 
 class CommitSchedule:
@@ -50,7 +51,7 @@ class CommitSchedule:
         self._terminal += count
 
     def soon(self) -> None:
-        """Commit at the next chance (a dead letter was written)."""
+        """Commit within `SOON` (a delivery or a dead letter became terminal)."""
         self._soon = True
 
     def offsets_to_send(
