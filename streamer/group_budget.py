@@ -168,14 +168,23 @@ class GroupBudget:
         limits = self._limits()
         foreign: dict[str, list[float]] = {}
         others: dict[str, int] = {}
+        tails: dict[tuple[str, str], int] = {}  # (writer, destination): its tail
         for p, (offset, metadata) in committed.items():
             if p in mine:
                 continue
-            for name, spent in decode(metadata, offset, limits).spent.items():
-                foreign.setdefault(name, []).extend(
-                    min(t + to_now, now + SKEW) for t in spent.starts
-                )
+            note = decode(metadata, offset, limits)
+            for name, spent in note.spent.items():
+                times = [min(t + to_now, now + SKEW) for t in spent.starts]
+                foreign.setdefault(name, []).extend(times)
                 others[name] = others.get(name, 0) + (spent.waiting > 0)
+                # A member starting now may have made `tail` starts its notes do not show
+                # yet: counted once per member, only while it is busy (an idle one costs
+                # the others nothing).
+                busy = times and times[-1] > now - self.tail_seconds
+                if busy and not note.final and note.writer != self.writer:
+                    tails[note.writer, name] = max(tails.get((note.writer, name), 0), spent.tail)
+        for (_, name), tail in tails.items():
+            foreign[name] += [now] * min(tail, limits.get(name, 0))
         demand = {}
         for state in self.destinations:
             waiting = {w.job.partition for w in state.ready.waiting()}
