@@ -194,10 +194,16 @@ def wait_until(condition: Callable[[], Any], what: str, limit: float, must: bool
     return True
 
 
-def rolling(start: Callable[[str], Member], args: argparse.Namespace) -> list[Change]:
-    members = [start(f"p{i}") for i in range(3)]
-    wait_until(lambda: all(m.assigned_at() for m in members), "three members joined", 120)
+def under_way(start: Callable[[str], Member], names: list[str], args: Any) -> list[Member]:
+    """The members started, joined, and delivering for the warm-up."""
+    members = [start(name) for name in names]
+    wait_until(lambda: all(m.assigned_at() for m in members), f"{names} joined", 120)
     time.sleep(args.warmup)
+    return members
+
+
+def rolling(start: Callable[[str], Member], args: argparse.Namespace) -> list[Change]:
+    members = under_way(start, [f"p{i}" for i in range(3)], args)
     changes = []
     for i in range(3):
         changes.append(stop(members[i], signal.SIGTERM, f"SIGTERM p{i}", start))
@@ -211,9 +217,7 @@ def rolling(start: Callable[[str], Member], args: argparse.Namespace) -> list[Ch
 
 
 def kill9(start: Callable[[str], Member], args: argparse.Namespace) -> list[Change]:
-    members = [start(f"member-{i}") for i in range(2)]
-    wait_until(lambda: all(m.assigned_at() for m in members), "two members joined", 120)
-    time.sleep(args.warmup)
+    members = under_way(start, [f"member-{i}" for i in range(2)], args)
     changes = []
     for k in range(args.kills):
         i = k % 2  # restarted at once under its name: a container restarted in place

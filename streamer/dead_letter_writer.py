@@ -15,6 +15,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from streamer.config import Config
 from streamer.dead_letters import DeadLetter, fitted
 
 log = logging.getLogger("streamer.engine")  # one logger for the delivery path
@@ -26,6 +27,13 @@ SMALLEST_LIMIT = 16_384
 class DeadLetterWriter:
     def __init__(self, producer: Producer, topic: str, limit: int = DEFAULT_LIMIT) -> None:
         self.producer, self.topic, self.limit = producer, topic, limit
+
+    @classmethod
+    def of(cls, producer: Producer, config: Config) -> DeadLetterWriter:
+        """The configured dead-letter topic, letters cut to the producer's message size."""
+        kafka = config.file.kafka
+        limit = int(kafka.properties.get("message.max.bytes", DEFAULT_LIMIT))
+        return cls(producer, kafka.dead_letter_topic, limit)
 
     def write(
         self,

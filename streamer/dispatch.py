@@ -121,6 +121,13 @@ class Dispatcher:
         """Each scheduled job's partition and due time (for drains)."""
         return ((job.partition, due) for due, _, job in self._timers)
 
+    def worth_waiting(self, *, producing: bool) -> bool:
+        """While draining: could anything still finish (a request, a dead letter being
+        produced), or start before its partition's cut-off?"""
+        now = self.clock()
+        starts = itertools.chain(self.destinations.earliest_starts(now), self.timer_starts())
+        return self.handover.worth_waiting(in_flight=bool(self.busy or producing), starts=starts)
+
     def close(self) -> None:
         self._workers.shutdown(wait=False, cancel_futures=True)
         self.http.close()

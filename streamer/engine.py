@@ -9,7 +9,8 @@ The decisions live in pure cores, each with its own tests: the `DeliveryLedger` 
 order, the commit watermark, fencing), `Destinations` (holds, probes, limits, shares),
 the `FailurePolicy` (what an answer means), `CommitSchedule` (confirmed-only commits),
 `GroupBudget` (rate budget, demand and done offsets shared through commit metadata),
-`HandOver` (drain cut-offs) and `Backpressure` (pause, resume, registry blocks).
+`HandOver` (claims, drain cut-offs), `Backpressure` (pause, resume, registry blocks);
+`Ownership` says what taking and letting go of a partition means to all of them.
 
 A message's life: fetched -> decoded -> routed -> one job per delivery (or a dead letter)
 -> each job waits for its key, its destination's hold and limits, then a worker -> the
@@ -20,11 +21,10 @@ dead letter, with the reason; nothing raised by one message leaves the loop.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from opentelemetry.trace import INVALID_SPAN
@@ -55,14 +55,15 @@ from streamer.instrumentation import (
 )
 from streamer.intake import works_of
 from streamer.kafka_clients import (
-    consumer_settings,
     decoders_of,
+    make_consumer,
+    make_producer,
     names,
-    producer_settings,
     registry_of,
     source_message,
 )
 from streamer.ledger import DeliveryLedger, Job, Partition
+from streamer.ownership import Ownership
 from streamer.reload import ConfigReloader
 from streamer.telemetry import Telemetry
 
@@ -117,22 +118,11 @@ class Engine:
             clock=clock,
             wall_clock=wall_clock,
         )
-        kafka_log = logging.getLogger("librdkafka")  # JSON, secrets masked
-        self.consumer = consumer or Consumer(
-            {
-                "statistics.interval.ms": 5000,  # consumer lag per partition, for the metric
-                **consumer_settings(config),
-                "on_commit": self.committer.on_commit,
-                "logger": kafka_log,
-                "stats_cb": self.lag.on_statistics,
-            }
+        self.consumer = consumer or make_consumer(
+            config, on_commit=self.committer.on_commit, on_statistics=self.lag.on_statistics
         )
-        self.producer = producer or Producer({**producer_settings(config), "logger": kafka_log})
-        self.dead_letters = DeadLetterWriter(
-            self.producer,
-            config.file.kafka.dead_letter_topic,
-            int(config.file.kafka.properties.get("message.max.bytes", 1_000_000)),
-        )
+        self.producer = producer or make_producer(config)
+        self.dead_letters = DeadLetterWriter.of(self.producer, config)
         self.committer.attach(self.consumer)
         self.spans = MessageSpans(self.telemetry, config.file.kafka.group_id, clock)
         self.flow = ConsumptionFlow(
@@ -157,6 +147,16 @@ class Engine:
             release=self._release,
             dead_letter=self._write_dead_letter,
             superseded=lambda jobs: self.commits.terminal(len(jobs)),
+        )
+        self.ownership = Ownership(
+            ledger=self.ledger,
+            destinations=self.destinations,
+            handover=self.handover,
+            commits=self.commits,
+            committer=self.committer,
+            budget=self.budget,
+            backpressure=self.backpressure,
+            release=self._release,
         )
         self._decoders: dict[str, EventDecoder] = {}
         self._registry = registry_of(config)
@@ -184,7 +184,7 @@ class Engine:
         # at start (changing topics needs a restart), so their messages still arrive.
         self._decoders.update(decoders_of(config, self._registry))
         self.destinations.configure(config.file.destinations, config.tokens)
-        self._update_shares()
+        self.ownership.update_shares()
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -340,11 +340,7 @@ class Engine:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.telemetry.health.joined = True  # an empty assignment is a joined member too
-        for tp in partitions:
-            self.ledger.assign((tp.topic, tp.partition))
-        self._update_shares()
-        self.handover.take((tp.topic, tp.partition) for tp in partitions)  # until claimed
-        self.committer.take_over(partitions)
+        self.ownership.take(partitions)
         log.info("assigned %s", names(partitions), extra={"partitions": names(partitions)})
         if self.backpressure.paused:
             consumer.pause(partitions)
@@ -353,53 +349,29 @@ class Engine:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         deadline = self.clock() + self.settings.revoke_drain_seconds
         self.handover.begin(revoked, deadline)
-        # Drain: keep serving everything (other partitions too) until the revoked ones
-        # are terminal or the deadline passes; then commit what is terminal and let go.
-        while (
-            any(self.ledger.unfinished(p) for p in revoked)
-            and self.clock() < deadline
-            and self._worth_waiting()
-        ):
-            self._step(consume=False)
+        self._drain(revoked, deadline)  # then commit what is terminal and let go
         self.committer.commit_if_due(force=True, partitions=revoked)
         left = sum(self.ledger.unfinished(p) for p in revoked)
-        self._let_go(revoked)
+        self.ownership.let_go(revoked)
         log.info("revoked %s (%d events left to the next owner)", names(partitions), left)
 
-    def _worth_waiting(self) -> bool:
-        """While draining: could anything still finish, or start before its cut-off?"""
-        now = self.clock()
-        starts = itertools.chain(
-            self.destinations.earliest_starts(now),
-            self.out.timer_starts(),
-        )
-        in_flight = bool(self.out.busy or len(self.producer))
-        return self.handover.worth_waiting(in_flight=in_flight, starts=starts)
+    def _drain(self, partitions: Collection[Partition], deadline: float) -> None:
+        """Serves everything (other partitions too) until `partitions` are terminal, the
+        deadline passes, or waiting cannot change anything (`Dispatcher.worth_waiting`)."""
+        while (
+            any(self.ledger.unfinished(p) for p in partitions)
+            and self.clock() < deadline
+            and self.out.worth_waiting(producing=len(self.producer) > 0)
+        ):
+            self._step(consume=False)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._let_go({(tp.topic, tp.partition) for tp in partitions})  # commit nothing
+        self.ownership.let_go({(tp.topic, tp.partition) for tp in partitions})  # no commit
         log.warning(
             "lost %s: nothing committed for them",
             names(partitions),
             extra={"partitions": names(partitions)},
         )
-
-    def _let_go(self, partitions: set[Partition]) -> None:
-        for p in partitions:
-            self.ledger.revoke(p)
-        self.commits.forget(partitions)
-        self.committer.let_go(partitions)
-        self.budget.let_go(partitions)
-        self.backpressure.forget(partitions)
-        for job in self.destinations.drop(partitions):
-            self._release(job)
-        self.handover.end(partitions)
-        self._update_shares()
-
-    def _update_shares(self) -> None:
-        total = self.committer.total_partitions() or max(1, len(self.ledger.partitions))
-        self.destinations.share(len(self.ledger.partitions), total)
-        self.budget.promise_tails()
 
     # -- shutdown --------------------------------------------------------------------------
 
@@ -409,8 +381,7 @@ class Engine:
         self.handover.begin(self.ledger.partitions, deadline)
         try:
             self.consumer.pause([TopicPartition(*p) for p in self.ledger.partitions])
-            while self.ledger.unfinished() and self.clock() < deadline and self._worth_waiting():
-                self._step(consume=False)
+            self._drain(self.ledger.partitions, deadline)
             self.committer.commit_if_due(force=True)
             left = self.ledger.unfinished()
             if left:

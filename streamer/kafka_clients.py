@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from streamer.config import Config
 from streamer.dead_letters import SourceMessage
@@ -89,6 +90,29 @@ def consumer_settings(config: Config) -> dict[str, Any]:
         "enable.auto.commit": False,  # offsets move only behind terminal events
         "enable.auto.offset.store": False,
     }
+
+
+def make_consumer(
+    config: Config,
+    *,
+    on_commit: Callable[[KafkaError | None, list[TopicPartition]], None],
+    on_statistics: Callable[[str], None],
+) -> Consumer:
+    """The service's consumer: its settings, commit answers, lag statistics, JSON logs."""
+    return Consumer(
+        {
+            "statistics.interval.ms": 5000,  # consumer lag per partition, for the metric
+            **consumer_settings(config),
+            "on_commit": on_commit,
+            "logger": logging.getLogger("librdkafka"),  # JSON, secrets masked
+            "stats_cb": on_statistics,
+        }
+    )
+
+
+def make_producer(config: Config) -> Producer:
+    """The dead-letter producer (`producer_settings`), logging as JSON."""
+    return Producer({**producer_settings(config), "logger": logging.getLogger("librdkafka")})
 
 
 def producer_settings(config: Config) -> dict[str, Any]:

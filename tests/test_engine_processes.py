@@ -214,6 +214,24 @@ def test_three_processes_joining_and_leaving_under_load(
 WINDOW, LIMIT = 5.0, 10  # the double counts 10 per 5 s window: a short, strict minute
 
 
+def three_members(pipeline: Pipeline, tmp_path: Path) -> list[ServiceProcess]:
+    processes = [ServiceProcess(pipeline, tmp_path / f"p{i}.log") for i in range(3)]
+    pipeline.wait_for(lambda: all(p.joined() for p in processes), "three members joined")
+    return processes
+
+
+def assert_the_limit_held(scenario: str, fake: FakeIncidentIo, events: list[dict]) -> None:
+    """Prints the figures (closing notes quote them), then: no window over the limit, no
+    429, nothing lost, each key in order."""
+    print(
+        f"\n{scenario}: busiest {WINDOW:.0f} s window {busiest_window(fake, 'SRC_A')}"
+        f" (limit {LIMIT}), 429s {too_many_requests(fake)}, duplicates {duplicates(fake)}"
+    )
+    assert busiest_window(fake, "SRC_A") <= LIMIT
+    assert too_many_requests(fake) == 0
+    assert_nothing_lost_and_in_order(fake, events)
+
+
 @pytest.fixture
 def strict_fake(request) -> Iterator[FakeIncidentIo]:
     """Alert source A allows LIMIT requests in any WINDOW seconds; B is unlimited."""
@@ -284,8 +302,7 @@ def test_a_rolling_restart_of_three_replicas_never_exceeds_the_limit(
     events = flapping(hosts=16, flips=3)
     pipeline = strict_pipeline(infrastructure, strict_fake, tmp_path, monkeypatch)
     pipeline.produce(events)
-    processes = [ServiceProcess(pipeline, tmp_path / f"p{i}.log") for i in range(3)]
-    pipeline.wait_for(lambda: all(p.joined() for p in processes), "three members joined")
+    processes = three_members(pipeline, tmp_path)
     for i in range(3):
         pipeline.wait_for(lambda n=6 * (i + 1): len(strict_fake.events) >= n, "deliveries go on")
         processes[i].signal(signal.SIGTERM)
@@ -293,14 +310,7 @@ def test_a_rolling_restart_of_three_replicas_never_exceeds_the_limit(
         processes[i] = ServiceProcess(pipeline, tmp_path / f"p{i}-again.log")
         pipeline.wait_for(processes[i].joined, "the restarted member joined")
     run_all_to_the_end(pipeline, processes, events)
-    print(
-        f"\nrolling restart: busiest {WINDOW:.0f} s window {busiest_window(strict_fake, 'SRC_A')}"
-        f" (limit {LIMIT}), 429s {too_many_requests(strict_fake)},"
-        f" duplicates {duplicates(strict_fake)}"
-    )
-    assert busiest_window(strict_fake, "SRC_A") <= LIMIT
-    assert too_many_requests(strict_fake) == 0
-    assert_nothing_lost_and_in_order(strict_fake, events)
+    assert_the_limit_held("rolling restart", strict_fake, events)
 
 
 def partitions_of_events(pipeline: Pipeline) -> dict[str, int]:
@@ -412,8 +422,7 @@ def test_one_hot_key_on_one_of_three_replicas_uses_nearly_all_of_the_limit(
     limit = 20
     events = [check_event("hot", "CRITICAL" if i % 2 == 0 else "OK", n=i) for i in range(70)]
     pipeline = strict_pipeline(infrastructure, strict_fake, tmp_path, monkeypatch, limit=limit)
-    processes = [ServiceProcess(pipeline, tmp_path / f"p{i}.log") for i in range(3)]
-    pipeline.wait_for(lambda: all(p.joined() for p in processes), "three members joined")
+    processes = three_members(pipeline, tmp_path)
     pipeline.produce(events)
     run_all_to_the_end(pipeline, processes, events)
     busiest = busiest_window(strict_fake, "SRC_A")
@@ -431,17 +440,9 @@ def test_a_fourth_replica_joining_an_alert_storm_never_exceeds_the_limit(
     events = flapping(hosts=16, flips=3)
     pipeline = strict_pipeline(infrastructure, strict_fake, tmp_path, monkeypatch)
     pipeline.produce(events)
-    processes = [ServiceProcess(pipeline, tmp_path / f"p{i}.log") for i in range(3)]
-    pipeline.wait_for(lambda: all(p.joined() for p in processes), "three members joined")
+    processes = three_members(pipeline, tmp_path)
     pipeline.wait_for(lambda: len(strict_fake.events) >= 15, "deliveries go on")
     processes.append(ServiceProcess(pipeline, tmp_path / "p3.log"))
     pipeline.wait_for(processes[3].joined, "the fourth member joined")
     run_all_to_the_end(pipeline, processes, events)
-    print(
-        f"\na fourth joins: busiest {WINDOW:.0f} s window {busiest_window(strict_fake, 'SRC_A')}"
-        f" (limit {LIMIT}), 429s {too_many_requests(strict_fake)},"
-        f" duplicates {duplicates(strict_fake)}"
-    )
-    assert busiest_window(strict_fake, "SRC_A") <= LIMIT
-    assert too_many_requests(strict_fake) == 0
-    assert_nothing_lost_and_in_order(strict_fake, events)
+    assert_the_limit_held("a fourth joins", strict_fake, events)
