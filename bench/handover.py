@@ -45,11 +45,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
+from senders import Senders
 
 from streamer.testing import AlertSource, FakeIncidentIo
 from streamer.testing.infra import Infrastructure, local_infrastructure
@@ -85,7 +87,7 @@ class Member:
     """One `streamer run` process; its log, JSON lines, in a file."""
 
     def __init__(self, config: Path, log: Path, name: str) -> None:
-        self.name, self.log = name, log
+        self.name, self.log, self.label = name, log, log.stem  # label: "4-p0", an incarnation
         with log.open("ab") as out:
             self.process = subprocess.Popen(
                 [*RUN, "--metrics-host", "127.0.0.1", "--config", str(config)],
@@ -227,23 +229,43 @@ def kill9(start: Callable[[str], Member], args: argparse.Namespace) -> list[Chan
     return changes
 
 
-def busiest_window(times: list[float]) -> int:
-    return max((bisect.bisect_left(times, t + WINDOW) - i for i, t in enumerate(times)), default=0)
+def busiest_window(times: list[float]) -> tuple[int, float]:
+    """The most requests in any 60 s window, and when that window began."""
+    counts = ((bisect.bisect_left(times, t + WINDOW) - i, t) for i, t in enumerate(times))
+    return max(counts, default=(0, 0.0))
+
+
+def by_sender(answers: list[Any], senders: Senders, start: float, end: float) -> str:
+    """Who sent the requests answered in [start, end): "2-p2 401, 5-p3 390, ..."."""
+    counts = collections.Counter(
+        senders.of(a.client_port, a.at) for a in answers if start <= a.at < end
+    )
+    return ", ".join(f"{label} {n}" for label, n in sorted(counts.items()))
 
 
 def measure(
-    fake: FakeIncidentIo, storm: Storm, changes: list[Change], began: float
+    fake: FakeIncidentIo, storm: Storm, changes: list[Change], began: float, senders: Senders
 ) -> dict[str, Any]:
     answers, events = fake.answers, sorted(fake.events, key=lambda e: e.received_at)
-    sources = {}
+    sources, windows = {}, []
     for source in SOURCES.values():
         mine = [a for a in answers if a.source_id == source]
+        busiest, at = busiest_window(sorted(a.at for a in mine))
         sources[source] = {
-            "busiest_60s": busiest_window(sorted(a.at for a in mine)),
+            "busiest_60s": busiest,
             "limit": LIMIT,
             "429s": sum(1 for a in mine if a.status == 429),
             "202s": sum(1 for a in mine if a.status == 202),
         }
+        windows.append(
+            {"source": source, "window": "busiest", "at_s": round(at - began, 1)}
+            | {"by_sender": by_sender(mine, senders, at, at + WINDOW)}
+        )
+        for a in [a for a in mine if a.status == 429][:1]:  # the window the first 429 ended
+            windows.append(
+                {"source": source, "window": "first 429", "at_s": round(a.at - began, 1)}
+                | {"by_sender": by_sender(mine, senders, a.at - WINDOW, a.at + 1e-6)}
+            )
     too_many = [a.at for a in answers if a.status == 429]
     host_of, seen, repeats = dict(storm.produced), set(), []
     first_order, produced_order = collections.defaultdict(list), collections.defaultdict(list)
@@ -287,6 +309,8 @@ def measure(
         "429s_before_changes": sum(1 for t in too_many if t < changes[0].at),
         "lost": len({event_id for event_id, _ in storm.produced} - seen),
         "order_kept": first_order == produced_order,
+        "windows": windows,
+        "429s_by_sender": by_sender([a for a in answers if a.status == 429], senders, 0, 1e12),
     }
 
 
@@ -330,8 +354,13 @@ def scenario(infra: Infrastructure, name: str, args: argparse.Namespace) -> dict
             return every[-1]
 
         storm = Storm(infra.bootstrap_servers, topic, args)
+        senders = Senders(
+            urlsplit(fake.url).port or 80,
+            lambda: [(m.label, m.process.pid) for m in list(every) if m.process.poll() is None],
+        )
         began = time.time()
         storm.thread.start()
+        senders.start()
         try:
             changes = (rolling if name == "rolling" else kill9)(start, args)
             storm.stopping.set()
@@ -350,7 +379,13 @@ def scenario(infra: Infrastructure, name: str, args: argparse.Namespace) -> dict
             for member in running:
                 member.process.send_signal(signal.SIGTERM)
             codes = {m.name: m.process.wait(120) for m in running}
-        result = measure(fake, storm, changes, began)
+            senders.stop()
+        result = measure(fake, storm, changes, began, senders)
+        with (logs / "answers.jsonl").open("w") as out:  # for a closer look afterwards
+            for a in fake.answers:
+                sender = senders.of(a.client_port, a.at)
+                out.write(json.dumps([round(a.at - began, 3), a.source_id, a.status, sender]))
+                out.write("\n")
     return result | {
         "seconds": round(ended - began, 1),
         "drained": drained,
@@ -375,6 +410,8 @@ def report(name: str, r: dict[str, Any]) -> None:
     )
     table([{"source": source, **s} for source, s in r["sources"].items()])
     table(r["changes"])
+    table(r["windows"])
+    print(f"429s by sender: {r['429s_by_sender'] or '-'}")
     print(
         f"duplicates {r['duplicates']} ({r['duplicates_before_changes']} before any change), "
         f"429s before any change {r['429s_before_changes']}; "

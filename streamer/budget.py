@@ -66,6 +66,10 @@ class Spent:
     paused_until: float = 0.0
     tail: int = 0  # starts its writer may still make before its next note is confirmed
     waiting: int = 0  # the partition's deliveries waiting for this destination (demand)
+    # the writer's announced shares (`RollingWindowLimiter.announced`) of the alert
+    # source's limit and of its API key's; 0: not told (a final note, an older writer)
+    limit: int = 0
+    key_limit: int = 0
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,8 @@ def _from_runs(runs: list[int], base: int) -> frozenset[int]:
 
 
 def _spent_json(spent: Spent, most: int, *, coarse: bool = False) -> list[Any]:
-    """[tick deltas, counts, pause, tail, waiting]: each distinct tick once with its count
+    """[tick deltas, counts, pause, tail, waiting, limit, key limit]: each distinct tick
+    once with its count
     (a burst of a thousand starts in one tick is two numbers); the latest `most` starts.
     Coarse: all of them at the latest tick (they leave the window late, never early)."""
     latest = sorted(spent.starts)[-most:] if most > 0 else []
@@ -123,8 +128,8 @@ def _spent_json(spent: Spent, most: int, *, coarse: bool = False) -> list[Any]:
     distinct = sorted(ticks)
     # first tick, then deltas: small numbers compress well
     deltas = distinct[:1] + [b - a for a, b in itertools.pairwise(distinct)]
-    tail, waiting = min(spent.tail, MAX_COUNT), min(spent.waiting, MAX_COUNT)
-    return [deltas, [ticks[t] for t in distinct], _up(spent.paused_until), tail, waiting]
+    counts = [min(n, MAX_COUNT) for n in (spent.tail, spent.waiting, spent.limit, spent.key_limit)]
+    return [deltas, [ticks[t] for t in distinct], _up(spent.paused_until), *counts]
 
 
 def encode(note: PartitionNote, committed: int, max_bytes: int = MAX_BYTES) -> str:
@@ -197,11 +202,17 @@ def _note(body: Any, committed: int, keep: Mapping[str, int] | None, *, old: boo
         raise ValueError("not a note")
     spent, starts = {}, 0
     for name, entry in body["s"].items():
+        limits: list[Any] = [0, 0]  # not told (s1, or s2 before shares were announced)
         if old:  # s1: one delta per start
             deltas, paused, tail, waiting = entry
             counts = [1] * len(deltas) if isinstance(deltas, list) else None
-        else:
+        elif len(entry) == 5:
             deltas, counts, paused, tail, waiting = entry
+        else:  # fields a later version adds are not read
+            deltas, counts, paused, tail, waiting, *limits = entry
+            limits = limits[:2]
+            if len(limits) != 2:
+                raise ValueError("not an entry")
         if not isinstance(deltas, list) or not isinstance(counts, list):
             raise ValueError("starts are not lists")
         runs: list[tuple[int, int]] = []
@@ -226,6 +237,7 @@ def _note(body: Any, committed: int, keep: Mapping[str, int] | None, *, old: boo
             _count(paused, MAX_TICK) * RESOLUTION,
             min(_count(tail, MAX_TICK), MAX_COUNT),  # a huge limit's tail: counted, capped
             min(_count(waiting, MAX_TICK), MAX_COUNT),
+            *(min(_count(x, MAX_TICK), MAX_COUNT) for x in limits),
         )
     done_runs = body["d"]
     if not isinstance(done_runs, list) or len(done_runs) > 2 * MAX_DONE:

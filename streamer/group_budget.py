@@ -10,10 +10,14 @@ Invariants (tests/test_group_budget.py):
 2. **A kill -9 hides at most `tail` starts per destination**: the limiters never make
    more than `tail` starts that no confirmed note covers (`RollingWindowLimiter.promise`),
    and a take-over from a writer that did not leave cleanly counts its tail as spent now.
-3. **No member starts what the group has spent.** `observe` reads the notes of the
-   partitions other members own; their starts count against each limiter's ceiling (the
-   whole limit), and shares follow demand: a member whose partitions have waiting
-   deliveries gets most of the limit, the others keep a floor to start with.
+3. **No member starts what the group has spent, or another member's share.** `observe`
+   reads the notes of the partitions other members own; each other member counts against
+   each limiter's ceiling (the whole limit) as its starts in the window, but never less
+   than the share its notes announce (a raise is announced before it is taken, and taken
+   only `raise_after`, a note and a view, later): the room one member's old starts leave
+   is taken by one member, not by two that each saw it free. Shares follow demand: a
+   member whose partitions have waiting deliveries gets most of the limit, the others
+   keep a floor to start with.
 4. **Accepted work is skipped, not redone**: the offsets a note says were terminal above
    its committed offset are terminal at once for the next owner.
 
@@ -27,6 +31,7 @@ import math
 import uuid
 from collections import deque
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 
 from streamer.budget import PartitionNote, Spent, decode, encode
 from streamer.destinations import Destinations
@@ -34,6 +39,15 @@ from streamer.failure_policy import MAX_RETRY_AFTER as MAX_PAUSE
 from streamer.ledger import DeliveryLedger, Partition
 
 SKEW = 5.0  # seconds: how far ahead of our clock another member's start times may be
+
+
+@dataclass
+class _Theirs:
+    """What another member's notes tell of one destination."""
+
+    starts: list[float] = field(default_factory=list)
+    limit: int = 0  # its announced share of the alert source's limit
+    key_limit: int = 0  # of its API key's
 
 
 class GroupBudget:
@@ -91,7 +105,8 @@ class GroupBudget:
                 starts.popleft()
             paused = state.limiter.paused_until
             tail = 0 if final else state.limiter.tail or 0
-            if not starts and paused <= now and not waiting.get(state.name) and not tail:
+            # a note that is not final tells every destination's share, spent or not
+            if final and not starts and paused <= now and not waiting.get(state.name):
                 continue
             # beyond the limit the window is full: the latest `limit` tell when it frees up
             latest = list(starts or ())[-state.spec.events_per_minute :]
@@ -100,6 +115,9 @@ class GroupBudget:
                 paused + to_wall if paused > now else 0.0,
                 tail,
                 waiting.get(state.name, 0),
+                # a final note starts nothing more: no share to keep for its writer
+                0 if final else state.limiter.announced,
+                0 if final else state.key_limiter.announced,
             )
         done = frozenset(self.ledger.terminal_above_watermark(partition))
         return PartitionNote(self.writer, final, spent, done | self._done.get(partition, done))
@@ -166,25 +184,21 @@ class GroupBudget:
         to_now = now - wall
         mine = set(self.ledger.partitions)
         limits = self._limits()
-        foreign: dict[str, list[float]] = {}
+        # per other member, per destination: its starts and announced shares
+        members: dict[str, dict[str, _Theirs]] = {}
         others: dict[str, int] = {}
-        tails: dict[tuple[str, str], int] = {}  # (writer, destination): its tail
         for p, (offset, metadata) in committed.items():
             if p in mine:
                 continue
             note = decode(metadata, offset, limits)
             for name, spent in note.spent.items():
-                times = [min(t + to_now, now + SKEW) for t in spent.starts]
-                foreign.setdefault(name, []).extend(times)
                 others[name] = others.get(name, 0) + (spent.waiting > 0)
-                # A member starting now may have made `tail` starts its notes do not show
-                # yet: counted once per member, only while it is busy (an idle one costs
-                # the others nothing).
-                busy = times and times[-1] > now - self.tail_seconds
-                if busy and not note.final and note.writer != self.writer:
-                    tails[note.writer, name] = max(tails.get((note.writer, name), 0), spent.tail)
-        for (_, name), tail in tails.items():
-            foreign[name] += [now] * min(tail, limits.get(name, 0))
+                if note.writer == self.writer:
+                    continue  # a partition we let go: its starts are in our limiters
+                theirs = members.setdefault(note.writer, {}).setdefault(name, _Theirs())
+                theirs.starts += [min(t + to_now, now + SKEW) for t in spent.starts]
+                theirs.limit = max(theirs.limit, spent.limit)
+                theirs.key_limit = max(theirs.key_limit, spent.key_limit)
         demand = {}
         for state in self.destinations:
             waiting = {w.job.partition for w in state.ready.waiting()}
@@ -195,9 +209,20 @@ class GroupBudget:
             len(mine), total_partitions, demand, now=now, raise_after=self.raise_after
         )
         for state in self.destinations:
-            state.limiter.set_ceiling(state.spec.events_per_minute, foreign.get(state.name, ()))
+            state.limiter.set_ceiling(
+                state.spec.events_per_minute,
+                [(t.starts, t.limit) for m in members.values() if (t := m.get(state.name))],
+            )
         for limiter, limit, names in self.destinations.limiters():
-            limiter.set_ceiling(limit, [t for name in names for t in foreign.get(name, ())])
+            per_member = [[m[n] for n in names if n in m] for m in members.values()]
+            limiter.set_ceiling(
+                limit,
+                [
+                    ([x for t in ts for x in t.starts], max(t.key_limit for t in ts))
+                    for ts in per_member
+                    if ts
+                ],
+            )
 
     # -- taking partitions over and letting them go ----------------------------------------
 

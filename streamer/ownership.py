@@ -6,7 +6,8 @@ broker (`HandOver.take`, claimed by `Committer`), and it inherits the previous o
 note (budget spent, offsets done: `Committer.take_over`). A partition let go leaves every
 core at once: its messages are no longer ours (the ledger fences their answers), its
 waiting jobs free their keys (released, never dropped: the next owner delivers them),
-and the shares of every limit are computed again for the partitions that stay.
+and the shares of every limit are computed again for the partitions that stay (a cut at
+once, a raise once the others can have heard of it).
 """
 
 from __future__ import annotations
@@ -61,6 +62,13 @@ class Ownership:
         self.update_shares()
 
     def update_shares(self) -> None:
+        """Shares by partitions owned: a cut at once, a raise announced first (others keep
+        room for it) and taken `raise_after` later, as raises by demand are."""
         total = self.committer.total_partitions() or max(1, len(self.ledger.partitions))
-        self.destinations.share(len(self.ledger.partitions), total)
+        self.destinations.share(
+            len(self.ledger.partitions),
+            total,
+            now=self.committer.clock(),
+            raise_after=self.budget.raise_after,
+        )
         self.budget.promise_tails()

@@ -13,10 +13,13 @@ A 429 pauses the whole limiter until its retry-after, not just the one request. 
 time comes from an injected clock (monotonic seconds); nothing here sleeps.
 
 Through hand-overs (see `budget.py`): starts another incarnation made for a partition
-this one now owns are `inherit`ed and count like its own; the starts other members make
-for their partitions, as far as their committed notes tell, count against a `ceiling`
-(the whole group's limit); and `promise(tail)` caps the starts not yet covered by a
-confirmed note, so a kill -9 can hide at most `tail` starts from the next owner.
+this one now owns are `inherit`ed and count like its own; other members count against a
+`ceiling` (the whole group's limit), each as its starts in the window as far as its
+committed notes tell, but never less than the share it `announced` (its limit, or a raise
+it waits to take): what another member has not used yet is its own to use, so two members
+never both take the room one member's old starts leave; and `promise(tail)` caps the
+starts not yet covered by a confirmed note, so a kill -9 can hide at most `tail` starts
+from the next owner.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import bisect
 import math
 from collections import deque
 from collections.abc import Iterable, Sequence
+
+FOREIGN_RECHECK = 1.0  # s: when the others' announced shares alone fill the ceiling
 
 
 class RollingWindowLimiter:
@@ -35,7 +40,8 @@ class RollingWindowLimiter:
         self._limit = limit
         self._starts: deque[float] = deque()
         self._paused_until = -math.inf
-        self._foreign: list[float] = []  # other members' starts (sorted), for the ceiling
+        # other members' starts (sorted) and announced shares, for the ceiling
+        self._others: list[tuple[list[float], int]] = []
         self._ceiling: int | None = None
         self._tail: int | None = None  # at most this many starts not yet in a confirmed note
         self._unconfirmed: deque[float] = deque()
@@ -44,6 +50,12 @@ class RollingWindowLimiter:
     @property
     def limit(self) -> int:
         return self._limit
+
+    @property
+    def announced(self) -> int:
+        """The most this limiter may allow before others hear of it again: its limit, or
+        a raise it waits to take (others keep that much room for it meanwhile)."""
+        return max(self._limit, self._raise[0] if self._raise else 0)
 
     def set_limit(self, limit: int, *, now: float = 0.0, raise_after: float = 0.0) -> None:
         """A new share of the limit; applies from now on. A cut applies at once; a raise
@@ -66,11 +78,8 @@ class RollingWindowLimiter:
         if len(self._starts) >= self._limit:
             # the start that must leave the window before one more fits
             at = max(at, self._starts[len(self._starts) - self._limit] + self.window)
-        if self._ceiling is not None and self._foreign:
-            foreign = self._foreign[bisect.bisect_right(self._foreign, now - self.window) :]
-            if len(self._starts) + len(foreign) >= self._ceiling:
-                group = sorted([*self._starts, *foreign])
-                at = max(at, group[len(group) - self._ceiling] + self.window)
+        if self._ceiling is not None and self._others:
+            at = max(at, self._ceiling_frees(now))
         if self._tail is not None and len(self._unconfirmed) >= self._tail:
             at = max(at, now + 0.05)  # until the next note is confirmed (a commit away)
         return at
@@ -88,11 +97,37 @@ class RollingWindowLimiter:
         """Starts made for a partition this limiter's owner took over: they count as its own."""
         self._starts = deque(sorted([*self._starts, *starts]))
 
-    def set_ceiling(self, limit: int | None, foreign: Iterable[float] = ()) -> None:
-        """The group's whole limit, and the starts other members made (as far as known):
-        this limiter never lets its own starts and theirs exceed it in a window."""
+    def set_ceiling(
+        self, limit: int | None, others: Iterable[tuple[Iterable[float], int]] = ()
+    ) -> None:
+        """The group's whole limit, and each other member's starts (as far as known) and
+        announced share (0: not known): this limiter never lets its own starts and theirs,
+        each member counted as at least its share, exceed the limit in a window."""
         self._ceiling = None if limit is None else max(1, limit)
-        self._foreign = sorted(foreign)
+        self._others = [(sorted(starts), max(0, share)) for starts, share in others]
+
+    def _ceiling_frees(self, now: float) -> float:
+        """When the group leaves room under the ceiling for one more start of ours."""
+        assert self._ceiling is not None
+        cut = now - self.window
+        counts = [len(s) - bisect.bisect_right(s, cut) for s, _ in self._others]
+        floors = [share for _, share in self._others]
+        group = len(self._starts) + sum(map(max, counts, floors))
+        if group < self._ceiling:
+            return now
+        # Walk the starts out of the window, oldest first: ours free room each; another
+        # member's only while it has more in the window than its share.
+        leaving = [(t, -1) for t in self._starts]
+        for i, (starts, _) in enumerate(self._others):
+            leaving += [(t, i) for t in starts[len(starts) - counts[i] :]]
+        for t, i in sorted(leaving):
+            if i < 0 or counts[i] > floors[i]:
+                group -= 1
+            if i >= 0:
+                counts[i] -= 1
+            if group < self._ceiling:
+                return t + self.window
+        return now + FOREIGN_RECHECK  # their shares alone fill it: until the next view
 
     def promise(self, tail: int | None) -> None:
         """At most `tail` starts may be made that no confirmed note covers yet."""

@@ -22,6 +22,8 @@ spent = st.builds(
     paused_until=st.one_of(st.just(0.0), st.floats(NOW, NOW + 120)),
     tail=st.integers(0, 50),
     waiting=st.integers(0, 10_000),
+    limit=st.integers(0, 10_000),
+    key_limit=st.integers(0, 10_000),
 )
 notes = st.builds(
     PartitionNote,
@@ -48,6 +50,7 @@ def test_a_note_comes_back_as_written_never_earlier_and_always_fits(note: Partit
             assert real <= stored + 1e-6 <= real + RESOLUTION + 1e-6
         assert got.paused_until >= spent_.paused_until - 1e-6
         assert (got.tail, got.waiting) == (spent_.tail, spent_.waiting)
+        assert (got.limit, got.key_limit) == (spent_.limit, spent_.key_limit)
     # the offset map survives whole, or is dropped whole (re-sent, never skipped wrongly)
     assert back.done in (note.done, frozenset())
 
@@ -150,6 +153,14 @@ def test_a_note_in_the_previous_format_is_still_read() -> None:
     note = decode(text, committed=10)
     assert note.spent["a"] == Spent((NOW, NOW, NOW + 1.0), 0.0, 3, 1)
     assert note.writer == "w0" and not note.final and note.done == {11, 12}
+
+
+def test_a_note_from_before_shares_were_announced_is_read_without_them() -> None:
+    earlier = {"w": "w0", "f": 0, "s": {"a": [[budget._up(NOW)], [2], 0, 3, 1]}, "d": []}
+    note = decode(budget._pack(earlier), committed=10)
+    assert note.spent["a"] == Spent((NOW, NOW), 0.0, 3, 1, limit=0, key_limit=0)
+    later = {"w": "w0", "f": 0, "s": {"a": [[budget._up(NOW)], [2], 0, 3, 1, 40, 90, 7]}, "d": []}
+    assert decode(budget._pack(later), committed=10).spent["a"].limit == 40  # more: not read
 
 
 def test_a_reader_reads_only_its_destinations_and_their_latest_starts() -> None:

@@ -124,6 +124,7 @@ def test_what_others_started_counts_against_the_whole_limit() -> None:
     busy_ledger.assign(P0)
     for offset in range(8):
         assert start(busy_ds, busy_ledger, P0, offset, 1.0)
+    busy_ds.share(1, 2)  # its share cut to 5 after it spent 8 (a rebalance)
     note = busy.notes({P0: 0}, now=1.0, wall=WALL + 1.0, final=False)[P0]
     other, other_ds, other_ledger = member(limit=10, writer="other")
     other_ledger.assign(P1)
@@ -247,27 +248,29 @@ def test_a_note_that_overflowed_counts_every_limit_as_spent_for_a_window() -> No
     assert not start(ds, ledger, P0, 1, 2.0)
 
 
-def test_a_busy_members_unconfirmed_tail_counts_against_the_others_ceiling() -> None:
+def test_a_members_announced_share_counts_against_the_others_ceiling_until_it_is_cut() -> None:
     """The shares add up to the limit, but a hand-over moves partitions whose spend was
-    uneven; what stops the new owner is the ceiling, so it must count what a busy member
-    may have started since its last note (its tail), once per member. An idle member's
-    tail costs nothing (a hot key keeps nearly the whole limit)."""
+    uneven; what stops the new owner is the ceiling, so it counts another member as at
+    least its announced share (what it may start before its next note is read), not only
+    its starts. Once that member's demand is gone its share is cut to the floor, and a hot
+    key elsewhere gets nearly the whole limit."""
     busy, busy_ds, busy_ledger = member(limit=10, writer="busy")
     busy_ledger.assign(P0)
-    busy.promise_tails()
-    tail = busy_ds["a"].limiter.tail or 0
-    assert tail > 0
+    busy_ds.share(1, 2)  # by partitions: 5
     for offset in range(3):
         assert start(busy_ds, busy_ledger, P0, offset, 1.0)
-        busy.confirmed(1.0)
     note = busy.notes({P0: 0}, now=1.0, wall=WALL + 1.0, final=False)[P0]
     other, other_ds, other_ledger = member(limit=10, writer="other")
     other_ledger.assign(P1)
     other.observe({P0: (0, note)}, now=1.5, wall=WALL + 1.5, total_partitions=2)
     other_ds["a"].limiter.set_limit(10)  # its share aside: the ceiling alone
-    started = sum(start(other_ds, other_ledger, P1, 100 + i, 1.5) for i in range(10))
-    assert started == 10 - 3 - min(tail, 10 - 3)
+    assert sum(start(other_ds, other_ledger, P1, 100 + i, 1.5) for i in range(10)) == 5
+    busy_ds.share(1, 2, {"a": (0, 1)})  # no demand of its own: the floor
     idle = busy.notes({P0: 0}, now=100.0, wall=WALL + 100.0, final=False)[P0]
     other.observe({P0: (0, idle)}, now=100.0, wall=WALL + 100.0, total_partitions=2)
     other_ds["a"].limiter.set_limit(10)
-    assert sum(start(other_ds, other_ledger, P1, 200 + i, 100.0) for i in range(10)) == 10
+    assert sum(start(other_ds, other_ledger, P1, 200 + i, 100.0) for i in range(10)) == 9
+    final = busy.notes({P0: 0}, now=200.0, wall=WALL + 200.0, final=True)[P0]
+    other.observe({P0: (0, final)}, now=200.0, wall=WALL + 200.0, total_partitions=2)
+    other_ds["a"].limiter.set_limit(10)  # a final note starts nothing more: all ours
+    assert sum(start(other_ds, other_ledger, P1, 300 + i, 200.0) for i in range(10)) == 10

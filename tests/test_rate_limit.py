@@ -116,10 +116,79 @@ def test_inherited_starts_count_like_our_own(limit, inherited, gaps) -> None:
 
 def test_others_starts_count_against_the_ceiling() -> None:
     limiter = RollingWindowLimiter(10, 10.0, margin=0.0)
-    limiter.set_ceiling(10, foreign=[1.0] * 8)  # the rest of the group spent 8
+    limiter.set_ceiling(10, [([1.0] * 8, 0)])  # the rest of the group spent 8
     assert acquire([limiter], 2.0) is None
     assert acquire([limiter], 2.0) is None
     assert acquire([limiter], 2.0) == 11.0  # 10 in the window: wait for theirs to leave it
+
+
+def test_another_members_share_is_kept_for_it_when_its_old_starts_leave() -> None:
+    """The room its old starts leave is its own to refill: taking it too would let two
+    members start into the same room."""
+    limiter = RollingWindowLimiter(10, 10.0, margin=0.0)
+    limiter.set_ceiling(10, [([1.0] * 2, 6)])  # spent 2 of a share of 6
+    assert sum(acquire([limiter], 2.0) is None for _ in range(10)) == 4
+    assert acquire([limiter], 11.5) == 12.0  # theirs left, their share did not: ours must
+    limiter.set_ceiling(10, [([11.0] * 9, 6)])  # over its share (after a cut): 9 count
+    assert acquire([limiter], 12.0) is None  # ours left the window: 9 + 1
+    assert acquire([limiter], 12.0) == 21.0  # the first of its 9 to leave makes room
+
+
+def test_a_pending_raise_is_announced_before_it_is_taken() -> None:
+    limiter = RollingWindowLimiter(10, 60.0)
+    limiter.set_limit(30, now=0.0, raise_after=2.0)
+    assert (limiter.limit, limiter.announced) == (10, 30)
+    limiter.set_limit(5, now=1.0, raise_after=2.0)
+    assert (limiter.limit, limiter.announced) == (5, 5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(2, 4),
+    st.lists(
+        st.tuples(st.floats(0, 30), st.lists(st.integers(1, 10), min_size=4, max_size=4)),
+        max_size=6,
+    ),
+    st.floats(0.0, 1.4),
+    st.integers(1, 6),
+)
+def test_members_that_see_each_other_late_never_exceed_the_group_limit(
+    members, changes, lag, burst
+) -> None:
+    """Each member has its own limiter and share; shares change (cuts at once, raises
+    after `raise_after`); each sees the others' starts and announced shares only as they
+    were `lag` seconds ago, read again every `view` seconds, with lag + view below
+    raise_after (as a note and a view are). Whatever the changes, every window of the
+    group's starts holds at most the limit."""
+    limit, window, view, raise_after, step = 40, 10.0, 0.5, 2.0, 0.05
+    shares_at = [(0.0, [1] * 4), *sorted(changes)]
+    limiters = [RollingWindowLimiter(limit // members, window, margin=0.0) for _ in range(members)]
+    starts: list[list[float]] = [[] for _ in range(members)]
+    announced: list[list[tuple[float, int]]] = [[] for _ in range(members)]
+    group: list[float] = []
+    for k in range(int(45 / step)):
+        now = k * step
+        weights = [w for at, w in shares_at if at <= now][-1][:members]
+        for i, limiter in enumerate(limiters):
+            limiter.set_limit(limit * weights[i] // sum(weights), now=now, raise_after=raise_after)
+            announced[i].append((now, limiter.announced))
+        seen = now - lag
+        for i, limiter in enumerate(limiters):
+            if k % int(view / step) == i % int(view / step):  # each its own view times
+                others = [
+                    (
+                        [t for t in starts[j] if t <= seen],
+                        [a for at, a in announced[j] if at <= seen][-1],
+                    )
+                    for j in range(members)
+                    if j != i and announced[j][0][0] <= seen
+                ]
+                limiter.set_ceiling(limit, others)
+            for _ in range(burst):
+                if acquire([limiter], now) is None:
+                    starts[i].append(now)
+                    group.append(now)
+    assert_never_more_than(limit, window, sorted(group))
 
 
 def test_starts_no_confirmed_note_covers_are_capped_by_the_tail() -> None:

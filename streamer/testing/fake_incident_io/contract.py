@@ -56,13 +56,18 @@ class ReceivedEvent:
 class RecordedAnswer:
     """Every answer the fake gave, accepted or not: for asserting on 429s and faults.
 
-    Status 0: no answer at all (a reset connection, a request left hanging).
+    Status 0: no answer at all (a reset connection, a request left hanging). `event_id`:
+    the request's `metadata.event_id`, if it had one (streamer's default metadata does),
+    so a turned-away request can be traced to the event it carried; `client_port`, to
+    the process that sent it.
     """
 
     source_id: str
     status: int
     at: float
     request_id: str
+    event_id: str | None = None
+    client_port: int | None = None  # the TCP port the request came from
 
 
 @dataclass

@@ -247,9 +247,15 @@ class FakeIncidentIo:
     # -- the endpoint ----------------------------------------------------------------
 
     def answer(
-        self, source_id: str, auth_header: str | None, query_token: str | None, body: bytes
+        self,
+        source_id: str,
+        auth_header: str | None,
+        query_token: str | None,
+        body: bytes,
+        client_port: int | None = None,
     ) -> tuple[Reply, Effects]:
-        """Decides the reply to one POST and how it goes out; records it."""
+        """Decides the reply to one POST and how it goes out; records it (with the
+        client's port, so a benchmark can tell which process sent it)."""
         request_id = str(uuid.uuid4())
         with self._lock:
             now = self.clock()
@@ -257,13 +263,33 @@ class FakeIncidentIo:
             reply = replaced or self.contract.decide(
                 source_id, auth_header, query_token, body, request_id, now
             )
+            payload = _json_object(body)
             if reply.status == 202:
-                self._events.append(ReceivedEvent(source_id, json.loads(body), now, request_id))
-            self._answers.append(RecordedAnswer(source_id, reply.status, now, request_id))
+                self._events.append(ReceivedEvent(source_id, payload or {}, now, request_id))
+            metadata = (payload or {}).get("metadata")
+            event_id = metadata.get("event_id") if isinstance(metadata, dict) else None
+            self._answers.append(
+                RecordedAnswer(
+                    source_id,
+                    reply.status,
+                    now,
+                    request_id,
+                    event_id if isinstance(event_id, str) else None,
+                    client_port,
+                )
+            )
             return reply, shape
 
     def control(self, method: str, path: str, body: bytes) -> Reply:
         return ControlApi(self).handle(method, path, body)
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -296,9 +322,9 @@ def _handler_for(fake: FakeIncidentIo) -> type[BaseHTTPRequestHandler]:
             elif method == "POST" and url.path.startswith(PATH_PREFIX):
                 source_id = url.path[len(PATH_PREFIX) :]
                 token = parse_qs(url.query, keep_blank_values=True).get("token", [None])[0]
-                reply, shape = fake.answer(
-                    source_id, self.headers.get("Authorization"), token, body
-                )
+                auth = self.headers.get("Authorization")
+                port = self.client_address[1] if len(self.client_address) > 1 else None
+                reply, shape = fake.answer(source_id, auth, token, body, port)
             else:
                 reply = error(
                     404,
