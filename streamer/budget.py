@@ -67,7 +67,8 @@ class Spent:
     tail: int = 0  # starts its writer may still make before its next note is confirmed
     waiting: int = 0  # the partition's deliveries waiting for this destination (demand)
     # the writer's announced shares (`RollingWindowLimiter.announced`) of the alert
-    # source's limit and of its API key's; 0: not told (a final note, an older writer)
+    # source's limit and of its API key's; 0: not told (a final note, an older writer);
+    # stored apart from the entry, where an earlier version's reader does not look
     limit: int = 0
     key_limit: int = 0
 
@@ -80,6 +81,7 @@ class PartitionNote:
     done: frozenset[int] = frozenset()  # terminal offsets above the committed offset
     # the budget did not fit in the metadata: every destination counts as full for a window
     overflow: bool = False
+    written: float = 0.0  # wall clock (0: not told); a live writer's notes are recent
 
 
 EMPTY = PartitionNote()
@@ -117,8 +119,7 @@ def _from_runs(runs: list[int], base: int) -> frozenset[int]:
 
 
 def _spent_json(spent: Spent, most: int, *, coarse: bool = False) -> list[Any]:
-    """[tick deltas, counts, pause, tail, waiting, limit, key limit]: each distinct tick
-    once with its count
+    """[tick deltas, counts, pause, tail, waiting]: each distinct tick once with its count
     (a burst of a thousand starts in one tick is two numbers); the latest `most` starts.
     Coarse: all of them at the latest tick (they leave the window late, never early)."""
     latest = sorted(spent.starts)[-most:] if most > 0 else []
@@ -128,8 +129,8 @@ def _spent_json(spent: Spent, most: int, *, coarse: bool = False) -> list[Any]:
     distinct = sorted(ticks)
     # first tick, then deltas: small numbers compress well
     deltas = distinct[:1] + [b - a for a, b in itertools.pairwise(distinct)]
-    counts = [min(n, MAX_COUNT) for n in (spent.tail, spent.waiting, spent.limit, spent.key_limit)]
-    return [deltas, [ticks[t] for t in distinct], _up(spent.paused_until), *counts]
+    tail, waiting = min(spent.tail, MAX_COUNT), min(spent.waiting, MAX_COUNT)
+    return [deltas, [ticks[t] for t in distinct], _up(spent.paused_until), tail, waiting]
 
 
 def encode(note: PartitionNote, committed: int, max_bytes: int = MAX_BYTES) -> str:
@@ -143,6 +144,14 @@ def encode(note: PartitionNote, committed: int, max_bytes: int = MAX_BYTES) -> s
         "f": int(note.final),
         "s": {name: _spent_json(s, most) for name, s in sorted(note.spent.items())},
         "d": _runs(note.done, committed),
+        # Keys a reader of an earlier version ignores (it reads the rest as before): when
+        # it was written, and its writer's announced shares.
+        "t": _up(note.written),
+        "a": {
+            name: [min(s.limit, MAX_COUNT), min(s.key_limit, MAX_COUNT)]
+            for name, s in sorted(note.spent.items())
+            if s.limit or s.key_limit
+        },
     }
     text = _pack(body)
     if len(text) > max_bytes and body["d"]:
@@ -163,6 +172,7 @@ def encode(note: PartitionNote, committed: int, max_bytes: int = MAX_BYTES) -> s
         text = _pack(body)
     if len(text) > max_bytes:  # still too many: the next owner counts every limit as spent
         text = _pack({"w": note.writer, "f": int(note.final), "s": {}, "d": [], "x": 1})
+        # (no shares: an overflowed note's writer is counted by what its notes can show)
     return text
 
 
@@ -201,18 +211,17 @@ def _note(body: Any, committed: int, keep: Mapping[str, int] | None, *, old: boo
     if not isinstance(body, dict) or not isinstance(body["s"], dict):
         raise ValueError("not a note")
     spent, starts = {}, 0
+    shares = body.get("a", {})  # not told: s1, or s2 before shares were announced
+    if not isinstance(shares, dict) or not all(
+        isinstance(v, list) and len(v) == 2 for v in shares.values()
+    ):
+        raise ValueError("shares are not pairs")
     for name, entry in body["s"].items():
-        limits: list[Any] = [0, 0]  # not told (s1, or s2 before shares were announced)
         if old:  # s1: one delta per start
             deltas, paused, tail, waiting = entry
             counts = [1] * len(deltas) if isinstance(deltas, list) else None
-        elif len(entry) == 5:
+        else:
             deltas, counts, paused, tail, waiting = entry
-        else:  # fields a later version adds are not read
-            deltas, counts, paused, tail, waiting, *limits = entry
-            limits = limits[:2]
-            if len(limits) != 2:
-                raise ValueError("not an entry")
         if not isinstance(deltas, list) or not isinstance(counts, list):
             raise ValueError("starts are not lists")
         runs: list[tuple[int, int]] = []
@@ -237,7 +246,7 @@ def _note(body: Any, committed: int, keep: Mapping[str, int] | None, *, old: boo
             _count(paused, MAX_TICK) * RESOLUTION,
             min(_count(tail, MAX_TICK), MAX_COUNT),  # a huge limit's tail: counted, capped
             min(_count(waiting, MAX_TICK), MAX_COUNT),
-            *(min(_count(x, MAX_TICK), MAX_COUNT) for x in limits),
+            *(min(_count(x, MAX_TICK), MAX_COUNT) for x in shares.get(str(name), (0, 0))),
         )
     done_runs = body["d"]
     if not isinstance(done_runs, list) or len(done_runs) > 2 * MAX_DONE:
@@ -248,6 +257,7 @@ def _note(body: Any, committed: int, keep: Mapping[str, int] | None, *, old: boo
     return PartitionNote(
         writer=str(body["w"])[:64],
         final=bool(body["f"]),
+        written=_count(body.get("t", 0), MAX_TICK) * RESOLUTION,
         spent=spent,
         done=_from_runs(done_runs, committed),
         overflow=body.get("x") == 1,

@@ -82,8 +82,12 @@ class DestinationState:
             start = max(start, self.probe_at)
         return start
 
-    def request_ended(self) -> bool:
-        """A request of this destination came back (answered or not); was it the probe?"""
+    def request_ended(self, started: float, now: float) -> bool:
+        """A request of this destination, started at `started`, came back at `now`
+        (answered or not): its slots are kept until a window after `now`. Was it the
+        probe?"""
+        for limiter in (self.limiter, self.key_limiter):
+            limiter.ended(started, now)
         was_probe, self.probing = self.probing, False
         return was_probe
 

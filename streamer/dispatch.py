@@ -68,7 +68,7 @@ class Delivery:
     waited_for_rate_limit: bool = False
     waiting_since: float | None = None  # monotonic: when the limiter first said wait
     event_time: float | None = None  # epoch seconds, for end-to-end latency
-    sent_at: float = 0.0  # monotonic, for request duration
+    sent_at: float = 0.0  # monotonic: when its slots were taken (request duration too)
     # its key's place in the destination's queue (since when it waits, and its turn): kept
     # across 429s, holds and retries, and handed to the event that supersedes it
     place: Waiting | None = None
@@ -156,7 +156,7 @@ class Dispatcher:
                         self.telemetry.rate_limit_waits.add(1, {"destination": state.name})
                     break
                 job.work.place = state.ready.remove(job)
-                self._send(job, state)
+                self._send(job, state, now)
             for entry in passed_over:
                 state.ready.restore(entry)
         if self.pending.due(now):
@@ -202,11 +202,11 @@ class Dispatcher:
         self.telemetry.superseded.add(len(jobs), {"destination": state.name})
         self.superseded(jobs)
 
-    def _send(self, job: Job, state: DestinationState) -> None:
+    def _send(self, job: Job, state: DestinationState, now: float) -> None:
         delivery: Delivery = job.work
         if delivery.first_attempt_at is None:
             delivery.first_attempt_at = self.wall_clock()
-        delivery.sent_at = self.clock()
+        delivery.sent_at = now  # when its slots were taken
         if delivery.waiting_since is not None:
             self.telemetry.rate_limit_wait.record(
                 delivery.sent_at - delivery.waiting_since, {"destination": state.name}
@@ -254,7 +254,7 @@ class Dispatcher:
     def _on_answer(self, job: Job, answer: Answer | Exception) -> None:
         delivery: Delivery = job.work
         state = self.destinations[delivery.destination]
-        was_probe = state.request_ended()
+        was_probe = state.request_ended(delivery.sent_at, self.clock())
         self._record_attempt(delivery, state, answer)
         if not self.ledger.owns(job):  # revoked meanwhile: the new owner delivers it
             self.release(job)

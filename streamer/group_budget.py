@@ -67,6 +67,10 @@ class GroupBudget:
         self.view_interval = view_interval  # how often the group's notes are read
         # a raise waits until the others read our demand (a note and a view away)
         self.raise_after = tail_seconds + view_interval
+        # A live member's notes are written again every commit interval (the write time
+        # changes them); one older than this is a member's that is gone (killed, or on a
+        # partition nobody committed since): its share is no longer kept for it.
+        self.fresh = 2 * tail_seconds
         self._next_view = 0.0
         self._done: dict[Partition, frozenset[int]] = {}  # inherited offset maps
         self._tails_taken: set[str] = set()  # writers whose tail was already counted
@@ -120,7 +124,8 @@ class GroupBudget:
                 0 if final else state.key_limiter.announced,
             )
         done = frozenset(self.ledger.terminal_above_watermark(partition))
-        return PartitionNote(self.writer, final, spent, done | self._done.get(partition, done))
+        done |= self._done.get(partition, done)
+        return PartitionNote(self.writer, final, spent, done, written=wall)
 
     def _waiting(self, now: float) -> dict[Partition, dict[str, int]]:
         """Demand per partition and destination: the deliveries waiting, or 1 if one
@@ -197,8 +202,9 @@ class GroupBudget:
                     continue  # a partition we let go: its starts are in our limiters
                 theirs = members.setdefault(note.writer, {}).setdefault(name, _Theirs())
                 theirs.starts += [min(t + to_now, now + SKEW) for t in spent.starts]
-                theirs.limit = max(theirs.limit, spent.limit)
-                theirs.key_limit = max(theirs.key_limit, spent.key_limit)
+                if note.written > wall - self.fresh:
+                    theirs.limit = max(theirs.limit, spent.limit)
+                    theirs.key_limit = max(theirs.key_limit, spent.key_limit)
         demand = {}
         for state in self.destinations:
             waiting = {w.job.partition for w in state.ready.waiting()}

@@ -6,8 +6,11 @@ key, and does not say how it counts a minute. So the strictest reading: no more 
 fails that (a full bucket plus its refill lets nearly 2x through in one window); a log
 of the last `limit` start times keeps it exactly, in O(limit) memory.
 
-A margin is added to the window because incident.io counts arrivals, not our starts:
-two requests started exactly one window apart can arrive less than a window apart.
+incident.io counts arrivals, not our starts, and an arrival is somewhere between a
+request's start and its answer: so a slot is taken at the start and kept until a window
+after the answer (`ended`), however long the request took, and two requests never arrive
+within one window of each other unless the limit allows it. A margin is still added to the
+window, for what we cannot see (the server's own clock and queueing).
 
 A 429 pauses the whole limiter until its retry-after, not just the one request. The
 time comes from an injected clock (monotonic seconds); nothing here sleeps.
@@ -25,11 +28,13 @@ from the next owner.
 from __future__ import annotations
 
 import bisect
+import heapq
+import itertools
 import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 
-FOREIGN_RECHECK = 1.0  # s: when the others' announced shares alone fill the ceiling
+FOREIGN_RECHECK = 1.0  # s: when the others' shares leave no room, read them again
 
 
 class RollingWindowLimiter:
@@ -89,6 +94,15 @@ class RollingWindowLimiter:
         if self._tail is not None:
             self._unconfirmed.append(now)
 
+    def ended(self, started: float, now: float) -> None:
+        """The request started at `started` came back (answered or given up) at `now`:
+        it was counted at its arrival, some time in between, so its slot is kept until a
+        window after `now`."""
+        i = bisect.bisect_left(self._starts, started)
+        if now > started and i < len(self._starts) and self._starts[i] == started:
+            del self._starts[i]
+            bisect.insort(self._starts, now)
+
     def starts(self, now: float) -> list[float]:
         """The starts counted in the window that ends at `now`, oldest first."""
         return [t for t in self._starts if t > now - self.window]
@@ -104,30 +118,34 @@ class RollingWindowLimiter:
         announced share (0: not known): this limiter never lets its own starts and theirs,
         each member counted as at least its share, exceed the limit in a window."""
         self._ceiling = None if limit is None else max(1, limit)
-        self._others = [(sorted(starts), max(0, share)) for starts, share in others]
+        most = self._ceiling or 0  # past the ceiling, older starts cannot matter
+        self._others = [(sorted(starts)[-most:], max(0, share)) for starts, share in others]
+        if sum(share for _, share in self._others) >= most:
+            # Their shares alone fill the limit: shares rounded up to 1 (more replicas than
+            # the limit allows) cannot all be kept. Counted by their starts, as before.
+            self._others = [(starts, 0) for starts, _ in self._others]
 
     def _ceiling_frees(self, now: float) -> float:
         """When the group leaves room under the ceiling for one more start of ours."""
         assert self._ceiling is not None
         cut = now - self.window
         counts = [len(s) - bisect.bisect_right(s, cut) for s, _ in self._others]
-        floors = [share for _, share in self._others]
-        group = len(self._starts) + sum(map(max, counts, floors))
+        group = len(self._starts) + sum(
+            max(c, f) for c, (_, f) in zip(counts, self._others, strict=True)
+        )
         if group < self._ceiling:
             return now
-        # Walk the starts out of the window, oldest first: ours free room each; another
-        # member's only while it has more in the window than its share.
-        leaving = [(t, -1) for t in self._starts]
-        for i, (starts, _) in enumerate(self._others):
-            leaving += [(t, i) for t in starts[len(starts) - counts[i] :]]
-        for t, i in sorted(leaving):
-            if i < 0 or counts[i] > floors[i]:
-                group -= 1
-            if i >= 0:
-                counts[i] -= 1
-            if group < self._ceiling:
-                return t + self.window
-        return now + FOREIGN_RECHECK  # their shares alone fill it: until the next view
+        # As starts leave the window, ours free room each; another member's only while it
+        # has more in the window than its share: its oldest (count - share).
+        freeing = [
+            starts[len(starts) - c : len(starts) - c + max(0, c - share)]
+            for c, (starts, share) in zip(counts, self._others, strict=True)
+        ]
+        k = group - self._ceiling  # the (k+1)th to leave makes room
+        leaving = list(itertools.islice(heapq.merge(self._starts, *freeing), k, k + 1))
+        if leaving:
+            return leaving[0] + self.window
+        return now + FOREIGN_RECHECK  # their shares fill it: until the next view
 
     def promise(self, tail: int | None) -> None:
         """At most `tail` starts may be made that no confirmed note covers yet."""

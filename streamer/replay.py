@@ -317,7 +317,7 @@ class _LetterDelivery:
             decision = decide(self.policy, answer, attempt, first, now_wall)
             state.answered(
                 decision,
-                was_probe=state.request_ended(),
+                was_probe=state.request_ended(now, self.clock()),
                 now=self.clock(),
                 hold_retry=self.config.file.delivery.hold_retry_seconds,
             )

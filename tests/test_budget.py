@@ -155,12 +155,17 @@ def test_a_note_in_the_previous_format_is_still_read() -> None:
     assert note.writer == "w0" and not note.final and note.done == {11, 12}
 
 
-def test_a_note_from_before_shares_were_announced_is_read_without_them() -> None:
-    earlier = {"w": "w0", "f": 0, "s": {"a": [[budget._up(NOW)], [2], 0, 3, 1]}, "d": []}
-    note = decode(budget._pack(earlier), committed=10)
-    assert note.spent["a"] == Spent((NOW, NOW), 0.0, 3, 1, limit=0, key_limit=0)
-    later = {"w": "w0", "f": 0, "s": {"a": [[budget._up(NOW)], [2], 0, 3, 1, 40, 90, 7]}, "d": []}
-    assert decode(budget._pack(later), committed=10).spent["a"].limit == 40  # more: not read
+def test_shares_are_announced_where_an_earlier_reader_does_not_look() -> None:
+    """A rolling upgrade: replicas of the previous version read each entry as five numbers
+    and ignore other keys; notes without shares read as shares not told (0)."""
+    note = PartitionNote("w0", False, {"a": Spent((NOW,), 0.0, 3, 1, 40, 90)}, written=NOW)
+    body = json.loads(zlib.decompress(base64.b64decode(encode(note, 0)[3:])))
+    assert len(body["s"]["a"]) == 5 and body["a"] == {"a": [40, 90]}
+    back = decode(encode(note, 0), 0)
+    assert (back.spent["a"].limit, back.spent["a"].key_limit, back.written) == (40, 90, NOW)
+    del body["a"], body["t"]
+    earlier = decode(budget._pack(body), 0)
+    assert earlier.spent["a"] == Spent((NOW,), 0.0, 3, 1) and earlier.written == 0.0
 
 
 def test_a_reader_reads_only_its_destinations_and_their_latest_starts() -> None:

@@ -25,17 +25,20 @@ def destinations(per_minute: int = 120, **settings) -> Destinations:
 def test_a_held_destination_sends_one_probe_per_retry_interval_and_the_probe_releases_it():
     state = destinations()["a"]
     assert state.may_start(0.0)
-    assert state.answered(HOLD, was_probe=state.request_ended(), now=0.0, hold_retry=30.0) == "held"
+    assert (
+        state.answered(HOLD, was_probe=state.request_ended(0.0, 0.0), now=0.0, hold_retry=30.0)
+        == "held"
+    )
     assert not state.may_start(10.0)  # held: nothing starts before the probe is due
     assert state.may_start(30.0)  # the probe
     assert not state.may_start(30.0)  # only one at a time
-    was_probe = state.request_ended()
+    was_probe = state.request_ended(30.0, 30.0)
     assert was_probe
     assert state.answered(HOLD, was_probe=was_probe, now=30.0, hold_retry=30.0) is None
     assert state.probe_at == 60.0 and not state.may_start(59.0)  # still held
     assert state.may_start(60.0)
     change = state.answered(
-        Retry(1.0, "HTTP 503"), was_probe=state.request_ended(), now=60.0, hold_retry=30.0
+        Retry(1.0, "HTTP 503"), was_probe=state.request_ended(60.0, 60.0), now=60.0, hold_retry=30.0
     )
     assert change == "released"  # it answers again (a 503 is not the destination's fault)
     assert state.held_reason is None and state.may_start(60.0)

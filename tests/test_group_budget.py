@@ -274,3 +274,23 @@ def test_a_members_announced_share_counts_against_the_others_ceiling_until_it_is
     other.observe({P0: (0, final)}, now=200.0, wall=WALL + 200.0, total_partitions=2)
     other_ds["a"].limiter.set_limit(10)  # a final note starts nothing more: all ours
     assert sum(start(other_ds, other_ledger, P1, 300 + i, 200.0) for i in range(10)) == 10
+
+
+def test_a_gone_members_share_is_no_longer_kept_once_its_notes_are_old() -> None:
+    """A member killed on a partition nobody commits again (no message arrives) leaves its
+    last note there: a live member's notes are written again every commit interval, so
+    one older than a few of them keeps no share for its writer."""
+    gone, gone_ds, gone_ledger = member(limit=10, writer="gone")
+    gone_ledger.assign(P0)
+    gone_ds.share(1, 2)  # 5
+    note = gone.notes({P0: 0}, now=1.0, wall=WALL + 1.0, final=False)[P0]
+    other, other_ds, other_ledger = member(limit=10, writer="other")
+    other_ledger.assign(P1)
+    # 5 while its share is kept; then 5 more (ours 5 + 5), not 0
+    for now, can in ((1.5, 5), (1.0 + other.fresh + 0.5, 5)):
+        other.observe({P0: (0, note)}, now=now, wall=WALL + now, total_partitions=2)
+        other_ds["a"].limiter.set_limit(10)
+        assert (
+            sum(start(other_ds, other_ledger, P1, int(now * 100) + i, now) for i in range(10))
+            == can
+        )

@@ -114,6 +114,41 @@ def test_inherited_starts_count_like_our_own(limit, inherited, gaps) -> None:
         assert sum(1 for s in starts if t - 10.0 < s <= t) <= limit
 
 
+def test_a_slot_is_kept_until_a_window_after_the_answer() -> None:
+    limiter = RollingWindowLimiter(1, 10.0, margin=0.0)
+    assert acquire([limiter], 0.0) is None
+    limiter.ended(0.0, 3.0)  # incident.io may have counted it as late as 3.0
+    assert acquire([limiter], 10.5) == 13.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 5),
+    st.lists(st.tuples(st.floats(0, 3), st.floats(0, 1)), min_size=1, max_size=60),
+    st.integers(1, 4),
+)
+def test_arrivals_never_exceed_the_limit_whatever_each_request_takes(
+    limit, requests, burst
+) -> None:
+    """Each request arrives at incident.io some time between its start and its answer
+    (latency below the window): counted at its answer, arrivals stay within the limit."""
+    window, step = 10.0, 0.1
+    limiter = RollingWindowLimiter(limit, window, margin=0.0)
+    todo, in_flight, arrivals = list(requests), [], []
+    now = 0.0
+    while todo or in_flight:
+        for start, end in [r for r in in_flight if r[1] <= now]:
+            limiter.ended(start, end)
+            in_flight.remove((start, end))
+        for _ in range(burst):
+            if todo and acquire([limiter], now) is None:
+                latency, at = todo.pop()
+                in_flight.append((now, now + latency))
+                arrivals.append(now + at * latency)
+        now = round(now + step, 6)
+    assert_never_more_than(limit, window, sorted(arrivals))
+
+
 def test_others_starts_count_against_the_ceiling() -> None:
     limiter = RollingWindowLimiter(10, 10.0, margin=0.0)
     limiter.set_ceiling(10, [([1.0] * 8, 0)])  # the rest of the group spent 8
@@ -234,3 +269,11 @@ def test_a_raise_waits_and_a_cut_applies_at_once() -> None:
     assert limiter.limit == 30
     limiter.set_limit(5, now=2.1, raise_after=2.0)
     assert limiter.limit == 5
+
+
+def test_shares_rounded_up_past_the_limit_count_by_starts_not_forever() -> None:
+    """More replicas than a limit allows (each keeps a share of at least 1): keeping every
+    share would leave nobody room at all; they count by their starts instead."""
+    limiter = RollingWindowLimiter(1, 10.0, margin=0.0)
+    limiter.set_ceiling(2, [([], 1), ([], 1)])
+    assert acquire([limiter], 0.0) is None
