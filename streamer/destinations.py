@@ -34,7 +34,7 @@ from streamer.coalescing import WaitingQueue, rank_of
 from streamer.config import DeliverySettings, Destination
 from streamer.failure_policy import Accepted, Decision, HoldDestination
 from streamer.ledger import Job, Partition
-from streamer.rate_limit import RollingWindowLimiter, acquire, share_by_demand
+from streamer.rate_limit import RollingWindowLimiter, acquire, move_later, share_by_demand
 
 HoldChange = Literal["held", "released"] | None
 
@@ -82,12 +82,14 @@ class DestinationState:
             start = max(start, self.probe_at)
         return start
 
-    def request_ended(self, started: float, now: float) -> bool:
-        """A request of this destination, started at `started`, came back at `now`
-        (answered or not): its slots are kept until a window after `now`. Was it the
-        probe?"""
+    def request_ended(self, started: float, now: float, partition: Partition | None = None) -> bool:
+        """A request of this destination, started at `started` for `partition`, came back
+        at `now` (answered or not): its slots are kept, and handed over, until a window
+        after `now`. Was it the probe?"""
         for limiter in (self.limiter, self.key_limiter):
             limiter.ended(started, now)
+        if partition is not None and partition in self.spent:
+            move_later(self.spent[partition], started, now)
         was_probe, self.probing = self.probing, False
         return was_probe
 

@@ -254,7 +254,7 @@ class Dispatcher:
     def _on_answer(self, job: Job, answer: Answer | Exception) -> None:
         delivery: Delivery = job.work
         state = self.destinations[delivery.destination]
-        was_probe = state.request_ended(delivery.sent_at, self.clock())
+        was_probe = state.request_ended(delivery.sent_at, self.clock(), job.partition)
         self._record_attempt(delivery, state, answer)
         if not self.ledger.owns(job):  # revoked meanwhile: the new owner delivers it
             self.release(job)

@@ -28,7 +28,6 @@ from the next owner.
 from __future__ import annotations
 
 import bisect
-import heapq
 import itertools
 import math
 from collections import deque
@@ -47,6 +46,7 @@ class RollingWindowLimiter:
         self._paused_until = -math.inf
         # other members' starts (sorted) and announced shares, for the ceiling
         self._others: list[tuple[list[float], int]] = []
+        self._room_at = -math.inf  # when the ceiling next has room, until starts change
         self._ceiling: int | None = None
         self._tail: int | None = None  # at most this many starts not yet in a confirmed note
         self._unconfirmed: deque[float] = deque()
@@ -91,6 +91,7 @@ class RollingWindowLimiter:
 
     def record_start(self, now: float) -> None:
         self._starts.append(now)
+        self._room_at = -math.inf
         if self._tail is not None:
             self._unconfirmed.append(now)
 
@@ -98,10 +99,8 @@ class RollingWindowLimiter:
         """The request started at `started` came back (answered or given up) at `now`:
         it was counted at its arrival, some time in between, so its slot is kept until a
         window after `now`."""
-        i = bisect.bisect_left(self._starts, started)
-        if now > started and i < len(self._starts) and self._starts[i] == started:
-            del self._starts[i]
-            bisect.insort(self._starts, now)
+        move_later(self._starts, started, now)
+        self._room_at = -math.inf
 
     def starts(self, now: float) -> list[float]:
         """The starts counted in the window that ends at `now`, oldest first."""
@@ -110,6 +109,7 @@ class RollingWindowLimiter:
     def inherit(self, starts: Iterable[float]) -> None:
         """Starts made for a partition this limiter's owner took over: they count as its own."""
         self._starts = deque(sorted([*self._starts, *starts]))
+        self._room_at = -math.inf
 
     def set_ceiling(
         self, limit: int | None, others: Iterable[tuple[Iterable[float], int]] = ()
@@ -118,6 +118,7 @@ class RollingWindowLimiter:
         announced share (0: not known): this limiter never lets its own starts and theirs,
         each member counted as at least its share, exceed the limit in a window."""
         self._ceiling = None if limit is None else max(1, limit)
+        self._room_at = -math.inf
         most = self._ceiling or 0  # past the ceiling, older starts cannot matter
         self._others = [(sorted(starts)[-most:], max(0, share)) for starts, share in others]
         if sum(share for _, share in self._others) >= most:
@@ -126,8 +127,11 @@ class RollingWindowLimiter:
             self._others = [(starts, 0) for starts, _ in self._others]
 
     def _ceiling_frees(self, now: float) -> float:
-        """When the group leaves room under the ceiling for one more start of ours."""
+        """When the group leaves room under the ceiling for one more start of ours (the
+        answer holds until a start is made, ended or inherited, or the ceiling is set)."""
         assert self._ceiling is not None
+        if now < self._room_at:
+            return self._room_at
         cut = now - self.window
         counts = [len(s) - bisect.bisect_right(s, cut) for s, _ in self._others]
         group = len(self._starts) + sum(
@@ -142,10 +146,10 @@ class RollingWindowLimiter:
             for c, (starts, share) in zip(counts, self._others, strict=True)
         ]
         k = group - self._ceiling  # the (k+1)th to leave makes room
-        leaving = list(itertools.islice(heapq.merge(self._starts, *freeing), k, k + 1))
-        if leaving:
-            return leaving[0] + self.window
-        return now + FOREIGN_RECHECK  # their shares fill it: until the next view
+        leaving = sorted(itertools.chain(self._starts, *freeing))
+        # their shares fill it: until the next view
+        self._room_at = leaving[k] + self.window if k < len(leaving) else now + FOREIGN_RECHECK
+        return self._room_at
 
     def promise(self, tail: int | None) -> None:
         """At most `tail` starts may be made that no confirmed note covers yet."""
@@ -167,6 +171,14 @@ class RollingWindowLimiter:
     @property
     def paused_until(self) -> float:
         return self._paused_until
+
+
+def move_later(times: deque[float], was: float, now: float) -> None:
+    """Moves one `was` of the sorted `times` to `now`, if later; they stay sorted."""
+    i = bisect.bisect_left(times, was)
+    if now > was and i < len(times) and times[i] == was:
+        del times[i]
+        bisect.insort(times, now)
 
 
 def acquire(limiters: Sequence[RollingWindowLimiter], now: float) -> float | None:

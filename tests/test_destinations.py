@@ -102,3 +102,16 @@ def test_letting_a_partition_go_hands_its_key_to_the_same_key_on_another_partiti
     assert dropped is first and not ds["a"].ready
     [handed_over] = ledger.finish(dropped)
     assert handed_over.partition == P1 and handed_over.work == "event 1"
+
+
+def test_a_slot_and_its_handed_over_start_are_kept_until_a_window_after_the_answer() -> None:
+    """incident.io may count a slow request as late as its answer: the limiters, and the
+    note its partition's next owner reads, count it from then."""
+    ds, ledger = destinations(per_minute=1), DeliveryLedger()
+    ledger.assign(P0)
+    [job] = ledger.add(P0, 0, [(OrderingKey("a", "host-1//disk"), "event")])
+    ds["a"].ready.append(job)
+    assert ds["a"].may_start(1.0)
+    ds["a"].request_ended(1.0, 4.0, P0)
+    assert list(ds["a"].spent[P0]) == [4.0]
+    assert ds["a"].earliest_start(61.0) == 64.0
