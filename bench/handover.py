@@ -21,8 +21,11 @@ total and from each change to the next; per change, the stopped member's partiti
 (`owned`), how long it took to stop, when its successor logged "assigned" and when an
 event of those partitions was next accepted (`resume_s`, from the member's end, rate-limit
 waits included); whether every produced event was accepted (nothing lost) and each host's
-order kept; the warnings and errors in the processes' logs. Tables, then all of it as JSON
-on the last line of stdout.
+order kept; who sent the requests of each source's busiest window and of the window
+that ended with its first 429, and who drew the 429s (`senders.py`: each process by the
+ports it held; "4-p1" is the log file's incarnation); the warnings and errors in the
+processes' logs. Tables, then all of it as JSON on the last line of stdout; every answer
+(time, source, status, sender) in `answers.jsonl` beside the logs.
 """
 
 from __future__ import annotations
