@@ -167,6 +167,9 @@ def encode(note: PartitionNote, committed: int, max_bytes: int = MAX_BYTES) -> s
                 over = middle
         body["d"] = runs[: 2 * fit]
         text = _pack(body)
+    if len(text) > max_bytes and body["a"]:  # many destinations: their shares go first
+        body["a"] = {}  # (readers count the writer by its starts: the race it guards is rare)
+        text = _pack(body)
     if len(text) > max_bytes:  # many busy destinations: each one's starts at its latest tick
         body["s"] = {n: _spent_json(s, most, coarse=True) for n, s in sorted(note.spent.items())}
         text = _pack(body)
@@ -207,21 +210,32 @@ def _count(value: Any, limit: int) -> int:
     return int(value)
 
 
+def _shares(value: Any) -> tuple[int, int]:
+    """An announced [share, key share]; anything else is not told (0, 0): shares only
+    ever keep room for their writer, so a bad pair loses nothing the note hands over."""
+    if not isinstance(value, list) or len(value) < 2:
+        return 0, 0
+    try:
+        return min(_count(value[0], MAX_TICK), MAX_COUNT), min(
+            _count(value[1], MAX_TICK), MAX_COUNT
+        )
+    except ValueError:
+        return 0, 0
+
+
 def _note(body: Any, committed: int, keep: Mapping[str, int] | None, *, old: bool) -> PartitionNote:
     if not isinstance(body, dict) or not isinstance(body["s"], dict):
         raise ValueError("not a note")
     spent, starts = {}, 0
     shares = body.get("a", {})  # not told: s1, or s2 before shares were announced
-    if not isinstance(shares, dict) or not all(
-        isinstance(v, list) and len(v) == 2 for v in shares.values()
-    ):
-        raise ValueError("shares are not pairs")
+    if not isinstance(shares, dict):
+        raise ValueError("shares are not a map")
     for name, entry in body["s"].items():
         if old:  # s1: one delta per start
             deltas, paused, tail, waiting = entry
             counts = [1] * len(deltas) if isinstance(deltas, list) else None
-        else:
-            deltas, counts, paused, tail, waiting = entry
+        else:  # fields a later version may add are not read
+            deltas, counts, paused, tail, waiting, *_ = entry
         if not isinstance(deltas, list) or not isinstance(counts, list):
             raise ValueError("starts are not lists")
         runs: list[tuple[int, int]] = []
@@ -246,7 +260,7 @@ def _note(body: Any, committed: int, keep: Mapping[str, int] | None, *, old: boo
             _count(paused, MAX_TICK) * RESOLUTION,
             min(_count(tail, MAX_TICK), MAX_COUNT),  # a huge limit's tail: counted, capped
             min(_count(waiting, MAX_TICK), MAX_COUNT),
-            *(min(_count(x, MAX_TICK), MAX_COUNT) for x in shares.get(str(name), (0, 0))),
+            *_shares(shares.get(str(name))),
         )
     done_runs = body["d"]
     if not isinstance(done_runs, list) or len(done_runs) > 2 * MAX_DONE:

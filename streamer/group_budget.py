@@ -68,9 +68,11 @@ class GroupBudget:
         # a raise waits until the others read our demand (a note and a view away)
         self.raise_after = tail_seconds + view_interval
         # A live member's notes are written again every commit interval (the write time
-        # changes them); one older than this is a member's that is gone (killed, or on a
-        # partition nobody committed since): its share is no longer kept for it.
+        # changes them): one whose write time has not moved for this long by our clock
+        # (theirs may run wrong) is gone (killed, or its partitions idle and nobody's
+        # since): its share is no longer kept for it.
         self.fresh = 2 * tail_seconds
+        self._written: dict[str, tuple[float, float]] = {}  # writer: (latest, seen at)
         self._next_view = 0.0
         self._done: dict[Partition, frozenset[int]] = {}  # inherited offset maps
         self._tails_taken: set[str] = set()  # writers whose tail was already counted
@@ -192,19 +194,29 @@ class GroupBudget:
         # per other member, per destination: its starts and announced shares
         members: dict[str, dict[str, _Theirs]] = {}
         others: dict[str, int] = {}
+        written: dict[str, tuple[float, float]] = {}
         for p, (offset, metadata) in committed.items():
             if p in mine:
                 continue
             note = decode(metadata, offset, limits)
+            before = written.get(note.writer) or self._written.get(note.writer)
+            if before is None or note.written > before[0]:
+                written[note.writer] = (note.written, now)
+            else:
+                written[note.writer] = before
             for name, spent in note.spent.items():
                 others[name] = others.get(name, 0) + (spent.waiting > 0)
                 if note.writer == self.writer:
                     continue  # a partition we let go: its starts are in our limiters
                 theirs = members.setdefault(note.writer, {}).setdefault(name, _Theirs())
                 theirs.starts += [min(t + to_now, now + SKEW) for t in spent.starts]
-                if note.written > wall - self.fresh:
-                    theirs.limit = max(theirs.limit, spent.limit)
-                    theirs.key_limit = max(theirs.key_limit, spent.key_limit)
+                theirs.limit = max(theirs.limit, spent.limit)
+                theirs.key_limit = max(theirs.key_limit, spent.key_limit)
+        self._written = written  # writers in no note any more are forgotten
+        for writer, theirs_by_name in members.items():
+            if now - written[writer][1] >= self.fresh:
+                for theirs in theirs_by_name.values():
+                    theirs.limit = theirs.key_limit = 0
         demand = {}
         for state in self.destinations:
             waiting = {w.job.partition for w in state.ready.waiting()}

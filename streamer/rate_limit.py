@@ -121,10 +121,12 @@ class RollingWindowLimiter:
         self._room_at = -math.inf
         most = self._ceiling or 0  # past the ceiling, older starts cannot matter
         self._others = [(sorted(starts)[-most:], max(0, share)) for starts, share in others]
-        if sum(share for _, share in self._others) >= most:
-            # Their shares alone fill the limit: shares rounded up to 1 (more replicas than
-            # the limit allows) cannot all be kept. Counted by their starts, as before.
-            self._others = [(starts, 0) for starts, _ in self._others]
+        total = sum(share for _, share in self._others)
+        if total >= most:
+            # Their shares alone fill the limit (shares rounded up to 1: more replicas than
+            # the limit allows; or a raise announced before another's cut is seen): kept
+            # in proportion, leaving one start of room, never none.
+            self._others = [(starts, share * (most - 1) // total) for starts, share in self._others]
 
     def _ceiling_frees(self, now: float) -> float:
         """When the group leaves room under the ceiling for one more start of ours (the
@@ -174,11 +176,15 @@ class RollingWindowLimiter:
 
 
 def move_later(times: deque[float], was: float, now: float) -> None:
-    """Moves one `was` of the sorted `times` to `now`, if later; they stay sorted."""
+    """Moves one `was` of the sorted `times` to `now`, if later; they stay sorted. A `was`
+    no longer there (a request that took longer than the window: it aged out) is put
+    back at `now`: its arrival may still count."""
+    if now <= was:
+        return
     i = bisect.bisect_left(times, was)
-    if now > was and i < len(times) and times[i] == was:
+    if i < len(times) and times[i] == was:
         del times[i]
-        bisect.insort(times, now)
+    bisect.insort(times, now)
 
 
 def acquire(limiters: Sequence[RollingWindowLimiter], now: float) -> float | None:

@@ -168,6 +168,13 @@ def test_shares_are_announced_where_an_earlier_reader_does_not_look() -> None:
     assert earlier.spent["a"] == Spent((NOW,), 0.0, 3, 1) and earlier.written == 0.0
 
 
+def test_a_bad_share_or_a_later_field_loses_nothing_else_of_the_note() -> None:
+    body = {"w": "w0", "f": 0, "s": {"a": [[budget._up(NOW)], [2], 0, 3, 1, 99]}, "d": [0, 1]}
+    for shares in ({"a": [2**60, "x"]}, {"a": [1]}, {"zz": [1, 2, 3]}):
+        note = decode(budget._pack(body | {"a": shares}), committed=10)
+        assert note.spent["a"] == Spent((NOW, NOW), 0.0, 3, 1) and note.done == {10}
+
+
 def test_a_reader_reads_only_its_destinations_and_their_latest_starts() -> None:
     """A hostile (or buggy) 91-byte note claiming 100,000 starts in one tick costs a reader
     no more than its own limit."""
@@ -195,3 +202,11 @@ def test_encoding_never_fails_however_many_destinations_are_busy() -> None:
     many = {f"dest-{i}": Spent((NOW,), 0.0, 5, 3) for i in range(2_000)}
     text = encode(PartitionNote("w", False, many), committed=0)
     assert len(text) <= MAX_BYTES and decode(text, committed=0).overflow
+
+
+def test_shares_are_the_first_thing_a_note_too_large_leaves_out() -> None:
+    """They only keep room for their writer: its starts and pauses matter more."""
+    many = {f"dest-{i}": Spent((NOW + i,), 0.0, 3, 1, 40 + i, 900 + i) for i in range(300)}
+    back = decode(encode(PartitionNote("w", False, many, written=NOW), 0), 0)
+    assert not back.overflow and back.spent["dest-299"].starts == (NOW + 299,)
+    assert back.spent["dest-0"].limit == 0

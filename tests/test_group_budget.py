@@ -294,3 +294,18 @@ def test_a_gone_members_share_is_no_longer_kept_once_its_notes_are_old() -> None
             sum(start(other_ds, other_ledger, P1, int(now * 100) + i, now) for i in range(10))
             == can
         )
+
+
+def test_a_live_member_whose_clock_runs_behind_keeps_its_share() -> None:
+    """Freshness is judged by when a member's notes last changed, by the reader's clock:
+    one running seconds behind is not taken for gone."""
+    late, late_ds, late_ledger = member(limit=10, writer="late")
+    late_ledger.assign(P0)
+    late_ds.share(1, 2)  # 5
+    other, other_ds, other_ledger = member(limit=10, writer="other")
+    other_ledger.assign(P1)
+    for now in (1.0, 2.0, 3.0, 4.0, 5.0):
+        note = late.notes({P0: 0}, now=now, wall=WALL + now - 30.0, final=False)[P0]
+        other.observe({P0: (0, note)}, now=now, wall=WALL + now, total_partitions=2)
+    other_ds["a"].limiter.set_limit(10)
+    assert sum(start(other_ds, other_ledger, P1, i, 5.0) for i in range(10)) == 5

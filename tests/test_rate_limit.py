@@ -271,9 +271,21 @@ def test_a_raise_waits_and_a_cut_applies_at_once() -> None:
     assert limiter.limit == 5
 
 
-def test_shares_rounded_up_past_the_limit_count_by_starts_not_forever() -> None:
-    """More replicas than a limit allows (each keeps a share of at least 1): keeping every
-    share would leave nobody room at all; they count by their starts instead."""
+def test_shares_that_fill_the_limit_are_kept_in_proportion_leaving_room() -> None:
+    """More replicas than a limit allows (each keeps a share of at least 1), or a raise
+    announced before another's cut is seen: keeping every share would leave nobody room
+    at all; they are kept in proportion, one start of room left."""
     limiter = RollingWindowLimiter(1, 10.0, margin=0.0)
     limiter.set_ceiling(2, [([], 1), ([], 1)])
     assert acquire([limiter], 0.0) is None
+    limiter = RollingWindowLimiter(120, 10.0, margin=0.0)
+    limiter.set_ceiling(120, [([], 60), ([], 60)])  # 59 each kept
+    assert sum(acquire([limiter], 0.0) is None for _ in range(120)) == 2
+
+
+def test_a_request_longer_than_the_window_keeps_its_slot_from_its_answer() -> None:
+    limiter = RollingWindowLimiter(1, 10.0, margin=0.0)
+    assert acquire([limiter], 0.0) is None
+    assert limiter.next_start(11.0) == 11.0  # its start left the window (still in flight)
+    limiter.ended(0.0, 12.0)
+    assert acquire([limiter], 12.5) == 22.0
