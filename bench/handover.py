@@ -17,7 +17,8 @@ while the scenario runs, so both sources always have a backlog; then it drains.
 
 Reported per scenario: each source's busiest 60 s window (requests the double answered,
 429s included) against the limit; the 429s and the accepted events accepted again, in
-total and from each change to the next; per change, the stopped member's partitions
+total, from each change to the next (the last one's until the storm stops) and while the
+backlog drains (demand shifts between members then); per change, the stopped member's partitions
 (`owned`), how long it took to stop, when its successor logged "assigned" and when an
 event of those partitions was next accepted (`resume_s`, from the member's end, rate-limit
 waits included); whether every produced event was accepted (nothing lost) and each host's
@@ -247,8 +248,15 @@ def by_sender(answers: list[Any], senders: Senders, start: float, end: float) ->
 
 
 def measure(
-    fake: FakeIncidentIo, storm: Storm, changes: list[Change], began: float, senders: Senders
+    fake: FakeIncidentIo,
+    storm: Storm,
+    changes: list[Change],
+    began: float,
+    senders: Senders,
+    drain_began: float,
 ) -> dict[str, Any]:
+    """`drain_began`: when the storm stopped; the last change's row ends there (what
+    comes after is the drain's, reported apart: shares shift as backlogs empty)."""
     answers, events = fake.answers, sorted(fake.events, key=lambda e: e.received_at)
     sources, windows = {}, []
     for source in SOURCES.values():
@@ -285,7 +293,7 @@ def measure(
         produced_order[host].append(event_id)
     rows = []
     for k, c in enumerate(changes):
-        end = changes[k + 1].at if k + 1 < len(changes) else float("inf")
+        end = changes[k + 1].at if k + 1 < len(changes) else drain_began
         gone = c.at + c.stop_seconds
         resumed = next((t for t, p in accepted_in if t > gone and p in c.owned), None)
         assigned = c.successor.assigned_at()
@@ -310,6 +318,8 @@ def measure(
         "duplicates": len(repeats),
         "duplicates_before_changes": sum(1 for t in repeats if t < changes[0].at),
         "429s_before_changes": sum(1 for t in too_many if t < changes[0].at),
+        "429s_while_draining": sum(1 for t in too_many if t >= drain_began),
+        "duplicates_while_draining": sum(1 for t in repeats if t >= drain_began),
         "lost": len({event_id for event_id, _ in storm.produced} - seen),
         "order_kept": first_order == produced_order,
         "windows": windows,
@@ -367,6 +377,7 @@ def scenario(infra: Infrastructure, name: str, args: argparse.Namespace) -> dict
         try:
             changes = (rolling if name == "rolling" else kill9)(start, args)
             storm.stopping.set()
+            drain_began = time.time()
             storm.thread.join()
             produced = {event_id for event_id, _ in storm.produced}
             drained = wait_until(
@@ -383,7 +394,7 @@ def scenario(infra: Infrastructure, name: str, args: argparse.Namespace) -> dict
                 member.process.send_signal(signal.SIGTERM)
             codes = {m.name: m.process.wait(120) for m in running}
             senders.stop()
-        result = measure(fake, storm, changes, began, senders)
+        result = measure(fake, storm, changes, began, senders, drain_began)
         with (logs / "answers.jsonl").open("w") as out:  # for a closer look afterwards
             for a in fake.answers:
                 sender = senders.of(a.client_port, a.at)
@@ -417,7 +428,8 @@ def report(name: str, r: dict[str, Any]) -> None:
     print(f"429s by sender: {r['429s_by_sender'] or '-'}")
     print(
         f"duplicates {r['duplicates']} ({r['duplicates_before_changes']} before any change), "
-        f"429s before any change {r['429s_before_changes']}; "
+        f"429s before any change {r['429s_before_changes']}, while draining "
+        f"{r['429s_while_draining']} (duplicates {r['duplicates_while_draining']}); "
         f"never accepted {r['lost']} (nothing lost: {'yes' if r['lost'] == 0 else 'NO'}); "
         f"per-host order kept: {'yes' if r['order_kept'] else 'NO'}; "
         f"exit codes at the end {r['exit_codes_at_the_end']}"
