@@ -21,8 +21,15 @@ Invariants (tests/test_group_budget.py):
 4. **Accepted work is skipped, not redone**: the offsets a note says were terminal above
    its committed offset are terminal at once for the next owner.
 
-Monotonic time for decisions, wall-clock time in notes (another process reads them):
-`wall - now` converts between them, taken by the caller at the same moment.
+Monotonic time for decisions, wall-clock time in notes (another process reads them).
+5. **Another member's clock is never trusted.** A time in a note is read relative to the
+   note's own write time, anchored at when this member first saw that write time (by its
+   own clock): `t - written + seen`. A note is seen after it was written, so inherited
+   starts and pauses look younger than they are (they leave the window late, never early)
+   whether the writer's clock runs ahead or behind, and a note that is never written again
+   (a gone member's, an idle partition's) ages by the reader's clock and stops counting a
+   window after it was first seen. Notes of writers that do not say when they wrote
+   (`written` 0, an older version) are read by their clock, at most `SKEW` ahead.
 """
 
 from __future__ import annotations
@@ -188,31 +195,34 @@ class GroupBudget:
     ) -> None:
         """The group's committed notes, read again: the starts of partitions others own
         count against each limit's ceiling, and shares follow where deliveries wait."""
-        to_now = now - wall
         mine = set(self.ledger.partitions)
         limits = self._limits()
-        # per other member, per destination: its starts and announced shares
-        members: dict[str, dict[str, _Theirs]] = {}
-        others: dict[str, int] = {}
-        written: dict[str, tuple[float, float]] = {}
-        for p, (offset, metadata) in committed.items():
-            if p in mine:
-                continue
-            note = decode(metadata, offset, limits)
+        notes = [
+            decode(metadata, offset, limits)
+            for p, (offset, metadata) in committed.items()
+            if p not in mine
+        ]
+        written: dict[str, tuple[float, float]] = {}  # writer: (latest write time, seen at)
+        for note in notes:
             before = written.get(note.writer) or self._written.get(note.writer)
             if before is None or note.written > before[0]:
                 written[note.writer] = (note.written, now)
             else:
                 written[note.writer] = before
+        self._written = written  # writers in no note any more are forgotten
+        # per other member, per destination: its starts and announced shares
+        members: dict[str, dict[str, _Theirs]] = {}
+        others: dict[str, int] = {}
+        for note in notes:
+            shift, latest = self._reading(note, now, wall)
             for name, spent in note.spent.items():
                 others[name] = others.get(name, 0) + (spent.waiting > 0)
                 if note.writer == self.writer:
                     continue  # a partition we let go: its starts are in our limiters
                 theirs = members.setdefault(note.writer, {}).setdefault(name, _Theirs())
-                theirs.starts += [min(t + to_now, now + SKEW) for t in spent.starts]
+                theirs.starts += [min(t + shift, latest) for t in spent.starts]
                 theirs.limit = max(theirs.limit, spent.limit)
                 theirs.key_limit = max(theirs.key_limit, spent.key_limit)
-        self._written = written  # writers in no note any more are forgotten
         for writer, theirs_by_name in members.items():
             if now - written[writer][1] >= self.fresh:
                 for theirs in theirs_by_name.values():
@@ -250,7 +260,7 @@ class GroupBudget:
         """The previous owner's note for `partition`: its budget becomes ours, its offset
         map is skipped."""
         note = decode(metadata, committed, self._limits())
-        to_now = now - wall
+        shift, latest = self._reading(note, now, wall)
         if note.done:
             self._done[partition] = note.done
         # Our own note (an eager rebalance handed the partition back): its starts are in
@@ -269,13 +279,11 @@ class GroupBudget:
                 state = self.destinations[name]
             except KeyError:
                 continue  # a destination the configuration no longer has
-            # Stored times are rounded up, and clocks differ a little: a start up to SKEW
-            # ahead is taken as it is (it leaves the window late, never early); one further
-            # ahead (a writer whose clock runs wrong) counts as SKEW from now, not a year.
+            # read by the writer's write time (invariant 5): late, never early
             starts = [
-                min(t + to_now, now + SKEW)
+                min(t + shift, latest)
                 for t in spent.starts
-                if t + to_now > now - state.limiter.window
+                if t + shift > now - state.limiter.window
             ]
             if tail_counts:  # what the writer may have started unseen
                 starts += [now] * min(spent.tail, state.spec.events_per_minute)
@@ -287,8 +295,19 @@ class GroupBudget:
             mine.extend(starts)
             state.spent[partition] = deque(sorted(mine))
             if spent.paused_until:  # a 429's pause, never longer than any retry-after allows
-                state.limiter.pause_until(min(spent.paused_until + to_now, now + MAX_PAUSE))
+                state.limiter.pause_until(min(spent.paused_until + shift, now + MAX_PAUSE))
         return note
+
+    def _reading(self, note: PartitionNote, now: float, wall: float) -> tuple[float, float]:
+        """How to read the times in `note` on our monotonic clock: `(shift, latest)`, a
+        time `t` reads as `min(t + shift, latest)` (invariant 5). Ours are read exactly."""
+        if note.writer == self.writer or note.written <= 0:
+            return now - wall, now + SKEW
+        written, seen = self._written.get(note.writer, (note.written, now))
+        if note.written > written:  # newer than any note of its writer seen so far
+            written, seen = note.written, now
+        # nothing in a note is later than its writing (a start, rounded up, by a tick)
+        return seen - written, seen + SKEW
 
     def _limits(self) -> dict[str, int]:
         """How many starts of each destination a note is read for (the latest: past the

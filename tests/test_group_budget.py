@@ -309,3 +309,65 @@ def test_a_live_member_whose_clock_runs_behind_keeps_its_share() -> None:
         other.observe({P0: (0, note)}, now=now, wall=WALL + now, total_partitions=2)
     other_ds["a"].limiter.set_limit(10)
     assert sum(start(other_ds, other_ledger, P1, i, 5.0) for i in range(10)) == 5
+
+
+def test_a_gone_members_note_from_a_clock_running_ahead_stops_counting_a_window_later() -> None:
+    """Issue 22 item 2: a member whose clock ran an hour ahead leaves a note that is never
+    written again (its partition is idle). Its starts age by the reader's clock: a window
+    after the reader first saw the note, the destination is free again (not "next start
+    in 65 s" for as long as the note stays on the broker)."""
+    hour = 3600.0
+    gone, gone_ds, gone_ledger = member(limit=10, writer="gone")
+    gone_ledger.assign(P0)
+    for offset in range(10):
+        assert start(gone_ds, gone_ledger, P0, offset, 1.0)
+    note = gone.notes({P0: 0}, now=1.0, wall=WALL + 1.0 + hour, final=False)[P0]
+    other, other_ds, other_ledger = member(limit=10, writer="other")
+    other_ledger.assign(P1)
+    window = other_ds["a"].limiter.window
+    for now in (2.0, 10.0, 2.0 + window / 2):
+        other.observe({P0: (0, note)}, now=now, wall=WALL + now, total_partitions=2)
+        other_ds["a"].limiter.set_limit(10)
+        assert not start(other_ds, other_ledger, P1, int(now * 100), now)  # the window is full
+    later = 2.0 + window + 1.0
+    other.observe({P0: (0, note)}, now=later, wall=WALL + later, total_partitions=2)
+    other_ds["a"].limiter.set_limit(10)
+    assert sum(start(other_ds, other_ledger, P1, 10_000 + i, later) for i in range(10)) == 10
+
+
+def test_a_previous_owner_whose_clock_runs_behind_is_counted_for_a_whole_real_window() -> None:
+    """Issue 22 item 3: the previous owner's clock runs 45 s behind, so its starts look 45 s
+    older than they are; read by its note's write time they count for a whole real window:
+    no more than the limit starts in any real window across the two owners."""
+    behind = 45.0
+    old, old_ds, old_ledger = member(limit=10, writer="old")
+    old_ledger.assign(P0)
+    for offset in range(10):
+        assert start(old_ds, old_ledger, P0, offset, 1.0)
+    note = old.notes({P0: 0}, now=1.0, wall=WALL + 1.0 - behind, final=True)[P0]
+    new, new_ds, new_ledger = member(limit=10, writer="new")
+    new_ledger.assign(P0)
+    new.take_over(P0, note, 0, now=1.5, wall=WALL + 1.5)
+    window = new_ds["a"].limiter.window
+    starts = [
+        now
+        for i, now in enumerate(1.5 + k * 0.5 for k in range(int(4 * window)))
+        if start(new_ds, new_ledger, P0, 100 + i, now)
+    ]
+    assert starts and starts[0] >= 1.0 + window  # none before the real window ends
+
+
+def test_the_same_note_read_again_does_not_move_its_starts() -> None:
+    """Reading a note again is not news: its starts stay where they were first placed."""
+    writer, w_ds, w_ledger = member(limit=10, writer="w1")
+    w_ledger.assign(P0)
+    for offset in range(10):
+        assert start(w_ds, w_ledger, P0, offset, 1.0)
+    note = writer.notes({P0: 0}, now=1.0, wall=WALL + 1.0, final=False)[P0]
+    reader, r_ds, r_ledger = member(limit=10, writer="r")
+    r_ledger.assign(P1)
+    window = r_ds["a"].limiter.window
+    for now in [1.5 + k for k in range(int(window) + 3)]:
+        reader.observe({P0: (0, note)}, now=now, wall=WALL + now, total_partitions=2)
+    r_ds["a"].limiter.set_limit(10)
+    assert r_ds["a"].limiter.next_start(1.5 + window + 2) <= 1.5 + window + 2
