@@ -16,6 +16,16 @@ Pure: a status, headers and body (or a transport error) in, a decision out.
 - 3xx: the destination's base URL has moved (redirects are never followed: the token
   would go wherever the Location says): hold the destination too, naming the Location
   without its query string (which may carry a token), bounded in length.
+
+A hostile or broken answer changes none of this (DESIGN.md guarantee 8; issue 22): the
+status decides, and `decide_response` never raises. A body is read as JSON only when it is
+an object of at most MAX_PARSED_BODY bytes that the parser can take (one nested past the
+recursion limit, a 4,301-digit number, invalid UTF-8: no body at all); a `request_id`
+counts only as a short printable string. A 429 always pauses the limiter, for between
+`default_rate_limit_wait` and MAX_RETRY_AFTER: the latest retry-after given (the body's
+`rate_limit.retry_after` date, a `Retry-After` header of ASCII digits or an HTTP date),
+clamped to that range; none readable (negative, fractional, NaN, a date that does not
+exist, longer than MAX_DATE_LENGTH): the default wait.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -31,6 +42,12 @@ from typing import Any
 MAX_BODY_IN_DEAD_LETTER = 4096
 MAX_RETRY_AFTER = 600.0  # seconds: the longest pause a 429 may impose
 MAX_LOCATION_IN_REASON = 200
+# incident.io's answers are a few hundred bytes (incident_io.MAX_ANSWER_BODY cuts at 64 KiB).
+MAX_PARSED_BODY = 64 * 1024
+MAX_REQUEST_ID = 128
+MAX_SUMMARY = 200  # characters of an error summary in a reason
+MAX_DATE_LENGTH = 64  # an HTTP date is 29 characters
+_DELAY_SECONDS = re.compile(r"[0-9]+")  # RFC 9110 delay-seconds: ASCII digits only
 
 
 @dataclass(frozen=True)
@@ -101,7 +118,7 @@ class FailurePolicy:
         rng: Callable[[], float] = random.random,
     ) -> Decision:
         parsed = _json(body)
-        request_id = parsed.get("request_id") if isinstance(parsed.get("request_id"), str) else None
+        request_id = _request_id(parsed.get("request_id"))
         if 200 <= status < 300:
             return Accepted(request_id)
         if status == 429:
@@ -156,24 +173,27 @@ class FailurePolicy:
         return Retry(self.backoff.delay(attempt, rng), reason, request_id)
 
     def _retry_at(self, headers: Mapping[str, str], body: dict[str, Any], now: float) -> float:
-        """The latest of the times incident.io gave; a default wait when it gave none."""
+        """The latest of the times incident.io gave, clamped to [default wait, MAX_RETRY_AFTER]
+        from now; the default wait when it gave none that can be read."""
         candidates = []
         rate_limit = body.get("rate_limit")
         if isinstance(rate_limit, dict) and isinstance(rate_limit.get("retry_after"), str):
             candidates.append(_http_date(rate_limit["retry_after"]))
         header = _header(headers, "retry-after")
-        if header is not None:
+        if isinstance(header, str):
             header = header.strip()
-            if header.isdigit():
-                candidates.append(now + int(header))
+            if _DELAY_SECONDS.fullmatch(header):
+                candidates.append(_delay_seconds(header, now))
             else:
                 candidates.append(_http_date(header))
-        found = [c for c in candidates if c is not None and math.isfinite(c)]
+        found = [c for c in candidates if c is not None and not math.isnan(c)]
+        latest = max(found, default=now)
         # A retry-after past MAX_RETRY_AFTER is not believed (a broken proxy, a year-long
-        # date): the limiter pauses that long at most, then asks again.
-        return (
-            min(max(found), now + MAX_RETRY_AFTER) if found else now + self.default_rate_limit_wait
-        )
+        # date): the limiter pauses that long at most, then asks again. One already past
+        # (a stale date, a clock behind ours, "0") still pauses for the default wait: the
+        # 429 says this window is spent, and retrying at once would only meet another.
+        earliest = now + self.default_rate_limit_wait
+        return min(max(latest, earliest), now + MAX_RETRY_AFTER)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -199,36 +219,69 @@ def _location(headers: Mapping[str, str]) -> str:
     return printable
 
 
+def _delay_seconds(digits: str, now: float) -> float:
+    """`now` + a delay-seconds of any length (past nine digits, 31 years: infinity)."""
+    significant = digits.lstrip("0")
+    return math.inf if len(significant) > 9 else now + int(significant or "0")
+
+
 def _http_date(text: str) -> float | None:
+    """The date as epoch seconds; None for anything that is not one (never raises)."""
+    if len(text) > MAX_DATE_LENGTH:
+        return None
     try:
         # incident.io writes "Thu, 17 Apr 2025 11:17:18 UTC"; RFC 9110 says GMT.
-        return parsedate_to_datetime(text.replace(" UTC", " GMT")).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return None
+        when = parsedate_to_datetime(text.replace(" UTC", " GMT")).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError, OSError):
+        return None  # a year, day or zone no calendar has: OverflowError, ValueError
+    return when if math.isfinite(when) else None
 
 
 def _json(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or {} when it is anything else: too long to be
+    incident.io's, not JSON, or nested deeper than the parser goes (its RecursionError is
+    raised as it descends, before anything is built: safe to catch)."""
+    if len(body) > MAX_PARSED_BODY:
+        return {}
     try:
         parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return {}
     return parsed if isinstance(parsed, dict) else {}
 
 
+def _request_id(value: Any) -> str | None:
+    """incident.io's request id, if it looks like one: it goes into logs and dead letters."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID and value.isprintable():
+        return value
+    return None
+
+
+def _printable(text: str, limit: int) -> str:
+    """`text` fit for a log line: control characters as "?", at most `limit` characters."""
+    text = text[: limit + 1]
+    shown = "".join(c if c.isprintable() else " " if c.isspace() else "?" for c in text)
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
 def _summary(body: dict[str, Any], text: str) -> str:
+    """incident.io's errors as "code (field): message; …", at most MAX_SUMMARY characters.
+    Only strings are shown: a value nested hundreds deep has a repr that recurses."""
     errors = body.get("errors")
     if isinstance(errors, list) and errors:
         parts = []
         for error in errors[:5]:
             if isinstance(error, dict):
-                field = (
-                    (error.get("source") or {}).get("field")
-                    if isinstance(error.get("source"), dict)
-                    else None
-                )
+                source = error.get("source")
+                field = _string(source.get("field")) if isinstance(source, dict) else None
                 parts.append(
-                    f"{error.get('code')}{f' ({field})' if field else ''}: {error.get('message')}"
+                    f"{_string(error.get('code'))}{f' ({field})' if field else ''}: "
+                    f"{_string(error.get('message'))}"
                 )
         if parts:
-            return "; ".join(parts)
-    return text[:200] or "(no body)"
+            return _printable("; ".join(parts), MAX_SUMMARY)
+    return _printable(text, MAX_SUMMARY) or "(no body)"
+
+
+def _string(value: Any) -> str | None:
+    return value[: MAX_SUMMARY + 1] if isinstance(value, str) else None

@@ -148,3 +148,141 @@ def test_a_retry_after_past_the_cap_pauses_only_as_long_as_the_cap() -> None:
         )
         assert isinstance(decision, RateLimited)
         assert decision.retry_at == now + MAX_RETRY_AFTER
+
+
+# -- hostile answers (issue 22, item 6): every one ends in a bounded, stated outcome --------
+
+DEEP_ARRAY = b"[" * 60_000 + b"]" * 60_000
+DEEP_OBJECT = b'{"a":' * 60_000 + b"1" + b"}" * 60_000
+HOSTILE_BODIES = {
+    "deep-array": DEEP_ARRAY,
+    "deep-object": DEEP_OBJECT,
+    "deep-request-id": b'{"request_id": ' + DEEP_ARRAY + b"}",
+    "deep-rate-limit": b'{"rate_limit": {"retry_after": ' + DEEP_ARRAY + b"}}",
+    "deep-errors": b'{"errors": [{"code": "x", "message": ' + DEEP_ARRAY + b"}]}",
+    "huge": b'{"request_id": "' + b"r" * 5_000_000 + b'"}',
+    "huge-garbage": b"\xff\x00{[" * 1_000_000,
+    "nan": b'{"request_id": NaN, "rate_limit": {"retry_after": NaN}}',
+    "huge-number": b'{"rate_limit": {"retry_after": 1' + b"0" * 10_000 + b"}}",
+}
+
+
+@pytest.mark.parametrize("body", HOSTILE_BODIES.values(), ids=HOSTILE_BODIES.keys())
+def test_a_202_is_done_whatever_its_body(body) -> None:
+    """A 202 whose body nests 60,000 levels deep was retried forever: RecursionError
+    escaped the parsing, and the caller took it for no answer at all."""
+    decision = decide(202, body)
+    assert isinstance(decision, Accepted)
+    assert decision.request_id is None
+
+
+@pytest.mark.parametrize("body", HOSTILE_BODIES.values(), ids=HOSTILE_BODIES.keys())
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [(429, RateLimited), (503, Retry), (422, Undeliverable), (401, HoldDestination)],
+)
+def test_a_hostile_body_keeps_the_decision_its_status_gives(body, status, outcome) -> None:
+    decision = decide(status, body)
+    assert isinstance(decision, outcome)
+    if isinstance(decision, RateLimited):
+        assert decision.retry_at == NOW + POLICY.default_rate_limit_wait
+    if isinstance(decision, Undeliverable | HoldDestination):
+        assert len(decision.reason) <= 300
+    if isinstance(decision, Undeliverable):
+        assert len(decision.body) <= 4096
+
+
+def test_a_request_id_is_kept_only_when_it_is_a_short_printable_string() -> None:
+    assert decide(202, b'{"request_id": "req-1"}') == Accepted("req-1")
+    assert decide(202, b'{"request_id": "' + b"r" * 1000 + b'"}') == Accepted(None)
+    assert decide(202, b'{"request_id": "a\\u001b[31mb"}') == Accepted(None)
+    assert decide(202, b'{"request_id": 7}') == Accepted(None)
+
+
+def _rate_limited(headers, body=b"{}") -> float:
+    decision = decide(429, body, headers)
+    assert isinstance(decision, RateLimited), decision
+    return decision.retry_at
+
+
+CAP = NOW + 600.0  # MAX_RETRY_AFTER: the longest pause a 429 may impose
+DEFAULT = NOW + 1.0  # default_rate_limit_wait: unreadable, missing or already past
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "expected"),
+    [
+        ("9" * 4_000, CAP),  # the issue's: int() takes it, float() overflows
+        ("9" * 5_000, CAP),  # past int()'s 4,300-digit limit
+        ("0" * 5_000 + "17", NOW + 17),  # leading zeros are still 17 seconds
+        ("  42 ", NOW + 42),
+        ("0", DEFAULT),  # a 429 always pauses the limiter: never shorter than the default
+        ("-5", DEFAULT),
+        ("NaN", DEFAULT),
+        ("inf", DEFAULT),
+        ("1e999", DEFAULT),
+        ("2.5", DEFAULT),
+        ("soon", DEFAULT),
+        ("", DEFAULT),
+        ("\u00b2", DEFAULT),  # str.isdigit() says yes, int() says no
+        ("\u0663", DEFAULT),  # an Arabic-Indic 3: not a delay-seconds
+        ("5, 10", DEFAULT),  # two headers joined
+        ("x" * 100_000, DEFAULT),
+        (http_date(NOW + 120), NOW + 120),
+        (http_date(NOW - 3600), DEFAULT),  # already past: a skewed clock or a stale date
+        ("Fri, 31 Dec 9999 23:59:59 GMT", CAP),
+        ("Fri, 31 Dec 99999999999999999999999 23:59:59 GMT", DEFAULT),  # no such year
+        ("Fri, 99 Dec 2025 99:99:99 GMT", DEFAULT),
+        ("Mon, 01 Jan 0001 00:00:00 GMT", DEFAULT),
+        ("Thu, 01 Jan 1970 00:00:00 +9999", DEFAULT),
+        ("Fri, 31 Dec 2025 23:59:59 " + "9" * 4_000, DEFAULT),  # a zone no clock has
+    ],
+)
+def test_a_hostile_retry_after_header_still_pauses_the_limiter_within_bounds(
+    retry_after, expected
+) -> None:
+    """A 429 with a 4,000-digit Retry-After was a plain retry: the limiter never paused."""
+    assert _rate_limited({"Retry-After": retry_after}) == expected
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "expected"),
+    [
+        ("Fri, 31 Dec 9999 23:59:59 UTC", CAP),
+        ("Fri, 31 Dec 99999999999999999999999 23:59:59 UTC", DEFAULT),
+        ("9" * 4_000, DEFAULT),  # the body's is a date, never seconds
+        ("x" * 100_000, DEFAULT),
+        (http_date(NOW - 60), DEFAULT),
+        (1e308, DEFAULT),
+        (None, DEFAULT),
+        ([["deep"]], DEFAULT),
+    ],
+)
+def test_a_hostile_rate_limit_retry_after_in_the_body_still_pauses_within_bounds(
+    retry_after, expected
+) -> None:
+    body = json.dumps({"rate_limit": {"retry_after": retry_after}}).encode()
+    assert _rate_limited({}, body) == expected
+
+
+def test_a_garbage_retry_after_does_not_hide_a_good_one() -> None:
+    body = json.dumps({"rate_limit": {"retry_after": http_date(NOW + 30)}}).encode()
+    assert _rate_limited({"Retry-After": "9" * 4_000}, body) == CAP  # the later wins, capped
+    assert _rate_limited({"Retry-After": "garbage"}, body) == NOW + 30
+    assert _rate_limited({"Retry-After": "12"}, DEEP_ARRAY) == NOW + 12
+
+
+@given(
+    status=st.integers(100, 599),
+    retry_after=st.text(max_size=60) | st.from_regex(r"-?[0-9]{1,5000}", fullmatch=True),
+    body=st.binary(max_size=300)
+    | st.recursive(st.none(), lambda s: st.lists(s, max_size=2)).map(
+        lambda v: json.dumps({"rate_limit": {"retry_after": v}, "request_id": v}).encode()
+    ),
+)
+def test_any_answer_gets_a_decision_and_a_429_a_bounded_pause(status, retry_after, body) -> None:
+    decision = decide(status, body, {"Retry-After": retry_after})
+    assert isinstance(decision, Accepted | RateLimited | Retry | Undeliverable | HoldDestination)
+    if status == 429:
+        assert isinstance(decision, RateLimited)
+        assert DEFAULT <= decision.retry_at <= CAP

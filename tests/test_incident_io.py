@@ -14,7 +14,13 @@ import pytest
 from pydantic import SecretStr
 
 from streamer import __version__
-from streamer.failure_policy import FailurePolicy, HoldDestination
+from streamer.failure_policy import (
+    MAX_RETRY_AFTER,
+    Accepted,
+    FailurePolicy,
+    HoldDestination,
+    RateLimited,
+)
 from streamer.incident_io import MAX_ANSWER_BODY, IncidentIoClient, PostsAlertEvents
 from streamer.testing import FakeIncidentIo
 from tests.pipeline import TOKENS
@@ -414,3 +420,41 @@ def test_a_moved_destination_is_held_with_its_new_location(
     assert "https://api.moved.example/v2/alert_events/http/SRC_A" in decision.reason
     assert "leak" not in decision.reason
     assert len(fake.answers) == 1 and fake.events == []
+
+
+def answer_with(status: str, headers: bytes, body: bytes) -> Callable[[Peer, socket.socket], None]:
+    def behave(peer: Peer, connection: socket.socket) -> None:
+        connection.sendall(
+            f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n".encode()
+            + headers
+            + b"\r\n"
+            + body
+        )
+
+    return behave
+
+
+def test_a_202_nested_60000_levels_deep_is_accepted(
+    peer: Callable[..., Peer], make_client: Callable[..., PostsAlertEvents]
+) -> None:
+    """Issue 22: the answer's parsing raised RecursionError and the event was retried forever."""
+    server = peer(answer_with("202 Accepted", b"", b"[" * 60_000 + b"]" * 60_000))
+    answer = make_client(timeout=5).post_alert_event(server.url, "SRC_A", SecretStr("t"), PAYLOAD)
+    decision = FailurePolicy().decide_response(
+        answer.status, answer.headers, answer.body, attempt=0, first_attempt_at=0, now=0
+    )
+    assert answer.status == 202 and decision == Accepted(None)
+
+
+def test_a_429_with_a_4000_digit_retry_after_pauses_for_the_cap(
+    peer: Callable[..., Peer], make_client: Callable[..., PostsAlertEvents]
+) -> None:
+    """Issue 22: float(int("9" * 4000)) overflowed and the 429 became a plain retry."""
+    server = peer(
+        answer_with("429 Too Many Requests", b"Retry-After: " + b"9" * 4000 + b"\r\n", b"")
+    )
+    answer = make_client(timeout=5).post_alert_event(server.url, "SRC_A", SecretStr("t"), PAYLOAD)
+    decision = FailurePolicy().decide_response(
+        answer.status, answer.headers, answer.body, attempt=0, first_attempt_at=0, now=1000.0
+    )
+    assert decision == RateLimited(1000.0 + MAX_RETRY_AFTER)
