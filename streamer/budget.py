@@ -24,10 +24,11 @@ Invariants (property-tested in tests/test_budget.py):
    and could be anything: one that cannot be read (another version, another tool's
    metadata, a compression bomb, nesting past any sense) decodes to an empty note, and the
    next owner starts as it did before; one with numbers past sense (more starts than any
-   limit, an offset map of millions, times that are not finite) is refused as a whole the
-   same way. A tail or waiting count is capped at `MAX_COUNT`, never refused: a destination
-   with a huge limit (an unlimited one) has a huge tail, and refusing its note would lose
-   the other destinations' budget with it. Decoding costs at most `MAX_TEXT` decompressed bytes.
+   limit, an offset map of more than `MAX_DONE` runs, times that are not finite) is
+   refused as a whole the same way. A tail or waiting count is capped at `MAX_COUNT`,
+   never refused: a destination with a huge limit (an unlimited one) has a huge tail, and
+   refusing its note would lose the other destinations' budget with it. Decoding costs at
+   most `MAX_TEXT` decompressed bytes.
 
 Format: `s2:` + base64(zlib(JSON)); starts as distinct ticks with counts, offsets relative
 to the committed offset, as runs. At most `MAX_STARTS` starts in a note (a writer keeps
@@ -43,9 +44,12 @@ import itertools
 import json
 import math
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from streamer.offset_ranges import EMPTY as NO_OFFSETS
+from streamer.offset_ranges import OffsetRanges
 
 PREFIX = "s2:"
 OLD_PREFIX = "s1:"  # the previous format (one number per start): read, never written
@@ -54,7 +58,7 @@ MAX_BYTES = 4096  # the broker's default offset.metadata.max.bytes
 MAX_TEXT = 256 * 1024  # decompressed JSON a note may hold (a 4 KiB note holds far less)
 MAX_STARTS = 100_000  # starts in one note, all destinations together
 MAX_COUNT = 100_000  # a tail or a waiting count
-MAX_DONE = 100_000  # offsets in the offset map
+MAX_DONE = 100_000  # runs in the offset map (a run may hold any number of offsets)
 MAX_TICK = 2**45  # ~280 years of RESOLUTION ticks since the epoch
 
 
@@ -78,7 +82,7 @@ class PartitionNote:
     writer: str = ""  # the incarnation that wrote it (a take-over adds its tail once)
     final: bool = True  # written at revoke/shutdown: nothing was started after it
     spent: Mapping[str, Spent] = field(default_factory=dict)
-    done: frozenset[int] = frozenset()  # terminal offsets above the committed offset
+    done: OffsetRanges = NO_OFFSETS  # terminal offsets above the committed offset
     # the budget did not fit in the metadata: every destination counts as full for a window
     overflow: bool = False
     written: float = 0.0  # wall clock (0: not told); a live writer's notes are recent
@@ -91,31 +95,26 @@ def _up(t: float) -> int:
     return math.ceil(t / RESOLUTION - 1e-9)
 
 
-def _runs(offsets: Iterable[int], base: int) -> list[int]:
+def _runs(done: OffsetRanges, base: int) -> list[int]:
     """[start, length, start, length, ...], starts relative to the previous run's end."""
     out: list[int] = []
     previous_end = base
-    for o in sorted(offsets):
-        if o < base:
-            continue
-        if out and o == previous_end:
-            out[-1] += 1
-        else:
-            out += [o - previous_end, 1]
-        previous_end = o + 1
+    for start, end in done.from_(base).ranges:
+        out += [start - previous_end, end - start]
+        previous_end = end
     return out
 
 
-def _from_runs(runs: list[int], base: int) -> frozenset[int]:
-    done: set[int] = set()
+def _from_runs(runs: list[int], base: int) -> OffsetRanges:
+    ranges = []
     at = base
     for gap, length in zip(runs[::2], runs[1::2], strict=True):
         if gap < 0 or length < 1:
             raise ValueError("bad run")
         at += gap
-        done.update(range(at, at + length))
+        ranges.append((at, at + length))
         at += length
-    return frozenset(done)
+    return OffsetRanges.of(ranges)
 
 
 def _spent_json(spent: Spent, most: int, *, coarse: bool = False) -> list[Any]:
@@ -266,8 +265,6 @@ def _note(body: Any, committed: int, keep: Mapping[str, int] | None, *, old: boo
     if not isinstance(done_runs, list) or len(done_runs) > 2 * MAX_DONE:
         raise ValueError("an offset map out of bounds")
     done_runs = [_count(x, MAX_TICK) for x in done_runs]
-    if sum(done_runs[1::2]) > MAX_DONE:
-        raise ValueError("an offset map out of bounds")
     return PartitionNote(
         writer=str(body["w"])[:64],
         final=bool(body["f"]),

@@ -44,6 +44,8 @@ from streamer.budget import PartitionNote, Spent, decode, encode
 from streamer.destinations import Destinations
 from streamer.failure_policy import MAX_RETRY_AFTER as MAX_PAUSE
 from streamer.ledger import DeliveryLedger, Partition
+from streamer.offset_ranges import EMPTY as NO_OFFSETS
+from streamer.offset_ranges import OffsetRanges
 
 SKEW = 5.0  # seconds: how far ahead of our clock another member's start times may be
 
@@ -81,7 +83,7 @@ class GroupBudget:
         self.fresh = 2 * tail_seconds
         self._written: dict[str, tuple[float, float]] = {}  # writer: (latest, seen at)
         self._next_view = 0.0
-        self._done: dict[Partition, frozenset[int]] = {}  # inherited offset maps
+        self._done: dict[Partition, OffsetRanges] = {}  # inherited offset maps
         self._tails_taken: set[str] = set()  # writers whose tail was already counted
         # built-at times of commits on their way (None: not every partition's note)
         self._commits: deque[float | None] = deque()
@@ -132,8 +134,8 @@ class GroupBudget:
                 0 if final else state.limiter.announced,
                 0 if final else state.key_limiter.announced,
             )
-        done = frozenset(self.ledger.terminal_above_watermark(partition))
-        done |= self._done.get(partition, done)
+        done = self.ledger.terminal_above_watermark(partition)
+        done |= self._done.get(partition, NO_OFFSETS)
         return PartitionNote(self.writer, final, spent, done, written=wall)
 
     def _waiting(self, now: float) -> dict[Partition, dict[str, int]]:

@@ -26,6 +26,9 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from streamer.offset_ranges import EMPTY as NO_OFFSETS
+from streamer.offset_ranges import OffsetRanges
+
 Partition = tuple[str, int]  # (topic, partition)
 
 
@@ -208,12 +211,20 @@ class DeliveryLedger:
         state = self._partitions.get(partition)
         return state.next_offset if state else None
 
-    def terminal_above_watermark(self, partition: Partition) -> list[int]:
+    def terminal_above_watermark(self, partition: Partition) -> OffsetRanges:
         """Offsets past the commit offset that are terminal already (the offset map a next
-        owner skips): messages whose jobs all finished, and those dropped on purpose."""
+        owner skips): messages whose jobs all finished, and those dropped on purpose. As
+        ranges between the unfinished messages: its cost is theirs, not the offsets'."""
         state = self._partitions.get(partition)
         if state is None or not state.messages or state.next_offset is None:
-            return []
-        unfinished = {m.offset for m in state.messages if m.unfinished}
-        first = state.messages[0].offset
-        return [o for o in range(first, state.next_offset) if o not in unfinished]
+            return NO_OFFSETS
+        ranges = []
+        at = state.messages[0].offset
+        for message in state.messages:
+            if message.unfinished:
+                if at < message.offset:
+                    ranges.append((at, message.offset))
+                at = message.offset + 1
+        if at < state.next_offset:
+            ranges.append((at, state.next_offset))
+        return OffsetRanges(tuple(ranges))

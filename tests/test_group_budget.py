@@ -371,3 +371,26 @@ def test_the_same_note_read_again_does_not_move_its_starts() -> None:
         reader.observe({P0: (0, note)}, now=now, wall=WALL + now, total_partitions=2)
     r_ds["a"].limiter.set_limit(10)
     assert r_ds["a"].limiter.next_start(1.5 + window + 2) <= 1.5 + window + 2
+
+
+def test_offsets_dropped_behind_a_waiting_key_keep_the_note_small_and_readable() -> None:
+    """Issue 22 item 1: one key waits at offset 0 while the rules drop the next 250,000
+    events. The note stays within its byte budget and readable (past 100,000 offsets it
+    was refused as a whole: the next owner re-sent done work and lost the 429 pause), and
+    the next owner skips every dropped offset and inherits the pause."""
+    old, old_ds, old_ledger = member(writer="old")
+    old_ledger.assign(P0)
+    old_ledger.add(P0, 0, [(OrderingKey("a", "waiting"), "work")])
+    for offset in range(1, 250_001):
+        old_ledger.add(P0, offset, [])  # dropped by the rules: terminal at once
+    old_ds["a"].rate_limited(until=40.0)
+    assert old_ledger.terminal_above_watermark(P0).ranges == ((1, 250_001),)
+    note = old.notes({P0: 0}, now=10.0, wall=WALL + 10.0, final=True)[P0]
+    assert len(note) <= 4096
+    new, new_ds, new_ledger = member(writer="new")
+    new_ledger.assign(P0)
+    new.take_over(P0, note, 0, now=10.0, wall=WALL + 10.0)
+    assert not new.already_done(P0, 0)
+    assert all(new.already_done(P0, o) for o in (1, 125_000, 250_000))
+    assert not new.already_done(P0, 250_001)
+    assert new_ds["a"].limiter.paused_until >= 40.0
