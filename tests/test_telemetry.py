@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import signal
+import socket
+import threading
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -52,6 +55,101 @@ def test_the_endpoints_answer_on_one_port() -> None:
         assert httpx.get(f"{url}/nope").status_code == 404
     finally:
         server.shutdown()
+
+
+# -- the metrics port under idle or hostile clients (issue 22, item 7) ---------------------
+
+
+@pytest.fixture
+def connections() -> Iterator[list[socket.socket]]:
+    made: list[socket.socket] = []
+    yield made
+    for connection in made:
+        connection.close()
+
+
+def half_sent_request(url: str, connections: list[socket.socket]) -> socket.socket:
+    """A connection that sends the start of a request and then nothing: the threads it
+    held were never given back."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = socket.create_connection((host, int(port)), timeout=30)
+    connection.sendall(b"GET /metrics HTTP/1.1\r\nHost: streamer\r\n")
+    connections.append(connection)
+    return connection
+
+
+def hung_up(connection: socket.socket) -> bool:
+    """True when the server closed the connection without an answer (waits for it)."""
+    try:
+        return connection.recv(4096) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_idle_connections_past_the_cap_hold_no_threads_and_a_scrape_still_answers(
+    connections: list[socket.socket],
+) -> None:
+    """200 half-sent requests held 200 threads, for ever (here 40, five times the cap)."""
+    server, url = serve(Telemetry(), "127.0.0.1", 0, max_connections=8, read_timeout=600)
+    try:
+        before = threading.active_count()
+        for _ in range(40):
+            half_sent_request(url, connections)
+        # Accepted in order: once this answers, all 40 were taken in (or made room for it).
+        assert httpx.get(f"{url}/livez", timeout=30).status_code == 200
+        assert threading.active_count() - before <= 8 + 1  # one may still be ending
+        assert hung_up(connections[0]), "the oldest idle connection made room"
+        assert httpx.get(f"{url}/metrics", timeout=30).status_code == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_idle_connection_is_closed_after_the_read_timeout(
+    connections: list[socket.socket],
+) -> None:
+    server, url = serve(Telemetry(), "127.0.0.1", 0, read_timeout=0.2)
+    try:
+        silent = half_sent_request(url, connections)
+        host, port = url.removeprefix("http://").split(":")
+        mute = socket.create_connection((host, int(port)), timeout=30)  # sends nothing at all
+        connections.append(mute)
+        assert hung_up(silent) and hung_up(mute)
+        assert httpx.get(f"{url}/readyz", timeout=30).status_code == 503  # not joined yet
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class ReadClock(ManualClock):
+    """A manual clock that says when it was first read (the server took a connection)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read = threading.Event()
+
+    def __call__(self) -> float:
+        self.read.set()
+        return super().__call__()
+
+
+def test_a_request_trickled_past_the_read_timeout_is_cut_off(
+    connections: list[socket.socket],
+) -> None:
+    """The read timeout bounds the whole request, not each read: a client sending a byte
+    now and then cannot keep a connection (and its thread) for ever."""
+    clock = ReadClock()
+    server, url = serve(Telemetry(), "127.0.0.1", 0, read_timeout=60, clock=clock)
+    try:
+        trickler = half_sent_request(url, connections)
+        assert clock.read.wait(30), "the server took the connection and set its deadline"
+        clock.advance(61)
+        trickler.sendall(b"\r\n")  # the request is complete, but late
+        assert hung_up(trickler)
+        assert httpx.get(f"{url}/livez", timeout=30).status_code == 200
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.mark.integration
