@@ -10,11 +10,12 @@ Invariants (property-tested in tests/test_coalescing.py):
    newest; an event in flight is never recalled; keys, destinations and partitions never
    coalesce with each other (events of one key on two partitions keep the ledger's
    arrival order).
-2. **The watermark never passes a waiting event.** Superseding goes through the ledger
-   (`finish` for the key's active event, `withdraw` for one queued behind it), which
-   moves the commit watermark exactly as for any terminal event: a superseded event's
-   offset commits like a dropped one's, and a message that fans out is terminal only
-   when all its jobs are.
+2. **The watermark never passes a waiting event, nor one whose stand-in may fail.**
+   Superseding goes through the ledger (`DeliveryLedger.supersede`): a superseded event
+   is terminal only when the event that stands for it is accepted, and moves the commit
+   watermark then, as any terminal event; if its stand-in is dead-lettered (rejected by
+   incident.io, or given up) the newest superseded event is sent itself. A message that
+   fans out is terminal only when all its jobs are.
 3. **Priority never reorders a key.** A destination's `WaitingQueue` holds at most one
    event per key (the ledger's active one), so choosing which key starts next (lowest
    rank, then the longest-waiting key, then arrival) cannot change any key's order. A
@@ -74,7 +75,7 @@ def superseded_in(queue: Sequence[Job], *, active_waiting: bool) -> list[Job]:
 
 @dataclass(frozen=True)
 class Coalesced:
-    superseded: list[Job]  # terminal now, oldest first
+    superseded: list[Job]  # never sent unless their stand-in is dead-lettered, oldest first
     active: Job | None  # the job that replaced the active one (now active), if it did
 
 
@@ -94,12 +95,9 @@ def coalesce(ledger: DeliveryLedger, key: OrderingKey, *, waiting: Container[Job
     if not doomed:
         return NOTHING
     active = None
-    for job in doomed:
-        if job is head:
-            continue
-        ledger.withdraw(job)
-    if doomed[0] is head:
-        [active] = ledger.finish(head)
+    for job in doomed:  # oldest first: each one's stand-in is the job right behind it
+        for became in ledger.supersede(job, queue[queue.index(job) + 1]):
+            active = became
     return Coalesced(doomed, active)
 
 

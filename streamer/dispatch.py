@@ -92,7 +92,6 @@ class Dispatcher:
         finish: Callable[[Job], None],
         release: Callable[[Job], None],
         dead_letter: Callable[[Job], None],
-        superseded: Callable[[list[Job]], None] = lambda jobs: None,
     ) -> None:
         self.settings = settings
         self.ledger, self.destinations, self.handover = ledger, destinations, handover
@@ -100,7 +99,6 @@ class Dispatcher:
         self.clock, self.wall_clock = clock, wall_clock
         self.activate, self.finish, self.release = activate, finish, release
         self.dead_letter = dead_letter
-        self.superseded = superseded  # terminal, never sent (the engine counts commits)
         self.policy = FailurePolicy(
             Backoff(settings.backoff_base_seconds, settings.backoff_cap_seconds),
             settings.max_retry_seconds,
@@ -173,9 +171,7 @@ class Dispatcher:
         state = self.destinations[job.work.destination]
         place = job.work.place
         if state.coalesces and job.key is not None:
-            coalesced = coalesce(self.ledger, job.key, waiting=(job,))
-            self._supersede(coalesced.superseded, state)
-            job = coalesced.active or job
+            job = coalesce(self.ledger, job.key, waiting=(job,)).active or job
         job.work.place = place
         state.ready.add(job, rank=state.rank(job), since=self.clock(), place=place)
 
@@ -189,18 +185,22 @@ class Dispatcher:
             if not state.coalesces:
                 continue
             coalesced = coalesce(self.ledger, key, waiting=state.ready)
-            self._supersede(coalesced.superseded, state)
             if coalesced.active is not None:
                 replaced = coalesced.superseded[0]  # the key's waiting event
                 state.ready.replace(replaced, coalesced.active, rank=state.rank(coalesced.active))
 
-    def _supersede(self, jobs: list[Job], state: DestinationState) -> None:
-        if not jobs:
-            return
-        for job in jobs:
-            self.spans.job_ended(job.partition, job.offset, "superseded")
-        self.telemetry.superseded.add(len(jobs), {"destination": state.name})
-        self.superseded(jobs)
+    def ended(self, job: Job) -> tuple[list[Job], int]:
+        """`job` is terminal: accepted, or its dead letter written. Ends it in the ledger
+        with the jobs it superseded (terminal with it if it was accepted; else the newest
+        of them is sent itself). Returns its key's jobs active now, and how many messages'
+        jobs ended (itself and those it stood for)."""
+        stood = not isinstance(job.work, DeadLetter)
+        superseded = job.stands_for if stood and self.ledger.owns(job) else []
+        for older in superseded:
+            self.spans.job_ended(older.partition, older.offset, "superseded")
+        if superseded and job.key is not None:
+            self.telemetry.superseded.add(len(superseded), {"destination": job.key.destination})
+        return self.ledger.finish(job, stood=stood), 1 + len(superseded)
 
     def _send(self, job: Job, state: DestinationState, now: float) -> None:
         delivery: Delivery = job.work

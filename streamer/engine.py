@@ -146,7 +146,6 @@ class Engine:
             finish=self._finish,
             release=self._release,
             dead_letter=self._write_dead_letter,
-            superseded=lambda jobs: self.commits.terminal(len(jobs)),
         )
         self.ownership = Ownership(
             ledger=self.ledger,
@@ -325,9 +324,10 @@ class Engine:
     def _finish(self, job: Job) -> None:
         outcome = "dead-lettered" if isinstance(job.work, DeadLetter) else "delivered"
         self.spans.job_ended(job.partition, job.offset, outcome)
-        self.commits.terminal()
+        next_jobs, ended = self.out.ended(job)
+        self.commits.terminal(ended)
         self.commits.soon()  # in the offset map within 0.1 s: a kill re-sends little
-        for next_job in self.ledger.finish(job):
+        for next_job in next_jobs:
             self._activate(next_job)
 
     def _release(self, job: Job) -> None:
@@ -395,4 +395,5 @@ class Engine:
         finally:
             self.consumer.close()  # leaves the group; on_revoke has nothing left to drain
             self.producer.flush(5)
+            self.dead_letters.close()  # its follower of the dead-letter topic
             self.out.close()

@@ -12,8 +12,12 @@ Invariants it keeps (each is property-tested in tests/test_ledger.py):
    deduplication key) become *active* one at a time, in the order they were added; the
    next becomes active only when the previous one finished. Jobs of other keys do not
    wait for each other. A job with no key (a dead letter of an undecodable message) is
-   active at once. A queued job may be withdrawn (a newer one of its key superseded it:
-   `coalescing.py`): it is terminal at once and never becomes active.
+   active at once. A waiting job may be superseded by the job of its key right behind it
+   (`coalescing.py`): it never becomes active again unless that job fails to stand for it.
+4. **An older event never ends before the one that stands for it.** A superseded job stays
+   unfinished (its offset is not committed) until its stand-in ends: accepted, they are
+   terminal together; dead-lettered (rejected, or given up), the newest job it stood for
+   becomes its key's active job again and is sent (or dead-lettered) itself.
 3. **Fencing.** Each assignment of a partition has an epoch. Revoking or losing a
    partition forgets its messages and queued jobs; a job of an old epoch that finishes
    later releases its key (so keys never stay stuck) but cannot move any watermark.
@@ -48,6 +52,8 @@ class Job:
     work: Any
     epoch: int
     attempts: int = 0
+    # older jobs of its key it stands for (oldest first): terminal when it is accepted
+    stands_for: list[Job] = field(default_factory=list)
 
 
 @dataclass
@@ -138,8 +144,11 @@ class DeliveryLedger:
                 active.append(job)
         return active
 
-    def finish(self, job: Job) -> list[Job]:
-        """A job reached a terminal state; returns the job of its key that is active now."""
+    def finish(self, job: Job, *, stood: bool = True) -> list[Job]:
+        """A job reached a terminal state; returns the job of its key that is active now.
+
+        `stood`: its outcome stands for the jobs it superseded (accepted): they are terminal
+        too. Otherwise (its dead letter) the newest of them is its key's active job now."""
         self._terminal(job)
         if job.key is None:
             return []
@@ -147,6 +156,14 @@ class DeliveryLedger:
         if not queue or queue[0] is not job:
             raise ValueError("finish() of a job that is not its key's active job")
         queue.popleft()
+        older, job.stands_for = job.stands_for, []
+        if stood:
+            for superseded in older:
+                self._terminal(superseded)
+        elif older and self.owns(job):
+            revived = older.pop()
+            revived.stands_for = older
+            queue.appendleft(revived)
         while queue and not self.owns(queue[0]):  # defensive: drop fenced leftovers
             queue.popleft()
         if not queue:
@@ -170,14 +187,17 @@ class DeliveryLedger:
         """A key's jobs in order, its active job first (a copy)."""
         return tuple(self._keys.get(key, ()))
 
-    def withdraw(self, job: Job) -> None:
-        """A job queued behind its key's active job will never start (a newer one of its
-        key superseded it): it is terminal now, as if it had finished."""
-        queue = self._keys.get(job.key) if job.key is not None else None
-        if not queue or queue[0] is job or job not in queue:
-            raise ValueError("withdraw() of a job that is not queued behind its key's active job")
-        queue.remove(job)
-        self._terminal(job)
+    def supersede(self, older: Job, newer: Job) -> list[Job]:
+        """`newer`, right behind `older` in its key's queue, stands for it from now on:
+        `older` leaves the queue unfinished (invariant 4). Returns `[newer]` if `older` was
+        the key's active job (so `newer` is now), else []."""
+        queue = self._keys.get(older.key) if older.key is not None else None
+        at = queue.index(older) if queue is not None and older in queue else -1
+        if queue is None or at < 0 or at + 1 >= len(queue) or queue[at + 1] is not newer:
+            raise ValueError("supersede() by a job that is not right behind it in its key")
+        del queue[at]
+        newer.stands_for = [*older.stands_for, older, *newer.stands_for]
+        return [newer] if at == 0 else []
 
     # -- what may be committed ------------------------------------------------------------
 

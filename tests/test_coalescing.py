@@ -122,6 +122,7 @@ class CoalescingMachine(RuleBasedStateMachine):
         self.in_flight: list[Job] = []
         self.backoff: list[Job] = []
         self.sent: list[Sent] = []
+        self.dead: list[Sent] = []  # dead-lettered (rejected by incident.io)
         self.superseded: set[tuple] = set()  # (key, partition, offset) of superseded jobs
         self.added: dict[tuple[OrderingKey, tuple[str, int]], list[int]] = {}
         self.pending: dict[tuple[str, int], dict[int, int]] = {P0: {}, P1: {}}  # offset -> jobs
@@ -138,8 +139,7 @@ class CoalescingMachine(RuleBasedStateMachine):
     def _supersede(self, jobs: list[Job]) -> None:
         for j in jobs:
             assert who(j) not in self.superseded
-            self.superseded.add(who(j))
-            self._terminal(j)
+            self.superseded.add(who(j))  # terminal only once its stand-in is accepted
 
     def _enqueue(self, j: Job, place=None) -> None:
         assert j.key is not None
@@ -183,13 +183,20 @@ class CoalescingMachine(RuleBasedStateMachine):
         self.sent.append(Sent(j.key, j.partition, j.offset))
 
     @precondition(lambda self: self.in_flight)
-    @rule(data=st.data(), outcome=st.sampled_from(["accepted", "429", "backoff"]))
+    @rule(data=st.data(), outcome=st.sampled_from(["accepted", "rejected", "429", "backoff"]))
     def answer(self, data, outcome) -> None:
         j = data.draw(st.sampled_from(self.in_flight))
         self.in_flight.remove(j)
-        if outcome == "accepted":
-            self._terminal(j)
-            for nxt in self.ledger.finish(j):
+        if outcome in ("accepted", "rejected"):  # rejected: its dead letter is written
+            stood = outcome == "accepted"
+            for ended in [j, *j.stands_for] if stood else [j]:
+                self._terminal(ended)
+            revived = None if stood or not j.stands_for else j.stands_for[-1]
+            if revived is not None:
+                self.superseded.discard(who(revived))  # sent in its stand-in's place
+            if not stood:
+                self.dead.append(Sent(j.key, j.partition, j.offset))
+            for nxt in self.ledger.finish(j, stood=stood):
                 self._enqueue(nxt)
         elif outcome == "429":
             self._enqueue(j)
@@ -208,7 +215,9 @@ class CoalescingMachine(RuleBasedStateMachine):
     @invariant()
     def sent_per_key_is_in_offset_order(self) -> None:
         last: dict[tuple[OrderingKey, tuple[str, int]], int] = {}
-        for s in self.sent:
+        for s in self.sent:  # an event a dead-lettered one stood for is sent after it
+            if s in self.dead:
+                continue
             k = (s.key, s.partition)
             assert s.offset >= last.get(k, -1)  # a retry resends the same offset
             last[k] = s.offset
@@ -239,7 +248,10 @@ class CoalescingMachine(RuleBasedStateMachine):
             if (key, partition) in busy or self.ledger.queue_of(key):
                 continue
             sent = [s.offset for s in self.sent if (s.key, s.partition) == (key, partition)]
-            assert sent and sent[-1] == offsets[-1], "the newest event was not the last sent"
+            dead = {s.offset for s in self.dead if (s.key, s.partition) == (key, partition)}
+            assert sent and (sent[-1] == offsets[-1] or offsets[-1] in dead), (
+                "the newest event was neither the last sent nor dead-lettered"
+            )
             if not COALESCES[key.destination]:
                 assert sorted(set(sent)) == offsets, "coalesce: none must send every event"
 

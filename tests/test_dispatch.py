@@ -105,8 +105,15 @@ class Harness:
 
     def _finish(self, job: Job) -> None:  # as the engine does: the key's next job waits
         self.finished.append(job)
-        for next_job in self.ledger.finish(job):
+        next_jobs, _ = self.out.ended(job)
+        for next_job in next_jobs:
             self.out.enqueue(next_job)
+
+    def finish_dead_letters(self) -> None:
+        """The dead letters so far are written (as the engine does once acknowledged)."""
+        written, self.dead = self.dead, []
+        for job in written:
+            self._finish(job)
 
     def _release(self, job: Job) -> None:
         self.released.append(job)
@@ -247,11 +254,33 @@ def test_events_waiting_behind_the_limit_send_only_the_newest_and_commit_the_res
     for _ in range(3):
         h.event(key="x")  # offsets 1, 2, 3: each supersedes the one waiting before it
     h.round()
-    assert sent(h) == [0] and h.stats.superseded == 2
+    assert sent(h) == [0] and h.stats.superseded == 0
+    assert h.ledger.commit_offset(P0) == 1  # not before the newest one stands for them
     h.clock.advance(60)
     h.round()
     assert sent(h) == [0, 3]  # never an older state after a newer one
-    assert h.ledger.commit_offset(P0) == 4  # superseded offsets commit like dropped ones
+    assert h.stats.superseded == 2  # ended when offset 3 was accepted
+    assert h.ledger.commit_offset(P0) == 4  # superseded offsets commit with their stand-in
+
+
+def test_an_event_superseded_by_one_incident_io_rejects_is_sent_itself() -> None:
+    """Issue 22 item 4: e1 (resolved, valid) waits behind the limit and is superseded by
+    e2 (resolved, answered 422). e2 is dead-lettered; e1 must not end with it: it is sent
+    (the alert closes), and only then is its offset committed."""
+    h = Harness(ScriptedIncidentIo(answer(202), answer(422)), {"events_per_minute": 1})
+    h.event(key="x", status="firing")
+    h.round()  # offset 0 sent; the limit is spent for a minute
+    h.event(key="x", status="resolved", valid=True)  # e1
+    h.event(key="x", status="resolved", valid=False)  # e2 supersedes e1
+    h.clock.advance(60)
+    h.round()  # e2 sent, 422: a dead letter
+    assert sent(h) == [0, 2] and [j.offset for j in h.dead] == [2]
+    assert h.ledger.commit_offset(P0) == 1  # e1 is not terminal
+    h.finish_dead_letters()
+    h.clock.advance(60)
+    h.round()
+    assert sent(h) == [0, 2, 1]  # e1 in e2's place: the alert is resolved
+    assert h.stats.superseded == 0 and h.ledger.commit_offset(P0) == 3
 
 
 def test_coalesce_none_sends_every_state() -> None:
@@ -283,10 +312,10 @@ def test_a_429_sends_the_newest_state_when_the_limit_reopens() -> None:
     h.event(key="x")  # arrives while the first is in flight
     while h.out.busy:
         h.out.collect(wait=10.0)  # 429: the first waits again, and the newer one replaces it
-    assert h.stats.superseded == 1
     h.clock.advance(30)
     h.round()
     assert sent(h) == [0, 1] and [j.offset for j in h.finished] == [1]
+    assert h.stats.superseded == 1
 
 
 def test_firing_critical_keys_go_first_then_the_longest_waiting() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -181,50 +183,90 @@ LedgerMachine.TestCase.settings = settings(max_examples=300, stateful_step_count
 test_ledger_state_machine = LedgerMachine.TestCase
 
 
-# -- coalescing: queued jobs withdrawn (superseded) ---------------------------------------
+# -- coalescing: waiting jobs superseded by the next one of their key ----------------------
 
 
-def test_a_withdrawn_job_is_terminal_and_never_becomes_active() -> None:
+def test_a_superseded_job_ends_with_its_stand_in_or_is_sent_in_its_place() -> None:
     book = ledger()
     [first] = book.add(P0, 0, [(K1, "sending")])
     book.add(P0, 1, [(K1, "superseded")])
     book.add(P0, 2, [(K1, "newest")])
     _, middle, newest = book.queue_of(K1)
-    book.withdraw(middle)
-    assert book.queue_of(K1) == (first, newest) and book.commit_offset(P0) == 0
-    assert book.finish(first) == [newest] and book.commit_offset(P0) == 2
-    with pytest.raises(ValueError, match="withdraw"):
-        book.withdraw(newest)  # the active job finishes, it is never withdrawn
+    assert book.supersede(middle, newest) == []
+    assert book.queue_of(K1) == (first, newest) and newest.stands_for == [middle]
+    assert book.finish(first) == [newest] and book.commit_offset(P0) == 1  # middle waits
+    assert book.finish(newest, stood=False) == [middle]  # a dead letter: middle is sent
+    assert book.commit_offset(P0) == 1 and book.finish(middle) == []
+    assert book.commit_offset(P0) == 3
+    with pytest.raises(ValueError, match="supersede"):
+        book.supersede(first, newest)  # not right behind it
 
 
-class LedgerWithWithdrawals(LedgerMachine):
-    """The same random runs, with queued jobs withdrawn (superseded) at any time."""
+def test_an_accepted_stand_in_ends_every_job_it_stood_for() -> None:
+    book = ledger()
+    jobs = [book.add(P0, o, [(K1, o)]) for o in range(4)]
+    head, *rest = book.queue_of(K1)
+    assert jobs[0] == [head]
+    book.supersede(rest[0], rest[1])
+    book.supersede(rest[1], rest[2])
+    assert rest[2].stands_for == [rest[0], rest[1]]
+    book.finish(head)
+    assert book.finish(rest[2]) == [] and book.commit_offset(P0) == 4
 
-    def _queued(self) -> list[Job]:
-        keys = [K1, K2, OrderingKey("b", "k1")]
-        return [j for k in keys for j in self.book.queue_of(k)[1:]]
 
-    @precondition(lambda self: self._queued())
+class LedgerWithSupersession(LedgerMachine):
+    """The same random runs, with waiting jobs superseded at any time, and stand-ins that
+    are accepted or dead-lettered."""
+
+    def _pairs(self) -> list[tuple[Job, Job]]:
+        pairs = []
+        for key in (K1, K2, OrderingKey("b", "k1")):
+            queue = self.book.queue_of(key)[1:]  # the active job is in flight here
+            for older, newer in itertools.pairwise(queue):
+                if (older.partition, older.epoch) == (newer.partition, newer.epoch):
+                    pairs.append((older, newer))
+        return pairs
+
+    @precondition(lambda self: self._pairs())
     @rule(data=st.data())
-    def withdraw(self, data) -> None:
-        job = data.draw(st.sampled_from(self._queued()))
-        if not hasattr(self, "withdrawn"):
-            self.withdrawn: list[Job] = []
-        self.withdrawn.append(job)
-        self.book.withdraw(job)
-        if self.book.owns(job):
-            left = self.unfinished[job.partition]
-            left[job.offset] -= 1
-            if left[job.offset] == 0:
-                del left[job.offset]
+    def supersede(self, data) -> None:
+        older, newer = data.draw(st.sampled_from(self._pairs()))
+        if not hasattr(self, "superseded"):
+            self.superseded: list[Job] = []
+        self.superseded.append(older)
+        self.book.supersede(older, newer)
+
+    @precondition(lambda self: self.active)
+    @rule(data=st.data(), stood=st.booleans())
+    def finish(self, data, stood) -> None:
+        job = data.draw(st.sampled_from(self.active))
+        self.active.remove(job)
+        owned = self.book.owns(job)
+        ended = [job, *job.stands_for] if stood else [job]
+        revived = job.stands_for[-1] if job.stands_for and not stood and owned else None
+        if owned:
+            for done in ended:
+                left = self.unfinished[done.partition]
+                left[done.offset] -= 1
+                if left[done.offset] == 0:
+                    del left[done.offset]
+        next_jobs = self.book.finish(job, stood=stood)
+        if revived is not None:
+            assert next_jobs == [revived]  # sent in its stand-in's place
+            self.superseded.remove(revived)
+            self.active.append(revived)
+        else:
+            self._activate(next_jobs)
 
     @invariant()
-    def withdrawn_jobs_never_become_active(self) -> None:
+    def superseded_jobs_become_active_only_in_a_failed_stand_ins_place(self) -> None:
         activated = {id(j) for jobs in self.activated_order.values() for j in jobs}
-        assert not any(id(j) in activated for j in getattr(self, "withdrawn", []))
+        active = {id(j) for j in self.active}
+        for job in getattr(self, "superseded", []):
+            assert id(job) not in activated and id(job) not in active
 
 
-LedgerWithWithdrawals.TestCase.settings = settings(
+LedgerWithSupersession.TestCase.settings = settings(
     max_examples=200, stateful_step_count=40, deadline=None
 )
-test_ledger_with_withdrawals = LedgerWithWithdrawals.TestCase
+test_ledger_with_supersession = LedgerWithSupersession.TestCase
