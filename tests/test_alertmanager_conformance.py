@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from streamer.alertmanager import import_alertmanager
+from streamer.alertmanager import ImportProblems, import_alertmanager
 from streamer.config import ConfigError, load_config
 from streamer.rules_report import outcome
 from tests.rules_helpers import SCHEMA, alert
@@ -29,10 +29,14 @@ def receivers_of(route: dict[str, Any]) -> set[str]:
     return found
 
 
-def imported(tmp_path: Path, route: dict[str, Any]) -> tuple[Path, list[str]]:
-    """The tree imported on a base whose destinations are named after the receivers."""
+def imported(
+    tmp_path: Path, route: dict[str, Any], mode: str = "fallback"
+) -> tuple[Path, list[str]]:
+    """The tree imported on a base whose destinations are named after the receivers, its
+    matchers read in Alertmanager's `mode`."""
     names = sorted(receivers_of(route))
     base = {
+        "matcher_mode": mode,
         "reader_schema": str(SCHEMA),
         "topics": [{"name": "events", "format": "json"}],
         "destinations": {
@@ -90,6 +94,13 @@ def test_route_walk(tmp_path: Path) -> None:
     assert order == walk["receivers"]
 
 
+# Which of Alertmanager's matcher parsers each group's source tests: the UTF-8 parser's own
+# tests hold in utf8-strict mode; the classic parser's in classic mode; the rest in fallback,
+# Alertmanager's default.
+MODES = {"parse": "utf8-strict", "compliance": "utf8-strict", "utf8_names": "utf8-strict"}
+MODES |= {"classic": "classic"}
+
+
 def matcher_cases() -> list[Any]:
     cases = []
     for group, entries in MATCHERS.items():
@@ -122,19 +133,27 @@ def test_matcher(
     for key in ("matchers", "match", "match_re"):
         if key in entry:
             route[key] = entry[key]
-    path, _ = imported(tmp_path, {"receiver": "miss", "routes": [route]})
-    if expected == "refused":
-        with pytest.raises(ConfigError):
+    group = next(g for g, entries in MATCHERS.items() if entry in entries)
+    mode = MODES.get(group, "fallback")
+    if expected == "refused":  # by the import (its own reading), or else by the loader
+        with pytest.raises((ImportProblems, ConfigError)):
+            path, _ = imported(tmp_path, {"receiver": "miss", "routes": [route]}, mode)
             load_config(path, check_secrets=False)
         return
+    path, _ = imported(tmp_path, {"receiver": "miss", "routes": [route]}, mode)
     assert labels is not None
     assert notified(path, labels) == [expected]
+    # fallback mode: a text the parsers read differently, or only the classic one reads, is
+    # said (file:line, both readings), never read silently
+    warnings = load_config(path, check_secrets=False).warnings
+    assert bool(warnings) == bool(entry.get("warning")), warnings
 
 
 def test_the_suite_is_all_there() -> None:
     # Counted here so a lost file or a YAML slip cannot shrink the suite unnoticed.
     assert len(ROUTING_CASES) == 28
-    assert len(MATCHER_CASES) >= 150
+    assert len(MATCHER_CASES) >= 250
+    assert sum(1 for e in MATCHERS["fallback"] if e.get("warning")) == 6
 
 
 def test_the_cli_imports_and_tests_a_tree_as_alertmanager_routes_it(tmp_path: Path) -> None:

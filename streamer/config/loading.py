@@ -31,7 +31,9 @@ from streamer.config.problems import ConfigError, Loc, Problems
 from streamer.config.rule_compiler import RulesCompiler, SchemaPaths
 from streamer.config.secrets import check_no_inline_secrets, read_secret, read_secrets
 from streamer.config.yaml_limits import YamlLimitError, check_yaml, read_yaml_text
+from streamer.config.yaml_text import keep_label_text
 from streamer.decoding import load_schema
+from streamer.matcher_modes import MatcherMode
 
 
 def load_config(path: str | Path, *, check_secrets: bool = True) -> Config:
@@ -48,6 +50,7 @@ def load_config(path: str | Path, *, check_secrets: bool = True) -> Config:
         loader = yaml.SafeLoader(text)
         try:
             root = loader.get_single_node()
+            keep_label_text(root)  # label names and values read as Alertmanager reads them
             data: Any = loader.construct_document(root) if root is not None else None
         finally:
             loader.dispose()
@@ -114,7 +117,16 @@ def load_config(path: str | Path, *, check_secrets: bool = True) -> Config:
     )
     rules = RulesCompiler(config, SchemaPaths(reader_schema), problems).rules()
     problems.raise_if_any()
-    return Config(path, config, rules, reader_schema, tokens, kafka_secrets, registry_secrets)
+    return Config(
+        path,
+        config,
+        rules,
+        reader_schema,
+        tokens,
+        kafka_secrets,
+        registry_secrets,
+        problems.sorted_warnings(),
+    )
 
 
 _SECTION_TYPES: dict[str, Any] = {
@@ -122,6 +134,7 @@ _SECTION_TYPES: dict[str, Any] = {
     "delivery": DeliverySettings,
     "schema_registry": SchemaRegistrySettings | None,
     "reader_schema": str,
+    "matcher_mode": MatcherMode,
     "default": Literal["drop"] | DefaultRoute,
 }
 
@@ -162,7 +175,7 @@ def _validate_sections(data: dict[str, Any], problems: Problems) -> tuple[Config
     for key in data.keys() - ConfigFile.model_fields.keys():
         problems.add((key,), "unknown setting (check the spelling; see examples/streamer.yaml)")
     parts: dict[str, Any] = {}
-    for key in ("kafka", "schema_registry", "delivery", "reader_schema", "default"):
+    for key in ("kafka", "schema_registry", "delivery", "reader_schema", "matcher_mode", "default"):
         if key in data:
             parts[key] = _validate(_SECTION_TYPES[key], data[key], (key,), problems)
     topics = data.get("topics")
@@ -199,6 +212,7 @@ def _validate_sections(data: dict[str, Any], problems: Problems) -> tuple[Config
         schema_registry=parts.get("schema_registry"),
         reader_schema=parts.get("reader_schema")
         or ConfigFile.model_fields["reader_schema"].default,
+        matcher_mode=parts.get("matcher_mode") or ConfigFile.model_fields["matcher_mode"].default,
         topics=valid_topics,
         destinations=valid_destinations,
         default=parts.get("default") or "drop",

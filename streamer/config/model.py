@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from streamer.decoding import WireFormat
+from streamer.matcher_modes import DEFAULT_MODE, MatcherMode
 from streamer.routing import OnTemplateError, Rules
 
 TEMPLATE_FIELDS = ("title", "description", "deduplication_key", "source_url", "status")
@@ -187,7 +188,8 @@ class Templates(_Model):
     metadata: dict[str, Any] | None = None
 
 
-# A label value as YAML may write it (`code: 500`); compared as Alertmanager reads it, text.
+# A label value as YAML may write it (`code: 500`). The loader keeps such scalars' text, as
+# Go's yaml.v2 does (streamer/config/yaml_text.py), so only data built in code holds the others.
 LabelValue = str | bool | int | float
 
 
@@ -216,6 +218,9 @@ class ConfigFile(_Model):
     schema_registry: SchemaRegistrySettings | None = None
     delivery: DeliverySettings = DeliverySettings()
     reader_schema: str = "schemas/monitoring_event.v2.avsc"
+    # How `matchers:` texts are read: as Alertmanager (0.27+) does by default (`fallback`),
+    # or as with its `utf8-strict-mode` or `classic-mode` feature (streamer/matcher_modes.py).
+    matcher_mode: MatcherMode = DEFAULT_MODE
     topics: list[Topic] = Field(min_length=1)
     destinations: dict[str, Destination] = Field(min_length=1)
     default: Literal["drop"] | DefaultRoute = "drop"
@@ -231,6 +236,9 @@ class Config:
     tokens: Mapping[str, SecretStr]  # destination name -> token
     kafka_secrets: Mapping[str, SecretStr] = field(default_factory=dict)
     registry_secrets: Mapping[str, SecretStr] = field(default_factory=dict)
+    # What loads but deserves a look (`file:line: where: what`): matchers the classic and
+    # UTF-8 parsers read differently. Printed by the CLI, logged by `run` and reloads.
+    warnings: tuple[str, ...] = ()
 
     def secret_values(self) -> list[str]:
         """Every secret this configuration loaded, for `logs.MASK`."""

@@ -32,11 +32,22 @@ class Problems:
     def __init__(self, path: Path, root: yaml.Node | None, data: Any) -> None:
         self.path, self.root, self.data = path, root, data
         self.items: list[tuple[int, str]] = []
+        self.warnings: list[tuple[int, str]] = []
 
     def add(self, loc: Loc, message: str) -> None:
+        self.items.append(self._located(loc, message))
+
+    def warn(self, loc: Loc, message: str) -> None:
+        """Not a problem (the file loads), but worth a look: said as problems are."""
+        self.warnings.append(self._located(loc, message))
+
+    def sorted_warnings(self) -> tuple[str, ...]:
+        return tuple(text for _, text in sorted(self.warnings))
+
+    def _located(self, loc: Loc, message: str) -> tuple[int, str]:
         where = _route_path(self.data, loc) or ".".join(map(str, loc)) or "(file)"
         line = _line_of(self.root, loc)
-        self.items.append((line, f"{self.path}:{line}: {where}: {message}"))
+        return line, f"{self.path}:{line}: {where}: {message}"
 
     def raise_if_any(self) -> None:
         if self.items:

@@ -24,7 +24,8 @@ from streamer.config.model import (
     Templates,
 )
 from streamer.config.problems import Loc, Problems
-from streamer.label_matchers import label_matcher, parse_label_matchers
+from streamer.label_matchers import label_matcher
+from streamer.matcher_modes import read_matchers
 from streamer.matchers import Operator
 from streamer.routing import Matcher, Route, Rules
 from streamer.templates import (
@@ -215,7 +216,7 @@ class RulesCompiler:
             ((*loc, "match_re", k), partial(_label, k, "=~", v)) for k, v in spec.match_re.items()
         ]
         found += [
-            ((*loc, "matchers", i), partial(parse_label_matchers, text))
+            ((*loc, "matchers", i), partial(self._matchers_text, text, (*loc, "matchers", i)))
             for i, text in enumerate(spec.matchers)
         ]
         out: list[Matcher] = []
@@ -231,6 +232,14 @@ class RulesCompiler:
                     self.problems.add(where, problem)
                 out.append(matcher)
         return out
+
+    def _matchers_text(self, text: str, loc: Loc) -> list[Matcher]:
+        """One `matchers:` text, read in the file's `matcher_mode`; a disagreement between
+        Alertmanager's parsers is a warning with both readings (streamer.matcher_modes)."""
+        reading = read_matchers(text, self.config.matcher_mode)
+        if reading.warning:
+            self.problems.warn(loc, reading.warning)
+        return reading.matchers
 
     def route(self, spec: RouteSpec, loc: Loc, parent: Route | None) -> Route:
         if spec.name in self.names_seen:
@@ -309,6 +318,7 @@ def _one(text: str) -> list[Matcher]:
 
 
 def _label(name: str, op: Operator, value: LabelValue) -> list[Matcher]:
-    # Alertmanager reads YAML scalars as text: `code: 500` is "500", `up: true` is "true".
+    # The loader keeps scalars' text (`code: 0500` is "0500"); only data built in code holds
+    # other types, read as the text YAML would print.
     text = ("true" if value else "false") if isinstance(value, bool) else str(value)
     return [label_matcher(name, op, text)]
