@@ -16,17 +16,31 @@ the next offset this service has not seen (the caller does the seek; the ledger 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import random
+from collections.abc import Callable, Iterable
 from typing import Literal
 
-from streamer.ledger import Partition
+from streamer.delivery_events import Effect, Pause, PauseAt, Resume
+from streamer.failure_policy import Backoff
+from streamer.ledger import DeliveryLedger, Partition
+
+log = logging.getLogger(__name__)
 
 RESUME_BELOW = 0.8
 
 
 class Backpressure:
-    def __init__(self, *, max_messages: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        max_messages: int,
+        max_bytes: int,
+        backoff: Backoff | None = None,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
         self.max_messages, self.max_bytes = max_messages, max_bytes
+        self.backoff, self.rng = backoff or Backoff(), rng
         self.paused = False  # every partition, for the caps
         self.pauses = 0
         self._registry_blocked: dict[Partition, float] = {}  # partition -> resume at
@@ -70,6 +84,10 @@ class Backpressure:
     def blocked(self, partition: Partition) -> bool:
         return partition in self._registry_blocked
 
+    def blocked_until(self) -> list[float]:
+        """When each blocked partition may be read again."""
+        return list(self._registry_blocked.values())
+
     def blocked_count(self) -> int:
         return len(self._registry_blocked)
 
@@ -88,3 +106,47 @@ class Backpressure:
         for p in partitions:
             self._registry_blocked.pop(p, None)
             self._registry_attempts.pop(p, None)
+
+    # -- as effects (the delivery machine's) ---------------------------------------------
+
+    def caps(self, ledger: DeliveryLedger) -> list[Effect]:
+        """Every partition paused at the caps (messages or bytes), resumed below them."""
+        unfinished, size = ledger.unfinished(), ledger.unfinished_size()
+        change = self.check(unfinished, size)
+        if change == "pause":
+            log.info(
+                "%d events (%d bytes) in flight (caps %d, %d): consumption paused",
+                unfinished,
+                size,
+                self.max_messages,
+                self.max_bytes,
+            )
+            return [Pause(ledger.partitions)]
+        if change == "resume":
+            log.info("%d events in flight: consumption resumed", unfinished)
+            # librdkafka drops prefetched messages on pause: seek to the first one not seen
+            resumed = {p: ledger.next_offset(p) for p in self.resumable(ledger.partitions)}
+            return [Resume(resumed)] if resumed else []
+        return []
+
+    def block(self, partition: Partition, offset: int, now: float, reason: str) -> PauseAt:
+        """Not the message's fault (the registry is down, or the previous owner's note is
+        not read yet): pause there, read it again after a backoff that grows meanwhile."""
+        attempt = self.registry_attempt(partition)
+        delay = self.backoff.delay(attempt, self.rng) + 1.0
+        self.block_for_registry(partition, now + delay)
+        log.warning(
+            "%s[%d] paused at offset %d for %.1f s: %s",
+            partition[0],
+            partition[1],
+            offset,
+            delay,
+            reason,
+            extra={"topic": partition[0], "partition": partition[1], "offset": offset},
+        )
+        return PauseAt(partition, offset)
+
+    def unblocked(self, now: float) -> list[Effect]:
+        """The partitions whose backoff is over, resumed (unless all are paused)."""
+        due = self.unblock_due(now)
+        return [Resume({p: None for p in due})] if due and not self.paused else []

@@ -50,6 +50,10 @@ class CommitSchedule:
         """`count` more messages reached a terminal state."""
         self._terminal += count
 
+    def next_due(self) -> float:
+        """When a commit of every partition is due next, by time (`every` aside)."""
+        return self._last + (SOON if self._soon else self.interval)
+
     def soon(self) -> None:
         """Commit within `SOON` (a delivery or a dead letter became terminal)."""
         self._soon = True

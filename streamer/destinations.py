@@ -62,8 +62,9 @@ class DestinationState:
         # the starts made for each partition (monotonic): its next owner inherits them
         self.spent: dict[Partition, deque[float]] = {}
 
-    def may_start(self, now: float) -> bool:
-        """Takes the slot for the queue's head if it may start now (hold, limiters)."""
+    def take_slot(self, now: float) -> bool:
+        """Takes the slot for the queue's head if it may start now (hold, limiters);
+        False (nothing taken) if it may not."""
         if self.held_reason is not None:
             if self.probing or now < self.probe_at:
                 return False

@@ -1,13 +1,15 @@
-"""Out: deliveries to incident.io, one worker per request, every answer decided.
+"""Out: what starts when, and what each of incident.io's answers does to it.
 
-The dispatcher takes each destination's queue in turn and starts what its destination
-allows (hold, limits) and the hand-over allows (cut-offs), up to `workers` requests at
-once. Workers only POST; the answer comes back to the poll thread (`collect`), where the
-failure policy decides it: accepted -> terminal; 429 -> the limiter pauses and the
-delivery waits at the head of its queue (not a failed attempt); 5xx or a transport error
--> a retry after a backoff (`schedule`); 401/403/404/3xx -> the destination is held;
-any other refusal -> a dead letter. An answer that cannot be understood is retried like
-a transport error: nothing an endpoint sends can stop the loop.
+A private part of the delivery machine (`delivery_machine.py`; docs/design.md, "The
+delivery machine"): it takes each destination's queue in turn and returns what may start
+now (its destination's hold and limits, the hand-over's cut-offs), up to `workers`
+requests at once; the machine turns those into `Post` effects. Each answer comes back
+through `answered`, where the failure policy decides it: accepted -> terminal; 429 -> the
+limiter pauses and the delivery waits at the head of its queue (not a failed attempt);
+5xx or a transport error -> a retry after a backoff (`schedule`); 401/403/404/3xx -> the
+destination is held; any other refusal -> a dead letter. An answer that cannot be
+understood is retried like a transport error: nothing an endpoint sends can stop the
+machine. Nothing here does I/O or calls back: it returns what happened, the machine acts.
 
 An answer for a job whose partition was revoked meanwhile only releases its key: the
 next owner delivers it (fencing).
@@ -23,11 +25,10 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import queue
+import random
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -35,6 +36,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from streamer.coalescing import Waiting, coalesce
 from streamer.config import DeliverySettings
 from streamer.dead_letters import DeadLetter, SourceMessage
+from streamer.delivery_events import Post
 from streamer.destinations import Destinations, DestinationState
 from streamer.failure_policy import (
     Accepted,
@@ -46,14 +48,18 @@ from streamer.failure_policy import (
     Retry,
 )
 from streamer.handover import HandOver
-from streamer.incident_io import Answer, PostsAlertEvents
+from streamer.incident_io import Answer
 from streamer.instrumentation import MessageSpans, log_context
 from streamer.ledger import DeliveryLedger, Job, OrderingKey, Partition
 from streamer.logs import redact_url
 from streamer.pending import PendingView
 from streamer.telemetry import Telemetry
 
-log = logging.getLogger("streamer.engine")
+log = logging.getLogger(__name__)
+
+# what an answer did: the job is terminal, goes to its dead letter, was fenced off (its
+# key is free again), or waits (a 429, a hold: back in its queue; a retry: a timer)
+Verdict = Literal["accepted", "dead-letter", "released", "waits"]
 
 
 @dataclass
@@ -83,29 +89,20 @@ class Dispatcher:
         ledger: DeliveryLedger,
         destinations: Destinations,
         handover: HandOver,
-        http: PostsAlertEvents,
         telemetry: Telemetry,
         spans: MessageSpans,
         clock: Callable[[], float],
-        wall_clock: Callable[[], float],
-        activate: Callable[[Job], None],
-        finish: Callable[[Job], None],
-        release: Callable[[Job], None],
-        dead_letter: Callable[[Job], None],
+        rng: Callable[[], float] = random.random,
     ) -> None:
         self.settings = settings
+        self.rng = rng  # the backoff's jitter (seeded in simulations)
         self.ledger, self.destinations, self.handover = ledger, destinations, handover
-        self.http, self.telemetry, self.spans = http, telemetry, spans
-        self.clock, self.wall_clock = clock, wall_clock
-        self.activate, self.finish, self.release = activate, finish, release
-        self.dead_letter = dead_letter
+        self.telemetry, self.spans, self.clock = telemetry, spans, clock
         self.policy = FailurePolicy(
             Backoff(settings.backoff_base_seconds, settings.backoff_cap_seconds),
             settings.max_retry_seconds,
         )
         self.busy = 0  # requests in flight
-        self._workers = ThreadPoolExecutor(settings.workers, thread_name_prefix="deliver")
-        self._results: queue.SimpleQueue[tuple[Job, Answer | Exception]] = queue.SimpleQueue()
         self._timers: list[tuple[float, int, Job]] = []  # (due, tie-breaker, job)
         self._sequence = itertools.count()
         # what waits and why (/pending, gauges, the watermark log line): rebuilt each second
@@ -126,41 +123,44 @@ class Dispatcher:
         starts = itertools.chain(self.destinations.earliest_starts(now), self.timer_starts())
         return self.handover.worth_waiting(in_flight=bool(self.busy or producing), starts=starts)
 
-    def close(self) -> None:
-        self._workers.shutdown(wait=False, cancel_futures=True)
-        self.http.close()
-
-    def dispatch(self) -> None:
-        """Starts what may start now, per destination in its queue's order (`priority`). A
+    def dispatch(self, now: float, wall: float) -> tuple[list[Post], list[Job]]:
+        """What starts now (its slots taken, as `Post`s), per destination in its queue's order
+        (`priority`), and the jobs found fenced off (their keys are free again). A
         delivery of a partition past its hand-over cut-off is passed over (it stays queued
         for the drain to give up), so it does not hold back the partitions that stay; keys
         are distinct within a queue, so neither priority nor passing over reorders a key."""
-        now = self.clock()
+        started: list[Post] = []
+        released: list[Job] = []
         for state in self.destinations:
             passed_over = []
             while state.ready and self.busy < self.settings.workers:
                 job = state.ready[0]
                 if not self.ledger.owns(job):  # its partition was revoked: let the key go
                     state.ready.remove(job)
-                    self.release(job)
+                    released.append(job)
                     continue
                 if not self.handover.may_start(job.partition, now):
                     passed_over.append(state.ready.remove(job))  # left to the next owner
                     continue
-                if not state.may_start(now):
+                if not state.take_slot(now):
                     if not state.held_reason and not job.work.waited_for_rate_limit:
                         job.work.waited_for_rate_limit = True
                         job.work.waiting_since = now
                         self.telemetry.rate_limit_waits.add(1, {"destination": state.name})
                     break
                 job.work.place = state.ready.remove(job)
-                self._send(job, state, now)
+                self._started(job, state, now, wall)
+                spec, payload = state.spec, job.work.payload
+                started.append(
+                    Post(job, spec.url, spec.alert_source_config_id, state.token, payload)
+                )
             for entry in passed_over:
                 state.ready.restore(entry)
         if self.pending.due(now):
             self.pending.refresh(
                 now, self.destinations, self.handover, self.ledger, (j for _, _, j in self._timers)
             )
+        return started, released
 
     # -- waiting: coalescing and priority ----------------------------------------------------
 
@@ -202,10 +202,10 @@ class Dispatcher:
             self.telemetry.superseded.add(len(superseded), {"destination": job.key.destination})
         return self.ledger.finish(job, stood=stood), 1 + len(superseded)
 
-    def _send(self, job: Job, state: DestinationState, now: float) -> None:
+    def _started(self, job: Job, state: DestinationState, now: float, wall: float) -> None:
         delivery: Delivery = job.work
         if delivery.first_attempt_at is None:
-            delivery.first_attempt_at = self.wall_clock()
+            delivery.first_attempt_at = wall
         delivery.sent_at = now  # when its slots were taken
         if delivery.waiting_since is not None:
             self.telemetry.rate_limit_wait.record(
@@ -225,43 +225,18 @@ class Dispatcher:
                 },
             )
         self.busy += 1
-        spec, token, payload = state.spec, state.token, delivery.payload
 
-        def post() -> None:
-            try:
-                answer: Answer | Exception = self.http.post_alert_event(
-                    spec.url, spec.alert_source_config_id, token, payload
-                )
-            except Exception as e:  # never lose a result: the poll thread decides
-                answer = e
-            self._results.put((job, answer))
-
-        self._workers.submit(post)
-
-    def collect(self, wait: float = 0.0) -> None:
-        """Handles every answer that arrived; waits up to `wait` s for the first one."""
-        while True:
-            try:
-                job, answer = (
-                    self._results.get(timeout=wait) if wait else self._results.get_nowait()
-                )
-            except queue.Empty:
-                return
-            wait = 0.0
-            self.busy -= 1
-            self._on_answer(job, answer)
-
-    def _on_answer(self, job: Job, answer: Answer | Exception) -> None:
+    def answered(self, job: Job, answer: Answer | Exception, wall: float) -> Verdict:
+        """One answer (or the client's exception) for a started job, decided."""
+        self.busy -= 1
         delivery: Delivery = job.work
         state = self.destinations[delivery.destination]
         was_probe = state.request_ended(delivery.sent_at, self.clock(), job.partition)
         self._record_attempt(delivery, state, answer)
         if not self.ledger.owns(job):  # revoked meanwhile: the new owner delivers it
-            self.release(job)
-            return
-        now_wall = self.wall_clock()
-        first = delivery.first_attempt_at or now_wall
-        decision = decide(self.policy, answer, job.attempts, first, now_wall)
+            return "released"
+        first = delivery.first_attempt_at or wall
+        decision = decide(self.policy, answer, job.attempts, first, wall, self.rng)
         change = state.answered(
             decision,
             was_probe=was_probe,
@@ -278,13 +253,14 @@ class Dispatcher:
             self.telemetry.delivered.add(1, {"destination": state.name})
             if delivery.event_time is not None:
                 self.telemetry.latency.record(
-                    max(0.0, now_wall - delivery.event_time), {"destination": state.name}
+                    max(0.0, wall - delivery.event_time), {"destination": state.name}
                 )
-            self.finish(job)
-        elif isinstance(decision, RateLimited):  # not a failure: no attempt counted
-            state.rate_limited(self.clock() + max(0.0, decision.retry_at - now_wall))
+            return "accepted"
+        if isinstance(decision, RateLimited):  # not a failure: no attempt counted
+            state.rate_limited(self.clock() + max(0.0, decision.retry_at - wall))
             self.enqueue(job)  # its key keeps its place
-        elif isinstance(decision, Retry):
+            return "waits"
+        if isinstance(decision, Retry):
             job.attempts += 1
             self.telemetry.retries.add(1, {"destination": state.name})
             log.warning(
@@ -296,7 +272,8 @@ class Dispatcher:
                 extra={**log_context(job), "request_id": decision.request_id},
             )
             self.schedule(self.clock() + decision.delay, job)
-        elif isinstance(decision, HoldDestination):
+            return "waits"
+        if isinstance(decision, HoldDestination):
             job.attempts += 1
             if change == "held":
                 log.error(
@@ -313,20 +290,21 @@ class Dispatcher:
                     },
                 )
             self.enqueue(job)
-        else:  # the payload is wrong, or retries ran out: a dead letter
-            job.attempts += 1
-            job.work = DeadLetter(
-                delivery.message,
-                f"http-{decision.status}" if decision.status else "gave-up",
-                decision.reason,
-                delivery.route,
-                delivery.destination,
-                decision.status,
-                decision.body,
-                decision.request_id,
-                job.attempts,
-            )
-            self.dead_letter(job)
+            return "waits"
+        # the payload is wrong, or retries ran out: a dead letter
+        job.attempts += 1
+        job.work = DeadLetter(
+            delivery.message,
+            f"http-{decision.status}" if decision.status else "gave-up",
+            decision.reason,
+            delivery.route,
+            delivery.destination,
+            decision.status,
+            decision.body,
+            decision.request_id,
+            job.attempts,
+        )
+        return "dead-letter"
 
     def _record_attempt(
         self, delivery: Delivery, state: DestinationState, answer: Answer | Exception
@@ -352,14 +330,15 @@ class Dispatcher:
     def schedule(self, due: float, job: Job) -> None:
         heapq.heappush(self._timers, (due, next(self._sequence), job))
 
-    def fire_timers(self) -> None:
-        now = self.clock()
+    def due_timers(self, now: float) -> list[Job]:
+        """The jobs whose backoff (or dead letter's pause) is over, in due order."""
+        due = []
         while self._timers and self._timers[0][0] <= now:
-            _, _, job = heapq.heappop(self._timers)
-            if not self.ledger.owns(job):
-                self.release(job)
-            else:
-                self.activate(job)
+            due.append(heapq.heappop(self._timers)[2])
+        return due
+
+    def next_timer(self) -> float | None:
+        return self._timers[0][0] if self._timers else None
 
 
 def decide(
@@ -368,6 +347,7 @@ def decide(
     attempt: int,
     first_attempt_at: float,
     now: float,
+    rng: Callable[[], float] = random.random,
 ) -> Decision:
     """The policy's decision on one attempt's answer (wall-clock times). An answer the
     policy cannot read is treated as no answer at all: retried, never raised."""
@@ -381,6 +361,9 @@ def decide(
             attempt=attempt,
             first_attempt_at=first_attempt_at,
             now=now,
+            rng=rng,
         )
     except Exception as e:
-        return policy.decide_error(e, attempt=attempt, first_attempt_at=first_attempt_at, now=now)
+        return policy.decide_error(
+            e, attempt=attempt, first_attempt_at=first_attempt_at, now=now, rng=rng
+        )

@@ -181,6 +181,9 @@ class GroupBudget:
 
     # -- the rest of the group -------------------------------------------------------------
 
+    def next_view(self) -> float:
+        return self._next_view
+
     def view_due(self, now: float) -> bool:
         if now < self._next_view:
             return False

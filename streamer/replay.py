@@ -304,7 +304,7 @@ class _LetterDelivery:
             if state.held_reason is not None:  # no use waiting for its probe here
                 return f"destination held: {state.held_reason}"
             now = self.clock()
-            if not state.may_start(now):
+            if not state.take_slot(now):
                 self.sleep(max(0.0, state.earliest_start(now) - now))
                 continue
             try:

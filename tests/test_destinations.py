@@ -24,24 +24,24 @@ def destinations(per_minute: int = 120, **settings) -> Destinations:
 
 def test_a_held_destination_sends_one_probe_per_retry_interval_and_the_probe_releases_it():
     state = destinations()["a"]
-    assert state.may_start(0.0)
+    assert state.take_slot(0.0)
     assert (
         state.answered(HOLD, was_probe=state.request_ended(0.0, 0.0), now=0.0, hold_retry=30.0)
         == "held"
     )
-    assert not state.may_start(10.0)  # held: nothing starts before the probe is due
-    assert state.may_start(30.0)  # the probe
-    assert not state.may_start(30.0)  # only one at a time
+    assert not state.take_slot(10.0)  # held: nothing starts before the probe is due
+    assert state.take_slot(30.0)  # the probe
+    assert not state.take_slot(30.0)  # only one at a time
     was_probe = state.request_ended(30.0, 30.0)
     assert was_probe
     assert state.answered(HOLD, was_probe=was_probe, now=30.0, hold_retry=30.0) is None
-    assert state.probe_at == 60.0 and not state.may_start(59.0)  # still held
-    assert state.may_start(60.0)
+    assert state.probe_at == 60.0 and not state.take_slot(59.0)  # still held
+    assert state.take_slot(60.0)
     change = state.answered(
         Retry(1.0, "HTTP 503"), was_probe=state.request_ended(60.0, 60.0), now=60.0, hold_retry=30.0
     )
     assert change == "released"  # it answers again (a 503 is not the destination's fault)
-    assert state.held_reason is None and state.may_start(60.0)
+    assert state.held_reason is None and state.take_slot(60.0)
 
 
 def test_an_answer_to_an_older_request_does_not_release_a_hold_unless_it_is_accepted() -> None:
@@ -54,18 +54,18 @@ def test_an_answer_to_an_older_request_does_not_release_a_hold_unless_it_is_acce
 def test_a_hold_stops_only_its_own_destination() -> None:
     ds = destinations()
     ds["a"].answered(HOLD, was_probe=False, now=0.0, hold_retry=30.0)
-    assert not ds["a"].may_start(1.0) and ds["b"].may_start(1.0)
+    assert not ds["a"].take_slot(1.0) and ds["b"].take_slot(1.0)
     assert ds.held() == 1
 
 
 def test_the_alert_source_limit_and_a_429_pause_the_destination() -> None:
     state = destinations(per_minute=2)["a"]
-    assert state.may_start(0.0) and state.may_start(0.0)
-    assert not state.may_start(1.0)
+    assert state.take_slot(0.0) and state.take_slot(0.0)
+    assert not state.take_slot(1.0)
     assert state.earliest_start(1.0) == 60.0
     state.rate_limited(until=100.0)
-    assert state.earliest_start(61.0) == 100.0 and not state.may_start(99.0)
-    assert state.may_start(100.0)
+    assert state.earliest_start(61.0) == 100.0 and not state.take_slot(99.0)
+    assert state.take_slot(100.0)
 
 
 def test_destinations_with_one_token_share_its_api_key_limit() -> None:
@@ -74,7 +74,7 @@ def test_destinations_with_one_token_share_its_api_key_limit() -> None:
         DeliverySettings(requests_per_minute_per_api_key=3, rate_limit_margin_seconds=0.0)
     )
     ds.configure({"a": spec, "b": spec}, {"a": SecretStr("same"), "b": SecretStr("same")})
-    started = [ds[name].may_start(0.0) for name in ("a", "b", "a", "b")]
+    started = [ds[name].take_slot(0.0) for name in ("a", "b", "a", "b")]
     assert started == [True, True, True, False]
 
 
@@ -111,7 +111,7 @@ def test_a_slot_and_its_handed_over_start_are_kept_until_a_window_after_the_answ
     ledger.assign(P0)
     [job] = ledger.add(P0, 0, [(OrderingKey("a", "host-1//disk"), "event")])
     ds["a"].ready.append(job)
-    assert ds["a"].may_start(1.0)
+    assert ds["a"].take_slot(1.0)
     ds["a"].request_ended(1.0, 4.0, P0)
     assert list(ds["a"].spent[P0]) == [4.0]
     assert ds["a"].earliest_start(61.0) == 64.0

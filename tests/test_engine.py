@@ -244,7 +244,7 @@ def test_an_unreachable_registry_delays_but_never_dead_letters(
     pipeline.start()
     try:
         pipeline.wait_for(
-            lambda: pipeline.engine.backpressure.blocked_count() > 0, "a partition blocked"
+            lambda: pipeline.engine.machine.blocked > 0, "a partition blocked"
         )
         assert fake.events == [] and pipeline.engine.stats.dead_lettered == 0
         assert sum(pipeline.committed().values()) == 0  # nothing passed the blocked events

@@ -33,7 +33,7 @@ def start(ds: Destinations, ledger: DeliveryLedger, partition, offset: int, now:
     """One delivery of `partition` at the head of the queue asks for a slot."""
     [job] = ledger.add(partition, offset, [(OrderingKey("a", f"k{offset}"), "work")])
     ds["a"].ready.add(job, rank=0)
-    started = ds["a"].may_start(now)
+    started = ds["a"].take_slot(now)
     ds["a"].ready.drop([partition])
     return started
 
@@ -209,7 +209,7 @@ def test_shares_that_follow_shifting_demand_never_exceed_the_limit_together(phas
                         key = OrderingKey("a", f"k{offset}")
                         [queued[i]] = ledger.add(p, offset, [(key, "w")])
                         ds["a"].ready.add(queued[i], rank=0)
-                    if queued[i] is None or not ds["a"].may_start(now):
+                    if queued[i] is None or not ds["a"].take_slot(now):
                         break
                     starts.append(now)
                     ds["a"].ready.remove(queued[i])

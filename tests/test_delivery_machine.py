@@ -1,7 +1,9 @@
-"""The dispatcher: what starts, when, and what each answer does, without a broker.
+"""The delivery machine, driven through its one door: what starts, when, and what each
+answer does to it, without a broker or threads.
 
 incident.io is a scripted client here (answers in order); time is a manual clock; the
-worker threads are real, and `collect(wait=...)` waits for their answers on the queue.
+`Harness` performs the machine's effects the simplest way (commits confirmed at once,
+notes read as none) and feeds their results back, as a shell does.
 """
 
 from __future__ import annotations
@@ -17,12 +19,28 @@ from pydantic import SecretStr
 
 from streamer.config import DeliverySettings, Destination, TokenSource
 from streamer.dead_letters import DeadLetter, SourceMessage
-from streamer.destinations import Destinations
-from streamer.dispatch import Delivery, Dispatcher
-from streamer.handover import HandOver
+from streamer.delivery_events import (
+    Answered,
+    Assigned,
+    Commit,
+    CommitAnswered,
+    DeadLetterWritten,
+    Event,
+    Fetched,
+    Incoming,
+    LetGo,
+    NotesRead,
+    Post,
+    ReadNotes,
+    Revoking,
+    Tick,
+    WriteDeadLetter,
+)
+from streamer.delivery_machine import DeliveryMachine
+from streamer.dispatch import Delivery
 from streamer.incident_io import Answer
-from streamer.instrumentation import MessageSpans, Stats, stats_of
-from streamer.ledger import DeliveryLedger, Job, OrderingKey
+from streamer.instrumentation import Stats, stats_of
+from streamer.ledger import Job, OrderingKey
 from streamer.telemetry import Telemetry
 from tests.conftest import ManualClock
 
@@ -36,17 +54,9 @@ class ScriptedIncidentIo:
         self.answers = deque(answers)
         self.posted: list[Mapping[str, Any]] = []
 
-    def post_alert_event(
-        self, base_url: str, source: str, token: SecretStr, payload: Mapping[str, Any]
-    ) -> Answer:
-        self.posted.append(payload)
-        answer = self.answers.popleft() if self.answers else Answer(202, {}, b"{}")
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    def close(self) -> None:
-        pass
+    def answer(self, post: Post) -> Answer | Exception:
+        self.posted.append(post.payload)
+        return self.answers.popleft() if self.answers else Answer(202, {}, b"{}")
 
 
 def answer(status: int, body: Any = None, **headers: str) -> Answer:
@@ -59,73 +69,93 @@ class Harness:
     ) -> None:
         self.clock = ManualClock(1000.0)
         self.settings = DeliverySettings(rate_limit_margin_seconds=0.0, **settings)
-        self.ledger = DeliveryLedger()
-        self.destinations = Destinations(self.settings)
         spec = Destination(alert_source_config_id="SRC", token=TokenSource(env="T"), **destination)
-        self.destinations.configure({"a": spec}, {"a": SecretStr("t")})
-        self.handover = HandOver(self.settings.request_timeout_seconds)
-        self.finished: list[Job] = []
-        self.released: list[Job] = []
-        self.dead: list[Job] = []
-        self.http = http
-        self.telemetry = telemetry = Telemetry()
-        self.out = Dispatcher(
+        self.telemetry = Telemetry()
+        self.machine = DeliveryMachine(
             self.settings,
-            ledger=self.ledger,
-            destinations=self.destinations,
-            handover=self.handover,
-            http=http,
-            telemetry=telemetry,
-            spans=MessageSpans(telemetry, "g", self.clock),
-            clock=self.clock,
-            wall_clock=self.clock,
-            activate=lambda job: self.out.enqueue(job),
-            finish=self._finish,
-            release=self._release,
-            dead_letter=self.dead.append,
+            {"a": spec},
+            {"a": SecretStr("t")},
+            now=self.clock(),
+            telemetry=self.telemetry,
+            rng=lambda: 0.999,  # every backoff at its ceiling
         )
-        for p in (P0, P1):
-            self.ledger.assign(p)
+        self.http = http
+        self.finished: list[Job] = []  # accepted by incident.io while still ours
+        self.released: list[Job] = []  # answered after their partition was let go
+        self.dead: list[Job] = []  # dead letters produced, not yet acknowledged
+        self.in_flight: list[Post] = []
         self.offsets = {P0: 0, P1: 0}
+        self.feed(Assigned([P0, P1], total_partitions=2))
+        # a member's share grows to the whole limit once the group could have heard of it
+        self.clock.advance(self.machine._budget.raise_after)
+        self.feed(NotesRead({P0: (-1001, None), P1: (-1001, None)}, group=True))
+
+    # private parts, for assertions only
+    @property
+    def ledger(self):  # noqa: ANN201
+        return self.machine._ledger
+
+    @property
+    def destinations(self):  # noqa: ANN201
+        return self.machine._destinations
 
     @property
     def stats(self) -> Stats:
         return stats_of(self.telemetry)
 
-    def event(self, partition=P0, key: str = "k", **payload: Any) -> Job:
+    def feed(self, event: Event) -> None:
+        """One event through the door; the effects performed, their results fed back."""
+        events = deque([event])
+        while events:
+            for effect in self.machine.handle(events.popleft(), self.clock(), self.clock()):
+                if isinstance(effect, Post):
+                    self.in_flight.append(effect)
+                elif isinstance(effect, WriteDeadLetter):
+                    self.dead.append(effect.job)
+                elif isinstance(effect, Commit):
+                    results = {p: (o, None) for p, (o, _) in effect.offsets.items()}
+                    events.append(CommitAnswered(results, sync=effect.sync))
+                elif isinstance(effect, ReadNotes) and not effect.group:
+                    notes = {p: (-1001, None) for p in effect.partitions}
+                    events.append(NotesRead(notes))
+
+    def event(self, partition=P0, key: str = "k", **payload: Any) -> Job | None:
         offset = self.offsets[partition]
         self.offsets[partition] += 1
         source = SourceMessage(partition[0], partition[1], offset, None, b"v", ())
         delivery = Delivery(source, "r", "a", {"n": offset, **payload})
-        jobs = self.ledger.add(partition, offset, [(OrderingKey("a", key), delivery)])
-        for job in jobs:
-            self.out.enqueue(job)
-        self.out.coalesce([(OrderingKey("a", key), delivery)])
-        return job if jobs else None
+        work = [(OrderingKey("a", key), delivery)]
+        self.feed(Fetched([Incoming(partition, offset, 1, work)]))
+        jobs = [j for j in self.ledger.queue_of(OrderingKey("a", key)) if j.offset == offset]
+        return jobs[0] if jobs else None
 
-    def _finish(self, job: Job) -> None:  # as the engine does: the key's next job waits
-        self.finished.append(job)
-        next_jobs, _ = self.out.ended(job)
-        for next_job in next_jobs:
-            self.out.enqueue(next_job)
+    def start(self) -> None:
+        """Time passes: what may start starts (and stays in flight); commits are made."""
+        self.feed(Tick())
+        self.feed(Tick())  # a partition's first commit claims it; then it may start
 
-    def finish_dead_letters(self) -> None:
-        """The dead letters so far are written (as the engine does once acknowledged)."""
-        written, self.dead = self.dead, []
-        for job in written:
-            self._finish(job)
-
-    def _release(self, job: Job) -> None:
-        self.released.append(job)
-        for next_job in self.ledger.finish(job):
-            self.out.enqueue(next_job)
+    def answer_all(self) -> None:
+        """incident.io answers every request in flight, in order."""
+        while self.in_flight:
+            post = self.in_flight.pop(0)
+            owned = post.job.partition in self.machine.partitions
+            got = self.http.answer(post)
+            if isinstance(got, Answer) and got.status == 202:
+                (self.finished if owned else self.released).append(post.job)
+            elif not owned:
+                self.released.append(post.job)
+            self.feed(Answered(post.job, got))
 
     def round(self) -> None:
         """Start what may start, and wait for the answers of what started."""
-        self.out.fire_timers()
-        self.out.dispatch()
-        while self.out.busy:
-            self.out.collect(wait=10.0)
+        self.start()
+        self.answer_all()
+
+    def finish_dead_letters(self) -> None:
+        """The dead letters so far are written (the broker acknowledged them)."""
+        written, self.dead = self.dead, []
+        for job in written:
+            self.feed(DeadLetterWritten(job))
 
 
 def test_accepted_deliveries_are_finished_in_order() -> None:
@@ -137,7 +167,7 @@ def test_accepted_deliveries_are_finished_in_order() -> None:
 
 def test_a_revoked_partitions_request_never_starts_after_its_cut_off() -> None:
     h = Harness(ScriptedIncidentIo(), request_timeout_seconds=10.0)
-    h.handover.begin({P0}, drain_deadline=h.clock() + 10.0)  # cut-off: now
+    h.feed(Revoking([P0], deadline=h.clock() + 10.0))  # cut-off: now
     h.event(P0)
     h.round()
     assert h.http.posted == [] and h.destinations["a"].ready  # left to the next owner
@@ -152,10 +182,9 @@ def test_a_revoked_partitions_request_never_starts_after_its_cut_off() -> None:
 def test_an_answer_after_a_revoke_only_releases_the_key() -> None:
     h = Harness(ScriptedIncidentIo())
     job = h.event(P0)
-    h.out.dispatch()
-    h.ledger.revoke(P0)  # while the request is in flight
-    while h.out.busy:
-        h.out.collect(wait=10.0)
+    h.start()
+    h.feed(LetGo([P0]))  # while the request is in flight
+    h.answer_all()
     assert h.released == [job] and h.finished == []
 
 
@@ -175,18 +204,17 @@ def test_a_429_pauses_the_destination_until_its_retry_after_without_counting_an_
 
 def test_a_429_during_a_drain_whose_wait_outlasts_the_cut_off_ends_the_drain_early() -> None:
     h = Harness(ScriptedIncidentIo(answer(429, **{"Retry-After": "60"})))
-    h.handover.begin({P0}, drain_deadline=h.clock() + 25.0)  # last start: +15 s
     h.event(P0)
+    h.feed(Revoking([P0], deadline=h.clock() + 25.0))  # last start: +15 s
     h.round()
-    starts = list(h.destinations.earliest_starts(h.clock()))
-    assert not h.handover.worth_waiting(in_flight=bool(h.out.busy), starts=starts)
+    assert h.machine.drained([P0], producing=False)
 
 
 def test_a_5xx_is_retried_after_a_backoff() -> None:
     h = Harness(ScriptedIncidentIo(answer(503)), backoff_cap_seconds=5.0)
     job = h.event()
     h.round()
-    assert job.attempts == 1 and h.finished == [] and h.out.has_timers
+    assert job.attempts == 1 and h.finished == [] and h.machine.has_timers
     h.clock.advance(5.0)
     h.round()
     assert h.finished == [job]
@@ -296,11 +324,10 @@ def test_coalesce_none_sends_every_state() -> None:
 def test_an_event_in_flight_is_never_recalled() -> None:
     h = Harness(ScriptedIncidentIo())
     first = h.event(key="x")
-    h.out.dispatch()  # in flight
+    h.start()  # in flight
     h.event(key="x")
     h.event(key="x")  # supersedes offset 1, which waits behind the one in flight
-    while h.out.busy:
-        h.out.collect(wait=10.0)
+    h.answer_all()
     h.round()
     assert sent(h) == [0, 2] and h.finished[0] is first and h.stats.superseded == 1
 
@@ -308,10 +335,9 @@ def test_an_event_in_flight_is_never_recalled() -> None:
 def test_a_429_sends_the_newest_state_when_the_limit_reopens() -> None:
     h = Harness(ScriptedIncidentIo(answer(429, **{"Retry-After": "30"})))
     h.event(key="x")
-    h.out.dispatch()
+    h.start()
     h.event(key="x")  # arrives while the first is in flight
-    while h.out.busy:
-        h.out.collect(wait=10.0)  # 429: the first waits again, and the newer one replaces it
+    h.answer_all()  # 429: the first waits again, and the newer one replaces it
     h.clock.advance(30)
     h.round()
     assert sent(h) == [0, 1] and [j.offset for j in h.finished] == [1]
@@ -361,11 +387,11 @@ def test_a_key_holding_the_watermark_is_logged_once_and_pending_says_why(caplog)
     h.event(P1, key="web-1//http")
     for _ in range(4):
         h.clock.advance(11)
-        h.out.dispatch()
+        h.start()
     held = [r.getMessage() for r in caplog.records if "held the commit" in r.getMessage()]
     [line] = [m for m in held if m.startswith("events[0]")]  # once, not on every look
     assert "'db-1//disk'" in line and "rate limit" in line and len(held) == 2
-    report = h.out.pending.report.as_json(h.clock())
+    report = h.machine._out.pending.report.as_json(h.clock())
     [waiting] = [k for k in report["destinations"]["a"]["oldest"] if k["offset"] == 1]
     assert waiting["deduplication_key"] == "db-1//disk" and waiting["reason"] == "limit"
     assert waiting["state"] == "queued" and waiting["waiting_seconds"] >= 33
@@ -377,12 +403,10 @@ def test_a_key_holding_the_watermark_is_logged_once_and_pending_says_why(caplog)
 
 
 def test_a_retrying_key_is_pending_with_reason_backoff() -> None:
-    h = Harness(ScriptedIncidentIo(answer(503)), backoff_cap_seconds=5.0)
+    h = Harness(ScriptedIncidentIo(answer(503)), backoff_base_seconds=5.0, backoff_cap_seconds=5.0)
     h.event(key="x")
     h.round()
     h.clock.advance(1.0)
-    h.out.pending.refresh(
-        h.clock(), h.destinations, h.handover, h.ledger, (j for _, _, j in h.out._timers)
-    )
-    [key] = h.out.pending.report.oldest["a"]
+    h.start()  # the pending report is rebuilt every second
+    [key] = h.machine._out.pending.report.oldest["a"]
     assert (key.state, key.reason) == ("retrying", "backoff")

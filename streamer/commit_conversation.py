@@ -1,0 +1,152 @@
+"""The delivery machine's conversation with the broker about offsets and notes.
+
+A private part of the delivery machine (docs/design.md, "The delivery machine"): which
+offsets to commit and with which notes (`CommitSchedule`: when; `GroupBudget`: the note),
+what the broker's answers confirm, and what the notes read back say (the previous owner's
+budget and offsets done at assignment; the whole group's budget every view interval). It
+returns `Commit` and `ReadNotes` effects; it never talks to the broker itself.
+
+Invariants:
+- a partition is claimed (`handover.py`) by its first confirmed commit;
+- one whose previous note is unread (no coordinator at assignment) is neither committed
+  nor claimed until it is read: our note would overwrite what the previous owner spent;
+- notes are input from other processes: one that cannot be used is logged and ignored,
+  never raised into the machine.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Iterable, Mapping
+
+from streamer.commits import CommitSchedule
+from streamer.delivery_events import Commit, Effect, ReadNotes
+from streamer.group_budget import GroupBudget
+from streamer.handover import HandOver
+from streamer.ledger import DeliveryLedger, Partition
+
+log = logging.getLogger(__name__)
+
+
+class CommitConversation:
+    def __init__(
+        self,
+        *,
+        schedule: CommitSchedule,
+        budget: GroupBudget,
+        handover: HandOver,
+        ledger: DeliveryLedger,
+    ) -> None:
+        self.schedule, self.budget, self.handover, self.ledger = schedule, budget, handover, ledger
+        self.unread: set[Partition] = set()  # assigned, the previous note not read yet
+        self._sync: tuple[float, bool] | None = None  # a sync commit's built-at, complete
+
+    def due(
+        self,
+        now: float,
+        wall: float,
+        *,
+        force: bool = False,
+        partitions: Collection[Partition] | None = None,
+    ) -> list[Effect]:
+        """The commit (and note reads) due now; `force` (revoke, shutdown): a synchronous
+        commit of everything terminal not yet confirmed."""
+        effects: list[Effect] = []
+        view = not force and self.budget.view_due(now)
+        if view and self.unread:  # the previous owners' notes, read again
+            effects.append(ReadNotes(sorted(self.unread)))
+        watermarks = self.ledger.commit_offsets()
+        for p in self.unread:
+            watermarks.pop(p, None)
+        offsets = self.schedule.offsets_to_send(
+            watermarks,
+            now,
+            force=force,
+            only=partitions,
+            notes=lambda due: self.budget.notes(due, now, wall, final=force),
+            claims=self.handover.unclaimed(),
+        )
+        if view:
+            effects.append(ReadNotes((), group=True))
+        if not offsets:
+            return effects
+        notes = self.schedule.notes
+        # only a commit of every partition's note confirms the starts made before it
+        complete = self.schedule.complete
+        if force:
+            self._sync = (now, complete)
+        else:
+            self.schedule.sending(offsets)
+            self.budget.sending(now if complete else None)
+        effects.append(Commit({p: (o, notes.get(p, "")) for p, o in offsets.items()}, sync=force))
+        return effects
+
+    def answered(self, results: Mapping[Partition, tuple[int, str | None]], *, sync: bool) -> None:
+        """The broker's answer, per partition; a refusal is sent again at the next commit."""
+        failed = []
+        for p, (offset, error) in results.items():
+            ok = error is None
+            owned = self.ledger.holds(p)
+            self.schedule.answered(p, offset, ok=ok, owned=owned)
+            if ok and owned:
+                self.handover.claimed(p)
+            if not ok:
+                failed.append(f"{p[0]}[{p[1]}]@{offset} ({error})")
+        if failed:
+            log.warning(
+                "commit of %s failed; it is sent again at the next commit", ", ".join(failed)
+            )
+        if sync:
+            built, self._sync = self._sync, None
+            if built is not None and built[1] and not failed:
+                self.budget.confirmed(built[0])
+        else:
+            self.budget.answered(ok=not failed)
+
+    def not_sent(self, offsets: Mapping[Partition, int], *, sync: bool) -> None:
+        """Sending raised (no coordinator mid-rebalance): nothing is on its way."""
+        self.schedule.not_sent(offsets)
+        if not sync:
+            self.budget.not_sent()
+
+    def group_read(
+        self, notes: Mapping[Partition, tuple[int, str | None]], now: float, wall: float
+    ) -> None:
+        """Every partition's committed note: what the group spent, where deliveries wait."""
+        try:  # other members' notes are input from elsewhere: never let them stop us
+            self.budget.observe(notes, now, wall, total_partitions=len(notes))
+        except Exception:
+            log.exception("the group's notes could not be read; shares stay as they were")
+
+    def previous_read(
+        self,
+        notes: Mapping[Partition, tuple[int, str | None]],
+        failed: Iterable[Partition],
+        now: float,
+        wall: float,
+    ) -> None:
+        """The previous owners' notes: their budget becomes ours, their offsets done are
+        skipped; a partition whose note failed stays unread (read again at the next view)."""
+        for p in failed:
+            log.warning("could not read the note of %s[%d] (read again soon)", p[0], p[1])
+        for p, (offset, metadata) in notes.items():
+            if p not in self.unread:
+                continue  # read already, or no longer ours
+            self.unread.discard(p)
+            if offset < 0:
+                continue
+            try:  # the previous owner's note is input from elsewhere: it cannot stop us
+                self.budget.take_over(p, metadata, offset, now, wall)
+            except Exception:
+                log.exception("the note of %s[%d] is ignored", p[0], p[1])
+
+    def take(self, partitions: Iterable[Partition]) -> list[Effect]:
+        """Newly assigned: their previous notes are to be read before anything commits."""
+        taken = list(partitions)
+        self.unread.update(taken)
+        return [ReadNotes(taken)]
+
+    def let_go(self, partitions: Collection[Partition]) -> None:
+        self.schedule.forget(partitions)
+        self.unread.difference_update(partitions)
+        self.budget.let_go(partitions)

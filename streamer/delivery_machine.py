@@ -1,0 +1,420 @@
+"""The delivery machine: every decision of delivery, events in, effects out.
+
+One door (docs/design.md, "The delivery machine"): `handle(event, now, wall)` takes what
+happened (`delivery_events.py`: messages fetched, an answer, a dead letter written, time
+passing, a rebalance, a commit's answer, notes read, a new configuration) and returns the
+effects the shell must perform (POST, produce a dead letter, commit with notes, pause,
+resume, read notes). The shell (`engine.py`, or the simulator in tests/simulation/)
+performs them and feeds their results back as events; nothing here blocks, sleeps, reads
+a clock or talks to Kafka or HTTP, and nothing here calls back into the shell.
+
+Its parts are private (the shell only asks the read-only questions below): the ledger
+(guarantees 1, 2), destinations and the dispatcher (3, 5), coalescing (11), backpressure
+(4), the hand-over (6), and the commit conversation with the group budget (1, 3, 10).
+
+A message's walk: `Fetched` -> the ledger -> one job per delivery, queued for its
+destination (or a `WriteDeadLetter`) -> `Tick`: `Post` when its key, hold, limits and
+hand-over allow -> `Answered`: terminal, a retry, a wait or a dead letter -> a job that
+ends goes through `_end` (the one place), which frees its key -> a `Commit` behind the
+watermark.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Collection, Mapping
+
+from pydantic import SecretStr
+
+from streamer.backpressure import Backpressure
+from streamer.commit_conversation import CommitConversation
+from streamer.commits import CLAIM_RETRY, CommitSchedule
+from streamer.config import Config, DeliverySettings, Destination
+from streamer.dead_letters import DeadLetter
+from streamer.delivery_events import (
+    Answered,
+    Assigned,
+    CommitAnswered,
+    CommitNotSent,
+    ConfigChanged,
+    DeadLetterNotWritten,
+    DeadLetterWritten,
+    Effect,
+    Event,
+    Fetched,
+    LetGo,
+    NotesRead,
+    Pause,
+    Revoked,
+    Revoking,
+    Tick,
+    WriteDeadLetter,
+)
+from streamer.destinations import Destinations
+from streamer.dispatch import Dispatcher
+from streamer.failure_policy import Backoff
+from streamer.group_budget import GroupBudget
+from streamer.handover import HandOver
+from streamer.instrumentation import (
+    ConsumerLag,
+    MessageSpans,
+    Stats,
+    register_gauges,
+    stats_of,
+)
+from streamer.ledger import DeliveryLedger, Job, Partition
+from streamer.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DeliveryMachine"]
+
+
+class DeliveryMachine:
+    def __init__(
+        self,
+        settings: DeliverySettings,
+        destinations: Mapping[str, Destination],
+        tokens: Mapping[str, SecretStr],
+        *,
+        group_id: str = "streamer",
+        now: float = 0.0,
+        writer: str | None = None,
+        telemetry: Telemetry | None = None,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.telemetry = telemetry or Telemetry()
+        self._rng = rng  # every jitter (seeded in simulations: a seed replays exactly)
+        s = self.settings = settings
+        self._now, self._wall = now, 0.0
+
+        def clock() -> float:  # the latest event's time: the machine reads no clock
+            return self._now
+
+        self._ledger = DeliveryLedger()
+        self._destinations = Destinations(s)
+        self._backpressure = Backpressure(
+            max_messages=s.max_unfinished,
+            max_bytes=s.max_unfinished_bytes,
+            backoff=Backoff(s.backoff_base_seconds, s.backoff_cap_seconds),
+            rng=rng,
+        )
+        self._handover = HandOver(s.request_timeout_seconds)
+        self._commits = CommitSchedule(
+            interval=s.commit_interval_seconds, every=s.commit_every_messages, now=now
+        )
+        # a note may take two commit intervals (and a round trip) to be confirmed
+        self._budget = GroupBudget(
+            self._destinations,
+            self._ledger,
+            tail_seconds=2 * s.commit_interval_seconds + 1.0,
+            view_interval=s.commit_interval_seconds,
+            writer=writer,
+        )
+        self._commit = CommitConversation(
+            schedule=self._commits,
+            budget=self._budget,
+            handover=self._handover,
+            ledger=self._ledger,
+        )
+        self.spans = MessageSpans(self.telemetry, group_id, clock)
+        self._out = Dispatcher(
+            s,
+            ledger=self._ledger,
+            destinations=self._destinations,
+            handover=self._handover,
+            telemetry=self.telemetry,
+            spans=self.spans,
+            clock=clock,
+            rng=rng,
+        )
+        self._total_partitions = 0
+        self._effects: list[Effect] = []
+        self._configure(destinations, tokens)
+
+    @classmethod
+    def of(
+        cls, config: Config, *, now: float = 0.0, telemetry: Telemetry | None = None
+    ) -> DeliveryMachine:
+        """The machine for a loaded configuration."""
+        return cls(
+            config.file.delivery,
+            config.file.destinations,
+            config.tokens,
+            group_id=config.file.kafka.group_id,
+            now=now,
+            telemetry=telemetry,
+        )
+
+    # -- the door ------------------------------------------------------------------------
+
+    def handle(self, event: Event, now: float, wall: float) -> list[Effect]:
+        """Everything that happens goes through here; returns what the shell must do."""
+        self._now, self._wall = now, wall
+        self._effects = []
+        match event:
+            case Fetched():
+                self._fetched(event)
+            case Tick():
+                self._tick(event)
+            case Answered():
+                self._answered(event)
+            case DeadLetterWritten():
+                self._dead_letter_written(event)
+            case DeadLetterNotWritten():
+                self._dead_letter_not_written(event)
+            case CommitAnswered():
+                self._commit.answered(event.results, sync=event.sync)
+            case CommitNotSent():
+                self._commit.not_sent(event.offsets, sync=event.sync)
+            case NotesRead() if event.group:
+                self._commit.group_read(event.notes, now, wall)
+            case NotesRead():
+                self._commit.previous_read(event.notes, event.failed, now, wall)
+            case Assigned():
+                self._assigned(event)
+            case Revoking():  # a drain begins: nothing of them starts too late to end
+                self._handover.begin(event.partitions, event.deadline)
+            case Revoked():  # the drain is over: commit what is terminal, and wait
+                self._effects += self._commit.due(
+                    now, wall, force=True, partitions=event.partitions
+                )
+            case LetGo():
+                self._let_go(event)
+            case ConfigChanged():
+                self._total_partitions = event.total_partitions
+                self._configure(event.destinations, event.tokens)
+        return self._effects
+
+    # -- what the shell may ask (reads, never changes) -------------------------------------
+
+    @property
+    def writer(self) -> str:
+        """This incarnation's name in the notes it writes."""
+        return self._budget.writer
+
+    @property
+    def partitions(self) -> list[Partition]:
+        return self._ledger.partitions
+
+    @property
+    def busy(self) -> int:
+        """Requests in flight (posted, not answered)."""
+        return self._out.busy
+
+    @property
+    def has_timers(self) -> bool:
+        return self._out.has_timers
+
+    @property
+    def blocked(self) -> int:
+        """Partitions paused for the schema registry (or an unread note)."""
+        return self._backpressure.blocked_count()
+
+    @property
+    def paused(self) -> bool:
+        """Every partition is paused for the caps."""
+        return self._backpressure.paused
+
+    def unfinished(self, partition: Partition | None = None) -> int:
+        return self._ledger.unfinished(partition)
+
+    def room(self) -> int:
+        """How many more messages may be fetched now (bounded memory)."""
+        return self._backpressure.room(self._ledger.unfinished(), self._ledger.unfinished_size())
+
+    def needs_routing(self, partition: Partition, offset: int) -> bool:
+        """Whether a fetched message is worth decoding and routing (else the shell passes
+        it with `works=None`: not ours, blocked, fetched twice, or known to be done)."""
+        if not self._ledger.holds(partition) or self._backpressure.blocked(partition):
+            return False
+        seen_up_to = self._ledger.next_offset(partition)
+        if seen_up_to is not None and offset < seen_up_to:
+            return False
+        return partition not in self._commit.unread and not self._budget.already_done(
+            partition, offset
+        )
+
+    def drained(self, partitions: Collection[Partition], *, producing: bool) -> bool:
+        """A drain of `partitions` may end: all terminal, or waiting cannot change anything
+        (nothing in flight or being produced, nothing that could start before its cut-off)."""
+        if not any(self._ledger.unfinished(p) for p in partitions):
+            return True
+        return not self._out.worth_waiting(producing=producing)
+
+    def next_wakeup(self, now: float) -> float:
+        """The earliest time at which a `Tick` could do something (a timer, a slot, a
+        commit, a view, a registry retry); `now` if something can happen already."""
+        times = [self._commits.next_due(), self._budget.next_view()]
+        if (timer := self._out.next_timer()) is not None:
+            times.append(timer)
+        times += [start for _, start in self._destinations.earliest_starts(now)]
+        times += self._backpressure.blocked_until()
+        if self._handover.unclaimed():
+            times.append(now + CLAIM_RETRY)
+        return max(now, min(times))
+
+    @property
+    def stats(self) -> Stats:
+        """The summary's numbers as they stand (read from the metrics)."""
+        return stats_of(
+            self.telemetry,
+            held_destinations=self._destinations.held(),
+            pauses=self._backpressure.pauses,
+            committed=self._commits.last_confirmed,
+        )
+
+    def register_gauges(self, lag: ConsumerLag) -> None:
+        """The gauges read from the parts (the metrics thread reads them as they stand)."""
+        register_gauges(self.telemetry, self._ledger, self._backpressure, self._destinations, lag)
+
+    # -- in: messages -> jobs --------------------------------------------------------------
+
+    def _fetched(self, event: Fetched) -> None:
+        """Most messages are dropped by the rules and terminal at once: per message only the
+        ledger's offset; counters are added once per batch."""
+        ledger, spans, dropped = self._ledger, self.spans, 0
+        for m in event.messages:
+            p = m.partition
+            if not ledger.holds(p) or self._backpressure.blocked(p):
+                continue  # no longer ours / re-fetched after the seek that unblocks it
+            seen_up_to = ledger.next_offset(p)
+            if seen_up_to is not None and m.offset < seen_up_to:
+                continue  # fetched twice (a prefetch around a seek): already accounted for
+            if p in self._commit.unread:  # its offset map is not known yet
+                why = "no coordinator: the previous owner's note is not read yet"
+                self._effects.append(self._backpressure.block(p, m.offset, self._now, why))
+                continue
+            if self._budget.already_done(p, m.offset):
+                ledger.add(p, m.offset, ())  # terminal before a hand-over
+                continue
+            if m.registry_down is not None:
+                why = f"schema registry unavailable: {m.registry_down}"
+                self._effects.append(self._backpressure.block(p, m.offset, self._now, why))
+                continue
+            if m.works is None:
+                continue  # the shell did not route it: read again (a seek brings it back)
+            self._backpressure.registry_answered(p)
+            if m.works:
+                if m.span is not None:
+                    spans.routed(p, m.offset, m.span, len(m.works))
+                for job in ledger.add(p, m.offset, m.works, m.size):
+                    self._activate(job)
+                self._out.coalesce(m.works)  # a newer event supersedes its key's waiting one
+            else:  # dropped on purpose: terminal now
+                ledger.add(p, m.offset, (), m.size)
+                dropped += 1
+                if m.span is not None:
+                    spans.routed(p, m.offset, m.span, 0)
+        if dropped:
+            self.telemetry.dropped.add(dropped)
+            self._commits.terminal(dropped)
+
+    def _activate(self, job: Job) -> None:
+        """A job whose key is free: queue it for its destination, or write its letter."""
+        if isinstance(job.work, DeadLetter):
+            self._effects.append(WriteDeadLetter(job, job.work))
+        else:
+            self._out.enqueue(job)  # coalesced and ranked (streamer/coalescing.py)
+
+    # -- out: answers and dead letters -----------------------------------------------------
+
+    def _answered(self, event: Answered) -> None:
+        verdict = self._out.answered(event.job, event.answer, self._wall)
+        if verdict == "accepted":
+            self._end(event.job)
+        elif verdict == "released":
+            self._release(event.job)
+        elif verdict == "dead-letter":
+            self._activate(event.job)  # its work is its dead letter now
+
+    def _dead_letter_written(self, event: DeadLetterWritten) -> None:
+        letter: DeadLetter = event.job.work
+        self.telemetry.dead_lettered.add(1, {"reason": letter.reason})
+        self._end(event.job)
+
+    def _dead_letter_not_written(self, event: DeadLetterNotWritten) -> None:
+        self._out.schedule(self._now + event.retry_in, event.job)  # not terminal until it is
+
+    # -- a job ends: the one place ---------------------------------------------------------
+
+    def _end(self, job: Job) -> None:
+        """`job` is terminal (accepted, or its dead letter written): with the jobs it stood
+        for, if it stood for any; its key's next job is activated."""
+        outcome = "dead-lettered" if isinstance(job.work, DeadLetter) else "delivered"
+        self.spans.job_ended(job.partition, job.offset, outcome)
+        next_jobs, ended = self._out.ended(job)
+        self._commits.terminal(ended)
+        self._commits.soon()  # in the offset map within 0.1 s: a kill re-sends little
+        for next_job in next_jobs:
+            self._activate(next_job)
+
+    def _release(self, job: Job) -> None:
+        """A fenced job (its partition was let go): free its key, no watermark moves."""
+        self.spans.job_ended(job.partition, job.offset, "revoked")
+        for next_job in self._ledger.finish(job):
+            self._activate(next_job)
+
+    # -- time passes -----------------------------------------------------------------------
+
+    def _tick(self, _: Tick) -> None:
+        now = self._now
+        for job in self._out.due_timers(now):
+            if self._ledger.owns(job):
+                self._activate(job)
+            else:
+                self._release(job)
+        self._effects += self._backpressure.unblocked(now)
+        posts, released = self._out.dispatch(now, self._wall)
+        for job in released:
+            self._release(job)
+        self._effects += posts
+        self._effects += self._backpressure.caps(self._ledger)
+        self._effects += self._commit.due(now, self._wall)
+
+    # -- partitions: taken, and let go -----------------------------------------------------
+
+    def _assigned(self, event: Assigned) -> None:
+        """Newly owned: nothing of them starts until our note is on the broker (the claim)
+        nor before the previous owner's note is read (its budget and offsets done)."""
+        self._total_partitions = event.total_partitions
+        for p in event.partitions:
+            self._ledger.assign(p)
+        self._update_shares()
+        self._handover.take(event.partitions)
+        self._effects += self._commit.take(event.partitions)
+        if self._backpressure.paused:
+            self._effects.append(Pause(list(event.partitions)))
+
+    def _let_go(self, event: LetGo) -> None:
+        """The partitions leave every part at once: their messages are no longer ours (the
+        ledger fences their answers), their waiting jobs free their keys (released, never
+        dropped: the next owner delivers them), shares are computed again."""
+        partitions = list(event.partitions)
+        for p in partitions:
+            self._ledger.revoke(p)
+        self._commit.let_go(partitions)
+        self._backpressure.forget(partitions)
+        for job in self._destinations.drop(partitions):
+            self._release(job)
+        self._handover.end(partitions)
+        self._update_shares()
+
+    def _configure(
+        self, destinations: Mapping[str, Destination], tokens: Mapping[str, SecretStr]
+    ) -> None:
+        self._destinations.configure(destinations, tokens)
+        self._update_shares()
+
+    def _update_shares(self) -> None:
+        """Shares by partitions owned: a cut at once, a raise announced first (others keep
+        room for it) and taken `raise_after` later, as raises by demand are."""
+        total = self._total_partitions or max(1, len(self._ledger.partitions))
+        self._destinations.share(
+            len(self._ledger.partitions),
+            total,
+            now=self._now,
+            raise_after=self._budget.raise_after,
+        )
+        self._budget.promise_tails()
