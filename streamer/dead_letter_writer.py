@@ -18,7 +18,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from streamer.config import Config
 from streamer.dead_letters import DeadLetter, fitted
 
-log = logging.getLogger("streamer.engine")  # one logger for the delivery path
+log = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 1_000_000  # librdkafka's message.max.bytes default
 SMALLEST_LIMIT = 16_384

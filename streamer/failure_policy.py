@@ -1,4 +1,4 @@
-"""What to do with incident.io's answer to one delivery attempt (DESIGN.md, section 5).
+"""What to do with incident.io's answer to one delivery attempt (docs/design.md, 5).
 
 Pure: a status, headers and body (or a transport error) in, a decision out.
 
@@ -17,7 +17,7 @@ Pure: a status, headers and body (or a transport error) in, a decision out.
   would go wherever the Location says): hold the destination too, naming the Location
   without its query string (which may carry a token), bounded in length.
 
-A hostile or broken answer changes none of this (DESIGN.md guarantee 8; issue 22): the
+A hostile or broken answer changes none of this (docs/design.md, guarantee 8): the
 status decides, and `decide_response` never raises. A body is read as JSON only when it is
 an object of at most MAX_PARSED_BODY bytes that the parser can take (one nested past the
 recursion limit, a 4,301-digit number, invalid UTF-8: no body at all); a `request_id`

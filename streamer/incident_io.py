@@ -1,6 +1,6 @@
 """The incident.io Alert Events V2 client: one POST per delivery attempt, bounded in time and bytes.
 
-Invariants (DESIGN.md guarantees 8 and 9):
+Invariants (docs/design.md, guarantees 8 and 9):
 
 - `post_alert_event` returns, or raises `httpx.TransportError`, no later than `timeout`
   seconds after it was called, whatever the peer does: a connect that hangs, headers or

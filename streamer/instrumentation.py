@@ -24,7 +24,7 @@ from streamer.destinations import Destinations
 from streamer.ledger import DeliveryLedger, Job, Partition
 from streamer.telemetry import Telemetry
 
-log = logging.getLogger("streamer.engine")
+log = logging.getLogger(__name__)
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 

@@ -1,8 +1,8 @@
 """In: one fetched message -> its jobs (deliveries, a dead letter, or none).
 
-Invariant (guarantee 7): this never raises for any message, whatever its bytes, except
-`RegistryUnavailable` (not the message's fault: the caller pauses the partition and reads
-it again later). A message that cannot be decoded becomes a dead letter `decode:<reason>`;
+Invariant (docs/design.md, guarantee 7): this never raises for any message, whatever its
+bytes, except `RegistryUnavailable` (not the message's fault: the caller pauses the
+partition and reads it again later). A message that cannot be decoded becomes a dead letter `decode:<reason>`;
 a template that fails becomes `template`, a `when:` that fails `route:when`, rules that
 raise otherwise `route:<error>`; anything else that goes wrong on the way (a bug
 met by one message) becomes `internal:<error>`, logged with its traceback. Decoding,
@@ -23,7 +23,7 @@ from streamer.ledger import OrderingKey
 from streamer.routing import Rules
 from streamer.telemetry import Telemetry
 
-log = logging.getLogger("streamer.engine")
+log = logging.getLogger(__name__)
 
 Work = tuple[OrderingKey | None, Delivery | DeadLetter]
 

@@ -21,7 +21,7 @@ from streamer.dead_letters import SourceMessage
 from streamer.decoding import EventDecoder, RegistryWriterSchemas, load_schema
 from streamer.ledger import Partition
 
-log = logging.getLogger("streamer.kafka")
+log = logging.getLogger(__name__)
 
 
 def registry_of(config: Config) -> RegistryWriterSchemas | None:

@@ -29,7 +29,7 @@ from streamer.instrumentation import partition_attributes
 from streamer.ledger import DeliveryLedger, Job, Partition
 from streamer.telemetry import Telemetry
 
-log = logging.getLogger("streamer.engine")
+log = logging.getLogger(__name__)
 
 Reason = Literal["limit", "hold", "backoff", "turn", "hand-over"]
 

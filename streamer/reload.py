@@ -21,7 +21,7 @@ from pathlib import Path
 
 from streamer.config import Config, ConfigError, load_config
 
-log = logging.getLogger("streamer.reload")
+log = logging.getLogger(__name__)
 
 
 def _fingerprint(config_path: Path, token_files: list[Path]) -> str:
