@@ -2,11 +2,12 @@
 
 Invariant (docs/design.md, guarantee 7): this never raises for any message, whatever its
 bytes, except `RegistryUnavailable` (not the message's fault: the caller pauses the
-partition and reads it again later). A message that cannot be decoded becomes a dead letter `decode:<reason>`;
-a template that fails becomes `template`, a `when:` that fails `route:when`, rules that
-raise otherwise `route:<error>`; anything else that goes wrong on the way (a bug
-met by one message) becomes `internal:<error>`, logged with its traceback. Decoding,
-regexes, templates and `when:` are bounded where they run; this is the last line.
+partition and reads it again later). A message that cannot be decoded becomes a dead
+letter `decode:<reason>`; a template that fails becomes `template`, a `when:` that fails
+`route:when`, rules that raise otherwise `route:<error>`; anything else that goes wrong
+on the way (a bug met by one message) becomes `internal:<error>`, logged with its
+traceback. Decoding, regexes, templates and `when:` are bounded where they run; this is
+the last line.
 """
 
 from __future__ import annotations
