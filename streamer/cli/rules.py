@@ -70,7 +70,9 @@ def add_parser(commands: Any) -> None:
         description=(
             "Evaluates each event under both configurations (nothing is sent) and prints, as "
             "JSON on stdout, every event whose matched routes, destinations (or dead letters) "
-            "or rendered payload differ, with the old and new values; a short summary goes to "
+            "or rendered payload differ, with the old and new values; a destination is "
+            "compared by what it is (URL, alert source, token variable or file, limit), not "
+            "by its name; a short summary goes to "
             "stderr. Exit status: 0 no event changed, 3 some changed, 1 bad configuration."
         ),
     )
@@ -217,7 +219,7 @@ def cmd_rules_diff(args: argparse.Namespace) -> int:
     import json
 
     from streamer.config import ConfigError, load_config
-    from streamer.rules_report import changes, summary
+    from streamer.rules_report import changes, destination_identities, summary
 
     if not args.event and not args.events:
         print(
@@ -232,10 +234,16 @@ def cmd_rules_diff(args: argparse.Namespace) -> int:
         print(e, file=sys.stderr)
         return 1
     events = _read_events(args.event or [], args.events)
+    # destinations compared by what they are, not by name (a renamed URL or token is a change)
+    identities = (
+        destination_identities(old.file.destinations, old.path.parent),
+        destination_identities(new.file.destinations, new.path.parent),
+    )
     found = [
         change
         for name, data in events
-        if (change := changes(name, _outcome(old, data), _outcome(new, data))) is not None
+        if (change := changes(name, _outcome(old, data), _outcome(new, data), identities))
+        is not None
     ]
     print(json.dumps({"events": len(events), "changed": found}, indent=2))
     print(summary(len(events), found), file=sys.stderr)
