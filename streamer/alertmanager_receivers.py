@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from streamer.config.secrets import read_regular_file
 from streamer.config.yaml_text import go_bool, line_of
 
 __all__ = ["INCIDENT_IO_API", "ReceiverReader", "Resolved", "read_small_file", "shown"]
@@ -292,23 +292,13 @@ def _alert_events_url(url: Any) -> tuple[str, str, str, str] | None:
 def read_small_file(path: Path, limit: int) -> str | OSError | ValueError:
     """A regular file's text, at most `limit` bytes; the error otherwise (never raised)."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        return read_regular_file(path, limit).decode("utf-8")
     except OSError as e:
         return OSError(f"cannot be read: {e.strerror}")
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return ValueError("is not a regular file")
-        data = os.read(fd, limit + 1)
-    except OSError as e:
-        return OSError(f"cannot be read: {e.strerror}")
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        return ValueError(f"is larger than {limit} bytes")
-    try:
-        return data.decode("utf-8")
     except UnicodeDecodeError:
         return ValueError("is not UTF-8 text")
+    except ValueError as e:
+        return e
 
 
 def _without_secrets(url: str) -> str:
