@@ -84,6 +84,8 @@ class ConfigReloader:
         self.current = new
         self._count("applied")
         log.info("configuration reloaded", extra={"config": str(path)})
+        for warning in new.warnings:  # matchers Alertmanager's parsers read differently
+            log.warning(warning, extra={"config": str(path)})
         if self._on_applied is not None:
             self._on_applied(new)
         return True
