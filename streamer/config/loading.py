@@ -87,7 +87,8 @@ def load_config(path: str | Path, *, check_secrets: bool = True) -> Config:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark else 1
         raise ConfigError(path, [f"{path}:{line}: not valid YAML: {e}"]) from None
-    problems = Problems(path, root, data)
+    del root  # a problem's line composes the nodes again (Problems): they are big
+    problems = Problems(path, functools.partial(_nodes, text), data)
     if not isinstance(data, dict):
         problems.add(
             (), "the file must be a YAML mapping (kafka:, topics:, destinations:, routes:)"
@@ -154,6 +155,15 @@ def load_config(path: str | Path, *, check_secrets: bool = True) -> Config:
         registry_secrets,
         problems.sorted_warnings(),
     )
+
+
+def _nodes(text: str) -> yaml.Node | None:
+    """The text's YAML nodes, for their lines."""
+    loader = SafeLoader(text)
+    try:
+        return loader.get_single_node()
+    finally:
+        loader.dispose()
 
 
 _SECTION_TYPES: dict[str, Any] = {
