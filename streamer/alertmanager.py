@@ -447,11 +447,15 @@ def _rebased(config: dict[str, Any], base_dir: Path, output_dir: Path) -> dict[s
         out["reader_schema"] = rebase(out["reader_schema"])
     else:
         out["reader_schema"] = rebase("schemas/monitoring_event.v2.avsc")
-    for topic in out.get("topics") or []:
+    topics = out.get("topics")
+    for topic in topics if isinstance(topics, list) else []:
         if isinstance(topic, dict) and "writer_schema" in topic:
             topic["writer_schema"] = rebase(topic["writer_schema"])
+    destinations = out.get("destinations")
     sources = [
-        d.get("token") for d in (out.get("destinations") or {}).values() if isinstance(d, dict)
+        d.get("token")
+        for d in (destinations.values() if isinstance(destinations, dict) else [])
+        if isinstance(d, dict)
     ]
     for section in ("kafka", "schema_registry"):
         settings = out.get(section)

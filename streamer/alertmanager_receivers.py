@@ -237,7 +237,8 @@ class ReceiverReader:
         if file is None and not inline:
             file = authorization.get("credentials_file") or http.get("bearer_token_file")
             inline = bool(authorization.get("credentials") or http.get("bearer_token"))
-        inline = inline or "token=" in str(hook.get("url", ""))
+        url = str(hook.get("url", ""))
+        inline = inline or "token=" in url or "@" in url.partition("://")[2].partition("/")[0]
         if file is not None:
             if not isinstance(file, str) or not file:
                 self.problems.append(f"{self.at(hook)}: receiver {shown(name)}: empty token file")

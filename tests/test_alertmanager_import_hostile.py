@@ -356,3 +356,66 @@ def test_any_document_imports_or_says_why(document: Any) -> None:
     else:
         assert isinstance(result, Imported)
         result.to_yaml("am.yml")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.incident.io@evil.example/v2/alert_events/http/01NEW",
+        "https://api.incident.io.evil.example/v2/alert_events/http/01NEW",
+        "https://evil.example/api.incident.io/v2/alert_events/http/01NEW",
+    ],
+)
+def test_a_url_that_only_looks_like_incident_io_is_not_taken_for_it(
+    tmp_path: Path, url: str
+) -> None:
+    status, _, err, output = run_import(
+        tmp_path, tree(webhook("pager", url)).replace("first", "pager")
+    )
+    assert status == 1
+    # refused as another host, or as a webhook streamer cannot send to (its path differs)
+    assert "is not incident.io's API" in err or "has no equivalent in streamer" in err
+    assert not output.exists()
+
+
+def test_credentials_in_a_webhook_url_are_not_copied(tmp_path: Path) -> None:
+    hook = webhook("pager", "https://user:s3cret-pass@api.incident.io/v2/alert_events/http/01NEW")
+    status, _, err, output = run_import(tmp_path, tree(hook).replace("first", "pager"))
+    assert status == 0, err
+    assert "its inline token was not copied; set INCIDENT_IO_TOKEN_PAGER" in err
+    assert "s3cret-pass" not in output.read_text() and "s3cret-pass" not in err
+    assert "url" not in yaml.safe_load(output.read_text())["destinations"]["pager"]
+
+
+def test_terminal_escapes_in_names_are_escaped_on_stderr_and_in_the_header(tmp_path: Path) -> None:
+    name = "pager\x1b[2J\x1b]0;owned\x07"
+    am = tree(yaml.safe_dump([{"name": name, "slack_configs": [{"channel": "#x"}]}]))
+    status, _, err, _ = run_import(
+        tmp_path, am.replace("receiver: first", f"receiver: {json_quoted(name)}")
+    )
+    assert status == 1
+    assert "\x1b" not in err and "\x07" not in err
+    assert "pager\\x1b[2J" in err
+
+
+def json_quoted(text: str) -> str:
+    import json
+
+    return json.dumps(text)
+
+
+def test_a_broken_base_ends_in_problems_not_a_traceback(tmp_path: Path) -> None:
+    base = tmp_path / "base.yaml"
+    am = tmp_path / "alertmanager.yml"
+    am.write_text("route: {receiver: r}\nreceivers: [{name: r}]\n")
+    for text in ("topics: 5\ndestinations: [a]\n", "[1, 2]\n", "destinations: {a: 5}\n"):
+        base.write_text(text)
+        args = build_parser().parse_args(
+            ["rules", "import", str(am), "--config", str(base), "--output", str(tmp_path / "o")]
+        )
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            assert args.func(args) == 1
+        assert "Traceback" not in err.getvalue()
+        assert ".streamer-import" not in err.getvalue()  # problems name the output, not a temp file
+        assert not (tmp_path / "o").exists()

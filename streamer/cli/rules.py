@@ -305,7 +305,11 @@ def cmd_rules_import(args: argparse.Namespace) -> int:
         if output is not None:
             os.replace(check, output)
     except ConfigError as e:
-        print(f"the imported configuration does not load:\n{e}", file=sys.stderr)
+        # the problems name lines of the output as it would have been written
+        named = str(e).replace(str(check), str(output) if output else "<the output>")
+        print(
+            f"the imported configuration does not load (nothing written):\n{named}", file=sys.stderr
+        )
         return 1
     except OSError as e:
         print(f"error: cannot write {output or check}: {e.strerror}", file=sys.stderr)
