@@ -204,6 +204,7 @@ _QUANTIFIERS = frozenset("*+?{")
 _FLAGS_ONLY = re.compile(r"\(\?[A-Za-z-]*\)")  # fixed and linear: Python's re will do
 
 
+@functools.lru_cache(maxsize=4096)  # generated rules repeat a few patterns on many routes
 def literal_cover(pattern: str) -> tuple[frozenset[str], frozenset[str]] | None:
     """`(exact, prefixes)` such that every text `pattern` fully matches is one of `exact`
     or starts with one of `prefixes` (for the routes' index: a text that is neither
