@@ -119,11 +119,12 @@ def import_alertmanager(
     output_dir: Path = Path("."),
     alertmanager_dir: Path = Path("."),
     source: str = "the Alertmanager configuration",
+    base_source: str = "the base",
     allowed_hosts: Iterable[str] = (),
 ) -> Imported:
     """The streamer configuration for `alertmanager` (a parsed alertmanager.yml) on top of
     `base` (a parsed streamer configuration); raises ImportProblems."""
-    for what, parsed in ((source, alertmanager), ("the base", base)):
+    for what, parsed in ((source, alertmanager), (base_source, base)):
         try:
             check_parsed(parsed)  # before walking it: shared (aliased) parts could be 2^N
         except YamlLimitError as e:
@@ -134,14 +135,14 @@ def import_alertmanager(
         )
     if not isinstance(base, Mapping):
         raise ImportProblems(
-            ["the base: a streamer configuration is a mapping (destinations:, ...)"]
+            [f"{base_source}: a streamer configuration is a mapping (destinations:, ...)"]
         )
     base_destinations = base.get("destinations") or {}
     if not isinstance(base_destinations, Mapping):
-        raise ImportProblems(["the base: destinations: must be a mapping"])
+        raise ImportProblems([f"{base_source}: destinations: must be a mapping"])
     mode = base.get("matcher_mode", DEFAULT_MODE)
     if mode not in MODES:
-        raise ImportProblems([f"the base: matcher_mode: one of {', '.join(MODES)}"])
+        raise ImportProblems([f"{base_source}: matcher_mode: one of {', '.join(MODES)}"])
     mapped = dict(receivers or {})
     reader = ReceiverReader(
         source=source,

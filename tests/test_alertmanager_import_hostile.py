@@ -419,3 +419,34 @@ def test_a_broken_base_ends_in_problems_not_a_traceback(tmp_path: Path) -> None:
         assert "Traceback" not in err.getvalue()
         assert ".streamer-import" not in err.getvalue()  # problems name the output, not a temp file
         assert not (tmp_path / "o").exists()
+
+
+base_keys = st.sampled_from(
+    [
+        "destinations", "topics", "kafka", "schema_registry", "secret_properties", "token",
+        "file", "env", "reader_schema", "writer_schema", "routes", "matcher_mode",
+        "alert_source_config_id", "url",
+    ]
+)  # fmt: skip
+bases = st.recursive(
+    scalars,
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(base_keys, children, max_size=4)
+    ),
+    max_leaves=25,
+)
+ALERTMANAGER = {
+    "route": {"receiver": "pager"},
+    "receivers": [{"name": "pager", "webhook_configs": [{"url": URL}]}],
+}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bases)
+def test_any_base_imports_or_says_why(base: Any) -> None:
+    try:
+        result = import_alertmanager(ALERTMANAGER, base, base_dir=Path("/a"), output_dir=Path("/b"))
+    except ImportProblems as e:
+        assert e.problems and all(isinstance(p, str) for p in e.problems)
+    else:
+        result.to_yaml("am.yml")

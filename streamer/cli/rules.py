@@ -282,6 +282,7 @@ def cmd_rules_import(args: argparse.Namespace) -> int:
             output_dir=where,
             alertmanager_dir=Path(args.alertmanager).parent,
             source=args.alertmanager,
+            base_source=args.config,
             allowed_hosts=args.allow_host,
         )
     except ImportProblems as e:
