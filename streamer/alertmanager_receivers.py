@@ -204,7 +204,11 @@ class ReceiverReader:
         destination: dict[str, Any] = {"alert_source_config_id": source_id, "token": token}
         if base_url != f"https://{INCIDENT_IO_API}":
             destination["url"] = base_url
-        credential = f"file {token['file']}" if "file" in token else f"env {token['env']}"
+        credential = (
+            f"file {os.path.abspath(self.output_dir / token['file'])}"
+            if "file" in token
+            else f"env {token['env']}"
+        )
         self.notes.append(
             f"Receiver {shown(name)} is a new destination {shown(name)}: host {shown(host)}, "
             f"alert source {source_id}, token from {shown(credential)}."
