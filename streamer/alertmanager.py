@@ -4,41 +4,45 @@ Invariant: the imported rules route every label set to the destinations Alertman
 notify for it, in the same order (routes, nesting, `continue`, receiver inheritance, the
 root's receiver as the default), and nothing Alertmanager does is left out silently: what
 has no equivalent here (grouping and its timings, inhibit rules, time intervals, route
-labels, other receiver kinds, webhook settings) is listed in `Imported.gaps`, and a
-receiver that is neither mapped (`--receiver NAME=DESTINATION`) nor an incident.io webhook
-nor empty is an error, so no alert is dropped on a guess. An input that YAML aliases
-expand too far (an alias bomb: 2^N routes from N lines) is refused before any tree is
-walked (`streamer.config.yaml_limits`), so an import costs time linear in its files' size.
+labels, other receiver kinds, webhook settings) is listed in `Imported.gaps`. The input is
+read as Alertmanager reads it: every scalar as its text, as Go's yaml.v2 reads it into string
+fields (`streamer.config.yaml_text`), matchers in the base's `matcher_mode` (Alertmanager's
+fallback by default, with its warnings, each naming the input's `file:line`). Whatever the
+input holds, the import ends in an `Imported` or in `ImportProblems`, each problem naming
+`file:line` and what to do, never in another exception; an input that YAML aliases expand
+too far (an alias bomb) is refused before any tree is walked (`streamer.config.yaml_limits`),
+so an import costs time linear in its files' size. Nothing taken from the input reaches the
+output's comment header unescaped.
 
-Mechanism: the route tree is copied almost verbatim, since streamer reads Alertmanager's
-`matchers:`, `match:` and `match_re:` itself (`streamer.label_matchers`); receivers become
-destinations: a webhook to incident.io's alert-events URL becomes a destination of that
-alert source (its token from the webhook's credentials file, or an environment variable:
-inline credentials are never copied), a receiver with no integration drops (as it does in
-Alertmanager). The result is layered on a base streamer configuration (Kafka, topics,
-destinations), with relative paths rebased to where the output is written.
+Mechanism: the route tree is copied almost verbatim (`streamer.alertmanager_routes`), since
+streamer reads Alertmanager's `matchers:`, `match:` and `match_re:` itself; receivers become
+destinations by the rules of `streamer.alertmanager_receivers` (which never replaces a
+destination of the base and never sends to a host the operator did not allow). The result is
+layered on a base streamer configuration (Kafka, topics, destinations), with relative paths
+rebased to where the output is written.
 """
 
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
+from streamer.alertmanager_receivers import DROP, ReceiverReader, shown
+from streamer.alertmanager_routes import RouteTree
 from streamer.config.yaml_limits import YamlLimitError, check_parsed, check_yaml, read_yaml_text
+from streamer.config.yaml_text import (
+    YamlTextError,
+    keep_label_text,
+    load_go_yaml,
+)
+from streamer.matcher_modes import DEFAULT_MODE, MODES
 
-__all__ = ["ImportProblems", "Imported", "import_alertmanager", "read_yaml_file"]
-
-_INCIDENT_IO_PATH = re.compile(r"^/v2/alert_events/http/([A-Za-z0-9_-]+)/?$")
-_ROUTE_KEYS = {"receiver", "matchers", "match", "match_re", "continue", "routes"}
-_GROUPING = ("group_by", "group_wait", "group_interval", "repeat_interval")
-_TIMING = ("mute_time_intervals", "active_time_intervals")
+__all__ = ["ImportProblems", "Imported", "import_alertmanager", "read_base_file", "read_yaml_file"]
 
 
 class ImportProblems(ValueError):
@@ -54,273 +58,131 @@ class Imported:
     config: dict[str, Any]  # the streamer configuration, ready for yaml.safe_dump
     gaps: list[str] = field(default_factory=list)  # what Alertmanager does and this won't
     notes: list[str] = field(default_factory=list)  # how receivers were turned into destinations
+    warnings: list[str] = field(default_factory=list)  # matchers Alertmanager's parsers disagree on
 
     def to_yaml(self, source: str) -> str:
-        lines = [f"# Imported from {source} by `streamer rules import`."]
+        lines = [f"# Imported from {shown(source)} by `streamer rules import`."]
         if self.gaps:
             lines.append("# Not imported (no equivalent in streamer):")
-            lines += [f"#   - {gap}" for gap in self.gaps]
-        lines += [f"# {note}" for note in self.notes]
+            lines += [f"#   - {shown(gap, 1000)}" for gap in self.gaps]
+        lines += [f"# {shown(note, 1000)}" for note in self.notes]
+        lines += [f"# warning: {shown(warning, 1000)}" for warning in self.warnings]
         body = yaml.safe_dump(self.config, sort_keys=False, allow_unicode=True, width=100)
         return "\n".join(lines) + "\n" + body
 
 
-@dataclass
-class _Receiver:
-    destination: str  # a destination name, or "drop"
-    new_destination: dict[str, Any] | None = None
-
-
 def read_yaml_file(path: Path) -> Any:
-    """A parsed YAML file (the Alertmanager configuration, or the base), bounded as the
-    configuration loader bounds its file; ImportProblems naming the file and line otherwise."""
+    """An Alertmanager file, read as Alertmanager reads it (scalars as text, a key given
+    twice refused) and bounded as the configuration loader bounds its files; with the line
+    of every key and item. ImportProblems naming the file and line otherwise."""
+    return _read(path, load_go_yaml)
+
+
+def read_base_file(path: Path) -> Any:
+    """The base streamer configuration, read as `load_config` reads it."""
+
+    def load(text: str) -> Any:
+        loader = yaml.SafeLoader(text)
+        try:
+            root = loader.get_single_node()
+            keep_label_text(root)
+            return loader.construct_document(root) if root is not None else None
+        finally:
+            loader.dispose()
+
+    return _read(path, load)
+
+
+def _read(path: Path, load: Callable[[str], Any]) -> Any:
     try:
         text = read_yaml_text(path)
         check_yaml(text)
-        return yaml.safe_load(text)
+        return load(text)
     except OSError as e:
         raise ImportProblems([f"{path}: cannot read the file: {e.strerror}"]) from None
-    except YamlLimitError as e:
+    except (YamlLimitError, YamlTextError) as e:
         raise ImportProblems([f"{path}:{e.line}: {e}"]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark else 1
-        raise ImportProblems([f"{path}:{line}: not valid YAML: {e}"]) from None
+        raise ImportProblems([f"{path}:{line}: not valid YAML: {shown(str(e), 500)}"]) from None
+    except (ValueError, TypeError, RecursionError) as e:  # a constructor's refusal
+        raise ImportProblems([f"{path}: not readable: {shown(str(e), 500)}"]) from None
 
 
 def import_alertmanager(
-    alertmanager: Mapping[str, Any],
-    base: Mapping[str, Any],
+    alertmanager: Any,
+    base: Any,
     *,
     receivers: Mapping[str, str] | None = None,
     base_dir: Path = Path("."),
     output_dir: Path = Path("."),
     alertmanager_dir: Path = Path("."),
+    source: str = "the Alertmanager configuration",
+    base_source: str = "the base",
+    allowed_hosts: Iterable[str] = (),
 ) -> Imported:
     """The streamer configuration for `alertmanager` (a parsed alertmanager.yml) on top of
     `base` (a parsed streamer configuration); raises ImportProblems."""
-    for what, parsed in (("the Alertmanager configuration", alertmanager), ("the base", base)):
+    for what, parsed in ((source, alertmanager), (base_source, base)):
         try:
             check_parsed(parsed)  # before walking it: shared (aliased) parts could be 2^N
         except YamlLimitError as e:
             raise ImportProblems([f"{what}: {e}"]) from None
+    if not isinstance(alertmanager, Mapping):
+        raise ImportProblems(
+            [f"{source}:1: an Alertmanager file is a mapping (route:, receivers:)"]
+        )
+    if not isinstance(base, Mapping):
+        raise ImportProblems(
+            [f"{base_source}: a streamer configuration is a mapping (destinations:, ...)"]
+        )
+    base_destinations = base.get("destinations") or {}
+    if not isinstance(base_destinations, Mapping):
+        raise ImportProblems([f"{base_source}: destinations: must be a mapping"])
+    mode = base.get("matcher_mode", DEFAULT_MODE)
+    if mode not in MODES:
+        raise ImportProblems([f"{base_source}: matcher_mode: one of {', '.join(MODES)}"])
     mapped = dict(receivers or {})
-    problems: list[str] = []
-    gaps: list[str] = []
-    notes: list[str] = []
-    route = alertmanager.get("route")
-    if not isinstance(route, Mapping):
-        raise ImportProblems(["the Alertmanager configuration has no route: (its routing tree)"])
-    base_destinations = dict(base.get("destinations") or {})
-    for name, destination in mapped.items():
-        if destination != "drop" and destination not in base_destinations:
-            known = ", ".join(sorted(base_destinations)) or "none"
-            problems.append(
-                f"--receiver {name}={destination}: the base configuration has no destination "
-                f"{destination!r} (destinations: {known}; or drop)"
-            )
-    defined = {r.get("name"): r for r in alertmanager.get("receivers") or [] if isinstance(r, dict)}
-    for name in mapped:
-        if name not in defined:
-            problems.append(
-                f"--receiver {name}=...: the Alertmanager configuration has no receiver {name!r}"
-            )
-    resolved: dict[str, _Receiver] = {}
-    for receiver_name, spec in defined.items():
-        name = str(receiver_name)
-        resolved[name] = _receiver(name, spec, mapped, base_destinations, problems, gaps, notes)
-        new = resolved[name].new_destination
-        if new is not None and "file" in new["token"]:
-            # Alertmanager reads a relative credentials_file from its configuration's folder
-            file = Path(new["token"]["file"])
-            if not file.is_absolute():
-                new["token"]["file"] = os.path.relpath(alertmanager_dir / file, output_dir)
-
-    def destination_of(receiver: Any, where: str) -> str:
-        if receiver not in resolved:
-            problems.append(f"{where}: receiver {receiver!r} is not defined under receivers:")
-            return "drop"
-        return resolved[receiver].destination
-
-    root_receiver = route.get("receiver")
-    if root_receiver is None:
-        problems.append("route: the root route needs a receiver (Alertmanager requires one)")
-    for key in ("matchers", "match", "match_re"):
-        if route.get(key):
-            problems.append(f"route: the root route must not have {key}: (Alertmanager refuses it)")
-    _grouping_gaps(route, "route", gaps)
-    root_destination = destination_of(root_receiver, "route") if root_receiver else "drop"
-    routes = [
-        _route(child, f"am-{i + 1}", f"route.routes[{i}]", root_destination, destination_of, gaps)
-        for i, child in enumerate(route.get("routes") or [])
-    ]
-    for key in sorted(set(route) - _ROUTE_KEYS - set(_GROUPING) - set(_TIMING)):
-        gaps.append(f"route: {key}: is not imported")
-    _top_level_gaps(alertmanager, gaps)
-    if problems:
-        raise ImportProblems(problems)
-
+    reader = ReceiverReader(
+        source=source,
+        base_destinations=base_destinations,
+        mapped=mapped,
+        allowed_hosts=frozenset(h.lower() for h in allowed_hosts),
+        alertmanager_dir=alertmanager_dir,
+        output_dir=output_dir,
+        base_secret_files=_secret_files(base, base_dir),
+    )
+    tree = RouteTree(reader, mode)
+    walked = tree.walk(alertmanager)
+    if walked is None or tree.problems:
+        raise ImportProblems(tree.problems)
+    root_destination, routes = walked
     config = _rebased(dict(base), base_dir, output_dir)
     destinations = dict(config.get("destinations") or {})
-    for receiver in resolved.values():
+    for receiver in tree.resolved.values():
         if receiver.new_destination is not None:
             destinations[receiver.destination] = receiver.new_destination
     config["destinations"] = destinations
-    config["default"] = "drop" if root_destination == "drop" else {"destination": root_destination}
+    config["default"] = DROP if root_destination == DROP else {"destination": root_destination}
     config["routes"] = routes
     if base.get("routes"):
-        notes.append("The base configuration's own routes were replaced by the imported tree.")
-    return Imported(config, gaps, notes)
+        tree.notes.append("The base configuration's own routes were replaced by the imported tree.")
+    return Imported(config, tree.gaps, tree.notes, tree.warnings)
 
 
-def _receiver(
-    name: str,
-    spec: Mapping[str, Any],
-    mapped: Mapping[str, str],
-    base_destinations: Mapping[str, Any],
-    problems: list[str],
-    gaps: list[str],
-    notes: list[str],
-) -> _Receiver:
-    kinds = sorted(k for k, v in spec.items() if k.endswith("_configs") and v)
-    if name in mapped:
-        if kinds:
-            notes.append(
-                f"Receiver {name} ({', '.join(kinds)}) delivers to {mapped[name]} (--receiver)."
-            )
-        return _Receiver(mapped[name])
-    webhooks = [w for w in spec.get("webhook_configs") or [] if isinstance(w, dict)]
-    incident_io = [w for w in webhooks if _alert_source_of(w) is not None]
-    if incident_io:
-        hook = incident_io[0]
-        for other in kinds:
-            if other != "webhook_configs":
-                gaps.append(f"receiver {name}: {other} (only its incident.io webhook is imported)")
-        if len(webhooks) > 1:
-            gaps.append(f"receiver {name}: webhooks other than the first incident.io one")
-        return _incident_io_destination(name, hook, base_destinations, gaps, notes)
-    if not kinds:
-        notes.append(f"Receiver {name} has no integration: routes to it drop, as in Alertmanager.")
-        return _Receiver("drop")
-    problems.append(
-        f"receiver {name} ({', '.join(kinds)}) has no equivalent in streamer: map it with "
-        f"--receiver {name}=DESTINATION (a destination of the base configuration, or drop)"
-    )
-    return _Receiver("drop")
-
-
-def _alert_source_of(webhook: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(base URL, alert source id) when the webhook posts to incident.io's alert events."""
-    url = webhook.get("url")
-    if not isinstance(url, str):
-        return None
-    parts = urlsplit(url)
-    found = _INCIDENT_IO_PATH.match(parts.path)
-    if not found or not parts.hostname:
-        return None
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}", found.group(1)
-
-
-def _incident_io_destination(
-    name: str,
-    hook: Mapping[str, Any],
-    base_destinations: Mapping[str, Any],
-    gaps: list[str],
-    notes: list[str],
-) -> _Receiver:
-    found = _alert_source_of(hook)
-    assert found is not None
-    url, source_id = found
-    for existing, spec in base_destinations.items():
-        if isinstance(spec, Mapping) and spec.get("alert_source_config_id") == source_id:
-            notes.append(f"Receiver {name}: alert source {source_id} is destination {existing}.")
-            return _Receiver(str(existing))
-    http = hook.get("http_config") or {}
-    authorization = http.get("authorization") or {}
-    credentials_file = authorization.get("credentials_file") or http.get("bearer_token_file")
-    variable = "INCIDENT_IO_TOKEN_" + re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_")
-    token: dict[str, str] = (
-        {"file": str(credentials_file)} if credentials_file else {"env": variable}
-    )
-    if authorization.get("credentials") or http.get("bearer_token") or "token=" in str(hook["url"]):
-        notes.append(
-            f"Receiver {name}: its inline token was not copied; set {variable} "
-            "(or give token: {file: ...})."
-        )
-    for key in ("send_resolved", "max_alerts", "timeout"):
-        if key in hook and not (key == "send_resolved" and hook[key] is True):
-            gaps.append(f"receiver {name}: webhook {key}: {hook[key]!r}")
-    destination: dict[str, Any] = {"alert_source_config_id": source_id, "token": token}
-    if url != "https://api.incident.io":
-        destination["url"] = url
-    notes.append(f"Receiver {name} is a new destination {name} (alert source {source_id}).")
-    return _Receiver(name, destination)
-
-
-def _route(
-    spec: Mapping[str, Any],
-    name: str,
-    where: str,
-    inherited: str | None,
-    destination_of: Any,
-    gaps: list[str],
-) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": name}
-    for key in ("matchers", "match", "match_re"):
-        if spec.get(key):
-            out[key] = list(spec[key]) if key == "matchers" else dict(spec[key])
-    if "receiver" in spec:
-        out["destination"] = destination_of(spec["receiver"], where)
-    elif inherited is not None:
-        out["destination"] = inherited  # a top-level route names the root's receiver
-    if spec.get("continue"):
-        out["continue"] = True
-    _grouping_gaps(spec, f"{where} ({name})", gaps)
-    for key in sorted(set(spec) - _ROUTE_KEYS - set(_GROUPING) - set(_TIMING)):
-        gaps.append(f"{where} ({name}): {key}: is not imported")
-    children = spec.get("routes") or []
-    if children:
-        out["routes"] = [
-            _route(child, f"{name}.{i + 1}", f"{where}.routes[{i}]", None, destination_of, gaps)
-            for i, child in enumerate(children)
-        ]
-    return out
-
-
-def _grouping_gaps(spec: Mapping[str, Any], where: str, gaps: list[str]) -> None:
-    grouping = [f"{k}: {spec[k]}" for k in _GROUPING if k in spec]
-    if grouping:
-        gaps.append(f"{where}: {', '.join(grouping)} (each event is delivered on its own)")
-    for key in _TIMING:
-        if spec.get(key):
-            gaps.append(f"{where}: {key}: {', '.join(map(str, spec[key]))}")
-
-
-def _top_level_gaps(alertmanager: Mapping[str, Any], gaps: list[str]) -> None:
-    inhibit = alertmanager.get("inhibit_rules") or []
-    if inhibit:
-        gaps.append(f"inhibit_rules: {len(inhibit)} rule(s) (no alert suppresses another)")
-    for key in ("time_intervals", "mute_time_intervals"):
-        intervals = alertmanager.get(key) or []
-        if intervals:
-            names = ", ".join(str(i.get("name")) for i in intervals if isinstance(i, dict))
-            gaps.append(f"{key}: {names}")
-    if alertmanager.get("templates"):
-        gaps.append("templates: notification templates (streamer's are routes' templates:)")
-    for key in sorted(
-        set(alertmanager)
-        - {
-            "route",
-            "receivers",
-            "inhibit_rules",
-            "templates",
-            "time_intervals",
-            "mute_time_intervals",
-        }
-    ):
-        value = alertmanager[key]
-        detail = f" ({', '.join(map(str, value))})" if isinstance(value, dict) else ""
-        gaps.append(f"{key}:{detail} is not imported")
+def _secret_files(base: Mapping[str, Any], base_dir: Path) -> dict[Path, str]:
+    """The files the base reads Kafka and registry secrets from (resolved), with what each is."""
+    found: dict[Path, str] = {}
+    for section in ("kafka", "schema_registry"):
+        settings = base.get(section)
+        secrets = settings.get("secret_properties") if isinstance(settings, Mapping) else None
+        for key, source in secrets.items() if isinstance(secrets, Mapping) else ():
+            file = source.get("file") if isinstance(source, Mapping) else None
+            if isinstance(file, str) and file:
+                path = Path(file) if os.path.isabs(file) else base_dir / file
+                found[Path(os.path.abspath(path))] = f"{section}.secret_properties.{key}"
+    return found
 
 
 def _rebased(config: dict[str, Any], base_dir: Path, output_dir: Path) -> dict[str, Any]:
@@ -339,14 +201,20 @@ def _rebased(config: dict[str, Any], base_dir: Path, output_dir: Path) -> dict[s
         out["reader_schema"] = rebase(out["reader_schema"])
     else:
         out["reader_schema"] = rebase("schemas/monitoring_event.v2.avsc")
-    for topic in out.get("topics") or []:
+    topics = out.get("topics")
+    for topic in topics if isinstance(topics, list) else []:
         if isinstance(topic, dict) and "writer_schema" in topic:
             topic["writer_schema"] = rebase(topic["writer_schema"])
+    destinations = out.get("destinations")
     sources = [
-        d.get("token") for d in (out.get("destinations") or {}).values() if isinstance(d, dict)
+        d.get("token")
+        for d in (destinations.values() if isinstance(destinations, dict) else [])
+        if isinstance(d, dict)
     ]
     for section in ("kafka", "schema_registry"):
-        sources += list(((out.get(section) or {}).get("secret_properties") or {}).values())
+        settings = out.get(section)
+        secrets = settings.get("secret_properties") if isinstance(settings, dict) else None
+        sources += list(secrets.values()) if isinstance(secrets, dict) else []
     for source in sources:
         if isinstance(source, dict) and "file" in source:
             source["file"] = rebase(source["file"])

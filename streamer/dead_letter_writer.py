@@ -5,35 +5,69 @@ the topic is cut to fit (`dead_letters.fitted`), and cut again, smaller, if the 
 still refuses its size; a full local queue or any other produce error is retried after a
 pause. Until the acknowledgement arrives the message is not terminal, so its offset is
 not committed: a crash meanwhile writes the letter again, never loses it.
+
+Invariant: one letter per source offset, across a kill. A replica killed after the
+acknowledgement but before the commit leaves the offset to the next owner, which reads
+the message again; before producing, the writer asks the `DeadLetterIndex` (every
+replica follows the dead-letter topic) whether a letter for that offset is there already,
+and waits (not terminal) until the index has read every letter written before it asked.
+A topic that cannot be read is not checked after a bounded wait: a duplicate, never a loss
+(`dead_letter_index.py`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streamer.config import Config
+from streamer.dead_letter_index import DeadLetterIndex, SourceOffset, Verdict
 from streamer.dead_letters import DeadLetter, fitted
+from streamer.kafka_clients import kafka_settings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 1_000_000  # librdkafka's message.max.bytes default
 SMALLEST_LIMIT = 16_384
+RECHECK_SECONDS = 0.05  # a letter waiting for the index asks again this often
+MAX_ASKING = 10_000  # letters remembered as waiting (one whose job was fenced never returns)
 
 
 class DeadLetterWriter:
-    def __init__(self, producer: Producer, topic: str, limit: int = DEFAULT_LIMIT) -> None:
+    def __init__(
+        self,
+        producer: Producer,
+        topic: str,
+        limit: int = DEFAULT_LIMIT,
+        *,
+        index: DeadLetterIndex | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`index`: the letters already in the topic (None: nothing is checked)."""
         self.producer, self.topic, self.limit = producer, topic, limit
+        self.index, self.clock = index, clock
+        # when each waiting letter first asked the index: the race is closed only by a look
+        # at the topic's ends taken after that moment, however often it asks again
+        self._asking: OrderedDict[SourceOffset, float] = OrderedDict()
 
     @classmethod
     def of(cls, producer: Producer, config: Config) -> DeadLetterWriter:
-        """The configured dead-letter topic, letters cut to the producer's message size."""
+        """The configured dead-letter topic, letters cut to the producer's message size,
+        checked against the letters already there (a follower starts reading it now)."""
         kafka = config.file.kafka
         limit = int(kafka.properties.get("message.max.bytes", DEFAULT_LIMIT))
-        return cls(producer, kafka.dead_letter_topic, limit)
+        settings = {**kafka_settings(config), "logger": logging.getLogger("librdkafka")}
+        index = DeadLetterIndex.following(settings, kafka.dead_letter_topic)
+        return cls(producer, kafka.dead_letter_topic, limit, index=index)
+
+    def close(self) -> None:
+        if self.index is not None:
+            self.index.close()
 
     def write(
         self,
@@ -45,12 +79,17 @@ class DeadLetterWriter:
         """Produces `letter`; calls `written()` once acknowledged, or `again_in(seconds)`
         when it must be written again (from `producer.poll`, or at once). `context` is
         for the log line (where the event came from and was going)."""
+        message = letter.message
+        source = SourceOffset(message.topic, message.partition, message.offset)
+        if self.index is not None and not self._may_write(source, written, again_in, context):
+            return
         record = fitted(letter, self.limit)
         size = len(record.value or b"")
 
         def acknowledged(error: KafkaError | None, _: Message) -> None:
             if error is None:
-                message = letter.message
+                if self.index is not None:
+                    self.index.add(source)
                 log.error(
                     "dead-lettered %s[%d]@%d: %s %s",
                     message.topic,
@@ -91,6 +130,35 @@ class DeadLetterWriter:
             else:
                 log.warning("dead letter not produced (%s); retrying", e)
                 again_in(1.0)
+
+    def _may_write(
+        self,
+        source: SourceOffset,
+        written: Callable[[], None],
+        again_in: Callable[[float], None],
+        context: Mapping[str, Any],
+    ) -> bool:
+        """Asks the index; True: produce the letter. Otherwise it is already written
+        (`written()` is called) or must wait (`again_in`)."""
+        assert self.index is not None
+        asked_since = self._asking.setdefault(source, self.clock())
+        while len(self._asking) > MAX_ASKING:  # forgotten: it asks anew, and waits longer
+            self._asking.popitem(last=False)
+        verdict = self.index.verdict(source, asked_since)
+        if verdict is Verdict.WAIT:
+            again_in(RECHECK_SECONDS)
+            return False
+        self._asking.pop(source, None)
+        if verdict is Verdict.WRITTEN:
+            log.info(
+                "already dead-lettered %s[%d]@%d (its letter is in the topic, written "
+                "before a kill or a failed commit): not written again",
+                *source,
+                extra=dict(context),
+            )
+            written()
+            return False
+        return True
 
     def _shrink(self, size: int) -> float:
         """The broker refused a letter of about `size` bytes: aim lower from now on.

@@ -20,7 +20,8 @@ left out), with `streamer.value-truncated: true` and the original value's size; 
 source coordinates above are always there, so the original can be read from its topic.
 
 Tokens never appear: incident.io's answers do not contain them, nothing else here comes
-from configuration, and every text header still goes through the secret mask.
+from configuration, and every text header still goes through the secret mask, before it is
+cut to MAX_TEXT (`SecretMask.cut`: a cut never leaves part of a secret behind).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class DeadLetter:
             "dead_lettered_at": (now or datetime.now(UTC)).isoformat(),
         }
         added = [
-            (PREFIX + k, _bounded(MASK.mask(v)).encode()) for k, v in ours.items() if v is not None
+            (PREFIX + k, MASK.cut(v, MAX_TEXT).encode()) for k, v in ours.items() if v is not None
         ]
         original = [(k, v) for k, v in self.message.headers if not k.startswith(PREFIX)]
         return original + added
@@ -124,10 +125,6 @@ def fitted(letter: DeadLetter, limit: int, now: datetime | None = None) -> Recor
         key = (key or b"")[: max(0, limit - _size(b"", b"", headers)) // 2] or None
         room = limit - _size(key, b"", headers)
     return Record(key, (value or b"")[: max(0, room)], headers)
-
-
-def _bounded(text: str) -> str:
-    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
 
 
 def read_headers(headers: Headers | None) -> dict[str, str]:

@@ -39,6 +39,10 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+# The process's secret mask (logs.MASK), this pure module's one outside input: which texts
+# are secrets.
+from streamer import logs
+
 MAX_BODY_IN_DEAD_LETTER = 4096
 MAX_RETRY_AFTER = 600.0  # seconds: the longest pause a 429 may impose
 MAX_LOCATION_IN_REASON = 200
@@ -130,7 +134,9 @@ class FailurePolicy:
                 status,
                 request_id,
             )
-        text = body[:MAX_BODY_IN_DEAD_LETTER].decode("utf-8", errors="replace")
+        # Masked before it is cut (DESIGN.md, guarantee 9): a token a proxy echoes back across
+        # the cut would otherwise leave its start in the dead letter, unrecognisable.
+        text = logs.MASK.cut(body.decode("utf-8", errors="replace"), MAX_BODY_IN_DEAD_LETTER)
         if status in (401, 403, 404):
             return HoldDestination(f"HTTP {status}: {_summary(parsed, text)}", status, request_id)
         if status >= 500 or status == 408:
@@ -284,4 +290,5 @@ def _summary(body: dict[str, Any], text: str) -> str:
 
 
 def _string(value: Any) -> str | None:
-    return value[: MAX_SUMMARY + 1] if isinstance(value, str) else None
+    # masked whole, then cut (see decide_response)
+    return logs.MASK.cut(value, MAX_SUMMARY + 1) if isinstance(value, str) else None

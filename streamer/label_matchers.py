@@ -18,6 +18,10 @@ The language (`matchers:` in Alertmanager's routes, `amtool` and silences):
 
 The older `match:` (label = value) and `match_re:` (label =~ regex) maps need no parsing:
 `label_matcher` builds their matchers one by one.
+
+This is Alertmanager's UTF-8 parser, the one its `utf8-strict` mode uses; its default
+(fallback) mode and its classic mode also use the classic parser
+(`streamer.classic_matchers`), as `streamer.matcher_modes` decides.
 """
 
 from __future__ import annotations

@@ -99,6 +99,7 @@ class SecretMask(logging.Filter):
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
         self.secrets: frozenset[str] = frozenset()
+        self._forms: tuple[str, ...] = ()
         self._pattern: re.Pattern[str] | None = None
         self._lock = threading.Lock()
         self.add(secrets)
@@ -112,11 +113,39 @@ class SecretMask(logging.Filter):
             # Longest first: a form that contains another is replaced whole.
             alternatives = sorted(forms, key=len, reverse=True)
             self._pattern = re.compile("|".join(map(re.escape, alternatives)))
+            self._forms = tuple(alternatives)
             self.secrets = known
 
     def mask(self, text: str) -> str:
         pattern = self._pattern
         return text if pattern is None else pattern.sub(MASKED, text)
+
+    def cut(self, text: str, limit: int) -> str:
+        """`text` masked, then cut to at most `limit` characters ("…" marks a cut).
+
+        Masking comes first: cut first, a secret across the cut would leave its start behind,
+        which the mask no longer recognises. And a text that ends in the start of a secret
+        (cut before it got here: a response body read up to a cap) ends in `***` instead."""
+        masked = self.mask(text)
+        if len(masked) > limit:
+            masked = masked[: max(0, limit - 1)]
+            return self._without_partial_secret(masked) + "…"
+        return self._without_partial_secret(masked)
+
+    def _without_partial_secret(self, text: str) -> str:
+        forms = self._forms  # longest first
+        if not forms:
+            return text
+        tail = text[-(len(forms[0]) - 1) :] if len(forms[0]) > 1 else ""
+        longest = 0  # the longest end of `tail` that is the start (4+ characters) of a form
+        for form in forms:
+            at = tail.find(form[:_SHORTEST_MASKED])
+            while at != -1 and len(tail) - at > longest:
+                if len(tail) - at < len(form) and form.startswith(tail[at:]):
+                    longest = len(tail) - at
+                    break
+                at = tail.find(form[:_SHORTEST_MASKED], at + 1)
+        return text[: len(text) - longest] + MASKED if longest else text
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self._pattern is None:

@@ -20,17 +20,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 from streamer.config import Config, ConfigError, load_config
+from streamer.config.secrets import MAX_SECRET_FILE_BYTES, read_regular_file
+from streamer.config.yaml_limits import MAX_FILE_BYTES
 
 log = logging.getLogger(__name__)
 
 
 def _fingerprint(config_path: Path, token_files: list[Path]) -> str:
     digest = hashlib.sha256()
-    for path in (config_path, *token_files):
+    limits = [MAX_FILE_BYTES] + [MAX_SECRET_FILE_BYTES] * len(token_files)
+    for path, limit in zip((config_path, *token_files), limits, strict=True):
+        # Bounded, and regular files only: a token file replaced by a FIFO or a device must
+        # not hang or fill the poll loop (the load then says what is wrong with it).
         try:
-            digest.update(path.read_bytes())
+            digest.update(read_regular_file(path, limit))
         except OSError as e:  # a file mid-swap or removed: fingerprint the absence
             digest.update(f"unreadable {path}: {e.errno}".encode())
+        except ValueError as e:
+            digest.update(f"refused {path}: {e}".encode())
         digest.update(b"\0")
     return digest.hexdigest()
 
@@ -77,6 +84,8 @@ class ConfigReloader:
         self.current = new
         self._count("applied")
         log.info("configuration reloaded", extra={"config": str(path)})
+        for warning in new.warnings:  # matchers Alertmanager's parsers read differently
+            log.warning(warning, extra={"config": str(path)})
         if self._on_applied is not None:
             self._on_applied(new)
         return True

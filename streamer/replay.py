@@ -72,6 +72,8 @@ class ReplayReport:
     by_reason: Counter[str] = field(default_factory=Counter)
     to_topics: Counter[str] = field(default_factory=Counter)
     skipped_no_source: int = 0
+    # letters whose source topic the configuration does not name (and no --to-topic)
+    skipped_unknown_topics: Counter[str] = field(default_factory=Counter)
     # deliver mode: alert events sent per destination, accepted, and what failed
     to_destinations: Counter[str] = field(default_factory=Counter)
     delivered: int = 0
@@ -85,6 +87,7 @@ class ReplayReport:
             "by_reason": dict(self.by_reason),
             "to_topics": dict(self.to_topics),
             "skipped_without_source_topic": self.skipped_no_source,
+            "skipped_unknown_topics": dict(self.skipped_unknown_topics),
         }
         if self.to_destinations or self.failed:
             out["to_destinations"] = dict(self.to_destinations)
@@ -125,8 +128,12 @@ def replay(
         _LetterDelivery(config, report, max_attempts, dry_run).run(letters)
         return report
     producer = Producer(kafka_settings(config))
+    known = {topic.name for topic in config.file.topics}
     for letter in letters:
-        target = to_topic or letter.about.get("source_topic")
+        target, unknown = target_topic(letter.about, to_topic, known)
+        if unknown is not None:
+            report.skipped_unknown_topics[unknown] += 1
+            continue
         if not target:
             report.skipped_no_source += 1
             continue
@@ -141,6 +148,24 @@ def replay(
     if producer.flush(timeout * 3) != 0:
         raise RuntimeError("some replayed messages were not acknowledged; run again")
     return report
+
+
+def target_topic(
+    about: dict[str, str], to_topic: str | None, known: set[str]
+) -> tuple[str | None, str | None]:
+    """(where a letter is produced, or None) and (the unknown topic it names, or None).
+
+    A letter's `streamer.source_topic` header is data, and a letter can be written by anyone
+    who can write the dead-letter topic: without `--to-topic`, only a topic the configuration
+    consumes is produced to, so a replay cannot be pointed at another application's topic."""
+    if to_topic:
+        return to_topic, None
+    source = about.get("source_topic")
+    if not source:
+        return None, None
+    if source not in known:
+        return None, source if len(source) <= 249 else source[:248] + "…"  # Kafka's longest
+    return source, None
 
 
 def _matching_letters(

@@ -5,17 +5,22 @@ Invariant: an outcome is computed by the service's own walk (`Rules.evaluate`, o
 `rules diff` and the Alertmanager conformance suite all report what `streamer run` would
 do; nothing is sent. Two outcomes differ in `route` when the matched routes differ, in
 `destination` when the destinations delivered to (or dead-lettered for) differ, and in
-`payload` when a delivery to the same route and destination renders differently.
+`payload` when a delivery to the same route and destination renders differently. A
+destination is compared by what it is (`destination_identities`: its URL, alert source,
+token reference and limit), not by its name: a change that keeps a name but points it at
+another URL or token is a changed destination.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from streamer.routing import Rules
 
-__all__ = ["changes", "outcome", "summary"]
+__all__ = ["changes", "destination_identities", "outcome", "summary"]
 
 
 def outcome(rules: Rules, event: Mapping[str, Any], *, explain: bool = False) -> dict[str, Any]:
@@ -46,13 +51,41 @@ def outcome(rules: Rules, event: Mapping[str, Any], *, explain: bool = False) ->
     return result
 
 
-def _destinations(result: Mapping[str, Any]) -> list[str]:
-    delivered = [f"{d['destination']}" for d in result["deliveries"]]
-    return delivered + [f"{f['destination']} (dead letter)" for f in result["dead_letters"]]
+def destination_identities(destinations: Mapping[str, Any], base: Path) -> dict[str, str]:
+    """What each destination is, by name, as one line: URL, alert source, where its token
+    comes from (a file as an absolute path, so two files in other folders compare right)
+    and its limit. `destinations` are a loaded file's (streamer.config.Destination)."""
+    out: dict[str, str] = {}
+    for name, d in destinations.items():
+        if d.token.file is not None:
+            file = d.token.file if d.token.file.is_absolute() else base / d.token.file
+            token = f"token file {os.path.abspath(file)}"
+        else:
+            token = f"token env {d.token.env}"
+        out[name] = (
+            f"{d.url}, alert source {d.alert_source_config_id}, {token}, {d.events_per_minute}/min"
+        )
+    return out
 
 
-def changes(event: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any] | None:
-    """How the outcome of one event changed between two configurations; None if it did not."""
+def _destinations(result: Mapping[str, Any], identities: Mapping[str, str]) -> list[str]:
+    def named(name: Any) -> str:
+        identity = identities.get(name) if isinstance(name, str) else None
+        return f"{name} ({identity})" if identity else f"{name}"
+
+    delivered = [named(d["destination"]) for d in result["deliveries"]]
+    return delivered + [f"{named(f['destination'])} (dead letter)" for f in result["dead_letters"]]
+
+
+def changes(
+    event: str,
+    old: Mapping[str, Any],
+    new: Mapping[str, Any],
+    identities: tuple[Mapping[str, str], Mapping[str, str]] = ({}, {}),
+) -> dict[str, Any] | None:
+    """How the outcome of one event changed between two configurations; None if it did not.
+    `identities` (old, new) say what each destination name is (destination_identities)."""
+    old_ids, new_ids = identities
     kinds: list[str] = []
     if old.get("error") or new.get("error"):
         if old.get("error") == new.get("error"):
@@ -60,7 +93,8 @@ def changes(event: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[
         return {"event": event, "changed": ["error"], "old": dict(old), "new": dict(new)}
     if old["matched_routes"] != new["matched_routes"]:
         kinds.append("route")
-    if _destinations(old) != _destinations(new) or old["dropped"] != new["dropped"]:
+    old_destinations, new_destinations = _destinations(old, old_ids), _destinations(new, new_ids)
+    if old_destinations != new_destinations or old["dropped"] != new["dropped"]:
         kinds.append("destination")
     payloads = []
     before = {(d["route"], d["destination"]): d["payload"] for d in old["deliveries"]}
@@ -85,8 +119,8 @@ def changes(event: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[
         out["routes"] = {"old": old["matched_routes"], "new": new["matched_routes"]}
     if "destination" in kinds:
         out["destinations"] = {
-            "old": _destinations(old) or ["(dropped)"],
-            "new": _destinations(new) or ["(dropped)"],
+            "old": old_destinations or ["(dropped)"],
+            "new": new_destinations or ["(dropped)"],
         }
     if payloads:
         out["payloads"] = payloads

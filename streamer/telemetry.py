@@ -19,10 +19,11 @@ The port is open to whatever the NetworkPolicy admits, so a client holds a threa
 within bounds (issue 22): its whole request must arrive within `read_timeout` seconds of
 its connection being taken in (one deadline over every read, so trickling a byte at a
 time does not extend it), and each write of the answer gets as long; at most
-`max_connections` connections have a thread. A connection past the cap makes room by closing the oldest one still
-sending its request (an idle or half-sent one); when every one is busy answering, the
-newcomer is closed unanswered. Either way a slow or silent client ends without an answer
-and nothing is logged: a scrape is not news, and neither is a scanner.
+`max_connections` connections have a thread. A connection past the cap makes room by
+closing the oldest one still sending its request (an idle or half-sent one); when every
+one is busy answering, the newcomer is closed unanswered. Either way a slow or silent
+client ends without an answer and nothing is logged: a scrape is not news, and neither is
+a scanner.
 """
 
 from __future__ import annotations

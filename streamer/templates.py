@@ -36,7 +36,6 @@ __all__ = [
     "CompiledTemplate",
     "TemplateError",
     "TemplateLimitError",
-    "undeclared_variables",
     "variables_of",
 ]
 
@@ -160,12 +159,18 @@ _LITERALS = {"true", "false", "none", "True", "False", "None"}
 
 
 class CompiledTemplate:
-    """One template, compiled at load; `render` raises TemplateError for this event only."""
+    """One template, compiled at load; `render` raises TemplateError for this event only.
+
+    Immutable once made, so one instance serves every route that uses the same source
+    (the rule compiler shares them: the defaults and a generator's repeated templates
+    are compiled once per file, not once per route). `variables`: what it reads."""
 
     def __init__(self, source: str) -> None:
         self.source = source
         tree = _ENV.parse(source)
         _check_literal_patterns(tree)
+        # Before compiling: the sandbox's code generator rewrites the tree it compiles.
+        self.variables = frozenset(meta.find_undeclared_variables(tree))
         self._template = _ENV.from_string(tree)
         self._fast: Callable[[Mapping[str, Any]], str] | None = None
         lookup = _LOOKUP.fullmatch(source)
@@ -195,11 +200,14 @@ class CompiledTemplate:
 
 
 class CompiledExpression:
-    """A boolean expression (`when:`), compiled at load, evaluated in the sandbox."""
+    """A boolean expression (`when:`), compiled at load, evaluated in the sandbox;
+    immutable, shared like CompiledTemplate. `variables`: what it reads."""
 
     def __init__(self, source: str) -> None:
         self.source = source
-        _check_literal_patterns(_ENV.parse(f"{{{{ {source} }}}}"))
+        tree = _ENV.parse(f"{{{{ {source} }}}}")
+        _check_literal_patterns(tree)
+        self.variables = frozenset(meta.find_undeclared_variables(tree))
         self._expression = _ENV.compile_expression(source, undefined_to_none=False)
 
     def __call__(self, variables: Mapping[str, Any]) -> bool:
@@ -218,10 +226,3 @@ def _check_literal_patterns(tree: nodes.Template) -> None:
 def variables_of(event: Mapping[str, Any]) -> dict[str, Any]:
     """What templates see: each top-level field by name, and the whole as `event`."""
     return {**event, "event": event}
-
-
-def undeclared_variables(source: str, *, expression: bool = False) -> set[str]:
-    """The variables a template (or expression) reads; for checking them at load."""
-    return set(
-        meta.find_undeclared_variables(_ENV.parse(f"{{{{ {source} }}}}" if expression else source))
-    )

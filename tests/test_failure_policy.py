@@ -286,3 +286,30 @@ def test_any_answer_gets_a_decision_and_a_429_a_bounded_pause(status, retry_afte
     if status == 429:
         assert isinstance(decision, RateLimited)
         assert DEFAULT <= decision.retry_at <= CAP
+
+
+def test_a_token_echoed_in_an_error_is_masked_before_anything_is_cut() -> None:
+    from streamer import logs
+
+    token = "sk_live_" + "Q7x" * 10
+    logs.MASK.add([token])
+    # a proxy echoes the request's headers; the token straddles the 4,096-character cut
+    body = ("x" * 4080 + f"Authorization: Bearer {token}").encode()
+    decision = POLICY.decide_response(400, {}, body, attempt=0, first_attempt_at=NOW, now=NOW)
+    assert isinstance(decision, Undeliverable)
+    assert "sk_live" not in decision.body and "Q7x" not in decision.body
+    assert len(decision.body) <= 4096
+    # the reason, cut at 200 characters, from a message that carries the token at the cut
+    message = "y" * 180 + f" token={token}"
+    body = json.dumps({"type": "invalid", "errors": [{"code": "c", "message": message}]})
+    decision = POLICY.decide_response(
+        422, {}, body.encode(), attempt=0, first_attempt_at=NOW, now=NOW
+    )
+    assert isinstance(decision, Undeliverable)
+    assert "sk_liv" not in decision.reason and "Q7x" not in decision.reason
+    # a body already cut (at the client's read cap) inside the token ends masked too
+    decision = POLICY.decide_response(
+        400, {}, f"echo {token[:14]}".encode(), attempt=0, first_attempt_at=NOW, now=NOW
+    )
+    assert isinstance(decision, Undeliverable)
+    assert decision.body == "echo ***"

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from streamer.regexes import MAX_REPLACE_PROGRAM, Regex, RegexError, RegexLimitError, for_replace
+from streamer.regexes import (
+    MAX_REPLACE_PROGRAM,
+    Regex,
+    RegexError,
+    RegexLimitError,
+    for_replace,
+    literal_cover,
+)
 
 
 @pytest.mark.parametrize(
@@ -101,3 +110,62 @@ def test_replace_reports_its_worst_case_cost_before_matching() -> None:
     with pytest.raises(RegexLimitError):
         regex.replace("é" * 1000, "", max_length=10_000, steps=refuse)
     assert costs == [2000 * regex.program_size]  # bytes of UTF-8 x instructions
+
+
+def test_equal_patterns_share_one_compiled_regex_while_in_use() -> None:
+    first = Regex("critical|warning")
+    assert Regex("critical|warning") is first
+    assert Regex("critical|warning|info") is not first
+
+
+# Pieces of patterns that stress the cover: literals, alternation, groups (plain, named,
+# non-capturing, with flags), classes holding `|` or `]`, quantifiers, anchors, escapes.
+# fmt: off
+_PIECES = st.sampled_from([
+    "a", "b", "ab", "-", "/", " ", "|", "(", ")", "(?:", "(?P<n>", "(?i)", "(?i:", "(?s)",
+    ".", ".*", "+", "?", "*", "{2}", "{1,}", "[ab]", "[|]", "[]a]", "[^a]", "[[:alpha:]]",
+    "^", "$", r"\.", r"\|", r"\d", r"\Q|\E", r"\\", "A", "é",
+])
+# fmt: on
+_TEXTS = st.text(alphabet="abAB-/ .|é\\", max_size=6)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(pieces=st.lists(_PIECES, max_size=7), texts=st.lists(_TEXTS, max_size=8))
+def test_a_literal_cover_holds_every_text_its_pattern_matches(
+    pieces: list[str], texts: list[str]
+) -> None:
+    pattern = "".join(pieces)
+    try:
+        regex = Regex(pattern)
+    except RegexError:
+        return
+    cover = literal_cover(pattern)
+    if cover is None:
+        return
+    exact, prefixes = cover
+    for text in [*texts, *exact, *(p + t for p in prefixes for t in texts[:2])]:
+        if regex.fullmatch(text):
+            assert text in exact or any(text.startswith(p) for p in prefixes), (pattern, text)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "cover"),
+    [
+        ("critical|warning", ({"critical", "warning"}, set())),
+        ("^(foo|bar)$", ({"foo", "bar"}, set())),
+        (r"host-1\..*", (set(), {"host-1"})),
+        ("App1Down|App1.*", ({"App1Down"}, {"App1"})),
+        ("ab*", (set(), {"a"})),  # the quantifier makes the `b` optional
+        ("", ({""}, set())),
+        (".*", None),
+        ("(?i)critical", None),  # the flag reaches every alternative
+        ("a|(?i)b", None),
+        ("[ab]c", None),
+        (r"\Qa|b\E", None),
+    ],
+)
+def test_literal_cover_of_common_patterns(
+    pattern: str, cover: tuple[set[str], set[str]] | None
+) -> None:
+    assert literal_cover(pattern) == cover

@@ -148,3 +148,19 @@ def test_deliver_sends_the_letters_route_straight_to_incident_io(
         assert failure["letter"].startswith(f"{pipeline.dlq}[0]@")
         assert failure["reason"].startswith("decode:")
         assert len(fake.events) == 2, "nothing more was sent"
+
+
+def test_without_to_topic_only_topics_the_configuration_consumes_are_produced_to() -> None:
+    from streamer.replay import target_topic
+
+    known = {"events"}
+    assert target_topic({"source_topic": "events"}, None, known) == ("events", None)
+    assert target_topic({"source_topic": "payments.ledger"}, None, known) == (
+        None,
+        "payments.ledger",
+    )
+    assert target_topic({}, None, known) == (None, None)
+    assert target_topic({"source_topic": "payments.ledger"}, "events-retry", known) == (
+        "events-retry",
+        None,
+    )

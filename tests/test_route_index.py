@@ -21,6 +21,17 @@ EQUALITIES = [f"labels.team = '{t}'" for t in TEAMS] + [
     "labels.missing = ''",
     "labels.team != search",
     'labels.team =~ "pay.*"',
+    # what the index files besides `=`: literal alternations and prefixes, on more fields
+    'labels.team =~ "payments|search"',
+    'labels.team =~ "^(x|)$"',
+    'labels.team =~ "(?i)PAY.*"',
+    'labels.team =~ "se.*|pa(y|x)ments"',
+    'severity =~ "CRITICAL|ERROR"',
+    'labels.service =~ "check.*"',
+    "labels.service = checkout",
+    "labels.service = ''",
+    'alert.labels.alertname =~ "High.*|Low"',
+    "alert.labels.alertname = HighErrorRate",
 ]
 
 
@@ -93,6 +104,34 @@ def test_a_level_of_routes_on_one_field_tries_only_the_routes_for_the_events_val
     assert [r.name for r in index.candidates(event)] == ["payments", "any"]
     event["labels"] = {"team": "nobody"}
     assert [r.name for r in index.candidates(event)] == ["any"]
+
+
+def test_routes_on_several_fields_and_value_lists_try_only_those_the_event_can_match() -> None:
+    def route(name: str, *matchers: str) -> Route:
+        return Route(name=name, path=name, matchers=tuple(map(Matcher.parse, matchers)))
+
+    routes = (
+        route("pay", "labels.team = payments"),
+        route("search", "labels.team = search"),
+        route("checkout", "labels.service = checkout"),
+        route("cart", "labels.service = cart"),
+        route("high", 'alert.labels.alertname =~ "HighErrorRate|HighLatency"'),
+        route("disk", 'alert.labels.alertname =~ "Disk.*"'),
+        route("not-search", "labels.team != search"),  # no cover: tried on every event
+    )
+    index = LevelIndex(routes)
+    event = alert()  # team payments, service checkout, alertname HighErrorRate
+    assert [r.name for r in index.candidates(event)] == [
+        "pay",
+        "checkout",
+        "high",
+        "not-search",
+    ]
+    event["labels"] = {"team": "nobody"}
+    event["alert"]["labels"] = {"alertname": "DiskFull"}
+    assert [r.name for r in index.candidates(event)] == ["disk", "not-search"]
+    event["alert"]["labels"] = {}
+    assert [r.name for r in index.candidates(event)] == ["not-search"]
 
 
 def test_a_level_without_a_shared_equality_is_not_indexed() -> None:

@@ -76,3 +76,46 @@ def test_rules_diff_prints_json_and_a_summary_and_exits_3_on_changes(tmp_path: P
         [*args[:-1], old, "--events", str(lines)], capture_output=True, text=True, timeout=120
     )
     assert same.returncode == 0, same.stderr
+
+
+def test_rules_diff_compares_what_a_destination_is_not_its_name(tmp_path: Path) -> None:
+    # The review's case: the same name, another URL and token file: not "0 changed".
+    old = write(tmp_path, "old.yaml", RULES)
+    swapped = HEADER.replace(
+        "a: {alert_source_config_id: A, token: {env: TOKEN_A}}",
+        "a: {alert_source_config_id: A, token: {file: kafka-password}, url: https://evil.example}",
+    )
+    assert swapped != HEADER
+    new = tmp_path / "new.yaml"
+    new.write_text(swapped + RULES)
+    event = tmp_path / "event.json"
+    event.write_text((ROOT / "examples" / "events" / "alert-firing.json").read_text())
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streamer",
+            "rules",
+            "diff",
+            "--old",
+            old,
+            "--new",
+            str(new),
+            "--event",
+            str(event),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 3, done.stderr
+    (change,) = json.loads(done.stdout)["changed"]
+    assert change["changed"] == ["destination"]
+    assert change["destinations"] == {
+        "old": ["a (https://api.incident.io, alert source A, token env TOKEN_A, 120/min)"],
+        "new": [
+            f"a (https://evil.example, alert source A, token file {tmp_path / 'kafka-password'}, "
+            "120/min)"
+        ],
+    }
+    assert "1 changed (1 destination)" in done.stderr

@@ -28,7 +28,8 @@ def add_parser(commands: Any) -> None:
         description=(
             "Reads the dead-letter topic up to its current end, keeps the letters matching "
             "the filters, and produces each original key, value and headers again to the "
-            "topic it came from (or --to-topic), where the service consumes it as new; or, "
+            "topic it came from, only if the configuration consumes that topic (or to "
+            "--to-topic), where the service consumes it as new; or, "
             "with --deliver, decodes and routes each with the current rules and POSTs its "
             "alert events to incident.io from here (only the route and destination the "
             "letter names). Commits nothing; every run re-sends what matches, so filter "
@@ -54,7 +55,10 @@ def add_parser(commands: Any) -> None:
         "(http-422, http-4, decode:, template, gave-up)",
     )
     replay.add_argument(
-        "--to-topic", metavar="TOPIC", help="produce to TOPIC instead of each letter's source topic"
+        "--to-topic",
+        metavar="TOPIC",
+        help="produce to TOPIC instead of each letter's source topic (without it, letters "
+        "naming a topic the configuration does not consume are skipped and counted)",
     )
     replay.add_argument(
         "--deliver",

@@ -70,7 +70,9 @@ def add_parser(commands: Any) -> None:
         description=(
             "Evaluates each event under both configurations (nothing is sent) and prints, as "
             "JSON on stdout, every event whose matched routes, destinations (or dead letters) "
-            "or rendered payload differ, with the old and new values; a short summary goes to "
+            "or rendered payload differ, with the old and new values; a destination is "
+            "compared by what it is (URL, alert source, token variable or file, limit), not "
+            "by its name; a short summary goes to "
             "stderr. Exit status: 0 no event changed, 3 some changed, 1 bad configuration."
         ),
     )
@@ -95,10 +97,14 @@ def add_parser(commands: Any) -> None:
             "receiver inheritance kept; the root receiver becomes the default. A webhook "
             "receiver to incident.io's alert-events URL becomes a destination (its token from "
             "the webhook's credentials_file, else an environment variable; inline tokens are "
-            "never copied); a receiver with no integration drops; any other receiver must be "
-            "mapped with --receiver. What has no equivalent (grouping and its timings, inhibit "
-            "rules, time intervals, route labels, other integrations) is listed on stderr and "
-            "at the top of the output. The output passes `rules check`."
+            "never copied), and so does an incidentio_configs receiver; a new destination is "
+            "shown with its host and token source, must be on api.incident.io (or a host "
+            "--allow-host names), and may not take the name drop or a destination of the base "
+            "(map such a receiver with --receiver); a receiver with no integration drops; any "
+            "other receiver must be mapped with --receiver. What has no equivalent (grouping "
+            "and its timings, inhibit rules, time intervals, route labels, other integrations) "
+            "is listed on stderr and at the top of the output. The output passes `rules check` "
+            "before anything is written; every problem names the input's file:line."
         ),
     )
     imports.add_argument("alertmanager", metavar="ALERTMANAGER.yml")
@@ -112,7 +118,17 @@ def add_parser(commands: Any) -> None:
         "of --config, or drop) (repeatable)",
     )
     imports.add_argument(
-        "--output", metavar="FILE", help="write the configuration to FILE instead of stdout"
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="accept incident.io receivers whose URL's host is HOST (a proxy, the test double); "
+        "without it, only api.incident.io (repeatable)",
+    )
+    imports.add_argument(
+        "--output",
+        metavar="FILE",
+        help="write the configuration to FILE instead of stdout (only once it loads)",
     )
     imports.set_defaults(func=cmd_rules_import)
 
@@ -129,12 +145,19 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
     def count(n: int, noun: str) -> str:
         return f"{n} {noun}{'' if n == 1 else 's'}"
 
+    _warn(config)
     routes = sum(1 for _ in config.rules.walk())
     print(
         f"{config.path}: OK ({count(len(config.file.destinations), 'destination')}, "
         f"{count(routes, 'route')}, {count(len(config.file.topics), 'topic')})"
     )
     return 0
+
+
+def _warn(config: Any) -> None:
+    """The file's warnings (matchers Alertmanager's parsers read differently) on stderr."""
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _read_events(files: list[str], lines_file: str | None) -> list[tuple[str, bytes | str]]:
@@ -183,6 +206,7 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
+    _warn(config)
     results = [
         {"event": name, **_outcome(config, data, explain=args.explain)}
         for name, data in _read_events(args.event, None)
@@ -195,7 +219,7 @@ def cmd_rules_diff(args: argparse.Namespace) -> int:
     import json
 
     from streamer.config import ConfigError, load_config
-    from streamer.rules_report import changes, summary
+    from streamer.rules_report import changes, destination_identities, summary
 
     if not args.event and not args.events:
         print(
@@ -210,10 +234,16 @@ def cmd_rules_diff(args: argparse.Namespace) -> int:
         print(e, file=sys.stderr)
         return 1
     events = _read_events(args.event or [], args.events)
+    # destinations compared by what they are, not by name (a renamed URL or token is a change)
+    identities = (
+        destination_identities(old.file.destinations, old.path.parent),
+        destination_identities(new.file.destinations, new.path.parent),
+    )
     found = [
         change
         for name, data in events
-        if (change := changes(name, _outcome(old, data), _outcome(new, data))) is not None
+        if (change := changes(name, _outcome(old, data), _outcome(new, data), identities))
+        is not None
     ]
     print(json.dumps({"events": len(events), "changed": found}, indent=2))
     print(summary(len(events), found), file=sys.stderr)
@@ -221,51 +251,80 @@ def cmd_rules_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_import(args: argparse.Namespace) -> int:
+    import os
+    import tempfile
     from pathlib import Path
 
-    from streamer.alertmanager import ImportProblems, import_alertmanager, read_yaml_file
+    from streamer.alertmanager import (
+        ImportProblems,
+        import_alertmanager,
+        read_base_file,
+        read_yaml_file,
+    )
+    from streamer.alertmanager_receivers import shown
     from streamer.config import ConfigError, load_config
 
     receivers = dict(args.receiver)
     try:  # bounded: size, depth, alias expansion (streamer.config.yaml_limits)
         alertmanager = read_yaml_file(Path(args.alertmanager))
-        base = read_yaml_file(Path(args.config))
+        base = read_base_file(Path(args.config))
     except ImportProblems as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     output = Path(args.output) if args.output else None
+    where = output.parent if output else Path(args.config).parent
     try:
         imported = import_alertmanager(
-            alertmanager if isinstance(alertmanager, dict) else {},
-            base if isinstance(base, dict) else {},
+            alertmanager,
+            base,
             receivers=receivers,
             base_dir=Path(args.config).parent,
-            output_dir=output.parent if output else Path(args.config).parent,
+            output_dir=where,
             alertmanager_dir=Path(args.alertmanager).parent,
+            source=args.alertmanager,
+            base_source=args.config,
+            allowed_hosts=args.allow_host,
         )
     except ImportProblems as e:
-        print(f"{args.alertmanager}: cannot import:", file=sys.stderr)
+        print(f"{shown(args.alertmanager)}: cannot import:", file=sys.stderr)
         for problem in e.problems:
-            print(f"  {problem}", file=sys.stderr)
+            print(f"  {shown(problem, 2000)}", file=sys.stderr)
         return 1
     text = imported.to_yaml(args.alertmanager)
-    # What is written must load as `streamer run` would load it (rules check).
-    check = output or Path(args.config).parent / f".{Path(args.config).name}.imported"
-    check.write_text(text)
+    # What is written must load as `streamer run` would load it (rules check), from where it
+    # will be (relative paths), and nothing is written to --output unless it does.
     try:
+        fd, name = tempfile.mkstemp(prefix=".streamer-import-", suffix=".yaml", dir=where)
+    except OSError as e:
+        print(f"error: cannot write in {where}: {e.strerror}", file=sys.stderr)
+        return 1
+    check = Path(name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
         load_config(check, check_secrets=False)
+        if output is not None:
+            os.replace(check, output)
     except ConfigError as e:
-        print(f"the imported configuration does not load:\n{e}", file=sys.stderr)
+        # the problems name lines of the output as it would have been written
+        named = str(e).replace(str(check), str(output) if output else "<the output>")
+        print(
+            f"the imported configuration does not load (nothing written):\n{named}", file=sys.stderr
+        )
+        return 1
+    except OSError as e:
+        print(f"error: cannot write {output or check}: {e.strerror}", file=sys.stderr)
         return 1
     finally:
-        if output is None:
-            check.unlink()
+        check.unlink(missing_ok=True)
     if output is None:
         print(text, end="")
     for gap in imported.gaps:
-        print(f"not imported: {gap}", file=sys.stderr)
+        print(f"not imported: {shown(gap, 1000)}", file=sys.stderr)
     for note in imported.notes:
-        print(f"note: {note}", file=sys.stderr)
+        print(f"note: {shown(note, 1000)}", file=sys.stderr)
+    for warning in imported.warnings:
+        print(f"warning: {shown(warning, 1000)}", file=sys.stderr)
     return 0
 
 

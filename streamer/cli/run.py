@@ -8,6 +8,7 @@ builds; whatever is printed about them shows no credentials.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import threading
 from typing import TYPE_CHECKING, Any
@@ -73,6 +74,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(e, file=sys.stderr)
         return 1
     logs.MASK.add(config.secret_values())  # before anything can print an error
+    for warning in config.warnings:  # matchers Alertmanager's parsers read differently
+        logging.getLogger("streamer.config").warning(warning, extra={"config": args.config})
     problem = check_reachable(config, args.startup_timeout)
     if problem:
         print(f"error: {problem}", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from functools import partial
+from types import MappingProxyType
 from typing import Any
 
 from jinja2 import TemplateSyntaxError
@@ -32,8 +33,9 @@ from streamer.templates import (
     DEFAULT_METADATA,
     CompiledExpression,
     CompiledTemplate,
-    undeclared_variables,
 )
+
+_NONE: Mapping[str, CompiledTemplate] = MappingProxyType({})  # no templates of its own
 
 
 class SchemaPaths:
@@ -42,6 +44,9 @@ class SchemaPaths:
     def __init__(self, schema: dict[str, Any]) -> None:
         self.schema = schema
         self.names: dict[str, Any] = {}
+        # per path, as thousands of routes test the same few paths
+        self._problems: dict[tuple[str, ...], str | None] = {}
+        self._enums: dict[tuple[str, ...], list[str] | None] = {}
         self._collect(schema)
 
     def _collect(self, schema: Any) -> None:
@@ -65,15 +70,21 @@ class SchemaPaths:
 
     def problem(self, path: tuple[str, ...]) -> str | None:
         """None if `path` can address a value, else why not."""
-        problem = self._walk(self.schema, path, [])
-        return f"unknown field path {'.'.join(path)}: {problem}" if problem else None
+        if path not in self._problems:
+            problem = self._walk(self.schema, path, [])
+            self._problems[path] = (
+                f"unknown field path {'.'.join(path)}: {problem}" if problem else None
+            )
+        return self._problems[path]
 
     def never_matches(self, matcher: Matcher) -> str | None:
         """Why a matcher on an enum field can never hold (or always holds), or None.
 
         An enum field reads as one of its symbols, or "" where it may be missing.
         """
-        symbols = self._symbols(self.schema, matcher.path)
+        if matcher.path not in self._enums:
+            self._enums[matcher.path] = self._symbols(self.schema, matcher.path)
+        symbols = self._enums[matcher.path]
         if symbols is None:
             return None
         readable = {*symbols, ""}
@@ -134,26 +145,56 @@ class SchemaPaths:
 
 
 class RulesCompiler:
+    """One file's routing tree, compiled.
+
+    What is the same across routes is compiled once per file and shared: a template or
+    `when:` source (the built-in metadata of every top-level route, a generator's title
+    repeated on thousands of routes) becomes one compiled object, and so does a failed
+    one (its problem is still reported at each place it is written). Compiled templates
+    and expressions are immutable, so sharing cannot change what a route renders."""
+
     def __init__(self, config: ConfigFile, paths: SchemaPaths, problems: Problems) -> None:
         self.config = config
         self.paths = paths
         self.problems = problems
         self.names_seen: dict[str, Loc] = {}
         self.variables = paths.top_level() | {"event"}
+        self._templates: dict[str, CompiledTemplate | str] = {}  # source -> it, or why not
+        self._expressions: dict[str, CompiledExpression | str] = {}
 
     def template(self, source: str, loc: Loc) -> CompiledTemplate | None:
-        try:
-            compiled = CompiledTemplate(source)
-        except TemplateSyntaxError as e:
-            self.problems.add(loc, f"template syntax error: {e.message}")
+        compiled = self._templates.get(source)
+        if compiled is None:
+            try:
+                compiled = CompiledTemplate(source)
+            except TemplateSyntaxError as e:
+                compiled = f"template syntax error: {e.message}"
+            except ValueError as e:  # streamer.regexes.RegexError: a literal regex_replace
+                compiled = f"invalid regular expression in regex_replace: {e}"
+            self._templates[source] = compiled
+        if isinstance(compiled, str):
+            self.problems.add(loc, compiled)
             return None
-        except ValueError as e:  # streamer.regexes.RegexError: a literal regex_replace pattern
-            self.problems.add(loc, f"invalid regular expression in regex_replace: {e}")
-            return None
-        self._check_variables(undeclared_variables(source), loc)
+        self._check_variables(compiled.variables, loc)
         return compiled
 
-    def _check_variables(self, used: set[str], loc: Loc) -> None:
+    def expression(self, source: str, loc: Loc) -> CompiledExpression | None:
+        compiled = self._expressions.get(source)
+        if compiled is None:
+            try:
+                compiled = CompiledExpression(source)
+            except TemplateSyntaxError as e:
+                compiled = f"expression syntax error: {e.message}"
+            except ValueError as e:  # streamer.regexes.RegexError, in a regex_replace
+                compiled = f"invalid regular expression: {e}"
+            self._expressions[source] = compiled
+        if isinstance(compiled, str):
+            self.problems.add(loc, compiled)
+            return None
+        self._check_variables(compiled.variables, loc)
+        return compiled
+
+    def _check_variables(self, used: frozenset[str], loc: Loc) -> None:
         unknown = used - self.variables
         if unknown:
             self.problems.add(
@@ -164,15 +205,17 @@ class RulesCompiler:
 
     def templates(
         self, spec: Templates, inherited: Mapping[str, CompiledTemplate], loc: Loc
-    ) -> dict[str, CompiledTemplate]:
-        out = dict(inherited)
+    ) -> Mapping[str, CompiledTemplate]:
+        """The parent's templates with this route's own; a route that sets none shares
+        its parent's mapping (routes only read it)."""
+        own = {}
         for name in TEMPLATE_FIELDS:
             source = getattr(spec, name)
             if source is not None:
                 compiled = self.template(source, (*loc, "templates", name))
                 if compiled is not None:
-                    out[name] = compiled
-        return out
+                    own[name] = compiled
+        return {**inherited, **own} if own else inherited
 
     def metadata(self, tree: Mapping[str, Any], loc: Loc) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -248,18 +291,7 @@ class RulesCompiler:
             )
         self.names_seen[spec.name] = loc
         matchers = self.matchers(spec, loc)
-        when = None
-        if spec.when is not None:
-            try:
-                when = CompiledExpression(spec.when)
-            except TemplateSyntaxError as e:
-                self.problems.add((*loc, "when"), f"expression syntax error: {e.message}")
-            except ValueError as e:  # streamer.regexes.RegexError, in a regex_replace
-                self.problems.add((*loc, "when"), f"invalid regular expression: {e}")
-            else:
-                self._check_variables(
-                    undeclared_variables(spec.when, expression=True), (*loc, "when")
-                )
+        when = None if spec.when is None else self.expression(spec.when, (*loc, "when"))
         inherited_destination = parent.destination if parent else None
         explicit = spec.destination
         destination = (
@@ -272,7 +304,7 @@ class RulesCompiler:
             matchers=tuple(matchers),
             when=when,
             destination=destination,
-            templates=self.templates(spec.templates, parent.templates if parent else {}, loc),
+            templates=self.templates(spec.templates, parent.templates if parent else _NONE, loc),
             metadata=(
                 self.metadata(spec.templates.metadata, (*loc, "templates", "metadata"))
                 if spec.templates.metadata is not None
@@ -303,7 +335,7 @@ class RulesCompiler:
                 name="default",
                 path="default",
                 destination=self.destination(spec.destination, ("default",)),
-                templates=self.templates(spec.templates, {}, ("default",)),
+                templates=self.templates(spec.templates, _NONE, ("default",)),
                 metadata=self.metadata(
                     spec.templates.metadata or DEFAULT_METADATA,
                     ("default", "templates", "metadata"),

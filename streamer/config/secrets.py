@@ -6,12 +6,18 @@ environment variable or a file, never written in the file: a property whose key 
 load as one line of printable characters (one trailing line break, as files and Kubernetes
 Secrets usually have, is removed), so no HTTP or Kafka library ever quotes a malformed one
 back in an error; problems name the variable or file, never the value, and an `env:` that
-is not a variable name is not quoted either (it may be the secret, pasted by mistake).
+is not a variable name is not quoted either (it may be the secret, pasted by mistake), nor
+is one that is not set unless it reads like a variable's name (UPPER_CASE words): a token
+pasted into `env:` may well be a valid name (`sk_live_...`). A secret file is read only if
+it is a regular file, and no further than MAX_SECRET_FILE_BYTES: a device or a FIFO named
+by mistake is refused at once instead of hanging or filling memory.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +26,43 @@ from pydantic import SecretStr
 
 from streamer.config.model import NOT_AN_ENV_NAME, TokenSource, is_env_name
 from streamer.config.problems import Loc, Problems
+
+MAX_SECRET_FILE_BYTES = 64 * 1024  # a token is ~100 bytes; a JAAS or OAuth config a few KiB
+# How a variable's name reads (INCIDENT_IO_TOKEN_PAYMENTS); a token rarely does.
+_CONVENTIONAL_NAME = re.compile(r"[A-Z][A-Z0-9]{0,11}(?:_[A-Z0-9]{1,12}){0,7}")
+
+
+def read_regular_file(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes; OSError if it cannot be opened,
+    ValueError if it is not a regular file (a FIFO, a device: never read) or is larger."""
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; a regular file ignores it.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("is not a regular file")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise ValueError(f"is larger than {limit // 1024} KiB")
+    return b"".join(chunks)
+
+
+def env_name_shown(name: str) -> str:
+    """How a problem names the variable `name`: itself when it reads like a variable's name,
+    else a description (it may be a secret pasted into env: by mistake)."""
+    if _CONVENTIONAL_NAME.fullmatch(name):
+        return f"the environment variable {name}"
+    return (
+        "the environment variable named in env: (its name is not shown: it does not read like "
+        "a variable's name, UPPER_CASE_WORDS, and may be a secret pasted by mistake)"
+    )
 
 
 def read_secret(
@@ -30,7 +73,7 @@ def read_secret(
     if source.env:
         if not is_env_name(source.env):
             raise ValueError(NOT_AN_ENV_NAME)
-        where = f"the environment variable {source.env}"
+        where = env_name_shown(source.env)
         value = os.environ.get(source.env, "")
         if not value:
             raise ValueError(f"{where} is not set")
@@ -39,11 +82,13 @@ def read_secret(
         file = source.file if source.file.is_absolute() else base / source.file
         where = f"the {what} file {file}"
         try:
-            value = file.read_text(encoding="utf-8")
+            value = read_regular_file(file, MAX_SECRET_FILE_BYTES).decode("utf-8")
         except OSError as e:
             raise ValueError(f"cannot read {where}: {e.strerror}") from None
         except UnicodeDecodeError:
             raise ValueError(f"{where} is not UTF-8 text") from None
+        except ValueError as e:
+            raise ValueError(f"{where} {e}") from None
     # Files, and variables filled from Kubernetes Secrets, usually end with a line break.
     value = value.removesuffix("\n").removesuffix("\r")
     if not value:

@@ -26,13 +26,14 @@ __all__ = [
     "MAX_ALIAS_VALUES",
     "MAX_DEPTH",
     "MAX_FILE_BYTES",
+    "SafeLoader",
     "YamlLimitError",
     "check_parsed",
     "check_yaml",
     "read_yaml_text",
 ]
 
-MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_FILE_BYTES = 16 * 1024 * 1024  # a generated file of 50,000 routes is about 8 MiB
 MAX_ALIAS_VALUES = 50_000  # values that aliases repeat, over the whole file
 MAX_DEPTH = 100  # nested collections; a route and its routes: list are two
 
@@ -40,6 +41,12 @@ _ANCHORS_ARE_FOR = (
     "anchors and aliases are for small shared blocks (templates, matchers), "
     "not for copying routing trees"
 )
+
+
+# libyaml's parser, which PyYAML's wheels ship: the same events and nodes (with their
+# lines) as the pure-Python parser, ten times faster; a 10,000-route file is read in 0.7 s
+# instead of 7 (bench/config_scale.py).
+SafeLoader: type[yaml.SafeLoader | yaml.CSafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class YamlLimitError(ValueError):
@@ -80,7 +87,7 @@ def check_yaml(text: str) -> None:
     anchors: dict[str, tuple[int, int]] = {}  # anchor -> (expanded size, height)
     stack: list[_Open] = []
     repeated = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+    for event in yaml.parse(text, Loader=SafeLoader):
         line = event.start_mark.line + 1 if event.start_mark else 1
         if isinstance(event, yaml.CollectionStartEvent):
             if len(stack) >= MAX_DEPTH:

@@ -1,0 +1,207 @@
+"""Which source offsets already have a dead letter: one letter per offset across a kill.
+
+A dead letter is terminal once the broker acknowledged it, and its offset is committed
+within ~0.1 s after. A replica killed between the two leaves the offset uncommitted, so
+the partition's next owner reads the message again and, without this index, writes its
+letter a second time (issue 22: 23 and 26 letters for 22 poison messages in kill loops).
+
+Every replica therefore follows the dead-letter topic (`TopicFollower`, the last
+`WINDOW_SECONDS` of it) and keeps the source coordinates its letters carry
+(`streamer.source_topic`, `.source_partition`, `.source_offset`). Before writing a letter
+the writer asks `verdict`:
+
+- `WRITTEN`: a letter for that offset is in the topic: terminal without writing again.
+- `WRITE`: the follower has read every letter acknowledged before the question was
+  first asked, and none is for this offset: write it.
+- `WAIT`: not read that far yet (ask again soon; the letter is not terminal meanwhile).
+  This closes the race where the killed replica's letter was acknowledged just before
+  this one took the partition over: the question is asked after the take-over, so the
+  follower's watermarks, looked at after the question, include that letter.
+- `WRITE_UNCHECKED`: the topic could not be read for `PATIENCE_SECONDS`, or the letter
+  waited that long: it is written anyway. A duplicate is better than a loss; a warning
+  says so, once per episode.
+
+Limits, on purpose: a letter older than the window (a group down for longer than
+`WINDOW_SECONDS` before its offset is read again) or evicted from a full index
+(`MAX_ENTRIES`, the oldest go first) can be written again; so can a letter whose
+writer's clock ran more than the window behind (the window starts by record
+timestamps), and one that a replica which lost its partition without knowing it
+(not killed: fenced) still writes after the next owner looked.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
+
+from confluent_kafka import Message
+
+from streamer.dead_letters import PREFIX
+from streamer.topic_follower import TopicFollower
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DeadLetterIndex", "SeenLetters", "SourceOffset", "Verdict", "decide"]
+
+WINDOW_SECONDS = 15 * 60.0  # letters this recent are read at start
+PATIENCE_SECONDS = 30.0  # a letter waits at most this long for the index
+MAX_ENTRIES = 100_000  # ~25 MB at most
+SOURCE = PREFIX + "source_"  # streamer.source_topic, _partition, _offset
+
+
+class SourceOffset(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+
+
+class Verdict(enum.Enum):
+    WRITE = "write"
+    WRITTEN = "written"
+    WAIT = "wait"
+    WRITE_UNCHECKED = "write-unchecked"
+
+
+def decide(
+    *, seen: bool, caught_up: bool, waited: float, failing_for: float | None, patience: float
+) -> Verdict:
+    """The verdict on one letter. `waited`: since the question was first asked for it;
+    `failing_for`: how long the topic has not been readable (None: it reads)."""
+    if seen:  # proof enough, however far the follower has read
+        return Verdict.WRITTEN
+    if caught_up:
+        return Verdict.WRITE
+    if waited >= patience or (failing_for is not None and failing_for >= patience):
+        return Verdict.WRITE_UNCHECKED
+    return Verdict.WAIT
+
+
+class SeenLetters:
+    """The source offsets of letters seen, at most `limit` of them (the oldest go)."""
+
+    def __init__(self, limit: int = MAX_ENTRIES) -> None:
+        self.limit = limit
+        self._seen: OrderedDict[SourceOffset, None] = OrderedDict()
+        self._topics: dict[str, str] = {}  # one string per topic name, not one per letter
+
+    def add(self, source: SourceOffset) -> None:
+        topic = self._topics.setdefault(source.topic, source.topic)
+        if len(self._topics) > self.limit:  # a flood of distinct names: start over
+            self._topics = {topic: topic}
+        self._seen[SourceOffset(topic, source.partition, source.offset)] = None
+        self._seen.move_to_end(source)
+        while len(self._seen) > self.limit:
+            self._seen.popitem(last=False)
+
+    def __contains__(self, source: object) -> bool:
+        return source in self._seen
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+HeaderValue = str | bytes | None
+
+
+def source_of(
+    headers: Mapping[str, HeaderValue] | Sequence[tuple[str, HeaderValue]] | None,
+) -> SourceOffset | None:
+    """The source coordinates a dead letter's headers carry (None: not one of ours)."""
+    fields: dict[str, str] = {}
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+    for name, value in pairs:
+        if name.startswith(SOURCE) and value is not None:
+            text = value if isinstance(value, str) else value.decode("utf-8", "replace")
+            fields[name[len(SOURCE) :]] = text
+    try:
+        return SourceOffset(fields["topic"], int(fields["partition"]), int(fields["offset"]))
+    except (KeyError, ValueError):
+        return None
+
+
+class Follows(Protocol):
+    """What the index needs of a `TopicFollower` (tests pass a plain one)."""
+
+    def caught_up(self, since: float) -> bool: ...
+    def failing_since(self) -> float | None: ...
+    def problem(self) -> str: ...
+    def close(self) -> None: ...
+
+
+class DeadLetterIndex:
+    """The dead-letter topic's source offsets, as read by a follower (see the module
+    docstring). `verdict` is asked on the poll thread; the follower adds on its own."""
+
+    def __init__(
+        self,
+        topic: str,
+        follower: Callable[[Callable[[Message], None]], Follows],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        patience: float = PATIENCE_SECONDS,
+        limit: int = MAX_ENTRIES,
+    ) -> None:
+        self.topic, self.clock, self.patience = topic, clock, patience
+        self._lock = threading.Lock()
+        self._seen = SeenLetters(limit)
+        self._unchecked = False  # a warning said letters are written unchecked
+        self.follower = follower(self._read)  # it calls back from its own thread
+
+    @classmethod
+    def following(
+        cls, settings: Mapping[str, Any], topic: str, *, clock: Callable[[], float] = time.monotonic
+    ) -> DeadLetterIndex:
+        """An index fed by a follower of `topic` started now (librdkafka `settings`)."""
+
+        def follower(handle: Callable[[Message], None]) -> Follows:
+            return TopicFollower(
+                settings, topic, handle, window_seconds=WINDOW_SECONDS, clock=clock
+            ).start()
+
+        return cls(topic, follower, clock=clock)
+
+    def _read(self, message: Message) -> None:
+        source = source_of(message.headers())
+        if source is not None:
+            self.add(source)
+
+    def add(self, source: SourceOffset) -> None:
+        """A letter for `source` is in the topic (read there, or just acknowledged)."""
+        with self._lock:
+            self._seen.add(source)
+
+    def verdict(self, source: SourceOffset, asked_since: float) -> Verdict:
+        """May a letter for `source`, first asked about at `asked_since`, be written?"""
+        now = self.clock()
+        with self._lock:
+            seen = source in self._seen
+        caught_up = not seen and self.follower.caught_up(asked_since)
+        failing = None if seen or caught_up else self.follower.failing_since()
+        verdict = decide(
+            seen=seen,
+            caught_up=caught_up,
+            waited=now - asked_since,
+            failing_for=None if failing is None else now - failing,
+            patience=self.patience,
+        )
+        if verdict is Verdict.WRITE_UNCHECKED and not self._unchecked:
+            self._unchecked = True
+            log.warning(
+                "dead letters are written without checking %s for an earlier copy (%s): "
+                "a replica killed just after writing one may see its letter written twice",
+                self.topic,
+                self.follower.problem(),
+                extra={"topic": self.topic},
+            )
+        elif verdict is Verdict.WRITE and self._unchecked:
+            self._unchecked = False
+            log.info("dead letters are checked against %s again", self.topic)
+        return verdict
+
+    def close(self) -> None:
+        self.follower.close()

@@ -1,0 +1,148 @@
+"""A topic followed in full: caught up means every record acknowledged before is handled."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streamer.topic_follower import FollowProgress, TopicFollower
+
+# -- the rule, with plain values -----------------------------------------------------------
+
+
+def test_caught_up_once_every_partition_reached_a_look_asked_after_the_question() -> None:
+    progress = FollowProgress()
+    progress.start(0, 10)
+    progress.start(1, 0)
+    assert not progress.caught_up(since=100.0)  # nothing looked at yet
+    progress.look(asked_at=100.0, highs={0: 12, 1: 0})
+    assert not progress.caught_up(100.0) and progress.behind() == 2
+    progress.read(0, 11)
+    assert not progress.caught_up(100.0)
+    progress.read(0, 12)  # (an end reported by the broker counts the same as a record)
+    assert progress.caught_up(100.0) and progress.caught_up(99.0)
+    assert not progress.caught_up(100.5)  # a question asked later needs a later look
+
+
+def test_looks_are_reached_in_order_and_an_older_question_is_answered_by_a_newer_look() -> None:
+    progress = FollowProgress()
+    progress.start(0, 0)
+    progress.look(asked_at=1.0, highs={0: 5})
+    progress.look(asked_at=2.0, highs={0: 8})
+    progress.read(0, 5)
+    assert progress.caught_up(1.0) and not progress.caught_up(2.0)
+    progress.read(0, 9)
+    assert progress.caught_up(2.0)
+    progress.read(0, 3)  # never goes back
+    assert progress.next(0) == 9
+
+
+def test_a_partition_not_started_is_not_read() -> None:
+    progress = FollowProgress()
+    progress.start(0, 0)
+    progress.look(asked_at=1.0, highs={0: 0, 1: 0})  # partition 1 added to the topic
+    assert not progress.caught_up(1.0)
+    progress.start(1, 0)
+    assert progress.caught_up(1.0)
+
+
+# -- with the real broker ------------------------------------------------------------------
+
+
+def new_topic(infrastructure, partitions: int = 2) -> str:
+    name = f"followed-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": infrastructure.bootstrap_servers})
+    admin.create_topics([NewTopic(name, num_partitions=partitions)])[name].result(30)
+    return name
+
+
+def wait_until(condition, what: str, limit: float = 30.0) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {limit:.0f} s: {what}"
+        time.sleep(0.02)
+
+
+class Handled:
+    def __init__(self) -> None:
+        self.values: list[bytes] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, message: Message) -> None:
+        with self.lock:
+            self.values.append(message.value())
+
+
+@pytest.mark.integration
+def test_every_record_acknowledged_before_a_question_is_handled_once_caught_up(
+    infrastructure,
+) -> None:
+    topic = new_topic(infrastructure)
+    producer = Producer({"bootstrap.servers": infrastructure.bootstrap_servers})
+    for i in range(20):
+        producer.produce(topic, value=b"before-%d" % i, partition=i % 2)
+    assert producer.flush(30) == 0
+    handled = Handled()
+    settings = {"bootstrap.servers": infrastructure.bootstrap_servers}
+    started = time.monotonic()
+    follower = TopicFollower(settings, topic, handled, window_seconds=600).start()
+    try:
+        wait_until(lambda: follower.caught_up(started), "caught up at start")
+        assert sorted(handled.values) == sorted(b"before-%d" % i for i in range(20))
+        for i in range(5):
+            producer.produce(topic, value=b"after-%d" % i, partition=i % 2)
+        assert producer.flush(30) == 0
+        asked = time.monotonic()  # everything above was acknowledged before this
+        wait_until(lambda: follower.caught_up(asked), "caught up with the new records")
+        assert {b"after-%d" % i for i in range(5)} <= set(handled.values)
+        assert follower.failing_since() is None
+    finally:
+        follower.close()
+
+
+@pytest.mark.integration
+def test_a_window_skips_older_records(infrastructure) -> None:
+    topic = new_topic(infrastructure, partitions=1)
+    producer = Producer({"bootstrap.servers": infrastructure.bootstrap_servers})
+    old_ms = int((time.time() - 3600) * 1000)
+    producer.produce(topic, value=b"an hour ago", timestamp=old_ms)
+    producer.produce(topic, value=b"now")
+    assert producer.flush(30) == 0
+    handled = Handled()
+    settings = {"bootstrap.servers": infrastructure.bootstrap_servers}
+    follower = TopicFollower(settings, topic, handled, window_seconds=900).start()
+    try:
+        asked = time.monotonic()
+        wait_until(lambda: follower.caught_up(asked), "caught up")
+        assert handled.values == [b"now"]
+    finally:
+        follower.close()
+
+
+@pytest.mark.integration
+def test_a_topic_that_does_not_exist_is_reported_and_followed_once_created(
+    infrastructure,
+) -> None:
+    topic = f"not-yet-{uuid.uuid4().hex[:8]}"
+    handled = Handled()
+    settings = {"bootstrap.servers": infrastructure.bootstrap_servers}
+    follower = TopicFollower(settings, topic, handled, window_seconds=900).start()
+    try:
+        wait_until(lambda: follower.failing_since() is not None, "reported as failing")
+        assert not follower.caught_up(time.monotonic())
+        assert "UNKNOWN_TOPIC" in follower.problem()
+        admin = AdminClient({"bootstrap.servers": infrastructure.bootstrap_servers})
+        admin.create_topics([NewTopic(topic, num_partitions=1)])[topic].result(30)
+        producer = Producer({"bootstrap.servers": infrastructure.bootstrap_servers})
+        producer.produce(topic, value=b"first")
+        assert producer.flush(30) == 0
+        asked = time.monotonic()
+        wait_until(lambda: follower.caught_up(asked), "caught up once created")
+        assert handled.values == [b"first"] and follower.failing_since() is None
+    finally:
+        follower.close()
