@@ -92,11 +92,11 @@ class Harness:
 
     # private parts, for assertions only
     @property
-    def ledger(self):  # noqa: ANN201
+    def ledger(self):
         return self.machine._ledger
 
     @property
-    def destinations(self):  # noqa: ANN201
+    def destinations(self):
         return self.machine._destinations
 
     @property

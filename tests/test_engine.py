@@ -243,9 +243,7 @@ def test_an_unreachable_registry_delays_but_never_dead_letters(
     pipeline.producer.flush(10)
     pipeline.start()
     try:
-        pipeline.wait_for(
-            lambda: pipeline.engine.machine.blocked > 0, "a partition blocked"
-        )
+        pipeline.wait_for(lambda: pipeline.engine.machine.blocked > 0, "a partition blocked")
         assert fake.events == [] and pipeline.engine.stats.dead_lettered == 0
         assert sum(pipeline.committed().values()) == 0  # nothing passed the blocked events
         path.open()  # the registry is reachable again
