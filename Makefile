@@ -18,7 +18,7 @@ PROMTOOL   := $(STREAMER_CACHE_DIR)/bin/promtool
 PROMETHEUS_VERSION := v0.315.1
 TOOLS_STAMP := $(TOOLS)/.installed-$(subst ==,-,$(subst $() ,_,$(TOOLS_PINS)))
 
-.PHONY: demo test lint unit install deploy-tools clean bench-decoding bench-routing bench-delivery bench-memory bench-firehose bench-storm bench-handover bench-config
+.PHONY: demo test lint unit install deploy-tools clean simulate bench-decoding bench-routing bench-delivery bench-memory bench-firehose bench-storm bench-handover bench-config
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,12 @@ lint: $(BIN)/.installed
 ## unit: only the tests that need no broker (fast feedback while editing)
 unit: $(BIN)/.installed deploy-tools
 	$(BIN)/pytest -m "not integration"
+
+## simulate: the whole group simulated (tests/simulation/): SEEDS seeds of PROFILE (quick, short, long); prints seeds/s, the invariants checked and the first failing seed with its replay command
+SEEDS ?= 2000
+PROFILE ?= short
+simulate: $(BIN)/.installed
+	$(BIN)/python -m tests.simulation --seeds $(SEEDS) --profile $(PROFILE)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from collections import Counter, defaultdict
 
 from tests.simulation.invariants import INVARIANTS, Checks
-from tests.simulation.scenario import THEMES, simulate
+from tests.simulation.scenario import PROFILES, THEMES, simulate
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=100, help="how many seeds to run")
     parser.add_argument("--start", type=int, default=0, help="the first seed")
     parser.add_argument("--seed", type=int, help="replay one seed (prints its report)")
-    parser.add_argument("--profile", choices=["short", "long"], default="short")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="short")
     parser.add_argument("--theme", choices=THEMES, help="draw every seed with this theme")
     parser.add_argument("--trace", action="store_true", help="print the replayed seed's steps")
     parser.add_argument(
@@ -49,10 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.CRITICAL)
     asserted = (Checks().asserted | set(args.asserted)) - set(args.report_only)
     checks = Checks(frozenset(asserted))
-    if os.environ.get("PYTHONHASHSEED") != "0":
-        print(
-            "note: PYTHONHASHSEED is not 0; replays in other processes may differ", file=sys.stderr
-        )
 
     if args.seed is not None:
         outcome = simulate(
@@ -67,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     checked: Counter[str] = Counter()
     reported: Counter[str] = Counter()
     busiest: dict[str, list[float]] = defaultdict(list)
+    backlog: dict[str, list[float]] = defaultdict(list)
     failures = []
     seeds = range(args.start, args.start + args.seeds)
     run = 0
@@ -79,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         reported.update({k: 1 for k in outcome.reported})
         for source, value in outcome.busiest.items():
             busiest[source].append(value)
+        for source, value in outcome.backlog_fraction.items():
+            backlog[source].append(value)
         if not outcome.ok:
             failures.append(outcome)
             if not args.keep_going:
@@ -102,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
             f"busiest window/limit at {source}: median {values[len(values) // 2]:.2f}, "
             f"max {values[-1]:.2f}"
         )
+    for source, values in sorted(backlog.items()):
+        values.sort()
+        print(
+            f"settled backlog windows at {source} ({len(values)} seeds): worst window/limit "
+            f"min {values[0]:.2f}, median {values[len(values) // 2]:.2f}"
+        )
     if not failures:
         print("no failing seed")
         return 0
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = "".join(f" --report-only {r}" for r in args.report_only)
     extra += "".join(f" --assert {a}" for a in args.asserted)
     print(
-        f"replay: PYTHONHASHSEED=0 python -m tests.simulation --seed {first.seed} "
+        f"replay: python -m tests.simulation --seed {first.seed} "
         f"--profile {args.profile}{' --theme ' + args.theme if args.theme else ''}{extra} "
         "--trace"
     )

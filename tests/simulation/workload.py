@@ -138,3 +138,30 @@ def production(shape: WorkloadShape, rng: random.Random) -> list[tuple[float, Si
             )
         out.append((at, message))
     return out
+
+
+def stale_note_production(
+    shape: WorkloadShape, rng: random.Random, burst: int, kill_at: float, window: float
+) -> list[tuple[float, SimMessage]]:
+    """Issue 22 item 2's shape: a burst of `burst` events for destination `a` on partition 0
+    (the first member's) before `kill_at`, then partition 0 stays idle (its note is never
+    written again) while a backlog for `a` builds on the other partitions after the kill."""
+    destination = shape.destinations[0]
+    keys0 = [AlertKey(destination, f"burst-{i}", 0) for i in range(burst)]
+    others = [
+        AlertKey(destination, f"alert-{i}", 1 + i % (shape.partitions - 1))
+        for i in range(shape.keys)
+    ]
+    out: list[tuple[float, SimMessage]] = []
+    for i, key in enumerate(keys0):
+        at = kill_at - 0.8 * window + 0.5 * window * i / max(1, burst)
+        out.append((at, SimMessage(i, 0, "event", (key,), "firing")))
+    start = kill_at + 1.0
+    last: dict[str, str] = {}
+    for j in range(shape.messages):
+        key = rng.choice(others)
+        status = "resolved" if last.get(key.name) == "firing" else "firing"
+        last[key.name] = status
+        at = start + shape.production_seconds * j / shape.messages
+        out.append((at, SimMessage(burst + j, key.partition, "event", (key,), status)))
+    return out

@@ -86,7 +86,7 @@ class World:
         self.troubles = Troubles()
         self.members: dict[str, Member] = {}  # by group member id
         self.processes: list[Member] = []
-        self.restarts: dict[str, float] = {}  # name -> when its next incarnation starts
+        self.produced = 0
         self._digest = hashlib.sha256()
         self.trace_tail: deque[str] = deque(maxlen=trace_limit)
         self.full_trace: list[str] | None = None
@@ -145,6 +145,7 @@ class World:
 
     def produce(self, message: SimMessage) -> None:
         self.broker.produce(message)
+        self.produced += 1
         for member in self.processes:
             if member.alive:
                 member.maybe_fetch()
