@@ -25,6 +25,7 @@ import logging
 import random
 from collections.abc import Callable, Collection, Mapping
 
+from opentelemetry.trace import INVALID_SPAN
 from pydantic import SecretStr
 
 from streamer.backpressure import Backpressure
@@ -297,8 +298,8 @@ class DeliveryMachine:
                 continue  # the shell did not route it: read again (a seek brings it back)
             self._backpressure.registry_answered(p)
             if m.works:
-                if m.span is not None:
-                    spans.routed(p, m.offset, m.span, len(m.works))
+                # timed whether traced or not (the process-duration histogram)
+                spans.routed(p, m.offset, m.span or INVALID_SPAN, len(m.works))
                 for job in ledger.add(p, m.offset, m.works, m.size):
                     self._activate(job)
                 self._out.coalesce(m.works)  # a newer event supersedes its key's waiting one
