@@ -154,7 +154,12 @@ class DeadLetterIndex:
 
     @classmethod
     def following(
-        cls, settings: Mapping[str, Any], topic: str, *, clock: Callable[[], float] = time.monotonic
+        cls,
+        settings: Mapping[str, Any],
+        topic: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        patience: float = PATIENCE_SECONDS,
     ) -> DeadLetterIndex:
         """An index fed by a follower of `topic` started now (librdkafka `settings`)."""
 
@@ -163,7 +168,7 @@ class DeadLetterIndex:
                 settings, topic, handle, window_seconds=WINDOW_SECONDS, clock=clock
             ).start()
 
-        return cls(topic, follower, clock=clock)
+        return cls(topic, follower, clock=clock, patience=patience)
 
     def _read(self, message: Message) -> None:
         source = source_of(message.headers())

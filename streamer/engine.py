@@ -341,6 +341,7 @@ class Engine:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.telemetry.health.joined = True  # an empty assignment is a joined member too
         self.ownership.take(partitions)
+        self.dead_letters.taken((tp.topic, tp.partition) for tp in partitions)
         log.info("assigned %s", names(partitions), extra={"partitions": names(partitions)})
         if self.backpressure.paused:
             consumer.pause(partitions)
