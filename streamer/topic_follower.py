@@ -39,6 +39,7 @@ __all__ = ["FollowProgress", "TopicFollower"]
 PENDING_LOOKS = 16  # watermark looks waiting to be reached; older ones are covered by newer
 RETRY_SECONDS = 2.0  # after a failure to read the topic
 REQUEST_TIMEOUT = 5.0
+QUEUED_KBYTES = 4096
 POLL_SECONDS = 0.05  # how long the thread waits for records before looking at requests
 
 
@@ -119,6 +120,8 @@ class TopicFollower:
             "enable.auto.offset.store": False,
             "enable.partition.eof": True,  # an end reached is progress too
             "auto.offset.reset": "earliest",  # a window start already deleted: the oldest
+            # fetched ahead of the handler at most this much (librdkafka's default: 64 MiB)
+            "queued.max.messages.kbytes": QUEUED_KBYTES,
         }
         self._lock = threading.Lock()
         self._progress = FollowProgress()
