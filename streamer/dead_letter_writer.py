@@ -66,7 +66,11 @@ class DeadLetterWriter:
         checked against the letters already there (a follower starts reading it now)."""
         kafka = config.file.kafka
         limit = int(kafka.properties.get("message.max.bytes", DEFAULT_LIMIT))
-        settings = {**kafka_settings(config), "logger": logging.getLogger("librdkafka")}
+        settings = {
+            **kafka_settings(config),
+            "group.id": kafka.group_id,  # one the ACLs allow; never joined nor committed to
+            "logger": logging.getLogger("librdkafka"),
+        }
         index = DeadLetterIndex.following(settings, kafka.dead_letter_topic)
         return cls(producer, kafka.dead_letter_topic, limit, index=index)
 
