@@ -11,12 +11,13 @@ Every replica therefore follows the dead-letter topic (`TopicFollower`, the last
 the writer asks `verdict`:
 
 - `WRITTEN`: a letter for that offset is in the topic: terminal without writing again.
-- `WRITE`: the follower has read every letter acknowledged before the question was
-  first asked, and none is for this offset: write it.
+- `WRITE`: the follower has read every letter acknowledged before a moment the writer
+  names (when this replica took the partition over, or when the letter first asked), and
+  none is for this offset: write it.
 - `WAIT`: not read that far yet (ask again soon; the letter is not terminal meanwhile).
   This closes the race where the killed replica's letter was acknowledged just before
-  this one took the partition over: the question is asked after the take-over, so the
-  follower's watermarks, looked at after the question, include that letter.
+  this one took the partition over: every letter of a previous owner was acknowledged
+  before the take-over, so the topic's ends, looked at after it, lie beyond that letter.
 - `WRITE_UNCHECKED`: the topic could not be read for `PATIENCE_SECONDS`, or the letter
   waited that long: it is written anyway. A duplicate is better than a loss; a warning
   says so, once per episode.

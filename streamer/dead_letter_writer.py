@@ -10,9 +10,10 @@ Invariant: one letter per source offset, across a kill. A replica killed after t
 acknowledgement but before the commit leaves the offset to the next owner, which reads
 the message again; before producing, the writer asks the `DeadLetterIndex` (every
 replica follows the dead-letter topic) whether a letter for that offset is there already,
-and waits (not terminal) until the index has read every letter written before it asked.
-A topic that cannot be read is not checked after a bounded wait: a duplicate, never a loss
-(`dead_letter_index.py`).
+and waits (not terminal) until the index has read every letter written before this replica
+took the partition over (`taken`; milliseconds, once per take-over). A topic that cannot
+be read is not checked after a bounded wait: a duplicate, never a loss
+(`dead_letter_index.py`; tests/test_dead_letter_writer.py).
 """
 
 from __future__ import annotations
