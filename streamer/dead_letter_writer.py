@@ -10,9 +10,10 @@ Invariant: one letter per source offset, across a kill. A replica killed after t
 acknowledgement but before the commit leaves the offset to the next owner, which reads
 the message again; before producing, the writer asks the `DeadLetterIndex` (every
 replica follows the dead-letter topic) whether a letter for that offset is there already,
-and waits (not terminal) until the index has read every letter written before it asked.
-A topic that cannot be read is not checked after a bounded wait: a duplicate, never a loss
-(`dead_letter_index.py`).
+and waits (not terminal) until the index has read every letter written before this replica
+took the partition over (`taken`; milliseconds, once per take-over). A topic that cannot
+be read is not checked after a bounded wait: a duplicate, never a loss
+(`dead_letter_index.py`; tests/test_dead_letter_writer.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -34,7 +35,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 1_000_000  # librdkafka's message.max.bytes default
 SMALLEST_LIMIT = 16_384
-RECHECK_SECONDS = 0.05  # a letter waiting for the index asks again this often
+RECHECK_SECONDS = 0.02  # a letter waiting for the index asks again after this at first,
+MAX_RECHECK_SECONDS = 1.0  # then ever less often (many may wait: each asks on the poll thread)
 MAX_ASKING = 10_000  # letters remembered as waiting (one whose job was fenced never returns)
 
 
@@ -51,8 +53,12 @@ class DeadLetterWriter:
         """`index`: the letters already in the topic (None: nothing is checked)."""
         self.producer, self.topic, self.limit = producer, topic, limit
         self.index, self.clock = index, clock
-        # when each waiting letter first asked the index: the race is closed only by a look
-        # at the topic's ends taken after that moment, however often it asks again
+        # A previous owner's letters were all acknowledged before this replica took their
+        # partition, so a look at the topic's ends taken after the take-over has them: the
+        # index is asked "since the take-over", and once it read that far, letters of the
+        # partition are written without waiting. A partition nobody said was taken is
+        # asked since each letter's first question (slower: every letter waits for a look).
+        self._taken_at: dict[tuple[str, int], float] = {}
         self._asking: OrderedDict[SourceOffset, float] = OrderedDict()
 
     @classmethod
@@ -61,9 +67,19 @@ class DeadLetterWriter:
         checked against the letters already there (a follower starts reading it now)."""
         kafka = config.file.kafka
         limit = int(kafka.properties.get("message.max.bytes", DEFAULT_LIMIT))
-        settings = {**kafka_settings(config), "logger": logging.getLogger("librdkafka")}
+        settings = {
+            **kafka_settings(config),
+            "group.id": kafka.group_id,  # one the ACLs allow; never joined nor committed to
+            "logger": logging.getLogger("librdkafka"),
+        }
         index = DeadLetterIndex.following(settings, kafka.dead_letter_topic)
         return cls(producer, kafka.dead_letter_topic, limit, index=index)
+
+    def taken(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """These partitions were just assigned to this replica (the rebalance callback)."""
+        now = self.clock()
+        for partition in partitions:
+            self._taken_at[partition] = now
 
     def close(self) -> None:
         if self.index is not None:
@@ -141,12 +157,14 @@ class DeadLetterWriter:
         """Asks the index; True: produce the letter. Otherwise it is already written
         (`written()` is called) or must wait (`again_in`)."""
         assert self.index is not None
-        asked_since = self._asking.setdefault(source, self.clock())
+        now = self.clock()
+        first_asked = self._asking.setdefault(source, now)
         while len(self._asking) > MAX_ASKING:  # forgotten: it asks anew, and waits longer
             self._asking.popitem(last=False)
+        asked_since = self._taken_at.get((source.topic, source.partition), first_asked)
         verdict = self.index.verdict(source, asked_since)
-        if verdict is Verdict.WAIT:
-            again_in(RECHECK_SECONDS)
+        if verdict is Verdict.WAIT:  # soon at first (a look takes milliseconds), then slower
+            again_in(min(MAX_RECHECK_SECONDS, max(RECHECK_SECONDS, (now - first_asked) / 2)))
             return False
         self._asking.pop(source, None)
         if verdict is Verdict.WRITTEN:

@@ -358,6 +358,7 @@ class Engine:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.telemetry.health.joined = True  # an empty assignment is a joined member too
         taken = [(tp.topic, tp.partition) for tp in partitions]
+        self.dead_letters.taken(taken)  # letters are checked against the topic from here
         self._feed(Assigned(taken, self._total_partitions))
         log.info("assigned %s", names(partitions), extra={"partitions": names(partitions)})
 
@@ -406,8 +407,10 @@ class Engine:
                 )
             self._feed(LetGo(mine))  # committed: closing revokes nothing left to drain
         finally:
-            self.consumer.close()  # leaves the group; on_revoke has nothing left to drain
+            # letters acknowledged before leaving: the next owner's check then sees them
             self.producer.flush(5)
+            self.consumer.close()  # leaves the group; on_revoke has nothing left to drain
+            self.dead_letters.close()  # its follower of the dead-letter topic
             self._workers.shutdown(wait=False, cancel_futures=True)
             self.http.close()
 

@@ -15,9 +15,11 @@ or service, thousands of them) test a few fields for equality or a list of value
 every route. An event's cost must not grow with the routes it cannot match.
 
 Mechanism: at load, each route is filed under one of its matchers: an `=`, or an `=~` with
-a literal cover, on the path that most routes of the level test that way (a path only one
-route tests is not worth a look-up: that route is tried on every event instead). Per
-path, the routes are grouped by the exact texts and the prefixes they require. Per event,
+a literal cover, on the path where it shares its texts and prefixes with the fewest other
+routes (its team rather than the severity every route tests), then the path more routes
+test (a path only one route tests is not worth a look-up: that route is tried on every
+event instead). Per path, the routes are grouped by the exact texts and the prefixes
+they require. Per event,
 one read of each filed path (as matchers read it) and one look-up per exact text or
 prefix length picks the groups; the routes filed nowhere are added, in file order. A
 level where no path is tested by two routes is not indexed.
@@ -92,6 +94,26 @@ class LevelIndex:
         counts = Counter(path for found in covers for path in found)
         if not counts or counts.most_common(1)[0][1] < 2:
             return
+        # How many routes each (path, text or prefix) would bring along: a route is filed
+        # where its company is smallest, so `severity=~"critical|warning"` on every route
+        # does not put every route in two groups when each also tests its own team.
+        company = Counter(
+            (path, kind, key)
+            for found in covers
+            for path, (_, cover) in found.items()
+            for kind, keys in enumerate(cover)
+            for key in keys
+        )
+
+        def crowd(
+            found: dict[tuple[str, ...], tuple[Matcher, _Cover]], path: tuple[str, ...]
+        ) -> tuple[int, int]:
+            cover = found[path][1]
+            shared = sum(
+                company[path, kind, key] for kind, keys in enumerate(cover) for key in keys
+            )
+            return shared, -counts[path]  # then the path more routes test: fewer look-ups
+
         filed: dict[tuple[str, ...], _Filed] = {}
         unfiled: list[int] = []
         for position, found in enumerate(covers):
@@ -99,7 +121,7 @@ class LevelIndex:
             if not usable:
                 unfiled.append(position)
                 continue
-            path = max(usable, key=lambda p: counts[p])
+            path = min(usable, key=lambda p: crowd(found, p))
             matcher, cover = found[path]
             # every matcher on one path reads it the same way: the first one's look-up
             filed.setdefault(path, _Filed(matcher.text_of)).file(position, cover)

@@ -39,6 +39,7 @@ __all__ = ["FollowProgress", "TopicFollower"]
 PENDING_LOOKS = 16  # watermark looks waiting to be reached; older ones are covered by newer
 RETRY_SECONDS = 2.0  # after a failure to read the topic
 REQUEST_TIMEOUT = 5.0
+QUEUED_KBYTES = 4096
 POLL_SECONDS = 0.05  # how long the thread waits for records before looking at requests
 
 
@@ -119,6 +120,8 @@ class TopicFollower:
             "enable.auto.offset.store": False,
             "enable.partition.eof": True,  # an end reached is progress too
             "auto.offset.reset": "earliest",  # a window start already deleted: the oldest
+            # fetched ahead of the handler at most this much (librdkafka's default: 64 MiB)
+            "queued.max.messages.kbytes": QUEUED_KBYTES,
         }
         self._lock = threading.Lock()
         self._progress = FollowProgress()
@@ -164,19 +167,21 @@ class TopicFollower:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            consumer: Consumer | None = None
+            clients: list[Consumer] = []
             try:
-                consumer = Consumer(self._settings)
-                self._follow(consumer)
+                # Two clients: a broker answers one connection's requests in order, so a
+                # question asked behind a waiting fetch would wait fetch.wait.max.ms too.
+                clients = [Consumer(self._settings), Consumer(self._settings)]
+                self._follow(*clients)
             except Exception as e:  # never raised to anyone: reported, and tried again
                 self._failed(f"{type(e).__name__}: {e}")
                 self._stop.wait(RETRY_SECONDS)
             finally:
-                if consumer is not None:
+                for client in clients:
                     with contextlib.suppress(Exception):
-                        consumer.close()
+                        client.close()
 
-    def _follow(self, consumer: Consumer) -> None:
+    def _follow(self, reader: Consumer, asker: Consumer) -> None:
         assigned: set[int] = set()
         looked_at = -RETRY_SECONDS
         while not self._stop.is_set():
@@ -189,24 +194,24 @@ class TopicFollower:
                 or (failing and self.clock() - looked_at >= RETRY_SECONDS)
             ):
                 looked_at = self.clock()
-                self._assign_new(consumer, assigned)  # a partition added is looked at too
-                self._look(consumer, assigned, looked_at)
-            for message in consumer.consume(500, POLL_SECONDS):
+                self._assign_new(reader, asker, assigned)  # a partition added is looked at
+                self._look(asker, assigned, looked_at)
+            for message in reader.consume(500, POLL_SECONDS):
                 self._take(message)
 
-    def _assign_new(self, consumer: Consumer, assigned: set[int]) -> None:
+    def _assign_new(self, reader: Consumer, asker: Consumer, assigned: set[int]) -> None:
         """Assigns the partitions not assigned yet, from the window's start."""
-        metadata = consumer.list_topics(self.topic, timeout=REQUEST_TIMEOUT)
+        metadata = asker.list_topics(self.topic, timeout=REQUEST_TIMEOUT)
         topic = metadata.topics.get(self.topic)
         if topic is None or topic.error is not None:
             raise KafkaException(topic.error if topic is not None else "no metadata")
         new = sorted(set(topic.partitions) - assigned)
         if not new:
             return
-        starts = self._starts(consumer, new)
+        starts = self._starts(asker, new)
         with self._lock:  # after a failure: go on from where reading stopped
             starts = {p: max(o, self._progress.next(p)) for p, o in starts.items()}
-        consumer.incremental_assign([TopicPartition(self.topic, p, o) for p, o in starts.items()])
+        reader.incremental_assign([TopicPartition(self.topic, p, o) for p, o in starts.items()])
         with self._lock:
             for partition, offset in starts.items():
                 self._progress.start(partition, offset)
@@ -214,12 +219,12 @@ class TopicFollower:
         assigned.update(new)
         log.info("following %s from %s", self.topic, starts, extra={"topic": self.topic})
 
-    def _starts(self, consumer: Consumer, partitions: list[int]) -> dict[int, int]:
+    def _starts(self, asker: Consumer, partitions: list[int]) -> dict[int, int]:
         if self.window_seconds is None:
-            return {p: self._watermarks(consumer, p)[0] for p in partitions}
-        highs = {p: self._watermarks(consumer, p)[1] for p in partitions}
+            return {p: self._watermarks(asker, p)[0] for p in partitions}
+        highs = {p: self._watermarks(asker, p)[1] for p in partitions}
         since_ms = int((self.wall_clock() - self.window_seconds) * 1000)
-        found = consumer.offsets_for_times(
+        found = asker.offsets_for_times(
             [TopicPartition(self.topic, p, since_ms) for p in partitions],
             timeout=REQUEST_TIMEOUT,
         )
@@ -231,14 +236,14 @@ class TopicFollower:
             starts[tp.partition] = tp.offset if tp.offset >= 0 else highs[tp.partition]
         return starts
 
-    def _look(self, consumer: Consumer, assigned: set[int], asked_at: float) -> None:
-        highs = {p: self._watermarks(consumer, p)[1] for p in sorted(assigned)}
+    def _look(self, asker: Consumer, assigned: set[int], asked_at: float) -> None:
+        highs = {p: self._watermarks(asker, p)[1] for p in sorted(assigned)}
         with self._lock:
             self._progress.look(asked_at, highs)
             self._settled()
 
-    def _watermarks(self, consumer: Consumer, partition: int) -> tuple[int, int]:
-        answer = consumer.get_watermark_offsets(
+    def _watermarks(self, asker: Consumer, partition: int) -> tuple[int, int]:
+        answer = asker.get_watermark_offsets(
             TopicPartition(self.topic, partition), timeout=REQUEST_TIMEOUT, cached=False
         )
         if answer is None:

@@ -49,9 +49,14 @@ def test_seen_letters_keep_the_newest_within_the_limit() -> None:
     assert len(seen) == 3
     assert SourceOffset("events", 0, 1) not in seen
     assert all(SourceOffset("events", 0, o) in seen for o in (2, 3, 4))
-    seen.add(SourceOffset("events", 0, 2))  # seen again: the newest now
+    seen.add(SourceOffset("events", 0, 3))  # seen again: nothing changes
     seen.add(SourceOffset("events", 0, 5))
-    assert SourceOffset("events", 0, 2) in seen and SourceOffset("events", 0, 3) not in seen
+    assert SourceOffset("events", 0, 2) not in seen and SourceOffset("events", 0, 3) in seen
+    # coordinates differ in any part: different letters
+    seen.add(SourceOffset("other", 0, 5))
+    seen.add(SourceOffset("events", 1, 5))
+    assert SourceOffset("other", 0, 5) in seen and SourceOffset("events", 1, 5) in seen
+    assert SourceOffset("other", 1, 5) not in seen and SourceOffset("nowhere", 0, 5) not in seen
 
 
 def test_a_letters_headers_name_its_source_offset() -> None:

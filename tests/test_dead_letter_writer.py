@@ -7,6 +7,7 @@ message again: it must find the letter already written, not write a second one.
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -17,6 +18,7 @@ import pytest
 from confluent_kafka import Producer
 
 from streamer.config import load_config
+from streamer.dead_letter_index import DeadLetterIndex
 from streamer.dead_letter_writer import DeadLetterWriter
 from streamer.dead_letters import DeadLetter, SourceMessage
 from streamer.engine import Engine
@@ -75,6 +77,46 @@ def test_a_letter_written_by_one_replica_is_not_written_again_by_the_next(
         next_owner.close()
     letters = pipeline.dead_letters(expected=2)
     assert sorted(int(h["source_offset"]) for _, _, h in letters) == [5, 6]
+
+
+def test_once_the_index_read_past_the_take_over_a_letter_is_written_without_waiting(
+    infrastructure, fake, tmp_path, monkeypatch
+) -> None:
+    pipeline = Pipeline(infrastructure, fake, tmp_path, monkeypatch=monkeypatch)
+    writer = writer_of(pipeline)
+    try:
+        writer.taken([("events-x", 0)])
+        write_until_terminal(writer, poison(1))  # waits for one look after the take-over
+        waits: list[float] = []
+        done = threading.Event()
+        writer.write(poison(2), done.set, waits.append, {})
+        assert writer.producer.flush(30) == 0
+        assert done.is_set() and not waits
+    finally:
+        writer.close()
+    assert len(pipeline.dead_letters(expected=2)) == 2
+
+
+def test_a_dead_letter_topic_that_cannot_be_read_is_written_to_after_the_patience(
+    infrastructure, fake, tmp_path, monkeypatch, caplog
+) -> None:
+    """A topic the follower cannot read (here: it does not exist yet; an ACL that lets
+    the producer write but not read is the same): a duplicate is better than a loss."""
+    pipeline = Pipeline(infrastructure, fake, tmp_path, monkeypatch=monkeypatch)
+    topic = pipeline.dlq + "-missing"
+    settings = {"bootstrap.servers": infrastructure.bootstrap_servers}
+    index = DeadLetterIndex.following(settings, topic, patience=1.0)
+    writer = DeadLetterWriter(Producer(settings), topic, index=index)
+    try:
+        with caplog.at_level(logging.WARNING, logger="streamer.dead_letter_index"):
+            write_until_terminal(writer, poison(1))
+            write_until_terminal(writer, poison(2))
+    finally:
+        writer.close()
+    warnings = [r for r in caplog.records if "without checking" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    pipeline.dlq = topic
+    assert len(pipeline.dead_letters(expected=2)) == 2
 
 
 class Killed(BaseException):

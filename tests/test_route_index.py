@@ -140,3 +140,39 @@ def test_a_level_without_a_shared_equality_is_not_indexed() -> None:
         Route(name="b", path="b", matchers=(Matcher.parse('labels.team =~ "p.*"'),)),
     )
     assert LevelIndex(routes).candidates(alert()) == routes
+
+
+def test_an_event_tries_no_route_it_cannot_match_however_many_there_are() -> None:
+    """The cost of an event does not grow with the routes it cannot match: of 4,000
+    generated routes on four fields, it tries only the one it matches."""
+    kinds = (
+        lambda i: f"labels.team = team-{i}",
+        lambda i: f"labels.service = svc-{i}",
+        lambda i: f'alert.labels.alertname =~ "App{i}Down|App{i}Slow"',
+        lambda i: rf'alert.labels.instance =~ "host-{i}\..*"',
+    )
+    routes = tuple(
+        Route(
+            name=f"r{i}",
+            path=f"r{i}",
+            matchers=(
+                Matcher.parse(kinds[i % 4](i)),
+                Matcher.parse('severity =~ "CRITICAL|ERROR"'),
+            ),
+        )
+        for i in range(4000)
+    )
+    index = LevelIndex(routes)
+    event = alert()
+    event["labels"] = {"team": "nobody"}
+    event["alert"]["labels"] = {"alertname": "Other", "instance": "elsewhere:9100"}
+    assert index.candidates(event) == ()
+    for i, labels, alert_labels in [
+        (1000, {"team": "team-1000"}, {}),
+        (1001, {"service": "svc-1001"}, {}),
+        (1002, {}, {"alertname": "App1002Slow"}),
+        (1003, {}, {"instance": "host-1003.example:9100"}),
+    ]:
+        event["labels"] = labels
+        event["alert"]["labels"] = alert_labels
+        assert [r.name for r in index.candidates(event)] == [f"r{i}"]

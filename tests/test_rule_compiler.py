@@ -101,7 +101,7 @@ def test_a_bad_template_used_by_many_routes_is_reported_where_each_uses_it(
         assert any(f"route {name} (when): expression syntax error" in p for p in found)
 
 
-def test_routes_with_the_same_regex_share_one_compiled_pattern(tmp_path: Path) -> None:
+def test_routes_with_the_same_matcher_share_it_and_its_compiled_pattern(tmp_path: Path) -> None:
     rules = config_from(
         tmp_path,
         """
@@ -111,7 +111,9 @@ def test_routes_with_the_same_regex_share_one_compiled_pattern(tmp_path: Path) -
         """,
     ).rules
     one, two = rules.routes
+    assert one.matchers[0] is two.matchers[0]  # equal matchers: one instance
     assert one.matchers[0].regex is two.matchers[0].regex
+    assert one.matchers[1] != two.matchers[1]
     assert Regex("critical|warning") is one.matchers[0].regex
     event = alert()
     event["alert"]["labels"] = {"severity": "warning", "team": "y"}

@@ -9,8 +9,10 @@ import uuid
 import pytest
 from confluent_kafka import Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from streamer.topic_follower import FollowProgress, TopicFollower
+from streamer.topic_follower import PENDING_LOOKS, FollowProgress, TopicFollower
 
 # -- the rule, with plain values -----------------------------------------------------------
 
@@ -49,6 +51,43 @@ def test_a_partition_not_started_is_not_read() -> None:
     assert not progress.caught_up(1.0)
     progress.start(1, 0)
     assert progress.caught_up(1.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("look"), st.lists(st.integers(0, 5), min_size=2, max_size=2)),
+            st.tuples(st.just("read"), st.tuples(st.integers(0, 1), st.integers(0, 30))),
+        ),
+        max_size=40,
+    )
+)
+def test_caught_up_exactly_when_a_look_at_or_after_the_question_was_read_past(steps) -> None:
+    """Against a model that keeps every look: never caught up too early (no letter missed),
+    and, while fewer looks wait than are kept, never later than the model either."""
+    progress = FollowProgress()
+    progress.start(0, 0)
+    progress.start(1, 0)
+    highs, read, looks, now = [0, 0], [0, 0], [], 0.0
+    for kind, value in steps:
+        now += 1.0
+        if kind == "look":  # the topic grew by these counts; its ends looked at now
+            highs = [h + grow for h, grow in zip(highs, value, strict=True)]
+            looks.append((now, list(highs)))
+            progress.look(now, dict(enumerate(highs)))
+        else:
+            partition, offset = value
+            read[partition] = max(read[partition], min(offset, highs[partition]))
+            progress.read(partition, read[partition])
+        reached = [at for at, h in looks if all(r >= x for r, x in zip(read, h, strict=True))]
+        model = max(reached, default=None)
+        if model is None:
+            assert progress.caught_up_at is None
+        else:
+            assert progress.caught_up_at is not None and progress.caught_up_at <= model
+            if len(looks) <= PENDING_LOOKS:
+                assert progress.caught_up_at == model
 
 
 # -- with the real broker ------------------------------------------------------------------

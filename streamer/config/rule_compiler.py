@@ -150,8 +150,9 @@ class RulesCompiler:
     What is the same across routes is compiled once per file and shared: a template or
     `when:` source (the built-in metadata of every top-level route, a generator's title
     repeated on thousands of routes) becomes one compiled object, and so does a failed
-    one (its problem is still reported at each place it is written). Compiled templates
-    and expressions are immutable, so sharing cannot change what a route renders."""
+    one (its problem is still reported at each place it is written); equal matchers are
+    one instance (and equal regexes one program, streamer/regexes.py). All of them are
+    immutable, so sharing cannot change what a route matches or renders."""
 
     def __init__(self, config: ConfigFile, paths: SchemaPaths, problems: Problems) -> None:
         self.config = config
@@ -161,6 +162,7 @@ class RulesCompiler:
         self.variables = paths.top_level() | {"event"}
         self._templates: dict[str, CompiledTemplate | str] = {}  # source -> it, or why not
         self._expressions: dict[str, CompiledExpression | str] = {}
+        self._matchers: dict[Matcher, Matcher] = {}  # equal matchers: one shared instance
 
     def template(self, source: str, loc: Loc) -> CompiledTemplate | None:
         compiled = self._templates.get(source)
@@ -273,7 +275,7 @@ class RulesCompiler:
                 problem = self.paths.problem(matcher.path) or self.paths.never_matches(matcher)
                 if problem:
                     self.problems.add(where, problem)
-                out.append(matcher)
+                out.append(self._matchers.setdefault(matcher, matcher))
         return out
 
     def _matchers_text(self, text: str, loc: Loc) -> list[Matcher]:
