@@ -259,6 +259,8 @@ class World:
 
     def _read_notes(self, member: Member, read: ev.ReadNotes, to_answer: float) -> None:
         rate = Troubles.rate(self.troubles.note_read_failures, self.scheduler.now)
+        if rate and self.rng.random() < rate / 4:
+            return  # committed() raised (no coordinator): the engine feeds nothing
         notes, failed = {}, []
         # a group view reads every partition of the topic (as the engine does)
         partitions = (
