@@ -39,6 +39,9 @@ class CommitConversation:
     ) -> None:
         self.schedule, self.budget, self.handover, self.ledger = schedule, budget, handover, ledger
         self.unread: set[Partition] = set()  # assigned, the previous note not read yet
+        # the group's notes as last read: a partition whose note cannot be read now keeps
+        # its last one (its starts still count: a failed read is not a freed window)
+        self._group: dict[Partition, tuple[int, str | None]] = {}
         self._sync: tuple[float, bool] | None = None  # a sync commit's built-at, complete
 
     def due(
@@ -110,11 +113,19 @@ class CommitConversation:
             self.budget.not_sent()
 
     def group_read(
-        self, notes: Mapping[Partition, tuple[int, str | None]], now: float, wall: float
+        self,
+        notes: Mapping[Partition, tuple[int, str | None]],
+        failed: Iterable[Partition],
+        now: float,
+        wall: float,
     ) -> None:
-        """Every partition's committed note: what the group spent, where deliveries wait."""
+        """Every partition's committed note: what the group spent, where deliveries wait.
+        A partition whose note failed to read counts as its last note said."""
+        failed = list(failed)
+        kept = {p: self._group[p] for p in failed if p in self._group}
+        self._group = {**kept, **notes}
         try:  # other members' notes are input from elsewhere: never let them stop us
-            self.budget.observe(notes, now, wall, total_partitions=len(notes))
+            self.budget.observe(self._group, now, wall, total_partitions=len(notes) + len(failed))
         except Exception:
             log.exception("the group's notes could not be read; shares stay as they were")
 

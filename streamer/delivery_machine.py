@@ -170,7 +170,7 @@ class DeliveryMachine:
             case CommitNotSent():
                 self._commit.not_sent(event.offsets, sync=event.sync)
             case NotesRead() if event.group:
-                self._commit.group_read(event.notes, now, wall)
+                self._commit.group_read(event.notes, event.failed, now, wall)
             case NotesRead():
                 self._commit.previous_read(event.notes, event.failed, now, wall)
             case Assigned():
