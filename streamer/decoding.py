@@ -46,6 +46,7 @@ from fastavro.read import SchemaResolutionError
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from fastavro.types import Schema
 
+from streamer.errors import StreamerError
 from streamer.schema_safety import CheckedBuffer, hazards
 
 WireFormat = Literal["confluent", "single-object", "raw", "json"]
@@ -78,7 +79,7 @@ MAX_JSON_DEPTH = 64
 MAX_JSON_NUMBER_CHARS = 100
 
 
-class DecodeError(Exception):
+class DecodeError(StreamerError):
     """The message cannot become an event; `reason` is a stable code for dead letters."""
 
     def __init__(self, reason: DecodeErrorReason, detail: str) -> None:
@@ -87,7 +88,7 @@ class DecodeError(Exception):
         self.detail = detail
 
 
-class RegistryUnavailable(Exception):
+class RegistryUnavailable(StreamerError):
     """The schema registry could not be asked; the message may be fine: retry later."""
 
 

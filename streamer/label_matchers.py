@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from streamer.errors import StreamerError
 from streamer.matchers import Matcher, Operator
 from streamer.regexes import Regex, RegexError
 
@@ -40,7 +41,7 @@ _CLASSIC_NAME_START = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_
 _CLASSIC_NAME = _CLASSIC_NAME_START | set("0123456789")
 
 
-class MatcherSyntaxError(ValueError):
+class MatcherSyntaxError(StreamerError, ValueError):
     """The text is not in Alertmanager's matcher language; the message says where."""
 
 

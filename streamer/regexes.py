@@ -35,6 +35,8 @@ from typing import Any
 
 import re2  # type: ignore[import-untyped]  # the binding ships no type hints
 
+from streamer.errors import StreamerError
+
 __all__ = [
     "MAX_PROGRAM_MEMORY",
     "MAX_REPLACE_PROGRAM",
@@ -52,11 +54,11 @@ MAX_PROGRAM_MEMORY = 2 << 20  # bytes per compiled pattern; RE2 refuses larger p
 MAX_REPLACE_PROGRAM = 2_000
 
 
-class RegexError(ValueError):
+class RegexError(StreamerError, ValueError):
     """The pattern is not a valid RE2 (Go) regular expression; the message says why."""
 
 
-class RegexLimitError(ValueError):
+class RegexLimitError(StreamerError, ValueError):
     """A replacement would produce more text than allowed."""
 
 

@@ -45,6 +45,7 @@ from streamer.decoding import (
     load_schema,
     single_object_fingerprint,
 )
+from streamer.errors import StreamerError
 from streamer.kafka_clients import producer_settings
 from streamer.templates import DEFAULT_TEMPLATES, CompiledTemplate, variables_of
 
@@ -53,7 +54,7 @@ __all__ = ["Message", "SendError", "encode", "identity_key", "main", "send"]
 _KEY = CompiledTemplate(DEFAULT_TEMPLATES["deduplication_key"])
 
 
-class SendError(Exception):
+class SendError(StreamerError):
     """Something the user must fix (the file, the configuration, the registry); `code` is
     the exit status."""
 

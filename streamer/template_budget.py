@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedFormatter
 
+from streamer.errors import StreamerError
+
 __all__ = [
     "LOOKUP_WORK",
     "MAX_CALLS",
@@ -58,7 +60,7 @@ MAX_EXPONENT = 64
 _T = TypeVar("_T")
 
 
-class TemplateLimitError(SecurityError):
+class TemplateLimitError(StreamerError, SecurityError):
     """The template would go over a budget; the message says which."""
 
 

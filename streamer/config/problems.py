@@ -13,8 +13,10 @@ from typing import Any
 
 import yaml
 
+from streamer.errors import StreamerError
 
-class ConfigError(Exception):
+
+class ConfigError(StreamerError):
     """Everything wrong with a configuration file, one problem per line."""
 
     def __init__(self, path: Path, problems: list[str]) -> None:

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from streamer.errors import StreamerError
+
 __all__ = [
     "MAX_ALIAS_VALUES",
     "MAX_DEPTH",
@@ -49,7 +51,7 @@ _ANCHORS_ARE_FOR = (
 SafeLoader: type[yaml.SafeLoader | yaml.CSafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class YamlLimitError(ValueError):
+class YamlLimitError(StreamerError, ValueError):
     """A file too large, too deep, or expanding too far; `line` is 1-based."""
 
     def __init__(self, line: int, message: str) -> None:

@@ -28,6 +28,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from streamer.errors import StreamerError
+
 KAFKA_VERSION = "4.1.1"
 # Bump when jre_base_image() changes what goes into the base image: its tag (and so every
 # image built on it) carries this, so a warm cache is never stale and never rebuilt for less.
@@ -61,7 +63,7 @@ _DEBIAN_PACKAGES = [
 ]
 
 
-class InfrastructureUnavailable(RuntimeError):
+class InfrastructureUnavailable(StreamerError, RuntimeError):
     """Nothing on this machine can provide the broker or the registry; says what to install."""
 
 
