@@ -3,8 +3,8 @@
 Invariant: the imported rules route every label set to the destinations Alertmanager would
 notify for it, in the same order (routes, nesting, `continue`, receiver inheritance, the
 root's receiver as the default), and nothing Alertmanager does is left out silently: what
-has no equivalent here (grouping and its timings, inhibit rules, time intervals, route
-labels, other receiver kinds, webhook settings) is listed in `Imported.gaps`. The input is
+has no equivalent here (grouping and its timings, inhibit rules, route labels, other
+receiver kinds, webhook settings) is listed in `Imported.gaps`. The input is
 read as Alertmanager reads it: every scalar as its text, as Go's yaml.v2 reads it into string
 fields (`streamer.config.yaml_text`), matchers in the base's `matcher_mode` (Alertmanager's
 fallback by default, with its warnings, each naming the input's `file:line`). Whatever the
@@ -40,12 +40,13 @@ from streamer.config.yaml_text import (
     keep_label_text,
     load_go_yaml,
 )
+from streamer.errors import StreamerError
 from streamer.matcher_modes import DEFAULT_MODE, MODES
 
 __all__ = ["ImportProblems", "Imported", "import_alertmanager", "read_base_file", "read_yaml_file"]
 
 
-class ImportProblems(ValueError):
+class ImportProblems(StreamerError, ValueError):
     """What stops the import, one problem per line."""
 
     def __init__(self, problems: list[str]) -> None:
@@ -165,6 +166,10 @@ def import_alertmanager(
             destinations[receiver.destination] = receiver.new_destination
     config["destinations"] = destinations
     config["default"] = DROP if root_destination == DROP else {"destination": root_destination}
+    if tree.intervals.intervals:
+        config["time_intervals"] = tree.intervals.intervals
+    else:
+        config.pop("time_intervals", None)  # the base's would name nothing the tree uses
     config["routes"] = routes
     if base.get("routes"):
         tree.notes.append("The base configuration's own routes were replaced by the imported tree.")

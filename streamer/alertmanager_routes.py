@@ -4,7 +4,8 @@ Invariant: whatever the parsed file holds (any type anywhere), the walk returns 
 problem is collected as `file:line: where: what` (lines from `streamer.config.yaml_text`),
 never raised: a route that is not a mapping, matchers that are not texts or that neither of
 Alertmanager's parsers reads (in the base's `matcher_mode`), a `continue:` that is not a
-yaml.v2 boolean, a receiver defined twice or never. Matchers Alertmanager's parsers read
+yaml.v2 boolean, a receiver defined twice or never, a time interval Alertmanager would refuse
+(`streamer.alertmanager_intervals`). Matchers Alertmanager's parsers read
 differently are kept, with the warning it would log; what has no equivalent in streamer is
 a gap, listed, never dropped silently. Values from the input reach messages only through
 `shown` (escaped, bounded).
@@ -15,15 +16,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from streamer.alertmanager_intervals import ROUTE_KEYS, IntervalReader
 from streamer.alertmanager_receivers import DROP, ReceiverReader, Resolved, shown
 from streamer.config.yaml_text import go_bool
 from streamer.matcher_modes import MatcherMode, read_matchers
 
 __all__ = ["RouteTree"]
 
-_ROUTE_KEYS = {"receiver", "matchers", "match", "match_re", "continue", "routes"}
+_ROUTE_KEYS = {"receiver", "matchers", "match", "match_re", "continue", "routes", *ROUTE_KEYS}
 _GROUPING = ("group_by", "group_wait", "group_interval", "repeat_interval")
-_TIMING = ("mute_time_intervals", "active_time_intervals")
 _TOP_LEVEL = {"route", "receivers", "inhibit_rules", "templates", "time_intervals"}
 _TOP_LEVEL |= {"mute_time_intervals"}
 
@@ -39,6 +40,7 @@ class RouteTree:
         self.notes = reader.notes
         self.warnings: list[str] = []
         self.resolved: dict[str, Resolved] = {}
+        self.intervals = IntervalReader(self.at, self.problems)
 
     def at(self, container: Any, key: Any = None) -> str:
         return self.reader.at(container, key)
@@ -55,6 +57,7 @@ class RouteTree:
                     f"no destination '{shown(destination)}' (destinations: {known}; or drop)"
                 )
         self._receivers(alertmanager)
+        self.intervals.read(alertmanager)
         for name in reader.mapped:
             if name not in self.resolved:
                 self.problems.append(
@@ -79,6 +82,7 @@ class RouteTree:
                     f"{self.at(route, key)}: route: the root route must not have {key}: "
                     "(Alertmanager refuses it)"
                 )
+        self.intervals.root(route)
         self._grouping_gaps(route, "route")
         root_destination = self._destination_of(route, "receiver") if root_receiver else DROP
         children = self._children(route, "route")
@@ -86,7 +90,7 @@ class RouteTree:
             self._route(child, f"am-{i + 1}", f"route.routes[{i}]", root_destination, children, i)
             for i, child in enumerate(children)
         ]
-        for key in sorted(set(map(str, route)) - _ROUTE_KEYS - set(_GROUPING) - set(_TIMING)):
+        for key in sorted(set(map(str, route)) - _ROUTE_KEYS - set(_GROUPING)):
             self.gaps.append(f"route: {key}: is not imported")
         self._top_level_gaps(alertmanager)
         return root_destination, routes
@@ -165,8 +169,9 @@ class RouteTree:
                 )
             elif continue_:
                 out["continue"] = True
+        self.intervals.route(spec, where, out)
         self._grouping_gaps(spec, f"{where} ({name})")
-        for key in sorted(set(map(str, spec)) - _ROUTE_KEYS - set(_GROUPING) - set(_TIMING)):
+        for key in sorted(set(map(str, spec)) - _ROUTE_KEYS - set(_GROUPING)):
             self.gaps.append(f"{where} ({name}): {shown(key)}: is not imported")
         children = self._children(spec, where)
         if children:
@@ -229,24 +234,12 @@ class RouteTree:
         grouping = [f"{k}: {shown(spec[k])}" for k in _GROUPING if k in spec]
         if grouping:
             self.gaps.append(f"{where}: {', '.join(grouping)} (each event is delivered on its own)")
-        for key in _TIMING:
-            if spec.get(key):
-                self.gaps.append(f"{where}: {key}: {_listed(spec[key])}")
 
     def _top_level_gaps(self, alertmanager: Mapping[str, Any]) -> None:
         inhibit = alertmanager.get("inhibit_rules") or []
         if inhibit:
             count = len(inhibit) if isinstance(inhibit, list) else 1
             self.gaps.append(f"inhibit_rules: {count} rule(s) (no alert suppresses another)")
-        for key in ("time_intervals", "mute_time_intervals"):
-            intervals = alertmanager.get(key) or []
-            if intervals:
-                names = (
-                    [i.get("name") for i in intervals if isinstance(i, Mapping)]
-                    if isinstance(intervals, list)
-                    else []
-                )
-                self.gaps.append(f"{key}: {_listed(names)}")
         if alertmanager.get("templates"):
             self.gaps.append(
                 "templates: notification templates (streamer's are routes' templates:)"

@@ -8,6 +8,12 @@ letter `decode:<reason>`; a template that fails becomes `template`, a `when:` th
 on the way (a bug met by one message) becomes `internal:<error>`, logged with its
 traceback. Decoding, regexes, templates and `when:` are bounded where they run; this is
 the last line.
+
+A route a time interval keeps quiet makes no job (guarantee 11): an event all of whose
+routes are muted has no works and is committed like a dropped one; each muted route is
+counted in `streamer.events.muted` by route and interval. Intervals are asked about the
+time of routing (`at`; the wall clock when not given), which is what Alertmanager asks
+about too: the time a notification would go out, not the event's own time.
 """
 
 from __future__ import annotations
@@ -34,10 +40,12 @@ def works_of(
     decoders: Mapping[str, EventDecoder],
     rules: Rules,
     telemetry: Telemetry,
+    at: datetime | None = None,
 ) -> list[Work]:
-    """A message's jobs (none: the rules dropped it); raises only RegistryUnavailable."""
+    """A message's jobs (none: the rules dropped or muted it), time intervals asked about
+    `at` (None: now); raises only RegistryUnavailable."""
     try:
-        return _works_of(source, decoders, rules, telemetry)
+        return _works_of(source, decoders, rules, telemetry, at)
     except RegistryUnavailable:
         raise
     except Exception as e:  # a bug met by one message must not stop every partition
@@ -55,15 +63,28 @@ def _works_of(
     decoders: Mapping[str, EventDecoder],
     rules: Rules,
     telemetry: Telemetry,
+    at: datetime | None,
 ) -> list[Work]:
     try:
         event = decoders[source.topic].decode(source.value, source.headers)
     except DecodeError as e:
         return [(None, DeadLetter(source, f"decode:{e.reason}", e.detail))]
     try:
-        decision = rules.evaluate(event)
+        decision = rules.evaluate(event, at)
     except Exception as e:  # evaluate is bounded and should not raise; if it does
         return [(None, DeadLetter(source, f"route:{type(e).__name__}", _detail(e)))]
+    for m in decision.muted:
+        interval = ",".join(m.intervals)
+        telemetry.muted.add(1, {"route": m.route, "interval": interval})
+        log.debug(
+            "%s[%d]@%d: muted on route %s by %s (%s)",
+            source.topic,
+            source.partition,
+            source.offset,
+            m.route,
+            interval,
+            m.by,
+        )
     if not decision.deliveries and not decision.failures:
         return []  # dropped on purpose: the firehose's common case, kept short
     event_time = event.get("event_time")

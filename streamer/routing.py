@@ -17,13 +17,19 @@ Semantics are Alertmanager's, which SRE teams already know:
   counts as this level's match (the event may have been meant for it);
 - a matching route's children are tried the same way; if none matches, the route
   itself delivers; `destination: drop` delivers nothing, on purpose;
-- if no top-level route matches, the default applies (drop, or a route body).
+- if no top-level route matches, the default applies (drop, or a route body);
+- a route that would deliver while its `active_time_intervals` do not contain the time of
+  routing, or its `mute_time_intervals` do, delivers nothing: the event is `muted` there
+  (`Evaluation.muted`, with the intervals), and the walk goes on as if it had delivered
+  (streamer/time_intervals.py). The time is the caller's (`at`); without one, the wall
+  clock when the walk first needs it. Intervals are not inherited by child routes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Literal
 
@@ -38,11 +44,13 @@ from streamer.templates import (
     CompiledTemplate,
     variables_of,
 )
+from streamer.time_intervals import TimeInterval, muted_by
 
 __all__ = [
     "Evaluation",
     "FailureCode",
     "Matcher",
+    "MutedRoute",
     "OnTemplateError",
     "Route",
     "RouteFailure",
@@ -71,6 +79,9 @@ class Route:
     on_template_error: OnTemplateError = "dead-letter"
     continue_: bool = False
     children: tuple[Route, ...] = ()
+    # Alertmanager's: this route's own (never its parent's), resolved by name at load
+    mute_time_intervals: tuple[TimeInterval, ...] = ()
+    active_time_intervals: tuple[TimeInterval, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,19 @@ class RoutedAlert:
     route: str
     destination: str
     payload: AlertEventPayload
+
+
+@dataclass(frozen=True)
+class MutedRoute:
+    """`route` would have delivered to `destination`, but a time interval keeps it quiet:
+    outside its `active_time_intervals` (`by`), or inside its `mute_time_intervals`.
+    `intervals` are the names that say so; `at` is the time they were asked about."""
+
+    route: str
+    destination: str
+    by: str
+    intervals: tuple[str, ...]
+    at: datetime
 
 
 @dataclass(frozen=True)
@@ -103,11 +127,12 @@ class Evaluation:
     deliveries: tuple[RoutedAlert, ...] = ()
     failures: tuple[RouteFailure, ...] = ()
     matched: tuple[str, ...] = ()  # route paths that matched (drop routes included)
+    muted: tuple[MutedRoute, ...] = ()  # routes a time interval kept quiet
 
     @property
     def dropped(self) -> bool:
-        """Nothing to deliver and nothing failed: the rules dropped the event on purpose."""
-        return not self.deliveries and not self.failures
+        """Nothing to deliver, nothing failed, nothing muted: the rules dropped the event."""
+        return not self.deliveries and not self.failures and not self.muted
 
 
 class _FieldFailed(Exception):
@@ -181,14 +206,23 @@ class _Walk:
     """One traversal of the tree for one event; with `explain`, it also records why each
     route did or did not match. `evaluate` and `explain` are two views of this walk."""
 
-    def __init__(self, rules: Rules, event: Mapping[str, Any], *, explain: bool) -> None:
+    def __init__(
+        self,
+        rules: Rules,
+        event: Mapping[str, Any],
+        *,
+        explain: bool,
+        at: datetime | None = None,
+    ) -> None:
         self.rules = rules
         self.event = event
         self.variables = variables_of(event)
         self.explain = explain
+        self.at = at
         self.deliveries: list[RoutedAlert] = []
         self.failures: list[RouteFailure] = []
         self.matched: list[str] = []
+        self.muted: list[MutedRoute] = []
         self.entries: list[dict[str, Any]] = []
 
     def run(self) -> Evaluation:
@@ -202,7 +236,9 @@ class _Walk:
                 self._deliver(default, entry)
             elif entry is not None:
                 entry["delivers_to"] = "drop"
-        return Evaluation(tuple(self.deliveries), tuple(self.failures), tuple(self.matched))
+        return Evaluation(
+            tuple(self.deliveries), tuple(self.failures), tuple(self.matched), tuple(self.muted)
+        )
 
     def _level(self, routes: tuple[Route, ...], entries: list[dict[str, Any]]) -> bool:
         """Tries `routes` in order; whether any matched (or failed: it counts as one).
@@ -297,6 +333,16 @@ class _Walk:
             entry["delivers_to"] = route.destination or "drop"
         if route.destination is None:
             return
+        if route.mute_time_intervals or route.active_time_intervals:
+            if self.at is None:  # read once, and only by routes that ask
+                self.at = datetime.now(UTC)
+            quiet = muted_by(route.mute_time_intervals, route.active_time_intervals, self.at)
+            if quiet is not None:
+                by, names = quiet
+                self.muted.append(MutedRoute(route.path, route.destination, by, names, self.at))
+                if entry is not None:
+                    entry["muted"] = {"by": by, "intervals": list(names), "at": self.at.isoformat()}
+                return
         try:
             payload = render_payload(route, self.variables)
         except _FieldFailed as e:
@@ -329,17 +375,20 @@ class Rules:
             yield route
             stack.extend(reversed(route.children))
 
-    def evaluate(self, event: Mapping[str, Any]) -> Evaluation:
-        """Where this event goes; pure, and never raises for a schema-valid event."""
-        return _Walk(self, event, explain=False).run()
+    def evaluate(self, event: Mapping[str, Any], at: datetime | None = None) -> Evaluation:
+        """Where this event goes, with time intervals asked about `at` (aware; None: the
+        wall clock now); never raises for a schema-valid event."""
+        return _Walk(self, event, explain=False, at=at).run()
 
-    def explain(self, event: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def explain(self, event: Mapping[str, Any], at: datetime | None = None) -> list[dict[str, Any]]:
         """Why each route did or did not match, in evaluation order (for `rules test`):
         the evaluation itself, recorded, so it cannot disagree with `evaluate`."""
-        return self.trace(event)[1]
+        return self.trace(event, at)[1]
 
-    def trace(self, event: Mapping[str, Any]) -> tuple[Evaluation, list[dict[str, Any]]]:
+    def trace(
+        self, event: Mapping[str, Any], at: datetime | None = None
+    ) -> tuple[Evaluation, list[dict[str, Any]]]:
         """The decision and its explanation, from one walk."""
-        walk = _Walk(self, event, explain=True)
+        walk = _Walk(self, event, explain=True, at=at)
         decision = walk.run()
         return decision, walk.entries

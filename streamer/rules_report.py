@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,16 @@ from streamer.routing import Rules
 __all__ = ["changes", "destination_identities", "outcome", "summary"]
 
 
-def outcome(rules: Rules, event: Mapping[str, Any], *, explain: bool = False) -> dict[str, Any]:
-    """matched_routes, deliveries (route, destination, payload), dead_letters, dropped; and
-    `explain` (why each route did or did not match) from the same walk when asked."""
+def outcome(
+    rules: Rules, event: Mapping[str, Any], *, explain: bool = False, at: datetime | None = None
+) -> dict[str, Any]:
+    """matched_routes, deliveries (route, destination, payload), dead_letters, muted (routes
+    a time interval kept quiet at `at`, None: now, and by which), dropped; and `explain`
+    (why each route did or did not match) from the same walk when asked."""
     if explain:
-        decision, explanation = rules.trace(event)
+        decision, explanation = rules.trace(event, at)
     else:
-        decision, explanation = rules.evaluate(event), None
+        decision, explanation = rules.evaluate(event, at), None
     result: dict[str, Any] = {
         "matched_routes": list(decision.matched),
         "deliveries": [
@@ -43,6 +47,16 @@ def outcome(rules: Rules, event: Mapping[str, Any], *, explain: bool = False) ->
         "dead_letters": [
             {"route": f.route, "destination": f.destination, "reason": f.reason}
             for f in decision.failures
+        ],
+        "muted": [
+            {
+                "route": m.route,
+                "destination": m.destination,
+                "by": m.by,
+                "intervals": list(m.intervals),
+                "at": m.at.isoformat(),
+            }
+            for m in decision.muted
         ],
         "dropped": decision.dropped,
     }
@@ -74,7 +88,12 @@ def _destinations(result: Mapping[str, Any], identities: Mapping[str, str]) -> l
         return f"{name} ({identity})" if identity else f"{name}"
 
     delivered = [named(d["destination"]) for d in result["deliveries"]]
-    return delivered + [f"{named(f['destination'])} (dead letter)" for f in result["dead_letters"]]
+    muted = [
+        f"{named(m['destination'])} (muted by {', '.join(m['intervals'])})"
+        for m in result.get("muted", [])
+    ]
+    failed = [f"{named(f['destination'])} (dead letter)" for f in result["dead_letters"]]
+    return delivered + muted + failed
 
 
 def changes(

@@ -166,6 +166,12 @@ class Telemetry:
         self.dropped = Tally(
             meter, "streamer.events.dropped", description="Events the rules dropped on purpose"
         )
+        self.muted = Tally(
+            meter,
+            "streamer.events.muted",
+            description="Events a route did not send because a time interval muted it (or it "
+            "was outside its active intervals), per route and interval",
+        )
         self.dead_lettered = Tally(
             meter, "streamer.events.dead_lettered", description="Dead letters written, per reason"
         )
@@ -238,6 +244,12 @@ class Telemetry:
             (
                 "streamer.partition.oldest_waiting_age",
                 "Per partition: seconds its longest-waiting key has waited to be sent",
+            ),
+            (
+                "streamer.destination.stalled_seconds",
+                "Per destination: seconds its keys have waited with nothing started and no "
+                "hold or 429 to explain it, once past the stall threshold (else 0); `reason` "
+                "says why its oldest key waits",
             ),
         ):
             meter.create_observable_gauge(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "examples" / "alertmanager.yml"
 BASE = ROOT / "examples" / "streamer.yaml"
 MAPPED = ["slack-platform=sre-overview", "team-database=database", "slack-payments=payments-low"]
+TUESDAY_NOON = datetime(2026, 12, 8, 12, 0, tzinfo=UTC)  # inside the example's office hours
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -52,7 +54,8 @@ def test_the_example_imports_routes_as_alertmanager_would(tmp_path: Path) -> Non
     rules = load_config(path, check_secrets=False).rules
 
     def destinations(**labels: str) -> list[str]:
-        return [d["destination"] for d in outcome(rules, with_labels(**labels))["deliveries"]]
+        result = outcome(rules, with_labels(**labels), at=TUESDAY_NOON)
+        return [d["destination"] for d in result["deliveries"]]
 
     assert destinations(alertname="Watchdog", severity="critical", env="prod") == []  # blackhole
     assert destinations(severity="critical", env="prod", team="payments") == [
@@ -73,14 +76,48 @@ def test_what_has_no_equivalent_is_listed_not_dropped(tmp_path: Path) -> None:
     for what in (
         "group_by",
         "group_wait",
-        "mute_time_intervals: out-of-hours",
         "inhibit_rules: 1",
-        "time_intervals: out-of-hours",
         "templates:",
         "global: (resolve_timeout",
     ):
         assert what in result.stderr, what
         assert what in header, what
+    assert "time_intervals" not in header  # imported, not a gap
+
+
+def test_the_example_s_time_intervals_are_imported_and_mute_as_in_alertmanager(
+    tmp_path: Path,
+) -> None:
+    assert import_example(tmp_path, *MAPPED).returncode == 0
+    config = load_config(tmp_path / "imported.yaml", check_secrets=False)
+    assert [i.name for i in config.file.time_intervals] == ["dba-hours", "out-of-hours"]
+
+    def result(at: datetime, **labels: str) -> dict:
+        return outcome(config.rules, with_labels(**labels), at=at)
+
+    evening = datetime(2026, 12, 8, 19, 30, tzinfo=UTC)  # 19:30 in London, 20:30 in Berlin
+    christmas = datetime(2026, 12, 25, 12, 0, tzinfo=UTC)  # a Friday
+    warning = {"severity": "warning", "team": "payments"}
+    assert [d["destination"] for d in result(TUESDAY_NOON, **warning)["deliveries"]] == [
+        "payments-low"
+    ]
+    for at in (evening, christmas):
+        quiet = result(at, **warning)
+        assert quiet["deliveries"] == [] and not quiet["dropped"]
+        assert quiet["muted"] == [
+            {
+                "route": "am-3 > am-3.2",
+                "destination": "payments-low",
+                "by": "mute_time_intervals",
+                "intervals": ["out-of-hours"],
+                "at": at.isoformat(),
+            }
+        ]
+    # database pages: the DBA team in its hours (Berlin), the SRE overview outside them
+    storage = {"service.namespace": "storage", "k8s.cluster.name": "eu-west-1"}
+    assert [d["destination"] for d in result(evening, **storage)["deliveries"]] == ["sre-overview"]
+    [muted] = result(evening, **storage)["muted"]
+    assert (muted["destination"], muted["by"]) == ("database", "active_time_intervals")
 
 
 def test_an_incident_io_webhook_becomes_a_destination_without_copying_an_inline_token(

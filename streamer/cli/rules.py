@@ -47,7 +47,8 @@ def add_parser(commands: Any) -> None:
             "Evaluates each event (a JSON file valid under the reader schema; see "
             "examples/events/) against the rules and prints, per event, the matched routes, "
             "each delivery with its destination and rendered payload, dead letters with "
-            "their reason, and whether the rules dropped it. Nothing is sent. Exit 1 if an "
+            "their reason, routes a time interval muted (and which interval, at which time: "
+            "now, or --at), and whether the rules dropped it. Nothing is sent. Exit 1 if an "
             "event file cannot be read."
         ),
     )
@@ -60,7 +61,16 @@ def add_parser(commands: Any) -> None:
         help="event files (repeatable)",
     )
     test.add_argument(
-        "--explain", action="store_true", help="also say why each route did or did not match"
+        "--explain",
+        action="store_true",
+        help="also say why each route did or did not match, and which time interval muted it",
+    )
+    test.add_argument(
+        "--at",
+        type=_instant,
+        metavar="TIME",
+        help="ask routes' time intervals about TIME (ISO 8601, e.g. 2026-12-07T18:30:00+01:00; "
+        "without an offset, UTC) instead of now, the time the service asks about",
     )
     test.set_defaults(func=cmd_rules_test)
 
@@ -93,8 +103,10 @@ def add_parser(commands: Any) -> None:
         description=(
             "Reads ALERTMANAGER.yml and prints --config (the base: Kafka, topics, destinations) "
             "with its routes and default replaced by Alertmanager's routing tree: matchers "
-            "(read as Alertmanager reads them, on the alert's labels), continue, nesting and "
-            "receiver inheritance kept; the root receiver becomes the default. A webhook "
+            "(read as Alertmanager reads them, on the alert's labels), continue, nesting, "
+            "receiver inheritance and routes' mute_time_intervals and active_time_intervals "
+            "kept, with the time_intervals (and older mute_time_intervals) they name; the "
+            "root receiver becomes the default. A webhook "
             "receiver to incident.io's alert-events URL becomes a destination (its token from "
             "the webhook's credentials_file, else an environment variable; inline tokens are "
             "never copied), and so does an incidentio_configs receiver; a new destination is "
@@ -102,7 +114,7 @@ def add_parser(commands: Any) -> None:
             "--allow-host names), and may not take the name drop or a destination of the base "
             "(map such a receiver with --receiver); a receiver with no integration drops; any "
             "other receiver must be mapped with --receiver. What has no equivalent (grouping "
-            "and its timings, inhibit rules, time intervals, route labels, other integrations) "
+            "and its timings, inhibit rules, route labels, other integrations) "
             "is listed on stderr and at the top of the output. The output passes `rules check` "
             "before anything is written; every problem names the input's file:line."
         ),
@@ -183,7 +195,9 @@ def _read_events(files: list[str], lines_file: str | None) -> list[tuple[str, by
     return events
 
 
-def _outcome(config: Any, data: bytes | str, *, explain: bool = False) -> dict[str, Any]:
+def _outcome(
+    config: Any, data: bytes | str, *, explain: bool = False, at: Any = None
+) -> dict[str, Any]:
     from streamer.decoding import DecodeError, EventDecoder
     from streamer.rules_report import outcome
 
@@ -193,11 +207,12 @@ def _outcome(config: Any, data: bytes | str, *, explain: bool = False) -> dict[s
         event = EventDecoder("json", config.reader_schema).decode(data)
     except DecodeError as e:
         return {"error": f"cannot read the event: {e}"}
-    return outcome(config.rules, event, explain=explain)
+    return outcome(config.rules, event, explain=explain, at=at)
 
 
 def cmd_rules_test(args: argparse.Namespace) -> int:
     import json
+    from datetime import UTC, datetime
 
     from streamer.config import ConfigError, load_config
 
@@ -207,8 +222,9 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
         print(e, file=sys.stderr)
         return 1
     _warn(config)
+    at = args.at or datetime.now(UTC)  # one instant for every event of the run
     results = [
-        {"event": name, **_outcome(config, data, explain=args.explain)}
+        {"event": name, **_outcome(config, data, explain=args.explain, at=at)}
         for name, data in _read_events(args.event, None)
     ]
     print(json.dumps(results, indent=2))
@@ -326,6 +342,18 @@ def cmd_rules_import(args: argparse.Namespace) -> int:
     for warning in imported.warnings:
         print(f"warning: {shown(warning, 1000)}", file=sys.stderr)
     return 0
+
+
+def _instant(text: str) -> Any:
+    from datetime import UTC, datetime
+
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--at {text!r}: expected an ISO 8601 time, e.g. 2026-12-07T18:30:00Z"
+        ) from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def _receiver(text: str) -> tuple[str, str]:

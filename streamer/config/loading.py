@@ -24,6 +24,7 @@ from streamer.config.model import (
     DeliverySettings,
     Destination,
     KafkaSettings,
+    NamedTimeInterval,
     RouteSpec,
     SchemaRegistrySettings,
     TokenSource,
@@ -173,6 +174,7 @@ _SECTION_TYPES: dict[str, Any] = {
     "reader_schema": str,
     "matcher_mode": MatcherMode,
     "default": Literal["drop"] | DefaultRoute,
+    "time_intervals": list[NamedTimeInterval],
 }
 
 
@@ -212,7 +214,7 @@ def _validate_sections(data: dict[str, Any], problems: Problems) -> tuple[Config
     for key in data.keys() - ConfigFile.model_fields.keys():
         problems.add((key,), "unknown setting (check the spelling; see examples/streamer.yaml)")
     parts: dict[str, Any] = {}
-    for key in ("kafka", "schema_registry", "delivery", "reader_schema", "matcher_mode", "default"):
+    for key in _SECTION_TYPES:
         if key in data:
             parts[key] = _validate(_SECTION_TYPES[key], data[key], (key,), problems)
     topics = data.get("topics")
@@ -253,6 +255,7 @@ def _validate_sections(data: dict[str, Any], problems: Problems) -> tuple[Config
         topics=valid_topics,
         destinations=valid_destinations,
         default=parts.get("default") or "drop",
+        time_intervals=parts.get("time_intervals") or [],
         routes=[r for r in parts["routes"] if r is not None],
     )
     return config, invalid

@@ -165,6 +165,10 @@ class DeliverySettings(_Model):
     # One key holding a partition's commit watermark this long is logged (once, then when
     # the key or the reason changes).
     watermark_hold_log_seconds: float = Field(60.0, gt=0)
+    # A destination whose keys wait this long with nothing started and neither a hold nor
+    # a 429 to explain it is stalled: one warning, a gauge, StreamerDeliveryStalled.
+    # None: two rate-limit windows (a limit alone never holds a start back that long).
+    stall_warning_seconds: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _drains_outlast_a_request(self) -> DeliverySettings:
@@ -204,7 +208,19 @@ class RouteSpec(_Model):
     continue_: bool = Field(False, alias="continue")
     templates: Templates = Templates()
     on_template_error: OnTemplateError | None = None
+    # Names of `time_intervals:`, as Alertmanager's routes name them; a route's own only
+    # (its children do not inherit them).
+    mute_time_intervals: list[str] = []
+    active_time_intervals: list[str] = []
     routes: list[RouteSpec] = []
+
+
+class NamedTimeInterval(_Model):
+    """Alertmanager's `time_intervals:` entry: a name and its specs (each checked when the
+    rules are compiled, streamer/time_intervals.py, so each problem names its line)."""
+
+    name: str = Field(min_length=1)
+    time_intervals: list[Any] = []
 
 
 class DefaultRoute(_Model):
@@ -224,6 +240,7 @@ class ConfigFile(_Model):
     topics: list[Topic] = Field(min_length=1)
     destinations: dict[str, Destination] = Field(min_length=1)
     default: Literal["drop"] | DefaultRoute = "drop"
+    time_intervals: list[NamedTimeInterval] = []
     routes: list[RouteSpec] = []
 
 

@@ -2,8 +2,10 @@
 
 Every matcher path, template variable and `when:` expression is checked against the
 reader schema here, at load, so an event is never routed by a rule that cannot address it;
-routes inherit destination, templates, metadata and on_template_error from their parent;
-route names are unique. Problems are added to the file's `Problems`, never raised one by one.
+routes inherit destination, templates, metadata and on_template_error from their parent
+(not their time intervals: Alertmanager's children do not inherit them); route names are
+unique, and so are time interval names, each route naming only defined ones. Problems are
+added to the file's `Problems`, never raised one by one.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from streamer.templates import (
     CompiledExpression,
     CompiledTemplate,
 )
+from streamer.time_intervals import TimeInterval, parse_spec
 
 _NONE: Mapping[str, CompiledTemplate] = MappingProxyType({})  # no templates of its own
 
@@ -163,6 +166,40 @@ class RulesCompiler:
         self._templates: dict[str, CompiledTemplate | str] = {}  # source -> it, or why not
         self._expressions: dict[str, CompiledExpression | str] = {}
         self._matchers: dict[Matcher, Matcher] = {}  # equal matchers: one shared instance
+        self.intervals = self._time_intervals()
+
+    def _time_intervals(self) -> dict[str, TimeInterval]:
+        """The named time intervals, each spec read as Alertmanager reads it."""
+        out: dict[str, TimeInterval] = {}
+        for i, named in enumerate(self.config.time_intervals):
+            loc: Loc = ("time_intervals", i)
+            if named.name in out:
+                self.problems.add(
+                    (*loc, "name"),
+                    f"time interval {named.name!r} is defined twice; names must be unique",
+                )
+            specs = []
+            for j, raw in enumerate(named.time_intervals):
+                try:
+                    specs.append(parse_spec(raw))
+                except ValueError as e:
+                    self.problems.add((*loc, "time_intervals", j), f"{named.name}: {e}")
+            out[named.name] = TimeInterval(named.name, tuple(specs))
+        return out
+
+    def route_intervals(self, names: list[str], loc: Loc) -> tuple[TimeInterval, ...]:
+        """A route's `mute_time_intervals:` or `active_time_intervals:`, by name."""
+        out = []
+        for i, name in enumerate(names):
+            interval = self.intervals.get(name)
+            if interval is None:
+                known = ", ".join(self.intervals) or "none"
+                self.problems.add(
+                    (*loc, i), f"unknown time interval {name!r} (time_intervals: {known})"
+                )
+            else:
+                out.append(interval)
+        return tuple(out)
 
     def template(self, source: str, loc: Loc) -> CompiledTemplate | None:
         compiled = self._templates.get(source)
@@ -315,6 +352,12 @@ class RulesCompiler:
             on_template_error=spec.on_template_error
             or (parent.on_template_error if parent else "dead-letter"),
             continue_=spec.continue_,
+            mute_time_intervals=self.route_intervals(
+                spec.mute_time_intervals, (*loc, "mute_time_intervals")
+            ),
+            active_time_intervals=self.route_intervals(
+                spec.active_time_intervals, (*loc, "active_time_intervals")
+            ),
         )
         children = tuple(
             self.route(child, (*loc, "routes", i), route) for i, child in enumerate(spec.routes)

@@ -5,7 +5,10 @@ of its `match:` and `match_re:` maps, and everything in an Alertmanager file), a
 scalar keeps the text it was written with, as yaml.v2 keeps it for a string field: `yes`
 and `on` stay `yes` and `on` (PyYAML's YAML 1.1 resolver makes them True), `010` stays
 `010` (not 8), `0x1F`, `1.50`, `.inf` and `2024-01-02` stay as written, and a null (`~`,
-`null`, or nothing) is the empty text "", as yaml.v2 leaves a string field empty.
+`null`, or nothing) is the empty text "", as yaml.v2 leaves a string field empty. The same
+holds for time intervals (the top-level `time_intervals:`, and routes' `mute_time_intervals:`
+and `active_time_intervals:`): `09:00` stays `09:00` (YAML 1.1 reads it as 540) and `1:3` as
+written, except that a null stays null there (a field left out, as Alertmanager reads it).
 
 Mechanism: `keep_label_text` re-tags those nodes of a composed streamer configuration as
 strings before it is constructed. `load_go_yaml` reads an Alertmanager file whose only
@@ -21,6 +24,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import yaml
+
+from streamer.errors import StreamerError
 
 __all__ = [
     "LocatedList",
@@ -42,27 +47,29 @@ _TEXT_TAGS = {
     "tag:yaml.org,2002:value",
 }
 _LABEL_KEYS = ("match", "match_re", "matchers")
+_INTERVAL_KEYS = ("mute_time_intervals", "active_time_intervals")
 
 
-def _as_text(node: yaml.Node) -> None:
+def _as_text(node: yaml.Node, *, keep_null: bool = False) -> None:
     """A scalar node made a string with yaml.v2's text; collections are walked."""
     if isinstance(node, yaml.ScalarNode):
-        if node.tag == _NULL:
+        if node.tag == _NULL and not keep_null:
             node.value = ""
             node.tag = _STR
         elif node.tag in _TEXT_TAGS:
             node.tag = _STR
     elif isinstance(node, yaml.MappingNode):
         for key, value in node.value:
-            _as_text(key)
-            _as_text(value)
+            _as_text(key, keep_null=keep_null)
+            _as_text(value, keep_null=keep_null)
     elif isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            _as_text(item)
+            _as_text(item, keep_null=keep_null)
 
 
 def keep_label_text(root: yaml.Node | None) -> None:
-    """Re-tags the label names and values of every route (`routes:`, nested) as text."""
+    """Re-tags the label names and values of every route (`routes:`, nested) as text, and
+    the time intervals (their definitions, and the names routes give)."""
     stack = [root]
     while stack:
         node = stack.pop()
@@ -73,11 +80,15 @@ def keep_label_text(root: yaml.Node | None) -> None:
                 continue
             if key.value == "routes" and isinstance(value, yaml.SequenceNode):
                 stack.extend(value.value)
-            elif key.value in _LABEL_KEYS and node is not root:
+            elif (key.value in _LABEL_KEYS and node is not root) or (
+                key.value in _INTERVAL_KEYS and node is not root
+            ):
                 _as_text(value)
+            elif key.value == "time_intervals" and node is root:
+                _as_text(value, keep_null=True)
 
 
-class YamlTextError(ValueError):
+class YamlTextError(StreamerError, ValueError):
     """Not readable as an Alertmanager file; `line` is 1-based."""
 
     def __init__(self, line: int, message: str) -> None:
