@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import yaml
 from streamer.alertmanager import ImportProblems, import_alertmanager
 from streamer.config import ConfigError, load_config
 from streamer.rules_report import outcome
+from streamer.time_intervals import DayRange, IntervalSpec, parse_spec
 from tests.rules_helpers import SCHEMA, alert
 
 DATA = Path(__file__).parent / "alertmanager_conformance"
@@ -202,3 +205,135 @@ def test_the_cli_imports_and_tests_a_tree_as_alertmanager_routes_it(tmp_path: Pa
     assert [[d["destination"] for d in r["deliveries"]] for r in results] == [
         case["receivers"] for case in tree["cases"]
     ]
+
+
+# -- time intervals (tests/alertmanager_conformance/time_intervals.yaml) ---------------------
+
+INTERVALS = yaml.safe_load((DATA / "time_intervals.yaml").read_text())
+
+
+def instant(text: str) -> datetime:
+    """An instant as the Go tests write it (time.RFC822Z), or ISO 8601."""
+    try:
+        return datetime.strptime(text, "%d %b %y %H:%M %z")
+    except ValueError:
+        return datetime.fromisoformat(text)
+
+
+def imported_intervals(tmp_path: Path, intervals: dict[str, Any], route: dict[str, Any]) -> Path:
+    """`route` (its receivers named after the destinations) under a root receiver `miss`,
+    with `intervals` (name -> specs) as Alertmanager's `time_intervals:`, imported."""
+    tree = {"receiver": "miss", "routes": [route]}
+    names = sorted(receivers_of(tree))
+    base = {
+        "reader_schema": str(SCHEMA),
+        "topics": [{"name": "events", "format": "json"}],
+        "destinations": {
+            n: {"alert_source_config_id": f"ID-{n}", "token": {"env": "TOKEN"}} for n in names
+        },
+    }
+    alertmanager = {
+        "route": tree,
+        "receivers": [{"name": n} for n in names],
+        "time_intervals": [{"name": k, "time_intervals": v} for k, v in intervals.items()],
+    }
+    result = import_alertmanager(
+        alertmanager,
+        base,
+        receivers={n: n for n in names},
+        base_dir=tmp_path,
+        output_dir=tmp_path,
+    )
+    assert not any("time_interval" in gap for gap in result.gaps), result.gaps
+    path = tmp_path / "streamer.yaml"
+    path.write_text(result.to_yaml("alertmanager.yml"))
+    return path
+
+
+# One route muted by the interval, one active only in it: an instant in the interval reaches
+# `active`, one outside it `muted`; what is quiet says which interval made it so.
+MUTED_AND_ACTIVE = {
+    "routes": [
+        {"receiver": "muted", "mute_time_intervals": ["t"], "continue": True},
+        {"receiver": "active", "active_time_intervals": ["t"]},
+    ]
+}
+
+
+def reached(path: Path, at: datetime) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    result = outcome(load_config(path, check_secrets=False).rules, event_with({}), at=at)
+    assert not result["dead_letters"] and not result["dropped"]
+    muted = [(m["destination"], m["intervals"]) for m in result["muted"]]
+    return [d["destination"] for d in result["deliveries"]], muted
+
+
+def interval_cases() -> list[Any]:
+    cases = []
+    for group in ("contains", "yaml"):
+        for entry in INTERVALS[group]:
+            for expected in ("contains", "excludes"):
+                for at in entry.get(expected, []):
+                    cases.append(
+                        pytest.param(entry, at, expected == "contains", id=f"{entry['name']}: {at}")
+                    )
+    return cases
+
+
+INTERVAL_CASES = interval_cases()
+
+
+@pytest.mark.parametrize(("entry", "at", "inside"), INTERVAL_CASES)
+def test_time_interval_contains(
+    tmp_path: Path, entry: dict[str, Any], at: str, inside: bool
+) -> None:
+    if "struct" in entry:  # one Alertmanager's parser refuses: the evaluation alone
+        ranges = {k: tuple(DayRange(b, e) for b, e in v) for k, v in entry["struct"].items()}
+        assert IntervalSpec(**ranges).contains(instant(at)) is inside
+        return
+    specs = entry.get("specs", [entry.get("spec")])
+    path = imported_intervals(tmp_path, {"t": specs}, MUTED_AND_ACTIVE)
+    if inside:
+        assert reached(path, instant(at)) == (["active"], [("muted", ["t"])])
+    else:
+        assert reached(path, instant(at)) == (["muted"], [("active", ["t"])])
+
+
+REFUSED = [e for e in INTERVALS["yaml"] if "error" in e]
+
+
+@pytest.mark.parametrize("entry", REFUSED, ids=[e["name"] for e in REFUSED])
+def test_time_interval_refused(tmp_path: Path, entry: dict[str, Any]) -> None:
+    (spec,) = entry["specs"]
+    with pytest.raises(ValueError, match="^" + re.escape(entry["error"]) + "$"):
+        parse_spec(spec)
+    with pytest.raises(ImportProblems, match=re.escape(entry["error"])):
+        imported_intervals(tmp_path, {"t": [spec]}, MUTED_AND_ACTIVE)
+
+
+@pytest.mark.parametrize("case", INTERVALS["times"], ids=str)
+def test_time_range(case: dict[str, Any]) -> None:
+    times = {k: case[k] for k in ("start_time", "end_time") if k in case}
+    if case.get("refused"):
+        with pytest.raises(ValueError):
+            parse_spec({"times": [times]})
+    else:
+        (parsed,) = parse_spec({"times": [times]}).times or ()
+        assert [parsed.start, parsed.end] == case["minutes"]
+
+
+@pytest.mark.parametrize("case", INTERVALS["mutes"]["cases"], ids=lambda c: c["name"])
+def test_which_intervals_mute_a_route(tmp_path: Path, case: dict[str, Any]) -> None:
+    route = {"receiver": "hit", "mute_time_intervals": ["evenings", "weekends"]}
+    path = imported_intervals(tmp_path, INTERVALS["mutes"]["intervals"], route)
+    delivered, muted = reached(path, instant(case["at"]))
+    if case["muted_by"]:
+        assert (delivered, muted) == ([], [("hit", case["muted_by"])])
+    else:
+        assert (delivered, muted) == (["hit"], [])
+
+
+def test_the_time_interval_suite_is_all_there() -> None:
+    assert len(INTERVAL_CASES) == 67
+    assert len(REFUSED) == 15
+    assert len(INTERVALS["times"]) == 8
+    assert len(INTERVALS["mutes"]["cases"]) == 6
