@@ -375,6 +375,16 @@ class Rules:
             yield route
             stack.extend(reversed(route.children))
 
+    def quiet_routes(self, at: datetime) -> list[tuple[str, str, tuple[str, ...]]]:
+        """The routes a time interval keeps quiet at `at`: (route path, the setting, the
+        intervals), for what is muted right now (a gauge, `/pending`)."""
+        out = []
+        for route in self.walk():
+            quiet = muted_by(route.mute_time_intervals, route.active_time_intervals, at)
+            if quiet is not None and route.destination is not None:
+                out.append((route.path, *quiet))
+        return out
+
     def evaluate(self, event: Mapping[str, Any], at: datetime | None = None) -> Evaluation:
         """Where this event goes, with time intervals asked about `at` (aware; None: the
         wall clock now); never raises for a schema-valid event."""

@@ -398,3 +398,43 @@ def test_rules_test_refuses_a_time_it_cannot_read(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert done.returncode == 2 and "expected an ISO 8601 time" in done.stderr
+
+
+def test_the_routes_muted_right_now_are_listed_with_their_intervals(tmp_path: Path) -> None:
+    rules = rules_with(
+        tmp_path,
+        """
+routes:
+  - name: pages
+    destination: a
+    mute_time_intervals: [nights]
+    routes:
+      - name: office
+        match: [labels.team = payments]
+        active_time_intervals: [office]
+  - name: dropped
+    destination: drop
+    mute_time_intervals: [nights]
+""",
+    )
+    assert rules.quiet_routes(MONDAY_8) == [
+        ("pages", "mute_time_intervals", ("nights",)),
+        ("pages > office", "active_time_intervals", ("office",)),
+    ]
+    assert rules.quiet_routes(MONDAY_10) == []
+
+
+def test_rules_diff_tells_a_muted_destination_from_a_delivered_one(tmp_path: Path) -> None:
+    from streamer.rules_report import changes, outcome
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    plain = config_from(tmp_path / "a", "routes: [{name: pages, destination: a}]")
+    muted = config_from(
+        tmp_path / "b",
+        INTERVALS + "routes: [{name: pages, destination: a, mute_time_intervals: [nights]}]",
+    )
+    change = changes(
+        "e", outcome(plain.rules, alert(), at=MONDAY_8), outcome(muted.rules, alert(), at=MONDAY_8)
+    )
+    assert change is not None and change["changed"] == ["destination"]
+    assert change["destinations"] == {"old": ["a"], "new": ["a (muted by nights)"]}
