@@ -24,6 +24,7 @@ Pure: plain values and the caller's clock (monotonic seconds); nothing here slee
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Collection, Iterator, Mapping
 from typing import Literal
@@ -61,6 +62,9 @@ class DestinationState:
         self.probing = False  # the one request a held destination may have in flight
         # the starts made for each partition (monotonic): its next owner inherits them
         self.spent: dict[Partition, deque[float]] = {}
+        self.last_start = -math.inf  # monotonic: this member's latest start (liveness.py)
+        # how its alert source's share was worked out, in words (`/pending`: a share)
+        self.share_basis = "the whole limit"
 
     def take_slot(self, now: float) -> bool:
         """Takes the slot for the queue's head if it may start now (hold, limiters);
@@ -74,6 +78,7 @@ class DestinationState:
             return False
         if self.ready:  # the head starts (passed-over heads are rare: drains only)
             self.spent.setdefault(self.ready[0].partition, deque()).append(now)
+        self.last_start = now
         return True
 
     def earliest_start(self, now: float) -> float:
@@ -191,6 +196,7 @@ class Destinations:
             fraction = float(share)
             for state in self._states.values():
                 state.limiter.set_limit(max(1, int(state.spec.events_per_minute * fraction)))
+                state.share_basis = f"a fixed share (rate_limit_share: {share})"
             for limiter in self._key_limiters.values():
                 limiter.set_limit(max(1, int(key_limit * fraction)))
             return
@@ -201,6 +207,12 @@ class Destinations:
                 state.spec.events_per_minute, owned_partitions, total_partitions, mine, group
             )
             state.limiter.set_limit(limit, now=now, raise_after=raise_after)
+            state.share_basis = (
+                f"by demand: {mine} of the group's {group} partitions with deliveries "
+                "waiting for it are this member's"
+                if group > 0
+                else f"by partitions: {owned_partitions} of {total_partitions} owned"
+            )
             before = key_demand.get(id(state.key_limiter), (0, 0))
             key_demand[id(state.key_limiter)] = (before[0] + mine, before[1] + group)
         for limiter in self._key_limiters.values():

@@ -34,6 +34,7 @@ Monotonic time for decisions, wall-clock time in notes (another process reads th
 
 from __future__ import annotations
 
+import logging
 import math
 import uuid
 from collections import deque
@@ -46,6 +47,8 @@ from streamer.failure_policy import MAX_RETRY_AFTER as MAX_PAUSE
 from streamer.ledger import DeliveryLedger, Partition
 from streamer.offset_ranges import EMPTY as NO_OFFSETS
 from streamer.offset_ranges import OffsetRanges
+
+log = logging.getLogger(__name__)
 
 SKEW = 5.0  # seconds: how far ahead of our clock another member's start times may be
 
@@ -71,6 +74,8 @@ class GroupBudget:
     ) -> None:
         self.destinations, self.ledger = destinations, ledger
         self.writer = writer or uuid.uuid4().hex[:12]
+        # other members name this one by it (`/pending`'s writers, a stall's warning)
+        log.info("this member's notes name it %s", self.writer)
         self.tail_seconds = tail_seconds  # how long a note may take to be confirmed
         self.recent = 2 * tail_seconds  # a partition that started this recently has demand
         self.view_interval = view_interval  # how often the group's notes are read
@@ -242,19 +247,22 @@ class GroupBudget:
             len(mine), total_partitions, demand, now=now, raise_after=self.raise_after
         )
         for state in self.destinations:
+            named = [(w, t) for w, m in members.items() if (t := m.get(state.name))]
             state.limiter.set_ceiling(
                 state.spec.events_per_minute,
-                [(t.starts, t.limit) for m in members.values() if (t := m.get(state.name))],
+                [(t.starts, t.limit) for _, t in named],
+                writers=[w for w, _ in named],
             )
         for limiter, limit, names in self.destinations.limiters():
-            per_member = [[m[n] for n in names if n in m] for m in members.values()]
+            per_member = [(w, [m[n] for n in names if n in m]) for w, m in members.items()]
+            per_member = [(w, ts) for w, ts in per_member if ts]
             limiter.set_ceiling(
                 limit,
                 [
                     ([x for t in ts for x in t.starts], max(t.key_limit for t in ts))
-                    for ts in per_member
-                    if ts
+                    for _, ts in per_member
                 ],
+                writers=[w for w, _ in per_member],
             )
 
     # -- taking partitions over and letting them go ----------------------------------------

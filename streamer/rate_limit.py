@@ -23,6 +23,10 @@ it waits to take): what another member has not used yet is its own to use, so tw
 never both take the room one member's old starts leave; and `promise(tail)` caps the
 starts not yet covered by a confirmed note, so a kill -9 can hide at most `tail` starts
 from the next owner.
+
+`why(now)` says, without changing anything, which of these keeps the next start back and
+until when (for the ceiling: which members fill it): `/pending` and the stall warning
+read it about once a second (`liveness.py`), never the hot path.
 """
 
 from __future__ import annotations
@@ -32,8 +36,29 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 FOREIGN_RECHECK = 1.0  # s: when the others' shares leave no room, read them again
+
+# what keeps a limiter's next start back: a 429's pause, its own starts filling its limit
+# (its share of the whole), the group's ceiling (the others' starts and shares with ours),
+# or the tail (starts that no confirmed note covers yet)
+Constraint = Literal["paused", "window", "ceiling", "tail"]
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Why a limiter cannot start a request now: its constraint that frees last."""
+
+    constraint: Constraint
+    until: float  # monotonic: when that constraint frees (a new look for the ceiling)
+    own: int  # this limiter's starts in the window
+    limit: int  # its limit (its share)
+    # the ceiling's: the group's whole limit, and each other member that counts against
+    # it (its writer id, and what it counts: its starts in the window or its share)
+    ceiling: int | None = None
+    writers: tuple[tuple[str, int], ...] = ()
 
 
 class RollingWindowLimiter:
@@ -46,6 +71,7 @@ class RollingWindowLimiter:
         self._paused_until = -math.inf
         # other members' starts (sorted) and announced shares, for the ceiling
         self._others: list[tuple[list[float], int]] = []
+        self._writers: tuple[str, ...] = ()  # who each of `_others` is (their notes' writer)
         self._room_at = -math.inf  # when the ceiling next has room, until starts change
         self._ceiling: int | None = None
         self._tail: int | None = None  # at most this many starts not yet in a confirmed note
@@ -112,15 +138,21 @@ class RollingWindowLimiter:
         self._room_at = -math.inf
 
     def set_ceiling(
-        self, limit: int | None, others: Iterable[tuple[Iterable[float], int]] = ()
+        self,
+        limit: int | None,
+        others: Iterable[tuple[Iterable[float], int]] = (),
+        *,
+        writers: Sequence[str] = (),
     ) -> None:
         """The group's whole limit, and each other member's starts (as far as known) and
         announced share (0: not known): this limiter never lets its own starts and theirs,
-        each member counted as at least its share, exceed the limit in a window."""
+        each member counted as at least its share, exceed the limit in a window.
+        `writers`: who the others are (for `why`), in the same order."""
         self._ceiling = None if limit is None else max(1, limit)
         self._room_at = -math.inf
         most = self._ceiling or 0  # past the ceiling, older starts cannot matter
         self._others = [(sorted(starts)[-most:], max(0, share)) for starts, share in others]
+        self._writers = tuple(writers)
         total = sum(share for _, share in self._others)
         if total >= most:
             # Their shares alone fill the limit (shares rounded up to 1: more replicas than
@@ -131,14 +163,18 @@ class RollingWindowLimiter:
     def _ceiling_frees(self, now: float) -> float:
         """When the group leaves room under the ceiling for one more start of ours (the
         answer holds until a start is made, ended or inherited, or the ceiling is set)."""
-        assert self._ceiling is not None
         if now < self._room_at:
             return self._room_at
+        self._room_at = self._ceiling_room(now, self._starts)  # `next_start` trimmed them
+        return self._room_at
+
+    def _ceiling_room(self, now: float, own: Sequence[float]) -> float:
+        """`_ceiling_frees`, worked out afresh (changes nothing); `own`: our starts in
+        the window."""
+        assert self._ceiling is not None
         cut = now - self.window
         counts = [len(s) - bisect.bisect_right(s, cut) for s, _ in self._others]
-        group = len(self._starts) + sum(
-            max(c, f) for c, (_, f) in zip(counts, self._others, strict=True)
-        )
+        group = len(own) + sum(max(c, f) for c, (_, f) in zip(counts, self._others, strict=True))
         if group < self._ceiling:
             return now
         # As starts leave the window, ours free room each; another member's only while it
@@ -148,10 +184,42 @@ class RollingWindowLimiter:
             for c, (starts, share) in zip(counts, self._others, strict=True)
         ]
         k = group - self._ceiling  # the (k+1)th to leave makes room
-        leaving = sorted(itertools.chain(self._starts, *freeing))
+        leaving = sorted(itertools.chain(own, *freeing))
         # their shares fill it: until the next view
-        self._room_at = leaving[k] + self.window if k < len(leaving) else now + FOREIGN_RECHECK
-        return self._room_at
+        return leaving[k] + self.window if k < len(leaving) else now + FOREIGN_RECHECK
+
+    def why(self, now: float) -> Binding | None:
+        """What keeps the next start back, read-only (None: it may start now). Of several
+        constraints, the one that frees last; `next_start` is the hot path, this is not."""
+        cut = now - self.window
+        starts = [t for t in self._starts if t > cut]
+        own = len(starts)
+        found: list[Binding] = []
+        if self._paused_until > now:
+            found.append(Binding("paused", self._paused_until, own, self._limit))
+        if own >= self._limit:
+            frees = starts[own - self._limit] + self.window
+            found.append(Binding("window", frees, own, self._limit))
+        if self._ceiling is not None and self._others:
+            room = self._ceiling_room(now, starts)
+            if room > now:
+                found.append(
+                    Binding("ceiling", room, own, self._limit, self._ceiling, self._counted(cut))
+                )
+        if self._tail is not None and len(self._unconfirmed) >= self._tail:
+            found.append(Binding("tail", now + 0.05, own, self._limit))
+        return max(found, key=lambda b: b.until, default=None)
+
+    def _counted(self, cut: float) -> tuple[tuple[str, int], ...]:
+        """Each other member that counts against the ceiling, most first: its writer id
+        and what it counts (its starts in the window, or its share if that is more)."""
+        names = self._writers if len(self._writers) == len(self._others) else ()
+        counted = []
+        for i, (starts, share) in enumerate(self._others):
+            count = max(len(starts) - bisect.bisect_right(starts, cut), share)
+            if count:
+                counted.append((names[i] if names else f"member {i + 1}", count))
+        return tuple(sorted(counted, key=lambda c: (-c[1], c[0])))
 
     def promise(self, tail: int | None) -> None:
         """At most `tail` starts may be made that no confirmed note covers yet."""
