@@ -51,6 +51,7 @@ from streamer.handover import HandOver
 from streamer.incident_io import Answer
 from streamer.instrumentation import MessageSpans, log_context
 from streamer.ledger import DeliveryLedger, Job, OrderingKey, Partition
+from streamer.liveness import stall_threshold
 from streamer.logs import redact_url
 from streamer.pending import PendingView
 from streamer.telemetry import Telemetry
@@ -106,7 +107,12 @@ class Dispatcher:
         self._timers: list[tuple[float, int, Job]] = []  # (due, tie-breaker, job)
         self._sequence = itertools.count()
         # what waits and why (/pending, gauges, the watermark log line): rebuilt each second
-        self.pending = PendingView(telemetry, clock, settings.watermark_hold_log_seconds)
+        self.pending = PendingView(
+            telemetry,
+            clock,
+            settings.watermark_hold_log_seconds,
+            stall_after=stall_threshold(settings),
+        )
 
     @property
     def has_timers(self) -> bool:
@@ -158,7 +164,12 @@ class Dispatcher:
                 state.ready.restore(entry)
         if self.pending.due(now):
             self.pending.refresh(
-                now, self.destinations, self.handover, self.ledger, (j for _, _, j in self._timers)
+                now,
+                self.destinations,
+                self.handover,
+                self.ledger,
+                (j for _, _, j in self._timers),
+                workers_free=self.busy < self.settings.workers,
             )
         return started, released
 

@@ -8,10 +8,12 @@ thread builds an immutable `PendingReport` about once a second, the metrics thre
 the latest one. A key's age is how long the key has waited to be sent (a newer event that
 supersedes its waiting one keeps the key's age: incident.io is that stale for it).
 
-Reasons: `limit` (the destination's rate limit, or a 429's retry-after), `hold` (the
-destination is held after 401/403/404 or a redirect), `backoff` (a retry after a 5xx or
-a transport error), `turn` (a slot is free: it waits behind other keys or for a
-worker), `hand-over` (its partition is being released; the next owner sends it).
+Reasons (`liveness.py` says which one holds a key, in words): `turn`, `window`, `share`,
+`ceiling` (naming the other members that fill it), `note`, `api-key`, `hold`, `paused` (a
+429), `backoff`, `hand-over`. Each destination's entry also says why its oldest key waits
+and, when it is stalled (waited past a threshold with nothing started and no hold or 429
+to explain it), for how long: logged once, and the gauge
+`streamer.destination.stalled_seconds` (the alert StreamerDeliveryStalled).
 """
 
 from __future__ import annotations
@@ -23,15 +25,22 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from streamer.coalescing import URGENT
-from streamer.destinations import Destinations
+from streamer.destinations import Destinations, DestinationState
 from streamer.handover import HandOver
 from streamer.instrumentation import partition_attributes
 from streamer.ledger import DeliveryLedger, Job, Partition
+from streamer.liveness import (
+    KeyLimit,
+    Reason,
+    StallWatch,
+    Wait,
+    explain,
+    partition_wait,
+    stalled_since,
+)
 from streamer.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
-
-Reason = Literal["limit", "hold", "backoff", "turn", "hand-over"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,7 @@ class PendingKey:
     state: Literal["queued", "retrying"]
     reason: Reason
     urgent: bool  # ranked first by the destination's priority (firing critical)
+    detail: str = ""  # the reason in words (liveness.Wait.detail)
 
     def as_json(self, now: float) -> dict[str, Any]:
         return {
@@ -67,6 +77,13 @@ class PendingReport:
     held: Mapping[str, bool] = field(default_factory=dict)
     oldest_by_partition: Mapping[Partition, float] = field(default_factory=dict)  # since
     holders: Mapping[Partition, PendingKey] = field(default_factory=dict)
+    why: Mapping[str, Wait] = field(default_factory=dict)  # its oldest key's wait
+    stalled: Mapping[str, tuple[float, Wait]] = field(default_factory=dict)  # since, why
+
+    def stalled_for(self, name: str, now: float) -> float:
+        """Seconds `name` has been stalled (nothing started, no hold or 429), or 0."""
+        stall = self.stalled.get(name)
+        return round(max(0.0, now - stall[0]), 3) if stall else 0.0
 
     def as_json(self, now: float) -> dict[str, Any]:
         """The `/pending` body."""
@@ -76,6 +93,8 @@ class PendingReport:
                 name: {
                     "waiting_keys": self.waiting.get(name, 0),
                     "held": self.held.get(name, False),
+                    **({"why": why.as_json(now)} if (why := self.why.get(name)) else {}),
+                    "stalled_seconds": self.stalled_for(name, now),
                     "oldest": [k.as_json(now) for k in keys],
                 }
                 for name, keys in self.oldest.items()
@@ -93,6 +112,8 @@ def pending_report(
     destinations: Mapping[str, bool],
     commit_offsets: Mapping[Partition, int],
     limit: int = 20,
+    why: Mapping[str, Wait] | None = None,
+    stalled: Mapping[str, tuple[float, Wait]] | None = None,
 ) -> PendingReport:
     """`destinations`: every destination's name and whether it is held; `commit_offsets`:
     the commit offset of each partition that has unfinished events. A waiting key whose
@@ -117,6 +138,8 @@ def pending_report(
         held=dict(destinations),
         oldest_by_partition=oldest_by_partition,
         holders=holders,
+        why=dict(why or {}),
+        stalled=dict(stalled or {}),
     )
 
 
@@ -149,25 +172,25 @@ class WatermarkWatch:
         return report
 
 
-_WHY: dict[str, str] = {
-    "limit": "waiting for the destination's rate limit",
-    "hold": "its destination is held (401/403/404 or a redirect)",
-    "backoff": "retrying after failures (backoff)",
-    "turn": "waiting for its turn",
-    "hand-over": "its partition is being released",
-}
-
-
 class PendingView:
     """The latest report, rebuilt by the poll thread (`refresh`, about once a second), and
     what reads it from the metrics thread: the oldest-waiting gauges and `/pending`."""
 
-    def __init__(self, telemetry: Telemetry, clock: Callable[[], float], threshold: float) -> None:
+    def __init__(
+        self,
+        telemetry: Telemetry,
+        clock: Callable[[], float],
+        threshold: float,
+        *,
+        stall_after: float = 120.0,
+    ) -> None:
         self.clock = clock
         self.report = PendingReport(at=clock())
         self.watch = WatermarkWatch(threshold)
+        self.stalls = StallWatch(stall_after)
         telemetry.gauge("streamer.destination.oldest_waiting_age", self._by_destination)
         telemetry.gauge("streamer.partition.oldest_waiting_age", self._by_partition)
+        telemetry.gauge("streamer.destination.stalled_seconds", self._stalled)
         telemetry.pending = lambda: self.report.as_json(self.clock())
 
     def due(self, now: float) -> bool:
@@ -180,18 +203,25 @@ class PendingView:
         handover: HandOver,
         ledger: DeliveryLedger,
         retrying: Iterable[Job],
+        *,
+        workers_free: bool = True,
     ) -> None:
-        """Rebuilds the report; logs a key that has held a watermark too long.
-        `retrying`: the jobs waiting out a backoff (dead letters among them are skipped)."""
+        """Rebuilds the report; logs a key that has held a watermark too long, and a
+        destination that stalled. `retrying`: the jobs waiting out a backoff (dead letters
+        among them are skipped); `workers_free`: a request could start now."""
+        look = Look(now, destinations, handover, workers_free=workers_free)
+        keys = [*look.queued(), *retried(now, destinations, retrying)]
         self.report = pending_report(
             now,
-            waiting_keys(now, destinations, handover, retrying),
+            keys,
             destinations={s.name: s.held_reason is not None for s in destinations},
             commit_offsets={
                 p: o
                 for p in ledger.partitions
                 if ledger.unfinished(p) and (o := ledger.commit_offset(p)) is not None
             },
+            why=look.why,
+            stalled=self.stalls.observe(now, look.waiting),
         )
         for key, held_for in self.watch.observe(now, self.report.holders):
             topic, number = key.partition
@@ -204,7 +234,7 @@ class PendingView:
                 key.destination,
                 key.offset,
                 held_for,
-                _WHY[key.reason],
+                f"{key.reason}: {key.detail}" if key.detail else key.reason,
                 extra={
                     "topic": topic,
                     "partition": number,
@@ -222,6 +252,18 @@ class PendingView:
             for name, keys in report.oldest.items()
         ]
 
+    def _stalled(self) -> list[tuple[float, dict[str, Any]]]:
+        """Per destination: seconds stalled and why (0, without a reason, while not)."""
+        report, now = self.report, self.clock()
+        out: list[tuple[float, dict[str, Any]]] = []
+        for name in report.held:
+            stall = report.stalled.get(name)
+            attributes = {"destination": name}
+            if stall is not None:
+                attributes["reason"] = stall[1].reason
+            out.append((report.stalled_for(name, now), attributes))
+        return out
+
     def _by_partition(self) -> list[tuple[float, dict[str, Any]]]:
         report, now = self.report, self.clock()
         return [
@@ -230,30 +272,73 @@ class PendingView:
         ]
 
 
-def waiting_keys(
-    now: float, destinations: Destinations, handover: HandOver, retrying: Iterable[Job]
-) -> Iterator[PendingKey]:
-    """Every waiting key: queued for its destination, or waiting out a backoff."""
-    for state in destinations:
-        reason: Reason = "turn"
-        if state.held_reason is not None:
-            reason = "hold"
-        elif state.earliest_start(now) > now:
-            reason = "limit"
-        for w in state.ready.waiting():
-            job = w.job
-            if job.key is None:
+class Look:
+    """One look at every destination's queue (the refresh's): each waiting key and why it
+    waits, each destination's oldest key's wait, and since when nothing started."""
+
+    def __init__(
+        self, now: float, destinations: Destinations, handover: HandOver, *, workers_free: bool
+    ) -> None:
+        self.now, self.destinations, self.handover = now, destinations, handover
+        self.workers_free = workers_free
+        self.why: dict[str, Wait] = {}
+        # per destination with keys waiting and no hold or 429: (nothing started since,
+        # its oldest key's wait, keys waiting)
+        self.waiting: dict[str, tuple[float, Wait, int]] = {}
+        self._key_limits: dict[int, KeyLimit] = {}
+
+    def queued(self) -> Iterator[PendingKey]:
+        now = self.now
+        for state in self.destinations:
+            if not state.ready:
                 continue
-            yield PendingKey(
-                state.name,
-                job.key.deduplication_key,
-                job.partition,
-                job.offset,
-                w.since,
-                "queued",
-                reason if handover.may_start(job.partition, now) else "hand-over",
-                w.rank == URGENT,
+            head = explain(
+                state, now, key_limit=self._key_limit(state), workers_free=self.workers_free
             )
+            partitions: dict[Partition, Wait | None] = {}
+            oldest: tuple[float, Wait] | None = None
+            count = 0
+            for w in state.ready.waiting():
+                job = w.job
+                if job.key is None:
+                    continue
+                if job.partition not in partitions:
+                    partitions[job.partition] = partition_wait(job.partition, now, self.handover)
+                wait = head if state.held_reason else partitions[job.partition] or head
+                count += 1
+                if oldest is None or w.since < oldest[0]:
+                    oldest = (w.since, wait)
+                yield PendingKey(
+                    state.name,
+                    job.key.deduplication_key,
+                    job.partition,
+                    job.offset,
+                    w.since,
+                    "queued",
+                    wait.reason,
+                    w.rank == URGENT,
+                    wait.detail,
+                )
+            if oldest is None:
+                continue
+            self.why[state.name] = oldest[1]
+            since = stalled_since(state, oldest[0], now)
+            if since is not None:
+                self.waiting[state.name] = (since, oldest[1], count)
+
+    def _key_limit(self, state: DestinationState) -> KeyLimit:
+        """The destination's API-key limiter, with its `why` worked out once per look."""
+        if not self._key_limits:
+            for limiter, limit, names in self.destinations.limiters():
+                binding = limiter.why(self.now)
+                self._key_limits[id(limiter)] = KeyLimit(limiter, limit, tuple(names), binding)
+        return self._key_limits[id(state.key_limiter)]
+
+
+def retried(
+    now: float, destinations: Destinations, retrying: Iterable[Job]
+) -> Iterator[PendingKey]:
+    """The keys waiting out a backoff."""
     for job in retrying:
         destination = getattr(job.work, "destination", None)
         if job.key is None or destination is None:
@@ -270,4 +355,5 @@ def waiting_keys(
             "retrying",
             "backoff",
             state.rank(job) == URGENT,
+            f"retry {job.attempts} after a failure (5xx, timeout or connection error)",
         )

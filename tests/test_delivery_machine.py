@@ -393,7 +393,7 @@ def test_a_key_holding_the_watermark_is_logged_once_and_pending_says_why(caplog)
     assert "'db-1//disk'" in line and "rate limit" in line and len(held) == 2
     report = h.machine._out.pending.report.as_json(h.clock())
     [waiting] = [k for k in report["destinations"]["a"]["oldest"] if k["offset"] == 1]
-    assert waiting["deduplication_key"] == "db-1//disk" and waiting["reason"] == "limit"
+    assert waiting["deduplication_key"] == "db-1//disk" and waiting["reason"] == "window"
     assert waiting["state"] == "queued" and waiting["waiting_seconds"] >= 33
     assert report["destinations"]["a"]["waiting_keys"] == 2
     assert "payload" not in json.dumps(report) and '"n"' not in json.dumps(report)

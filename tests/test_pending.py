@@ -11,7 +11,7 @@ from streamer.telemetry import Telemetry, serve
 P0, P1 = ("events", 0), ("events", 1)
 
 
-def waiting(key: str, offset: int, since: float, partition=P0, reason="limit") -> PendingKey:
+def waiting(key: str, offset: int, since: float, partition=P0, reason="window") -> PendingKey:
     return PendingKey("a", key, partition, offset, since, "queued", reason, False)
 
 
@@ -26,7 +26,12 @@ def test_the_report_lists_the_longest_waiting_keys_and_who_holds_each_watermark(
     assert report.holders == {P0: keys[0]}  # P1's commit offset is not a waiting key's
     assert report.oldest_by_partition == {P0: 0.0, P1: 50.0}
     body = report.as_json(101.0)
-    assert body["destinations"]["b"] == {"waiting_keys": 0, "held": True, "oldest": []}
+    assert body["destinations"]["b"] == {
+        "waiting_keys": 0,
+        "held": True,
+        "stalled_seconds": 0.0,
+        "oldest": [],
+    }
     first = body["destinations"]["a"]["oldest"][0]
     assert first == {
         "deduplication_key": "k0",
@@ -34,7 +39,7 @@ def test_the_report_lists_the_longest_waiting_keys_and_who_holds_each_watermark(
         "offset": 10,
         "waiting_seconds": 101.0,
         "state": "queued",
-        "reason": "limit",
+        "reason": "window",
         "urgent": False,
     }
 
