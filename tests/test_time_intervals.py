@@ -438,3 +438,71 @@ def test_rules_diff_tells_a_muted_destination_from_a_delivered_one(tmp_path: Pat
     )
     assert change is not None and change["changed"] == ["destination"]
     assert change["destinations"] == {"old": ["a"], "new": ["a (muted by nights)"]}
+
+
+_texts = st.sampled_from(["", "1", "-1", "1:-1", "monday", "june:may", "24:00", "Local", "x:y:z"])
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | _texts | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_texts | st.text(), inner),
+    max_leaves=12,
+)
+_fields = st.sampled_from(
+    ["times", "weekdays", "days_of_month", "months", "years", "location", "start_time"]
+)
+
+
+@given(st.dictionaries(_fields, _values, max_size=4) | _values)
+def test_any_spec_is_read_or_refused_with_a_reason_never_an_error(raw: Any) -> None:
+    try:
+        spec = parse_spec(raw)
+    except ValueError as e:
+        assert str(e)
+        return
+    spec.contains(MONDAY_8)  # and a spec that reads can be asked about any instant
+
+
+def test_the_import_refuses_what_alertmanager_refuses_naming_file_and_line(
+    tmp_path: Path,
+) -> None:
+    from streamer.alertmanager import ImportProblems, import_alertmanager, read_yaml_file
+
+    am = tmp_path / "alertmanager.yml"
+    am.write_text(
+        """\
+route:
+  receiver: r
+  mute_time_intervals: [nights]
+  routes:
+    - receiver: r
+      active_time_intervals: [nights, never-defined]
+time_intervals:
+  - name: evenings
+    time_intervals:
+      - times: [{start_time: "23:00", end_time: "06:00"}]
+  - name: nights
+mute_time_intervals:
+  - name: nights
+  - time_intervals: []
+  - 5
+receivers:
+  - name: r
+"""
+    )
+    with pytest.raises(ImportProblems) as raised:
+        import_alertmanager(
+            read_yaml_file(am),
+            {"destinations": {"r": {}}},
+            receivers={"r": "r"},
+            source=str(am),
+        )
+    problems = "\n".join(raised.value.problems)
+    for expected in (
+        ":3: route: the root route must not have any mute_time_intervals",
+        ":6: route.routes[0]: undefined time interval never-defined used in route",
+        ":10: evenings: start time cannot be equal or greater than end time",
+        # the older key is read first, as Alertmanager reads it: the newer name is the twin
+        ":11: time interval nights is not unique",
+        ":14: mute_time_intervals[1]: missing name in time interval",
+        ":15: mute_time_intervals[2]: a time interval is a mapping",
+    ):
+        assert expected in problems, problems
