@@ -8,8 +8,13 @@ import logging
 import re
 
 import pytest
+from pydantic import SecretStr
 
+from streamer.config import DeliverySettings, Destination, TokenSource
 from streamer.delivery_events import NotesRead
+from streamer.destinations import Destinations
+from streamer.handover import HandOver
+from streamer.liveness import KeyLimit, explain, partition_wait
 from streamer.rate_limit import RollingWindowLimiter, acquire
 from tests.test_delivery_machine import Harness, ScriptedIncidentIo, answer
 from tests.test_group_budget import member, start
@@ -143,3 +148,29 @@ def test_the_limiter_says_what_binds_without_changing_anything() -> None:
     assert ceiling.writers == (("w-busy", 6), ("w-share", 4)) and ceiling.until == 11.0
     assert limiter.why(2.0) == ceiling  # asking twice: the same answer
     assert limiter.next_start(2.0) == 11.0  # and the hot path agrees
+
+
+def test_an_api_key_shared_by_destinations_is_named_when_it_binds() -> None:
+    settings = DeliverySettings(rate_limit_margin_seconds=0.0, requests_per_minute_per_api_key=2)
+    ds = Destinations(settings)
+    spec = Destination(alert_source_config_id="SRC", token=TokenSource(env="T"))
+    token = SecretStr("tok-3f9a1c")
+    ds.configure({"a": spec, "b": spec}, {"a": token, "b": token})
+    assert ds["a"].take_slot(1.0) and ds["a"].take_slot(1.0)
+    [(limiter, limit, names)] = ds.limiters()
+    key = KeyLimit(limiter, limit, tuple(names), limiter.why(2.0))
+    wait = explain(ds["b"], 2.0, key_limit=key, workers_free=True)
+    assert wait.reason == "api-key" and wait.until == 61.0
+    assert "the API key's rate limit" in wait.detail and "shared by a, b" in wait.detail
+    assert "tok-3f9a1c" not in repr(wait)  # never the token
+
+
+def test_a_partition_not_claimed_or_being_released_says_so() -> None:
+    handover = HandOver(request_timeout=10.0)
+    handover.take([P0])
+    handover.begin([P1], drain_deadline=20.0)  # last start: 9.75
+    assert partition_wait(P0, 5.0, handover).reason == "note"
+    assert partition_wait(P1, 5.0, handover) is None
+    assert partition_wait(P1, 9.75, handover).reason == "hand-over"
+    handover.claimed(P0)
+    assert partition_wait(P0, 5.0, handover) is None
