@@ -42,8 +42,9 @@ time_intervals:
       - weekdays: [Saturday, sunday]
   - name: office
     time_intervals:
-      - times: [{start_time: "09:00", end_time: "17:00"}]
-        weekdays: ["monday:friday"]
+      - times: [{start_time: 09:00, end_time: 17:00}]  # YAML 1.1 reads 17:00 as 1020: kept
+        weekdays: [monday:friday]
+        days_of_month: [1:31]  # and 1:31 as 91
 """
 
 
