@@ -3,10 +3,11 @@ line about a key that holds a partition's commit watermark.
 
 Invariants: this decides nothing about delivery (it only reads); nothing it reports
 carries a payload or a secret, only destination names, deduplication keys, partitions,
-offsets, ages and reasons; and the metrics thread never walks the live queues: the poll
-thread builds an immutable `PendingReport` about once a second, the metrics thread reads
-the latest one. A key's age is how long the key has waited to be sent (a newer event that
-supersedes its waiting one keeps the key's age: incident.io is that stale for it).
+offsets, ages, reasons, counts, limits and other members' writer ids; and the metrics
+thread never walks the live queues: the poll thread builds an immutable `PendingReport`
+about once a second, the metrics thread reads the latest one. A key's age is how long the
+key has waited to be sent (a newer event that supersedes its waiting one keeps the key's
+age: incident.io is that stale for it).
 
 Reasons (`liveness.py` says which one holds a key, in words): `turn`, `window`, `share`,
 `ceiling` (naming the other members that fill it), `note`, `api-key`, `hold`, `paused` (a
@@ -143,9 +144,22 @@ def pending_report(
     )
 
 
+# What a watermark holder is reported again for: a change between these, not between the
+# limits that take turns binding (a window, a share, the ceiling, a note's tail) at each look.
+_KIND: Mapping[str, str] = {
+    "window": "limit",
+    "share": "limit",
+    "ceiling": "limit",
+    "note": "limit",
+    "api-key": "limit",
+    "paused": "limit",
+}
+
+
 class WatermarkWatch:
     """Which key has held a partition's commit watermark for longer than `threshold`
-    seconds: reported once, then again only when the key or its reason changes."""
+    seconds: reported once, then again only when the key or the kind of its reason (a
+    limit, a hold, a backoff, its turn, a hand-over) changes."""
 
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold
@@ -166,8 +180,9 @@ class WatermarkWatch:
                 self._seen[partition] = (who, now, None)
                 seen = self._seen[partition]
             _, since, reported = seen
-            if now - since >= self.threshold and reported != key.reason:
-                self._seen[partition] = (who, since, key.reason)
+            kind = _KIND.get(key.reason, key.reason)
+            if now - since >= self.threshold and reported != kind:
+                self._seen[partition] = (who, since, kind)
                 report.append((key, now - since))
         return report
 

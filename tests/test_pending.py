@@ -51,6 +51,8 @@ def test_a_watermark_holder_is_reported_once_past_the_threshold_then_on_change()
     assert watch.observe(59.0, {P0: stuck}) == []
     assert watch.observe(60.0, {P0: stuck}) == [(stuck, 60.0)]
     assert watch.observe(90.0, {P0: stuck}) == []  # once
+    for limit in ("ceiling", "note", "share", "window"):  # the limits take turns binding
+        assert watch.observe(91.0, {P0: waiting("db-1//disk", 7, 0.0, reason=limit)}) == []
     held = waiting("db-1//disk", 7, since=0.0, reason="hold")
     assert watch.observe(95.0, {P0: held}) == [(held, 95.0)]  # the reason changed
     other = waiting("web-1//http", 8, since=0.0)
