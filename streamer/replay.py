@@ -25,7 +25,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -295,7 +295,8 @@ class _LetterDelivery:
         except (DecodeError, RegistryUnavailable) as e:
             self._fail(letter, f"decode: {e}")
             return
-        decision = self.config.rules.evaluate(event)
+        # time intervals asked about now, as the service would ask
+        decision = self.config.rules.evaluate(event, datetime.fromtimestamp(self.wall_clock(), UTC))
         route, destination = letter.about.get("route"), letter.about.get("destination")
 
         def named(r: str, d: str | None) -> bool:  # the route the letter was written for
@@ -305,7 +306,14 @@ class _LetterDelivery:
             if named(failure.route, failure.destination):
                 self._fail(letter, f"{failure.code}: {failure.reason}", failure.destination or "")
         deliveries = [d for d in decision.deliveries if named(d.route, d.destination)]
-        if not deliveries and not decision.failures:
+        muted = [m for m in decision.muted if named(m.route, m.destination)]
+        for m in muted:  # the rules say this route is quiet now: replay it after the interval
+            self._fail(
+                letter,
+                f"muted now on route {m.route} by {m.by} {', '.join(m.intervals)}",
+                m.destination,
+            )
+        if not deliveries and not decision.failures and not muted:
             self._fail(letter, "the current rules make no alert event of it (dropped)")
         for delivery in deliveries:
             self.report.to_destinations[delivery.destination] += 1

@@ -507,3 +507,31 @@ receivers:
         ":15: mute_time_intervals[2]: a time interval is a mapping",
     ):
         assert expected in problems, problems
+
+
+def test_a_replayed_letter_whose_route_is_muted_now_is_reported_not_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamer.replay import Letter, ReplayReport, _LetterDelivery
+
+    monkeypatch.setenv("TOKEN_A", "token-a")
+    monkeypatch.setenv("TOKEN_B", "token-b")
+    config = config_from(
+        tmp_path,
+        INTERVALS + "routes: [{name: pages, destination: a, mute_time_intervals: [nights]}]",
+        check_secrets=True,
+    )
+    letter = Letter(0, 3, b"k", as_json(alert()), [], {"source_topic": "events", "route": "pages"})
+    report = ReplayReport()
+    delivery = _LetterDelivery(config, report, 1, True, wall_clock=MONDAY_8.timestamp)
+    delivery.run(iter([letter]))
+    assert report.failed == [
+        {
+            "letter": "streamer.dead-letters[0]@3",
+            "destination": "a",
+            "reason": "muted now on route pages by mute_time_intervals nights",
+        }
+    ]
+    awake = ReplayReport()
+    _LetterDelivery(config, awake, 1, True, wall_clock=MONDAY_10.timestamp).run(iter([letter]))
+    assert awake.failed == [] and awake.to_destinations == {"a": 1}
