@@ -246,6 +246,10 @@ class Telemetry:
                 "Per partition: seconds its longest-waiting key has waited to be sent",
             ),
             (
+                "streamer.routes.muted",
+                "Per route: 1 while a time interval keeps it quiet (labels: interval, by)",
+            ),
+            (
                 "streamer.destination.stalled_seconds",
                 "Per destination: seconds its keys have waited with nothing started and no "
                 "hold or 429 to explain it, once past the stall threshold (else 0); `reason` "

@@ -535,3 +535,19 @@ def test_a_replayed_letter_whose_route_is_muted_now_is_reported_not_sent(
     awake = ReplayReport()
     _LetterDelivery(config, awake, 1, True, wall_clock=MONDAY_10.timestamp).run(iter([letter]))
     assert awake.failed == [] and awake.to_destinations == {"a": 1}
+
+
+def test_the_muted_routes_gauge_shows_what_is_quiet_now_and_by_what(tmp_path: Path) -> None:
+    from streamer.cli.run import muted_routes
+
+    rules = rules_with(
+        tmp_path, "routes: [{name: pages, destination: a, mute_time_intervals: [nights]}]"
+    )
+    telemetry = Telemetry()
+    telemetry.gauge("streamer.routes.muted", lambda: muted_routes(rules, MONDAY_8))
+    scraped = telemetry.scrape().decode()
+    assert re.search(
+        r'streamer_routes_muted\{by="mute_time_intervals",interval="nights",[^}]*route="pages"\} 1.0',
+        scraped,
+    ), scraped
+    assert muted_routes(rules, MONDAY_10) == []

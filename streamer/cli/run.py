@@ -11,12 +11,14 @@ import argparse
 import logging
 import sys
 import threading
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from streamer.cli.common import config_option, metrics_options, stop_event_on_signals
 
 if TYPE_CHECKING:
     from streamer.config import Config
+    from streamer.routing import Rules
 
 
 def add_parser(commands: Any) -> None:
@@ -98,11 +100,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"streamer: consuming {topics} as group {config.file.kafka.group_id}", flush=True)
     print(f"metrics: {url}/metrics   health: {url}/livez, {url}/readyz", flush=True)
     try:
-        Engine(config, telemetry=telemetry).run(stop)
+        engine = Engine(config, telemetry=telemetry)
+        telemetry.gauge("streamer.routes.muted", lambda: muted_routes(engine.config.rules))
+        engine.run(stop)
     finally:
         server.shutdown()
         telemetry.shutdown()
     return 0
+
+
+def muted_routes(rules: Rules, at: datetime | None = None) -> list[tuple[float, dict[str, str]]]:
+    """The `streamer.routes.muted` gauge: 1 per route a time interval keeps quiet at `at`
+    (now), with the intervals and the setting that do, from the rules in force."""
+    quiet = rules.quiet_routes(at or datetime.now(UTC))
+    return [(1.0, {"route": r, "interval": ",".join(n), "by": by}) for r, by, n in quiet]
 
 
 def check_reachable(config: Config, timeout: float) -> str | None:
