@@ -395,6 +395,7 @@ class DeliveryMachine:
         partitions = list(event.partitions)
         for p in partitions:
             self._ledger.revoke(p)
+        self.spans.let_go(partitions)  # each unfinished message ends once, as revoked
         self._commit.let_go(partitions)
         self._backpressure.forget(partitions)
         for job in self._destinations.drop(partitions):

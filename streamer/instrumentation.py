@@ -4,13 +4,19 @@ Nothing here decides anything. Spans exist only when something exports them (the
 `process` span of a message ends when its last job is terminal, with the outcome); the
 per-event counters are dict tallies (`telemetry.Tally`), so the firehose path costs a
 dictionary update, not an SDK call.
+
+Every message counts once (the demo's reconciliation adds them up): a message dropped by
+the rules in the `dropped` tally only (never timed: the firehose path stays a dict
+update), and every other one in the process-duration histogram, when its last job ends
+(`delivered`, `dead-lettered`, `superseded`) or when its partition is let go unfinished
+(`revoked`: its next owner reads it again).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +124,11 @@ class MessageSpans:
         return entry[0] if entry else None
 
     def job_ended(self, partition: Partition, offset: int, outcome: str) -> None:
+        if outcome == "revoked":
+            # a fenced job, its partition let go: `let_go` ended its message already, and
+            # the entry at its offset, if any, is a later read of it (the partition taken
+            # back) that this job must not end
+            return
         key = (partition, offset)
         entry = self._open.get(key)
         if entry is None:
@@ -127,6 +138,21 @@ class MessageSpans:
             self._open[key] = (span, left - 1, fetched_at)
             return
         del self._open[key]
+        self._end(span, fetched_at, outcome)
+
+    def let_go(self, partitions: Collection[Partition]) -> None:
+        """The partitions left (revoked, lost, shut down): each of their messages not yet
+        terminal ends here, once, as `revoked`: its next owner reads it again. Its jobs
+        still out (an answer in flight, a superseded job whose stand-in was let go, a job
+        queued behind its key) end nothing later. So every message that entered with jobs
+        has exactly one outcome in the process-duration histogram, and nothing stays open
+        for a partition that is gone."""
+        gone = set(partitions)
+        for key in [key for key in self._open if key[0] in gone]:
+            span, _, fetched_at = self._open.pop(key)
+            self._end(span, fetched_at, "revoked")
+
+    def _end(self, span: Span, fetched_at: float, outcome: str) -> None:
         span.set_attribute("streamer.outcome", outcome)
         span.end()
         self.telemetry.process_duration.record(

@@ -215,8 +215,9 @@ class Telemetry:
         self.process_duration = meter.create_histogram(
             "messaging.process.duration",
             unit="s",
-            description="From fetching an event to its terminal state (delivered, dropped, "
-            "dead-lettered)",
+            description="From fetching an event to its outcome (delivered, dead-lettered, "
+            "superseded, or revoked: let go unfinished); events the rules drop are counted in "
+            "streamer.events.dropped, not timed",
         )
         self.rate_limit_wait = meter.create_histogram(
             "streamer.rate_limit.wait",
