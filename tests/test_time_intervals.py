@@ -551,3 +551,32 @@ def test_the_muted_routes_gauge_shows_what_is_quiet_now_and_by_what(tmp_path: Pa
         scraped,
     ), scraped
     assert muted_routes(rules, MONDAY_10) == []
+
+
+@pytest.mark.integration
+def test_muted_events_commit_without_a_post_and_others_flow(
+    infrastructure: Any, fake: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against a real broker: team b's route is muted (an interval that holds always), so
+    its events are counted as muted, never POSTed, and committed; team a's arrive."""
+    import yaml
+
+    from tests.pipeline import Pipeline, check_event
+
+    pipeline = Pipeline(infrastructure, fake, tmp_path, monkeypatch=monkeypatch)
+    config = yaml.safe_load(pipeline.config_path.read_text())
+    config["time_intervals"] = [{"name": "always", "time_intervals": [{}]}]
+    config["routes"][0]["mute_time_intervals"] = ["always"]
+    pipeline.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    muted = [check_event(f"b-{i}", "CRITICAL", team="b", n=i) for i in range(20)]
+    sent = [check_event(f"a-{i}", "CRITICAL", n=i) for i in range(5)]
+    pipeline.produce(muted + sent)
+    pipeline.deliver_all(len(sent))
+    assert sorted(e.payload["deduplication_key"] for e in fake.events) == [
+        f"a-{i}//disk" for i in range(5)
+    ]
+    assert {e.source_id for e in fake.events} == {"SRC_A"}
+    assert pipeline.engine is not None
+    counted = pipeline.engine.telemetry.muted
+    assert counted.total(lambda a: a == {"route": "to-b", "interval": "always"}) == 20
+    assert pipeline.dead_letters(expected=0) == []
