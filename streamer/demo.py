@@ -5,7 +5,9 @@ double, rewrites `examples/streamer.yaml` to point at them, produces realistic t
 (Avro alerts through the registry on an older schema version, JSON check results, a
 little bad input) at a steady rate, runs the engine exactly as `streamer run` does,
 and shows what happens until Ctrl-C, or until `--events N` are produced and every one
-of them is terminal and committed.
+of them is terminal and committed. It ends with a reconciliation whose sums must add up:
+every consumed message in one term, and the lag the broker holds explained term by term
+(`reconciliation`; tests/test_cli.py stops a run mid-way and checks them).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -25,7 +29,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from streamer import logs
+from streamer import budget, logs
 from streamer.config import load_config
 from streamer.decoding import load_schema
 from streamer.engine import Engine
@@ -126,12 +130,56 @@ class TrafficProducer(threading.Thread):
 
 
 def _lag(consumer: Consumer, committed: dict[tuple[str, int], int]) -> int:
-    lag = 0
+    return _position(consumer, committed).lag
+
+
+@dataclass(frozen=True)
+class KafkaPosition:
+    """Where the demo's topics stand: messages in them (the high watermarks), offsets the
+    group committed, and the offsets above those that its commits' notes say are done
+    already (`budget.PartitionNote.done`: its next owner skips them)."""
+
+    in_topics: int = 0
+    committed: int = 0
+    done_after: int = 0
+
+    @property
+    def lag(self) -> int:
+        return self.in_topics - self.committed
+
+
+def _position(
+    consumer: Consumer,
+    committed: Mapping[tuple[str, int], int],
+    notes: Mapping[tuple[str, int], str | None] | None = None,
+) -> KafkaPosition:
+    in_topics = at = done = 0
     for topic in (ALERTS_TOPIC, CHECKS_TOPIC):
         for partition in consumer.list_topics(topic, timeout=5).topics[topic].partitions:
             _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
-            lag += max(0, high - committed.get((topic, partition), 0))
-    return lag
+            offset = min(high, max(0, committed.get((topic, partition), 0)))
+            in_topics, at = in_topics + high, at + offset
+            if notes is not None:
+                done += budget.decode(notes.get((topic, partition)), offset).done.count()
+    return KafkaPosition(in_topics, at, done)
+
+
+def committed_position(infra: Infrastructure, group_id: str) -> KafkaPosition:
+    """The position as the broker holds it for `group_id` (read after the engine left):
+    its committed offsets and the notes committed with them."""
+    reader = Consumer({"bootstrap.servers": infra.bootstrap_servers, "group.id": group_id})
+    try:
+        partitions = [
+            TopicPartition(topic, partition)
+            for topic in (ALERTS_TOPIC, CHECKS_TOPIC)
+            for partition in reader.list_topics(topic, timeout=5).topics[topic].partitions
+        ]
+        answers = reader.committed(partitions, timeout=10)
+        offsets = {(tp.topic, tp.partition): tp.offset for tp in answers}
+        notes = {(tp.topic, tp.partition): tp.metadata for tp in answers}
+        return _position(reader, offsets, notes)
+    finally:
+        reader.close()
 
 
 def _summary(stats: Stats, produced: int, lag: int, fake: FakeIncidentIo, elapsed: float) -> str:
@@ -160,12 +208,13 @@ def _summary(stats: Stats, produced: int, lag: int, fake: FakeIncidentIo, elapse
 
 
 def message_outcomes(telemetry: Telemetry) -> dict[str, int]:
-    """Messages per terminal outcome (delivered, dropped, dead-lettered, superseded,
-    revoked), from the process-duration histogram, which counts each message once, when its
-    last job ends."""
+    """Messages per outcome: `dropped` from its tally (dropped messages are not timed), the
+    others (delivered, dead-lettered, superseded, revoked) from the process-duration
+    histogram, which counts each message once: when its last job ends, or when its
+    partition is let go unfinished (`revoked`)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    outcomes: dict[str, int] = {}
+    outcomes: dict[str, int] = {"dropped": telemetry.dropped.total()}
     for family in text_string_to_metric_families(telemetry.scrape().decode()):
         for sample in family.samples:
             if sample.name == "messaging_process_duration_seconds_count":
@@ -174,36 +223,62 @@ def message_outcomes(telemetry: Telemetry) -> dict[str, int]:
     return outcomes
 
 
-def reconciliation(stats: Stats, outcomes: dict[str, int], lag: int) -> str:
-    """The final account: every consumed message has one terminal outcome (a message that
-    became several alert events counts once), and the committed offsets reach the end. A
-    superseded alert event is accounted for without a dead letter: a newer state of its key
-    was sent instead."""
+def refused(telemetry: Telemetry) -> int:
+    """Alert events dead-lettered after they were routed: refused by incident.io (a 400,
+    413 or 422) or given up on after retries (`dispatch.py`'s reasons)."""
+    return telemetry.dead_lettered.total(
+        lambda a: str(a.get("reason", "")).startswith("http-") or a.get("reason") == "gave-up"
+    )
+
+
+def reconciliation(
+    stats: Stats, outcomes: Mapping[str, int], kafka: KafkaPosition, refused: int = 0
+) -> str:
+    """The final account, in three sums.
+
+    Messages: each consumed message is in exactly one term, by how its last alert event
+    ended (a message that became several alert events counts once); `dropped` is the
+    summary's; `not finished` were let go unfinished (at the end: the engine shut down),
+    and the next run reads them again. Alert events: the summary's routed, delivered and
+    superseded. Kafka: the lag is what the next run reads again (the unfinished messages,
+    what was never read) plus the finished messages after the first unfinished one, which
+    the commit's offset map lets it skip; a map too long for the commit's 4 KiB keeps the
+    runs nearest the committed offset, and the finished messages past it are read (and
+    sent) again: more lag than the terms is a duplicate, never a loss. Less lag than the
+    terms, or messages that do not add up, would be a bug, and the account says so.
+    """
     delivered, dropped = outcomes.get("delivered", 0), outcomes.get("dropped", 0)
-    dead, revoked = outcomes.get("dead-lettered", 0), outcomes.get("revoked", 0)
-    superseded = outcomes.get("superseded", 0)
-    waiting = stats.consumed - delivered - dropped - dead - superseded - revoked
-    balanced = waiting == 0 and revoked == 0 and lag == 0
-    undelivered = stats.routed - stats.delivered - stats.superseded
+    dead, superseded = outcomes.get("dead-lettered", 0), outcomes.get("superseded", 0)
+    unfinished = outcomes.get("revoked", 0)
+    accounted = delivered + dropped + dead + superseded + unfinished
+    alerts_unfinished = stats.routed - stats.delivered - stats.superseded - refused
+    unread = kafka.in_topics - stats.consumed
+    known = unfinished + kafka.done_after + unread
+    read_again = kafka.lag - known  # finished, past what the offset map could hold
+    adds_up = accounted == stats.consumed and alerts_unfinished >= 0 and read_again >= 0
     lines = [
-        "final reconciliation",
-        f"  messages  consumed {stats.consumed} = delivered {delivered} + dropped {dropped} "
-        f"+ dead-lettered {dead}"
-        + (f" + superseded {superseded}" if superseded else "")
-        + (f" + revoked {revoked}" if revoked else "")
-        + (f" + not finished {waiting}" if waiting else ""),
-        f"  alerts    routed {stats.routed}: delivered {stats.delivered} (202), "
-        + (
-            f"superseded {stats.superseded} (a newer state sent instead), "
-            if stats.superseded
-            else ""
-        )
-        + f"not delivered {undelivered}"
-        + (" (refused or given up: dead-lettered)" if balanced and undelivered else ""),
-        f"  kafka     lag {lag}"
-        + (": every offset committed" if lag == 0 else ": not committed, re-read next run"),
-        "  nothing lost" if balanced else "  nothing lost: what is not committed is re-read",
+        "final reconciliation (a message counts once, by how its last alert event ended)",
+        f"  messages  consumed {stats.consumed} = dropped {dropped} + delivered {delivered} "
+        f"+ dead-lettered {dead} + superseded {superseded} + not finished {unfinished}"
+        + ("" if accounted == stats.consumed else f"   DOES NOT ADD UP: {accounted}"),
+        f"  alerts    routed {stats.routed} = delivered {stats.delivered} "
+        f"+ superseded {stats.superseded} + refused {refused} "
+        f"+ not finished {alerts_unfinished}",
+        f"  kafka     lag {kafka.lag} = not finished {unfinished} "
+        f"+ done after them {kafka.done_after} (skipped next run) + not read yet {unread}"
+        + (f" + done, read again {read_again}" if read_again > 0 else "")
+        + ("" if read_again >= 0 else f"   DOES NOT ADD UP: {known}"),
     ]
+    if not adds_up:
+        lines.append("  the account does not add up: please report it with the service log")
+    elif kafka.lag == 0:
+        lines.append("  nothing lost: every message finished and every offset committed")
+    else:
+        lines.append(
+            f"  nothing lost: the next run reads the {unfinished + unread} not finished "
+            f"or not read yet, and skips the {kafka.done_after} done"
+            + (f" (the offset map held no room for {read_again} more)" if read_again else "")
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -281,9 +356,9 @@ def _run(
     tty = out.isatty()
     started = time.monotonic()
 
-    def show(final: bool = False) -> int:
-        committed = dict(engine.stats.committed) if engine else {}
-        lag = _lag(watcher, committed)
+    def show(final: bool = False, lag: int | None = None) -> int:
+        if lag is None:
+            lag = _lag(watcher, dict(engine.stats.committed) if engine else {})
         stats = engine.stats if engine else Stats()
         text = _summary(stats, producer.produced, lag, fake, time.monotonic() - started)
         out.write(("\x1b[H\x1b[2J" if tty and not final else "") + text + "\n\n")
@@ -320,9 +395,14 @@ def _run(
         stop.set()  # the engine drains within its grace period and commits
         if engine_thread is not None:
             engine_thread.join(60)
-    lag = show(final=True)
     watcher.close()
-    if engine is not None:
-        out.write(reconciliation(engine.stats, message_outcomes(telemetry), lag))
-        out.flush()
-    return 0 if (events is None or lag == 0) else 1
+    if engine is None:
+        return 1
+    # the broker's word, read after the engine left: the offsets and notes it committed
+    position = committed_position(infra, engine.config.file.kafka.group_id)
+    show(final=True, lag=position.lag)
+    out.write(
+        reconciliation(engine.stats, message_outcomes(telemetry), position, refused(telemetry))
+    )
+    out.flush()
+    return 0 if (events is None or position.lag == 0) else 1

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamer.demo import reconciliation
+from streamer.demo import KafkaPosition, reconciliation
 from streamer.instrumentation import Stats
 from streamer.testing import AlertSource, FakeIncidentIo
 from tests.pipeline import TOKENS, Pipeline, ServiceProcess, check_event
@@ -137,10 +137,32 @@ def test_every_metric_the_alerts_and_the_dashboard_use_is_exported(exported: set
 def test_the_demo_ends_with_a_reconciliation() -> None:
     stats = Stats(consumed=10, routed=12, delivered=11, dropped=2, dead_lettered=2)
     outcomes = {"delivered": 7, "dropped": 2, "dead-lettered": 1}
-    text = reconciliation(stats, outcomes, lag=0)
-    assert "consumed 10 = delivered 7 + dropped 2 + dead-lettered 1" in text
-    assert "routed 12: delivered 11 (202), not delivered 1" in text
-    assert "lag 0: every offset committed" in text and "  nothing lost\n" in text
-    # interrupted with work left: said so, never called balanced
-    text = reconciliation(stats, {"delivered": 5, "dropped": 2}, lag=3)
-    assert "+ not finished 3" in text and "re-read" in text
+    text = reconciliation(stats, outcomes, KafkaPosition(in_topics=10, committed=10), refused=1)
+    assert (
+        "consumed 10 = dropped 2 + delivered 7 + dead-lettered 1 + superseded 0 "
+        "+ not finished 0\n" in text
+    )
+    assert "routed 12 = delivered 11 + superseded 0 + refused 1 + not finished 0\n" in text
+    assert "lag 0 = not finished 0 + done after them 0" in text
+    assert "nothing lost: every message finished and every offset committed" in text
+    # interrupted with work left: the lag is what the next run reads again or skips
+    outcomes = {"delivered": 5, "dropped": 2, "dead-lettered": 1, "revoked": 2}
+    kafka = KafkaPosition(in_topics=11, committed=6, done_after=2)  # one never read
+    text = reconciliation(stats, outcomes, kafka, refused=1)
+    assert "+ not finished 2\n" in text
+    assert "lag 5 = not finished 2 + done after them 2 (skipped next run) + not read yet 1" in text
+    assert (
+        "nothing lost: the next run reads the 3 not finished or not read yet, and skips the 2 done"
+        in text
+    )
+    # finished messages past what the offset map holds are read again: a duplicate, no loss
+    text = reconciliation(stats, outcomes, KafkaPosition(in_topics=11, committed=4), refused=1)
+    assert "lag 7 = not finished 2 + done after them 0 (skipped next run) + not read yet 1 " in text
+    assert "+ done, read again 4\n" in text and "nothing lost" in text
+    # a term missing, or committed past an unfinished message: said so, never balanced
+    text = reconciliation(stats, {"delivered": 5, "dropped": 2}, kafka, refused=1)
+    assert "consumed 10 = dropped 2 + delivered 5 + dead-lettered 0 + superseded 0 " in text
+    assert "DOES NOT ADD UP: 7" in text and "nothing lost" not in text
+    text = reconciliation(stats, outcomes, KafkaPosition(in_topics=11, committed=9), refused=1)
+    assert "lag 2 = not finished 2 + done after them 0" in text
+    assert "DOES NOT ADD UP: 3" in text and "nothing lost" not in text
