@@ -18,7 +18,7 @@ PROMTOOL   := $(STREAMER_CACHE_DIR)/bin/promtool
 PROMETHEUS_VERSION := v0.315.1
 TOOLS_STAMP := $(TOOLS)/.installed-$(subst ==,-,$(subst $() ,_,$(TOOLS_PINS)))
 
-.PHONY: demo test lint unit install deploy-tools clean simulate bench-decoding bench-routing bench-delivery bench-memory bench-firehose bench-storm bench-handover bench-config
+.PHONY: demo test lint unit install deploy-tools clean simulate bench-decoding bench-routing bench-delivery bench-memory bench-firehose bench-storm bench-handover bench-config bench-waiting
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -106,6 +106,10 @@ bench-firehose: $(BIN)/.installed
 ## bench-storm: 1,000 keys x 10 transitions at 120/min, coalesce latest vs none, time compressed x30 (~4 min)
 bench-storm: $(BIN)/.installed
 	$(BIN)/python bench/storm.py
+
+## bench-waiting: CPU while deliveries wait on a rate limit, per alert and per second of waiting, vs a raw loop (~3 min)
+bench-waiting: $(BIN)/.installed
+	$(BIN)/python bench/waiting.py
 
 ## bench-handover: 2 sources at 1,200/min in a storm: busiest minute, 429s, duplicates, resume times through a rolling restart and a kill -9 loop (~15 min)
 bench-handover: $(BIN)/.installed

@@ -28,15 +28,13 @@ from concurrent.futures import ThreadPoolExecutor
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from streamer import logs
+from streamer.broker_effects import BrokerEffects
 from streamer.config import Config, DeliverySettings
 from streamer.dead_letter_writer import DeadLetterWriter
 from streamer.decoding import EventDecoder, RegistryUnavailable
 from streamer.delivery_events import (
     Answered,
     Assigned,
-    Commit,
-    CommitAnswered,
-    CommitNotSent,
     ConfigChanged,
     DeadLetterNotWritten,
     DeadLetterWritten,
@@ -45,12 +43,7 @@ from streamer.delivery_events import (
     Fetched,
     Incoming,
     LetGo,
-    NotesRead,
-    Pause,
-    PauseAt,
     Post,
-    ReadNotes,
-    Resume,
     Revoked,
     Revoking,
     Tick,
@@ -77,6 +70,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Engine"]
 
+MAX_WAIT = 0.5  # s: the loop wakes at least this often (rebalances, reloads, health)
+BUSY_WAIT = 0.02  # s: while answers or dead-letter acknowledgements are due
+
 
 class Engine:
     def __init__(
@@ -101,18 +97,21 @@ class Engine:
         self.http: PostsAlertEvents = http or IncidentIoClient(timeout=s.request_timeout_seconds)
         self.machine = DeliveryMachine.of(config, now=clock(), telemetry=self.telemetry)
         self.consumer = consumer or make_consumer(
-            config, on_commit=self._on_commit, on_statistics=self.lag.on_statistics
+            config,
+            on_commit=lambda error, tps: self.broker.on_commit(error, tps),
+            on_statistics=self.lag.on_statistics,
         )
         self.producer = producer or make_producer(config)
         self.dead_letters = DeadLetterWriter.of(self.producer, config)
         self.partition_counts = PartitionCounts(self.consumer)
+        self.broker = BrokerEffects(self.consumer, self._feed, self._every_partition)
         self._workers = ThreadPoolExecutor(s.workers, thread_name_prefix="deliver")
         self._answers: queue.SimpleQueue[tuple[Job, Answer | Exception]] = queue.SimpleQueue()
         self._events: deque[Event] = deque()
         self._feeding = False
         self._decoders: dict[str, EventDecoder] = {}
         self._registry = registry_of(config)
-        self._last_reload_check = clock()
+        self._reloaded: queue.SimpleQueue[Config] = queue.SimpleQueue()
         self._total_partitions = 0
         self._apply_config(config)
         self.machine.register_gauges(self.lag)
@@ -139,6 +138,13 @@ class Engine:
         )
         return self._total_partitions
 
+    def _every_partition(self) -> list[Partition]:
+        return [
+            (topic.name, i)
+            for topic in self.config.file.topics
+            for i in range(self.partition_counts.total([topic.name]))
+        ]
+
     # -- the machine's door, and its effects ----------------------------------------------
 
     def _feed(self, event: Event) -> None:
@@ -164,24 +170,8 @@ class Engine:
                 self._post(effect)
             case WriteDeadLetter():
                 self._write_dead_letter(effect)
-            case Commit():
-                self._commit(effect)
-            case ReadNotes():
-                self._read_notes(effect)
-            case Pause():
-                self.consumer.pause([TopicPartition(*p) for p in effect.partitions])
-            case PauseAt():
-                tp = TopicPartition(*effect.partition, effect.offset)
-                self.consumer.pause([tp])
-                self.consumer.seek(tp)
-            case Resume():
-                tps = []
-                for p, offset in effect.partitions.items():
-                    tp = TopicPartition(p[0], p[1], offset if offset is not None else -1001)
-                    if offset is not None:
-                        self.consumer.seek(tp)
-                    tps.append(tp)
-                self.consumer.resume(tps)
+            case _:
+                self.broker.perform(effect)
 
     def _post(self, effect: Post) -> None:
         def post() -> None:
@@ -204,52 +194,6 @@ class Engine:
             context=log_context(job),
         )
 
-    def _commit(self, effect: Commit) -> None:
-        tps = [TopicPartition(p[0], p[1], o, note) for p, (o, note) in effect.offsets.items()]
-        offsets = {p: o for p, (o, _) in effect.offsets.items()}
-        try:
-            if effect.sync:  # on revoke and shutdown: wait for the broker's answer
-                answer = self.consumer.commit(offsets=tps, asynchronous=False)
-                self._feed(CommitAnswered(_results(None, answer or []), sync=True))
-            else:  # the answer comes through on_commit, from poll
-                self.consumer.commit(offsets=tps, asynchronous=True)
-        except Exception as e:  # e.g. no coordinator mid-rebalance: the next commit retries
-            log.warning("commit failed, will retry: %s", e)
-            self._feed(CommitNotSent(offsets, sync=effect.sync))
-
-    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        """The broker's answer to an asynchronous commit (librdkafka calls this on the poll
-        thread, in the order the commits were sent)."""
-        self._feed(CommitAnswered(_results(error, partitions)))
-
-    def _read_notes(self, effect: ReadNotes) -> None:
-        if effect.group:
-            tps = [
-                TopicPartition(topic.name, i)
-                for topic in self.config.file.topics
-                for i in range(self.partition_counts.total([topic.name]))
-            ]
-            timeout = 2.0
-        else:
-            tps = [TopicPartition(*p) for p in effect.partitions]
-            timeout = 10.0
-        try:
-            committed = self.consumer.committed(tps, timeout=timeout)
-        except Exception as e:  # no coordinator: read again at the next view
-            log.warning("could not read the committed notes (read again soon): %s", e)
-            return
-        self._feed(
-            NotesRead(
-                {
-                    (tp.topic, tp.partition): (tp.offset, tp.metadata)
-                    for tp in committed
-                    if tp.error is None
-                },
-                failed=[(tp.topic, tp.partition) for tp in committed if tp.error is not None],
-                group=effect.group,
-            )
-        )
-
     # -- the loop --------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
@@ -259,25 +203,40 @@ class Engine:
         self.consumer.subscribe(
             topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
+        watching = threading.Event()
+        # a changed file is loaded and compiled on this thread, never on the poll thread
+        watcher = threading.Thread(
+            target=self.reloader.run,
+            args=(watching, self.settings.reload_interval_seconds, self._reloaded.put),
+            name="config-reload",
+            daemon=True,
+        )
+        watcher.start()
         try:
             while not stop.is_set():
                 self._step(consume=True)
         finally:
+            watching.set()
             self._shutdown()
 
     def _step(self, *, consume: bool) -> None:
         self.telemetry.health.progressed()
         machine = self.machine
-        # While requests are in flight, answers arrive on the queue: wait there (woken at
-        # once by an answer) instead of inside consume(), which nothing wakes.
-        timeout = 0.01 if machine.has_timers else 0.1
+        # Sleep until the next thing that can happen: a message (poll wakes at once), an
+        # answer (the queue wakes at once), or what the machine knows of: a slot, a retry,
+        # a commit, a view (`next_wakeup`). Waiting on a rate limit then costs nothing.
+        now = self.clock()
+        wait = min(MAX_WAIT, max(0.0, machine.next_wakeup(now) - now))
+        if len(self.producer) > 0:  # dead letters on their way: their acks come by polling
+            wait = min(wait, BUSY_WAIT)
         room = machine.room()
         fetched = 0
         if consume and room > 0:
             # Never fetch past the cap. poll() returns as soon as one message arrives
             # (consume(n, timeout) would wait for a full batch); then take whatever else is
-            # already fetched without waiting.
-            first = self.consumer.poll(0 if machine.busy else timeout)
+            # already fetched without waiting. With requests in flight, wait for their
+            # answers instead (below), which wake the queue at once.
+            first = self.consumer.poll(0 if machine.busy else wait)
             batch = [] if first is None else [first]
             if first is not None and room > 1:
                 batch += self.consumer.consume(min(500, room - 1), 0)
@@ -286,24 +245,27 @@ class Engine:
         elif consume:
             # At the cap: still serve rebalance callbacks. Partitions are paused, but one
             # just assigned may hand over a message; it is ingested, never dropped.
-            handed_over = self.consumer.poll(0)
+            handed_over = self.consumer.poll(0 if machine.busy else wait)
             if handed_over is not None:
                 self._ingest([handed_over])
         if not fetched:
-            self._collect(wait=timeout if machine.busy else 0.0)
-            if not machine.busy and (not consume or room <= 0):
-                time.sleep(timeout / 2)
+            self._collect(wait=min(wait, BUSY_WAIT) if machine.busy else 0.0)
+            if not consume and not machine.busy:  # draining: nothing to fetch
+                time.sleep(min(wait, BUSY_WAIT))
         self.producer.poll(0)
         self._collect()
         self._feed(Tick())
-        now = self.clock()
-        if now - self._last_reload_check >= self.settings.reload_interval_seconds:
-            self._last_reload_check = now
-            if self.reloader.check():
-                self._apply_config(self.reloader.current)
-                total = self._count_partitions()
-                current = self.reloader.current
-                self._feed(ConfigChanged(current.file.destinations, current.tokens, total))
+        self._take_reloaded()
+
+    def _take_reloaded(self) -> None:
+        try:
+            new = self._reloaded.get_nowait()
+        except queue.Empty:
+            return
+        self.reloader.apply(new)
+        self._apply_config(new)
+        total = self._count_partitions()
+        self._feed(ConfigChanged(new.file.destinations, new.tokens, total))
 
     def _collect(self, wait: float = 0.0) -> None:
         """Feeds every answer that arrived; waits up to `wait` s for the first one."""
@@ -413,16 +375,3 @@ class Engine:
             self.dead_letters.close()  # its follower of the dead-letter topic
             self._workers.shutdown(wait=False, cancel_futures=True)
             self.http.close()
-
-
-def _results(
-    error: KafkaError | None, partitions: list[TopicPartition]
-) -> dict[Partition, tuple[int, str | None]]:
-    """The broker's answer, per partition: (offset, error text or None)."""
-    return {
-        (tp.topic, tp.partition): (
-            tp.offset,
-            None if error is None and tp.error is None else str(error or tp.error),
-        )
-        for tp in partitions
-    }

@@ -1,9 +1,11 @@
 """Hot reload of the configuration file, without a restart and without a gap.
 
-`ConfigReloader.check()` fingerprints the file's content (and the token files it names,
-so a rotated secret is picked up) and, when it changed, loads and validates it in full.
-A valid file replaces `current` in one assignment, so a consumer that reads
-`reloader.current` once per event always sees one whole configuration, old or new.
+`ConfigReloader.load_if_changed()` fingerprints the file's content (and the token files it
+names, so a rotated secret is picked up) and, when it changed, loads and validates it in
+full, on whatever thread calls it (the engine: a background thread); `apply` swaps a valid
+one into `current` in one assignment, on the thread that reads it, between events, so a
+consumer that reads `reloader.current` once per event always sees one whole
+configuration, old or new. `check()` does both at once.
 An invalid file is rejected with a logged error and a metric, and the old configuration
 stays in force; the same bad content is not reported again until it changes.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +27,10 @@ from streamer.config.secrets import MAX_SECRET_FILE_BYTES, read_regular_file
 from streamer.config.yaml_limits import MAX_FILE_BYTES
 
 log = logging.getLogger(__name__)
+
+# A reload that takes longer is refused (10,000 routes take ~1.2 s of CPU to load and
+# compile: this is for files far past any real need, and machines far too busy).
+MAX_LOAD_SECONDS = 60.0
 
 
 def _fingerprint(config_path: Path, token_files: list[Path]) -> str:
@@ -56,9 +63,12 @@ class ConfigReloader:
         load: Callable[[Path], Config] = load_config,
         on_applied: Callable[[Config], None] | None = None,
         count: Callable[[str], None] = lambda result: None,
+        max_seconds: float = MAX_LOAD_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`count(result)` is told each reload's result, `applied` or `rejected`."""
         self.current = current
+        self.max_seconds, self._clock = max_seconds, clock
         self._load = load
         self._on_applied = on_applied
         self._count = count
@@ -66,11 +76,23 @@ class ConfigReloader:
 
     def check(self) -> bool:
         """Reloads if the file changed; True when a new configuration was applied."""
+        new = self.load_if_changed()
+        if new is None:
+            return False
+        self.apply(new)
+        return True
+
+    def load_if_changed(self) -> Config | None:
+        """The file's new configuration, loaded and validated in full, if it changed and
+        is valid (not applied yet: `apply` swaps it in). May run on another thread than
+        the one that reads `current`: a big file's compile then never stalls the poll
+        loop. A load that took longer than `max_seconds` is refused: the old rules stay."""
         path = self.current.path
         fingerprint = _fingerprint(path, _token_files(self.current))
         if fingerprint == self._seen:
-            return False
+            return None
         self._seen = fingerprint
+        started = self._clock()
         try:
             new = self._load(path)
         except ConfigError as e:
@@ -80,20 +102,45 @@ class ConfigReloader:
                 e,
                 extra={"config": str(path), "problems": len(e.problems)},
             )
-            return False
+            return None
+        took = self._clock() - started
+        if took > self.max_seconds:
+            self._count("rejected")
+            log.error(
+                "configuration change rejected: it took %.1f s to load and compile, more "
+                "than the %.0f s allowed; the previous rules stay in force (split the "
+                "file, or share templates and matchers between routes)",
+                took,
+                self.max_seconds,
+                extra={"config": str(path)},
+            )
+            return None
+        return new
+
+    def apply(self, new: Config) -> None:
+        """Swaps `new` in, in one assignment (between events, on the reading thread)."""
         self.current = new
         self._count("applied")
-        log.info("configuration reloaded", extra={"config": str(path)})
+        log.info("configuration reloaded", extra={"config": str(new.path)})
         for warning in new.warnings:  # matchers Alertmanager's parsers read differently
-            log.warning(warning, extra={"config": str(path)})
+            log.warning(warning, extra={"config": str(new.path)})
         if self._on_applied is not None:
             self._on_applied(new)
-        return True
 
-    def run(self, stop: threading.Event, interval: float = 2.0) -> None:
-        """Checks every `interval` seconds until `stop` is set (run it in a thread)."""
+    def run(
+        self,
+        stop: threading.Event,
+        interval: float = 2.0,
+        deliver: Callable[[Config], None] | None = None,
+    ) -> None:
+        """Checks every `interval` seconds until `stop` is set (run it in a thread). With
+        `deliver`, a changed file's configuration is handed to it instead of applied: the
+        thread that reads `current` applies it (`apply`) between events."""
         while not stop.wait(interval):
             try:
-                self.check()
+                if deliver is None:
+                    self.check()
+                elif (new := self.load_if_changed()) is not None:
+                    deliver(new)
             except Exception:  # never let the watcher die: the next check may succeed
                 log.exception("configuration check failed")

@@ -7,6 +7,8 @@ import os
 import threading
 from pathlib import Path
 
+import pytest
+
 from streamer.config import load_config
 from streamer.reload import ConfigReloader
 from tests.rules_helpers import HEADER, alert
@@ -93,3 +95,79 @@ def test_the_watcher_stops_when_told(tmp_path, monkeypatch) -> None:
     stop = threading.Event()
     stop.set()
     reloader.run(stop, interval=3600)  # returns at once: the stop was already set
+
+
+def test_a_load_slower_than_the_bound_is_refused_and_the_old_rules_stay(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    path, _ = make(tmp_path, monkeypatch)
+    ticks = iter([0.0, 61.0])  # the load (its start, its end) took 61 s
+    results: list[str] = []
+    reloader = ConfigReloader(
+        load_config(path), count=results.append, max_seconds=60.0, clock=lambda: next(ticks)
+    )
+    write(path, ROUTE_TO_B)
+    with caplog.at_level(logging.ERROR):
+        assert reloader.check() is False
+    assert destinations(reloader) == ["a"] and results == ["rejected"]
+    assert "took 61.0 s to load and compile, more than the 60 s allowed" in caplog.text
+
+
+@pytest.mark.integration
+def test_a_big_reload_is_compiled_off_the_poll_thread_while_events_flow(
+    infrastructure, fake, tmp_path, monkeypatch, caplog
+) -> None:
+    """Issue 26: a reload of a 10,000-route file is loaded and compiled on the watcher's
+    thread. Shown without timing: the load is held open until the poll thread has
+    delivered events fetched after it began; then it is applied between events, and the
+    group never rebalanced."""
+    from streamer.config import load_config as real_load
+    from tests.pipeline import Pipeline, check_event
+
+    pipeline = Pipeline(
+        infrastructure,
+        fake,
+        tmp_path,
+        monkeypatch=monkeypatch,
+        delivery="reload_interval_seconds: 0.2",
+    )
+    pipeline.produce([check_event("before", "CRITICAL")])
+    pipeline.start()
+    loading, release = threading.Event(), threading.Event()
+    threads: list[str] = []
+
+    def held_load(path: Path):
+        threads.append(threading.current_thread().name)
+        loading.set()
+        assert release.wait(120), "the test never released the load"
+        return real_load(path)
+
+    try:
+        pipeline.wait_for(lambda: len(fake.events) == 1, "the first event delivered")
+        assert pipeline.engine is not None
+        pipeline.engine.reloader._load = held_load
+        text = pipeline.config_path.read_text()
+        many = "".join(
+            f"- {{name: r{i}, match: ['labels.team = t{i}'], destination: a}}\n"
+            for i in range(10_000)
+        )
+        pipeline.config_path.write_text(text.replace("routes:\n", "routes:\n" + many, 1))
+        with caplog.at_level(logging.INFO, logger="streamer"):
+            assert loading.wait(60), "the watcher never began the load"
+            pipeline.produce([check_event(f"during-{n}", "CRITICAL", n=n) for n in range(5)])
+            pipeline.wait_for(lambda: len(fake.events) == 6, "events delivered during the load")
+            release.set()
+            pipeline.wait_for(
+                lambda: (
+                    pipeline.engine is not None and len(pipeline.engine.config.file.routes) > 10_000
+                ),
+                "the new rules applied",
+            )
+            pipeline.produce([check_event("after", "CRITICAL", n=99)])
+            pipeline.wait_for(lambda: len(fake.events) == 7, "an event after the reload")
+    finally:
+        release.set()
+        pipeline.stop()
+    assert threads == ["config-reload"]  # never the poll thread
+    assert "configuration reloaded" in caplog.text
+    assert "revoked" not in caplog.text  # no rebalance: the member never left its group
