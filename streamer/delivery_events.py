@@ -42,6 +42,7 @@ class Incoming:
     works: Sequence[Work] | None = ()
     registry_down: str | None = None
     span: Any = None  # its trace span, if tracing (ended by the machine)
+    muted: bool = False  # no works because a time interval keeps its routes quiet
 
 
 @dataclass(frozen=True)

@@ -275,7 +275,7 @@ class DeliveryMachine:
     def _fetched(self, event: Fetched) -> None:
         """Most messages are dropped by the rules and terminal at once: per message only the
         ledger's offset; counters are added once per batch."""
-        ledger, spans, dropped = self._ledger, self.spans, 0
+        ledger, spans, dropped, muted = self._ledger, self.spans, 0, 0
         for m in event.messages:
             p = m.partition
             if not ledger.holds(p) or self._backpressure.blocked(p):
@@ -303,14 +303,16 @@ class DeliveryMachine:
                 for job in ledger.add(p, m.offset, m.works, m.size):
                     self._activate(job)
                 self._out.coalesce(m.works)  # a newer event supersedes its key's waiting one
-            else:  # dropped on purpose: terminal now
+            else:  # dropped (or muted) on purpose: terminal now
                 ledger.add(p, m.offset, (), m.size)
-                dropped += 1
+                muted += m.muted
+                dropped += not m.muted
                 if m.span is not None:
                     spans.routed(p, m.offset, m.span, 0)
         if dropped:
             self.telemetry.dropped.add(dropped)
-            self._commits.terminal(dropped)
+        if dropped or muted:  # (muted events are counted by route and interval at routing)
+            self._commits.terminal(dropped + muted)
 
     def _activate(self, job: Job) -> None:
         """A job whose key is free: queue it for its destination, or write its letter."""

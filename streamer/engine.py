@@ -52,7 +52,7 @@ from streamer.delivery_events import (
 from streamer.delivery_machine import DeliveryMachine
 from streamer.incident_io import Answer, IncidentIoClient, PostsAlertEvents
 from streamer.instrumentation import ConsumerLag, Stats, count_consumed, log_context
-from streamer.intake import works_of
+from streamer.intake import Muted, works_of
 from streamer.kafka_clients import (
     PartitionCounts,
     decoders_of,
@@ -310,7 +310,8 @@ class Engine:
                     span.end()
                 messages.append(Incoming(partition, source.offset, size, (), str(e)))
                 continue
-            messages.append(Incoming(partition, source.offset, size, works, span=span))
+            muted = isinstance(works, Muted)
+            messages.append(Incoming(partition, source.offset, size, works, span=span, muted=muted))
         if messages:
             self._feed(Fetched(messages))
         count_consumed(self.telemetry, consumed, self.config.file.kafka.group_id)

@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 Work = tuple[OrderingKey | None, Delivery | DeadLetter]
 
 
+class Muted(list[Work]):
+    """No works because every route that would deliver it is muted by a time interval
+    (its own outcome, `muted`, committed like a dropped event but not counted as one)."""
+
+
 def works_of(
     source: SourceMessage,
     decoders: Mapping[str, EventDecoder],
@@ -86,7 +91,8 @@ def _works_of(
             m.by,
         )
     if not decision.deliveries and not decision.failures:
-        return []  # dropped on purpose: the firehose's common case, kept short
+        # dropped on purpose (the firehose's common case, kept short), or muted
+        return Muted() if decision.muted else []
     event_time = event.get("event_time")
     event_epoch = event_time.timestamp() if isinstance(event_time, datetime) else None
     works: list[Work] = []

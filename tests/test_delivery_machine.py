@@ -410,3 +410,11 @@ def test_a_retrying_key_is_pending_with_reason_backoff() -> None:
     h.start()  # the pending report is rebuilt every second
     [key] = h.machine._out.pending.report.oldest["a"]
     assert (key.state, key.reason) == ("retrying", "backoff")
+
+
+def test_an_event_every_route_of_which_is_muted_is_committed_but_not_counted_dropped() -> None:
+    h = Harness(ScriptedIncidentIo())
+    h.feed(Fetched([Incoming(P0, 0, 1, [], muted=True), Incoming(P0, 1, 1, [])]))
+    h.start()
+    assert h.ledger.commit_offset(P0) == 2  # both terminal: committed like dropped ones
+    assert h.stats.dropped == 1  # the muted one is counted by route and interval instead
