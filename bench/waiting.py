@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 from confluent_kafka import Producer
-from delivery import FakeProcess, event, make_topic, pipeline_config, run_engine
+from delivery import TOKEN, FakeProcess, event, make_topic, pipeline_config, run_engine
 
 from streamer.testing.infra import local_infrastructure
 
 PER_MINUTE = 120
-TOKEN = "bench-token"
 
 
 def drain(infra, folder: Path, sources: int, per_source: int) -> dict[str, float]:
@@ -114,6 +114,7 @@ def main() -> None:
         "--per-source", type=int, default=240, help="backlog per source (default 240)"
     )
     args = parser.parse_args()
+    os.environ["BENCH_TOKEN"] = TOKEN  # what the double expects (bench/delivery.py's)
     with local_infrastructure() as infra, tempfile.TemporaryDirectory() as tmp:
         ours = drain(infra, Path(tmp), args.sources, args.per_source)
         baseline = raw(args.sources, args.per_source)
