@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import hashlib
 import itertools
 import json
 import math
@@ -86,9 +87,19 @@ class PartitionNote:
     # the budget did not fit in the metadata: every destination counts as full for a window
     overflow: bool = False
     written: float = 0.0  # wall clock (0: not told); a live writer's notes are recent
+    # messages above the committed offset that fan out and are partly terminal: offset ->
+    # digests (`job_digest`) of their jobs that ended; the next owner sends only the rest
+    partly: Mapping[int, frozenset[str]] = field(default_factory=dict)
 
 
 EMPTY = PartitionNote()
+DIGEST_CHARS = 12  # a job's digest: 48 bits of its key's hash (collisions: ~never)
+
+
+def job_digest(destination: str, deduplication_key: str) -> str:
+    """A job's name in a note: its ordering key, hashed (keys are long and may be many)."""
+    text = f"{destination}\0{deduplication_key}".encode()
+    return hashlib.blake2b(text, digest_size=DIGEST_CHARS // 2).hexdigest()
 
 
 def _up(t: float) -> int:
@@ -151,6 +162,12 @@ def encode(note: PartitionNote, committed: int, max_bytes: int = MAX_BYTES) -> s
             for name, s in sorted(note.spent.items())
             if s.limit or s.key_limit
         },
+        # messages that fan out and are partly done (later readers' key; earlier ignore it)
+        "j": {
+            str(offset - committed): sorted(digests)
+            for offset, digests in sorted(note.partly.items())
+            if offset >= committed and digests
+        },
     }
     text = _pack(body)
     if len(text) > max_bytes and body["d"]:
@@ -165,6 +182,9 @@ def encode(note: PartitionNote, committed: int, max_bytes: int = MAX_BYTES) -> s
             else:
                 over = middle
         body["d"] = runs[: 2 * fit]
+        text = _pack(body)
+    if len(text) > max_bytes and body["j"]:  # then the partly done (re-sent whole, as before)
+        body["j"] = {}
         text = _pack(body)
     if len(text) > max_bytes and body["a"]:  # many destinations: their shares go first
         body["a"] = {}  # (readers count the writer by its starts: the race it guards is rare)
@@ -266,6 +286,7 @@ def _note(body: Any, committed: int, keep: Mapping[str, int] | None, *, old: boo
         raise ValueError("an offset map out of bounds")
     done_runs = [_count(x, MAX_TICK) for x in done_runs]
     return PartitionNote(
+        partly=_partly(body.get("j", {}), committed),
         writer=str(body["w"])[:64],
         final=bool(body["f"]),
         written=_count(body.get("t", 0), MAX_TICK) * RESOLUTION,
@@ -273,3 +294,19 @@ def _note(body: Any, committed: int, keep: Mapping[str, int] | None, *, old: boo
         done=_from_runs(done_runs, committed),
         overflow=body.get("x") == 1,
     )
+
+
+def _partly(value: Any, committed: int) -> dict[int, frozenset[str]]:
+    """The partly done messages; anything malformed reads as none told (the next owner then
+    sends such a message whole, as before this was told)."""
+    if not isinstance(value, dict) or len(value) > MAX_DONE:
+        return {}
+    partly: dict[int, frozenset[str]] = {}
+    for relative, digests in value.items():
+        if not isinstance(digests, list) or len(digests) > MAX_COUNT:
+            return {}
+        if not (isinstance(relative, str) and relative.isdigit() and len(relative) <= 15):
+            return {}
+        kept = [d for d in digests if isinstance(d, str) and len(d) == DIGEST_CHARS]
+        partly[committed + int(relative)] = frozenset(kept)
+    return partly

@@ -29,6 +29,7 @@ from opentelemetry.trace import INVALID_SPAN
 from pydantic import SecretStr
 
 from streamer.backpressure import Backpressure
+from streamer.budget import job_digest
 from streamer.commit_conversation import CommitConversation
 from streamer.commits import CLAIM_RETRY, CommitSchedule
 from streamer.config import Config, DeliverySettings, Destination
@@ -64,7 +65,7 @@ from streamer.instrumentation import (
     register_gauges,
     stats_of,
 )
-from streamer.ledger import DeliveryLedger, Job, Partition
+from streamer.ledger import DeliveryLedger, Job, OrderingKey, Partition
 from streamer.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -297,12 +298,20 @@ class DeliveryMachine:
             if m.works is None:
                 continue  # the shell did not route it: read again (a seek brings it back)
             self._backpressure.registry_answered(p)
-            if m.works:
+            works = m.works
+            if done := self._budget.jobs_done(p, m.offset):  # partly done before a hand-over
+                works = [w for w in works if w[0] is None or digest(w[0]) not in done]
+                if not works:  # every job ended before: terminal, as an offset map says
+                    ledger.add(p, m.offset, ())
+                    if m.span is not None:
+                        m.span.end()
+                    continue
+            if works:
                 # timed whether traced or not (the process-duration histogram)
-                spans.routed(p, m.offset, m.span or INVALID_SPAN, len(m.works))
-                for job in ledger.add(p, m.offset, m.works, m.size):
+                spans.routed(p, m.offset, m.span or INVALID_SPAN, len(works))
+                for job in ledger.add(p, m.offset, works, m.size):
                     self._activate(job)
-                self._out.coalesce(m.works)  # a newer event supersedes its key's waiting one
+                self._out.coalesce(works)  # a newer event supersedes its key's waiting one
             else:  # dropped (or muted) on purpose: terminal now
                 ledger.add(p, m.offset, (), m.size)
                 muted += m.muted
@@ -422,3 +431,7 @@ class DeliveryMachine:
             raise_after=self._budget.raise_after,
         )
         self._budget.promise_tails()
+
+
+def digest(key: OrderingKey) -> str:
+    return job_digest(key.destination, key.deduplication_key)

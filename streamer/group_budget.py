@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-from streamer.budget import PartitionNote, Spent, decode, encode
+from streamer.budget import PartitionNote, Spent, decode, encode, job_digest
 from streamer.destinations import Destinations
 from streamer.failure_policy import MAX_RETRY_AFTER as MAX_PAUSE
 from streamer.ledger import DeliveryLedger, Partition
@@ -89,6 +89,8 @@ class GroupBudget:
         self._written: dict[str, tuple[float, float]] = {}  # writer: (latest, seen at)
         self._next_view = 0.0
         self._done: dict[Partition, OffsetRanges] = {}  # inherited offset maps
+        # inherited partly done messages: offset -> digests of their jobs that ended
+        self._partly: dict[Partition, Mapping[int, frozenset[str]]] = {}
         self._tails_taken: set[str] = set()  # writers whose tail was already counted
         # built-at times of commits on their way (None: not every partition's note)
         self._commits: deque[float | None] = deque()
@@ -141,7 +143,11 @@ class GroupBudget:
             )
         done = self.ledger.terminal_above_watermark(partition)
         done |= self._done.get(partition, NO_OFFSETS)
-        return PartitionNote(self.writer, final, spent, done, written=wall)
+        partly = dict(self._partly.get(partition, {}))  # inherited, and ours since
+        for offset, keys in self.ledger.partly_done(partition).items():
+            digests = {job_digest(k.destination, k.deduplication_key) for k in keys}
+            partly[offset] = partly.get(offset, frozenset()) | digests
+        return PartitionNote(self.writer, final, spent, done, written=wall, partly=partly)
 
     def _waiting(self, now: float) -> dict[Partition, dict[str, int]]:
         """Demand per partition and destination: the deliveries waiting, or 1 if one
@@ -276,6 +282,8 @@ class GroupBudget:
         shift, latest = self._reading(note, now, wall)
         if note.done:
             self._done[partition] = note.done
+        if note.partly:
+            self._partly[partition] = note.partly
         # Our own note (an eager rebalance handed the partition back): its starts are in
         # our limiters already; only the partition's share of them is remembered again.
         ours = note.writer == self.writer
@@ -332,8 +340,14 @@ class GroupBudget:
         done = self._done.get(partition)
         return done is not None and offset in done
 
+    def jobs_done(self, partition: Partition, offset: int) -> frozenset[str]:
+        """Of a message that fans out, the digests of the jobs that ended before the
+        hand-over (`budget.job_digest`): the next owner sends only its other jobs."""
+        return self._partly.get(partition, {}).get(offset, frozenset())
+
     def let_go(self, partitions: Collection[Partition]) -> None:
         for p in partitions:
             self._done.pop(p, None)
+            self._partly.pop(p, None)
             for state in self.destinations:
                 state.spent.pop(p, None)

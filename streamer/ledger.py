@@ -61,6 +61,7 @@ class _Message:
     offset: int
     unfinished: int
     size: int
+    done: list[OrderingKey] = field(default_factory=list)  # its keyed jobs that ended
 
 
 @dataclass
@@ -176,6 +177,8 @@ class DeliveryLedger:
             state = self._partitions[job.partition]
             message = state.by_offset[job.offset]
             message.unfinished -= 1
+            if job.key is not None and message.unfinished:
+                message.done.append(job.key)
             while state.messages and state.messages[0].unfinished == 0:
                 done = state.messages.popleft()
                 del state.by_offset[done.offset]
@@ -248,3 +251,12 @@ class DeliveryLedger:
         if at < state.next_offset:
             ranges.append((at, state.next_offset))
         return OffsetRanges(tuple(ranges))
+
+    def partly_done(self, partition: Partition) -> dict[int, tuple[OrderingKey, ...]]:
+        """Messages past the commit offset that fan out and are only partly terminal: the
+        keys of their jobs that ended. A next owner delivers only the rest: sending a done
+        job again could land an older state after a newer one of its key."""
+        state = self._partitions.get(partition)
+        if state is None:
+            return {}
+        return {m.offset: tuple(m.done) for m in state.messages if m.unfinished and m.done}

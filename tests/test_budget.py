@@ -222,3 +222,13 @@ def test_a_billion_terminal_offsets_in_one_run_are_read_as_one_run() -> None:
     done = OffsetRanges(((11, 10**9),))
     note = decode(encode(PartitionNote(done=done), committed=10), committed=10)
     assert note.done == done and 10 not in note.done and 10**9 - 1 in note.done
+
+
+def test_partly_done_messages_come_back_and_garbage_reads_as_none_told() -> None:
+    digest = budget.job_digest("a", "host-1//disk")
+    note = PartitionNote(partly={12: frozenset({digest}), 9: frozenset({digest})})
+    back = decode(encode(note, committed=10), committed=10)
+    assert back.partly == {12: frozenset({digest})}  # below the committed offset: dropped
+    for hostile in ([1, 2], {"x": [digest]}, {"1": "abc"}, {"1": [digest] * 200_000}):
+        body = {"w": "w0", "f": 1, "s": {}, "d": [], "j": hostile}
+        assert decode(budget._pack(body), committed=10).partly == {}
