@@ -184,30 +184,40 @@ class TopicFollower:
     def _follow(self, reader: Consumer, asker: Consumer) -> None:
         assigned: set[int] = set()
         looked_at = -RETRY_SECONDS
+        missing = False  # the topic did not exist at the last look
         while not self._stop.is_set():
             with self._lock:
                 wanted, failing = self._wanted, self._failing_since is not None
             # a reader waits for a fresh look; or a failure may be over: prove it
             if (
-                not assigned
+                (not assigned and not missing)
                 or (wanted is not None and wanted > looked_at)
-                or (failing and self.clock() - looked_at >= RETRY_SECONDS)
+                or ((failing or missing) and self.clock() - looked_at >= RETRY_SECONDS)
             ):
                 looked_at = self.clock()
-                self._assign_new(reader, asker, assigned)  # a partition added is looked at
+                # no such topic (yet): it holds nothing, so everything it held when asked
+                # has been read (a first dead letter does not wait 30 s for it)
+                missing = not self._assign_new(reader, asker, assigned)
                 self._look(asker, assigned, looked_at)
+            if missing:
+                self._stop.wait(POLL_SECONDS)
+                continue
             for message in reader.consume(500, POLL_SECONDS):
                 self._take(message)
 
-    def _assign_new(self, reader: Consumer, asker: Consumer, assigned: set[int]) -> None:
-        """Assigns the partitions not assigned yet, from the window's start."""
+    def _assign_new(self, reader: Consumer, asker: Consumer, assigned: set[int]) -> bool:
+        """Assigns the partitions not assigned yet, from the window's start; False if the
+        topic does not exist (the broker says so: not a failure to read it)."""
         metadata = asker.list_topics(self.topic, timeout=REQUEST_TIMEOUT)
         topic = metadata.topics.get(self.topic)
+        missing = topic is not None and topic.error is not None
+        if missing and topic.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART and not assigned:
+            return False
         if topic is None or topic.error is not None:
             raise KafkaException(topic.error if topic is not None else "no metadata")
         new = sorted(set(topic.partitions) - assigned)
         if not new:
-            return
+            return True
         starts = self._starts(asker, new)
         with self._lock:  # after a failure: go on from where reading stopped
             starts = {p: max(o, self._progress.next(p)) for p, o in starts.items()}
@@ -218,6 +228,7 @@ class TopicFollower:
             self._settled()
         assigned.update(new)
         log.info("following %s from %s", self.topic, starts, extra={"topic": self.topic})
+        return True
 
     def _starts(self, asker: Consumer, partitions: list[int]) -> dict[int, int]:
         if self.window_seconds is None:

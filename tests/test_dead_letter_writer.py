@@ -100,12 +100,14 @@ def test_once_the_index_read_past_the_take_over_a_letter_is_written_without_wait
 def test_a_dead_letter_topic_that_cannot_be_read_is_written_to_after_the_patience(
     infrastructure, fake, tmp_path, monkeypatch, caplog
 ) -> None:
-    """A topic the follower cannot read (here: it does not exist yet; an ACL that lets
-    the producer write but not read is the same): a duplicate is better than a loss."""
+    """A topic the follower cannot read (here: its broker does not answer the follower;
+    an ACL that lets the producer write but not read is the same): a duplicate is better
+    than a loss."""
     pipeline = Pipeline(infrastructure, fake, tmp_path, monkeypatch=monkeypatch)
-    topic = pipeline.dlq + "-missing"
+    topic = pipeline.dlq
     settings = {"bootstrap.servers": infrastructure.bootstrap_servers}
-    index = DeadLetterIndex.following(settings, topic, patience=1.0)
+    unreachable = {"bootstrap.servers": "127.0.0.1:9", "socket.connection.setup.timeout.ms": 1000}
+    index = DeadLetterIndex.following(unreachable, topic, patience=1.0)
     writer = DeadLetterWriter(Producer(settings), topic, index=index)
     try:
         with caplog.at_level(logging.WARNING, logger="streamer.dead_letter_index"):
@@ -117,6 +119,27 @@ def test_a_dead_letter_topic_that_cannot_be_read_is_written_to_after_the_patienc
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     pipeline.dlq = topic
     assert len(pipeline.dead_letters(expected=2)) == 2
+
+
+@pytest.mark.integration
+def test_a_first_letter_to_a_topic_not_created_yet_is_checked_and_written_at_once(
+    infrastructure, fake, tmp_path, monkeypatch, caplog
+) -> None:
+    """A topic that does not exist holds no letter: the first one is written after the
+    check, without waiting out the patience (it waited 30 s: a demo's first letters)."""
+    pipeline = Pipeline(infrastructure, fake, tmp_path, monkeypatch=monkeypatch)
+    topic = pipeline.dlq + "-new"
+    settings = {"bootstrap.servers": infrastructure.bootstrap_servers}
+    index = DeadLetterIndex.following(settings, topic, patience=3600.0)
+    writer = DeadLetterWriter(Producer(settings), topic, index=index)
+    try:
+        with caplog.at_level(logging.WARNING, logger="streamer.dead_letter_index"):
+            write_until_terminal(writer, poison(1), limit=120)
+    finally:
+        writer.close()
+    assert not [r for r in caplog.records if "without checking" in r.getMessage()]
+    pipeline.dlq = topic
+    assert len(pipeline.dead_letters(expected=1)) == 1
 
 
 class Killed(BaseException):
