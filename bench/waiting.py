@@ -41,6 +41,8 @@ def drain(infra, folder: Path, sources: int, per_source: int) -> dict[str, float
             producer.produce(topic, key=str(i), value=event(i, teams[i % sources], now))
         producer.flush(60)
         config = pipeline_config(infra, folder, fake, topic, teams, PER_MINUTE)
+        # the service's own commit interval (1 s), not bench/delivery.py's faster one
+        config.write_text(config.read_text().replace("commit_interval_seconds: 0.5\n", ""))
         total = per_source * sources
         started_cpu, started = time.process_time(), time.monotonic()
         _, stop, thread = run_engine(config)
