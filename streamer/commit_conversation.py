@@ -84,7 +84,9 @@ class CommitConversation:
         effects.append(Commit({p: (o, notes.get(p, "")) for p, o in offsets.items()}, sync=force))
         return effects
 
-    def answered(self, results: Mapping[Partition, tuple[int, str | None]], *, sync: bool) -> None:
+    def answered(
+        self, results: Mapping[Partition, tuple[int, str | None]], *, sync: bool, now: float
+    ) -> None:
         """The broker's answer, per partition; a refusal is sent again at the next commit."""
         failed = []
         for p, (offset, error) in results.items():
@@ -92,7 +94,7 @@ class CommitConversation:
             owned = self.ledger.holds(p)
             self.schedule.answered(p, offset, ok=ok, owned=owned)
             if ok and owned:
-                self.handover.claimed(p)
+                self.handover.claimed(p, now)
             if not ok:
                 failed.append(f"{p[0]}[{p[1]}]@{offset} ({error})")
         if failed:

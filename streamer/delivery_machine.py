@@ -102,7 +102,8 @@ class DeliveryMachine:
             backoff=Backoff(s.backoff_base_seconds, s.backoff_cap_seconds),
             rng=rng,
         )
-        self._handover = HandOver(s.request_timeout_seconds)
+        # a claimed partition starts once the others could read the claim (a view later)
+        self._handover = HandOver(s.request_timeout_seconds, s.commit_interval_seconds + 0.25)
         self._commits = CommitSchedule(
             interval=s.commit_interval_seconds, every=s.commit_every_messages, now=now
         )
@@ -167,7 +168,7 @@ class DeliveryMachine:
             case DeadLetterNotWritten():
                 self._dead_letter_not_written(event)
             case CommitAnswered():
-                self._commit.answered(event.results, sync=event.sync)
+                self._commit.answered(event.results, sync=event.sync, now=now)
             case CommitNotSent():
                 self._commit.not_sent(event.offsets, sync=event.sync)
             case NotesRead() if event.group:
@@ -255,6 +256,8 @@ class DeliveryMachine:
         times += self._backpressure.blocked_until()
         if self._handover.unclaimed():
             times.append(now + CLAIM_RETRY)
+        if (settled := self._handover.settled_at(now)) is not None:
+            times.append(settled)
         return max(now, min(times))
 
     @property

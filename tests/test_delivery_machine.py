@@ -85,6 +85,7 @@ class Harness:
         self.dead: list[Job] = []  # dead letters produced, not yet acknowledged
         self.in_flight: list[Post] = []
         self.offsets = {P0: 0, P1: 0}
+        self.machine._handover.settle = 0.0  # claims settle at once here (test_handover.py)
         self.feed(Assigned([P0, P1], total_partitions=2))
         # a member's share grows to the whole limit once the group could have heard of it
         self.clock.advance(self.machine._budget.raise_after)

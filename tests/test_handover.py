@@ -58,3 +58,14 @@ def test_a_drain_does_not_wait_for_work_of_a_partition_not_yet_claimed() -> None
     handover.take({P0})
     handover.begin({P0}, drain_deadline=100.0)
     assert not handover.worth_waiting(in_flight=False, starts=[(P0, 1.0)])
+
+
+def test_a_claimed_partition_starts_once_the_others_could_read_the_claim() -> None:
+    """A claim is a note naming this member on the broker; the others read notes every
+    view interval: nothing of the partition starts before they could have."""
+    handover = HandOver(request_timeout=10.0, settle=1.25)
+    handover.take([P0])
+    handover.claimed(P0, now=100.0)
+    assert not handover.may_start(P0, 101.0)
+    assert handover.settled_at(101.0) == 101.25
+    assert handover.may_start(P0, 101.25) and handover.settled_at(101.25) is None

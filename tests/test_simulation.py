@@ -127,6 +127,12 @@ FIXED = {
     # (the offset map is per message), after a newer state of one of its keys was accepted:
     # incident.io ended on the older state (order-fan-out)
     "fan-out-resent-after-newer": [("quick", "mixed", s) for s in (11, 45, 100)],
+    # found here, fixed by a settle after each claim (handover.py) and the one start of room
+    # under a full ceiling going to the lowest writer id only (rate_limit.py): one member's
+    # burst took (nearly) the whole limit of a source, then two members that had had no
+    # demand, and had written no note yet, each started their floor within the same
+    # window, each unseen by the other: 10 arrivals in 10 s against 9, with no fault at all
+    "demand-shift-overshoot": [("quick", "demand-shift", s) for s in (1, 3, 6)],
 }
 
 
@@ -147,11 +153,6 @@ OPEN = {
     "dead-letters-twice-after-kill": [
         ("quick", "kill-poison", s, "dead-letter-once") for s in (20, 38)
     ],
-    # found here: one member's burst takes (nearly) the whole limit of a source, then the
-    # other members start their floors within the same window: 10 arrivals in 10 s against
-    # 9, with no fault at all (group_budget shares: the burst's starts and the others' floors
-    # add up past the limit)
-    "demand-shift-overshoot": [("quick", "demand-shift", s, "rate") for s in (1, 3, 6)],
 }
 
 
