@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import httpx
+import yaml
 from confluent_kafka import Producer
 from delivery import TOKEN, FakeProcess, event, make_topic, pipeline_config, run_engine
 
@@ -42,7 +43,9 @@ def drain(infra, folder: Path, sources: int, per_source: int) -> dict[str, float
         producer.flush(60)
         config = pipeline_config(infra, folder, fake, topic, teams, PER_MINUTE)
         # the service's own commit interval (1 s), not bench/delivery.py's faster one
-        config.write_text(config.read_text().replace("commit_interval_seconds: 0.5\n", ""))
+        settings = yaml.safe_load(config.read_text())
+        del settings["delivery"]["commit_interval_seconds"]
+        config.write_text(yaml.safe_dump(settings))
         total = per_source * sources
         started_cpu, started = time.process_time(), time.monotonic()
         _, stop, thread = run_engine(config)
