@@ -42,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=INVARIANTS,
         help="fail on this invariant too (dead-letter-once, order-zombie are reported by default)",
     )
+    parser.add_argument(
+        "--max-tick",
+        type=float,
+        default=1.0,
+        help="the longest a member goes without a Tick (the engine: ~0.1 s)",
+    )
     parser.add_argument("--keep-going", action="store_true", help="run all seeds, list failures")
     parser.add_argument("-v", "--verbose", action="store_true", help="the machines' logs too")
     args = parser.parse_args(argv)
@@ -51,7 +57,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.seed is not None:
         outcome = simulate(
-            args.seed, profile=args.profile, theme=args.theme, checks=checks, full_trace=args.trace
+            args.seed,
+            profile=args.profile,
+            theme=args.theme,
+            checks=checks,
+            full_trace=args.trace,
+            max_tick=args.max_tick,
         )
         if args.trace:
             print("\n".join(outcome.trace))
@@ -68,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     run = 0
     simulated = 0.0
     for seed in seeds:
-        outcome = simulate(seed, profile=args.profile, theme=args.theme, checks=checks)
+        outcome = simulate(
+            seed, profile=args.profile, theme=args.theme, checks=checks, max_tick=args.max_tick
+        )
         run += 1
         simulated += outcome.simulated_seconds
         checked.update(outcome.checked)

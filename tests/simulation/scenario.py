@@ -372,7 +372,11 @@ def simulate(
     checks: Checks | None = None,
     full_trace: bool = False,
     scenario: Scenario | None = None,
+    max_tick: float = 1.0,
 ) -> Outcome:
+    """Plays one seed. `max_tick`: the longest a member goes without a `Tick` (the engine
+    ticks every step, about every 0.1 s; the simulator wakes a machine when it asks,
+    `next_wakeup`, and at least this often)."""
     started = time.perf_counter()
     random.seed(seed)  # anything left on the global generator is seeded too
     s = scenario or Scenario.draw(seed, profile, theme)
@@ -383,7 +387,14 @@ def simulate(
         name: (name.upper(), f"token-{'a' if s.shared_token else name}", limit)
         for name, limit in s.limits.items()
     }
-    world = World(seed, config, partitions=s.partitions, sources=sources, checks=checks or Checks())
+    world = World(
+        seed,
+        config,
+        partitions=s.partitions,
+        sources=sources,
+        checks=checks or Checks(),
+        max_tick=max_tick,
+    )
     if full_trace:
         world.full_trace = []
     world.coordinator.session_timeout = s.session_timeout

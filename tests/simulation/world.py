@@ -118,6 +118,8 @@ class World:
         self.kill(member)
 
     def lose(self, member: Member, rejoin_after: float) -> None:
+        if member.group_id not in self.coordinator.entries:
+            return  # not in the group now (lost already, not back yet)
         self.note(f"{member.id} loses its session")
         partitions = self.coordinator.lose(member.group_id)
         member.lose(partitions)
@@ -231,10 +233,15 @@ class World:
             self.scheduler.after(0.001, member.handle, ev.CommitNotSent(offsets, commit.sync))
             return
         to_store, to_answer = self.rng.uniform(0.002, 0.05), self.rng.uniform(0.002, 0.05)
-        self.scheduler.at(t + to_store, self._store_commit, member, commit, rate, to_answer)
+        # one connection to the coordinator: commits land, and are answered, in the order
+        # they were sent (librdkafka calls on_commit in that order)
+        store_at = max(t + to_store, member.commit_stored_at + 1e-6)
+        answer_at = max(store_at + to_answer, member.commit_answered_at + 1e-6)
+        member.commit_stored_at, member.commit_answered_at = store_at, answer_at
+        self.scheduler.at(store_at, self._store_commit, member, commit, rate, answer_at)
 
     def _store_commit(
-        self, member: Member, commit: ev.Commit, rate: float, to_answer: float
+        self, member: Member, commit: ev.Commit, rate: float, answer_at: float
     ) -> None:
         t = self.scheduler.now
         results: dict[tuple[str, int], tuple[int, str | None]] = {}
@@ -250,7 +257,7 @@ class World:
                 self.broker.commit(partition, offset, note, member.id, t)
                 self.truth.committed(partition, offset, member.id, t)
             results[tp] = (offset, error)
-        self.scheduler.after(to_answer, member.handle, ev.CommitAnswered(results, commit.sync))
+        self.scheduler.at(answer_at, member.handle, ev.CommitAnswered(results, commit.sync))
 
     def read_notes(self, member: Member, read: ev.ReadNotes) -> None:
         t = self.scheduler.now
