@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     print(first.report())
     extra = "".join(f" --report-only {r}" for r in args.report_only)
     extra += "".join(f" --assert {a}" for a in args.asserted)
+    if args.max_tick != 1.0:
+        extra += f" --max-tick {args.max_tick:g}"
     print(
         f"replay: python -m tests.simulation --seed {first.seed} "
         f"--profile {args.profile}{' --theme ' + args.theme if args.theme else ''}{extra} "

@@ -12,8 +12,13 @@ one found here (`demand-shift`: one member's burst takes the whole limit, then t
 others' backlog starts within the same window), or `mixed`.
 
 `simulate(seed)` plays it: faults stop at `calm`; from then on everything must be
-terminal within the liveness bound (`Outcome.bound`), computed from what is left and
-the limits. The same seed always takes the same steps (`Outcome.digest`).
+terminal within the liveness bound (`Outcome.bound`): a session timeout, a shutdown
+grace, a revoke drain, a hold probe, a backoff cap and a request timeout, plus a window
+per limit's worth of works left (per source) and three more windows, plus 10 s; never
+before a pause a 429 asked for is over (failure_policy believes 600 s at most). Once
+settled (a session, a grace and two windows after calm), every two windows in which a
+source's backlog waits must carry `Checks.throughput` of its limit. The same seed always
+takes the same steps (`Outcome.digest`).
 """
 
 from __future__ import annotations
