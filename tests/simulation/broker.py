@@ -48,6 +48,7 @@ class Broker:
         self.committed: dict[int, tuple[int, str | None]] = {}
         self.commits: list[CommitRecord] = []
         self.dead_letters: list[LetterRecord] = []
+        self.lettered_at: dict[tuple[int, int], float] = {}  # source offset -> first letter
 
     @property
     def partitions(self) -> int:
@@ -74,3 +75,4 @@ class Broker:
 
     def write_dead_letter(self, record: LetterRecord) -> None:
         self.dead_letters.append(record)
+        self.lettered_at.setdefault((record.partition, record.offset), record.at)

@@ -378,6 +378,8 @@ def simulate(
     full_trace: bool = False,
     scenario: Scenario | None = None,
     max_tick: float = 1.0,
+    dead_letter_index: bool = True,
+    invalid_fan_out: bool = False,
 ) -> Outcome:
     """Plays one seed. `max_tick`: the longest a member goes without a `Tick` (the engine
     ticks every step, about every 0.1 s; the simulator wakes a machine when it asks,
@@ -385,6 +387,8 @@ def simulate(
     started = time.perf_counter()
     random.seed(seed)  # anything left on the global generator is seeded too
     s = scenario or Scenario.draw(seed, profile, theme)
+    if invalid_fan_out:
+        s.shape = dataclasses.replace(s.shape, invalid_fan_out=True)
     config = _config(
         tuple(sorted(s.limits.items())), s.window, s.per_key, s.shared_token, s.coalesce
     )
@@ -399,6 +403,7 @@ def simulate(
         sources=sources,
         checks=checks or Checks(),
         max_tick=max_tick,
+        dead_letter_index=dead_letter_index,
     )
     if full_trace:
         world.full_trace = []

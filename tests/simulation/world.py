@@ -30,6 +30,8 @@ from tests.simulation.workload import TOPIC, SimMessage
 
 log = logging.getLogger(__name__)
 
+INDEX_LAG = 0.01  # seconds before a letter written is in every member's index
+
 
 @dataclass
 class Troubles:
@@ -55,6 +57,7 @@ class World:
         checks: Checks,
         max_tick: float = 1.0,
         trace_limit: int = 400,
+        dead_letter_index: bool = True,
     ) -> None:
         self.seed = seed
         self.config = config
@@ -63,6 +66,10 @@ class World:
         self.rng = random.Random(f"{seed}:world")
         self.broker = Broker(partitions)
         self.max_tick = max_tick
+        # the engine's DeadLetterWriter asks the DeadLetterIndex (a follower of the topic)
+        # before producing: a letter for the source offset already there is not written again
+        self.dead_letter_index = dead_letter_index
+        self.letters_not_rewritten = 0
         window = self.settings.rate_limit_window_seconds
         per_key = self.settings.requests_per_minute_per_api_key
         self.sources = sources
@@ -194,6 +201,23 @@ class World:
         member.handle(ev.Answered(job, answer))
 
     def write_dead_letter(self, member: Member, write: ev.WriteDeadLetter) -> None:
+        if self.dead_letter_index:  # asked first: the index reads up to now in INDEX_LAG
+            self.scheduler.after(INDEX_LAG, self._ask_index, member, write, self.scheduler.now)
+        else:
+            self._produce_letter(member, write)
+
+    def _ask_index(self, member: Member, write: ev.WriteDeadLetter, asked: float) -> None:
+        source = (write.letter.message.partition, write.letter.message.offset)
+        seen = self.broker.lettered_at.get(source)
+        if seen is not None and seen <= asked:
+            # a letter for the source offset is there (SourceOffset: no destination in it)
+            self.letters_not_rewritten += 1
+            self.note(f"{member.id}: the index has a letter for {source}: not written again")
+            member.handle(ev.DeadLetterWritten(write.job))
+            return
+        self._produce_letter(member, write)
+
+    def _produce_letter(self, member: Member, write: ev.WriteDeadLetter) -> None:
         t = self.scheduler.now
         member.producing += 1
         to_store, to_ack = self.rng.uniform(0.002, 0.05), self.rng.uniform(0.002, 0.05)
