@@ -14,7 +14,8 @@ import time
 from collections import Counter, defaultdict
 
 from tests.simulation.invariants import INVARIANTS, Checks
-from tests.simulation.scenario import PROFILES, THEMES, simulate
+from tests.simulation.run import simulate
+from tests.simulation.scenario import PROFILES, THEMES
 
 log = logging.getLogger(__name__)
 
