@@ -166,6 +166,10 @@ OPEN = {
     "fan-out-resent-after-newer": [
         ("quick", "mixed", s, "order-fan-out", {}) for s in (11, 45, 100)
     ],
+    # found here: a running member's wall clock steps back (NTP corrects it, a VM resumes:
+    # by 47, 44 and 36 minutes in seeds 100, 188, 301) and the group starts one past the
+    # limit in a window; none of the three does without the step
+    "wall-clock-step-overshoot": [("short", "mixed", s, "rate", {}) for s in (100, 188, 301)],
     # found here, in issue 22 item 5's fix: the dead-letter index keys letters by source
     # offset, so when both destinations of a message refuse it (422), the second letter is
     # taken as written: that event is in no letter, and the offset is committed past it

@@ -199,6 +199,11 @@ def simulate(
         elif f.kind == "lose":
             world.lose(member, f.restart_after or 1.0)
             return
+        elif f.kind == "step":  # the wall clock jumps; the monotonic one does not
+            world.note(f"{member.id}'s wall clock steps from {member.clock.skew:+.1f} s")
+            member.clock = MemberClock(member.clock.origin, f.skew_after or 0.0)
+            s.skews[f.member] = member.clock.skew
+            return
         if f.restart_after is not None:
             world.scheduler.after(f.restart_after, restart, f.member, f.skew_after)
 

@@ -58,10 +58,11 @@ PROFILES = {
 @dataclass(frozen=True)
 class Fault:
     at: float
-    kind: str  # kill | term | join | lose (member faults); the others are periods
+    kind: str  # kill | term | join | lose | step (member faults); the others are periods
     member: str = ""
     restart_after: float | None = None  # kill/term/lose: back after this long (None: never)
-    skew_after: float | None = None  # the restarted process's wall skew (None: the same)
+    skew_after: float | None = None  # the restarted process's wall skew (None: the same);
+    # step: the running process's wall clock jumps to this skew (NTP, a VM resumed)
 
 
 @dataclass
@@ -134,6 +135,12 @@ class Scenario:
             shape=shape,
         )
         scenario._draw_faults(rng, names)
+        if theme == "mixed":  # its own stream: the other draws stay as they were
+            steps = random.Random(f"{seed}:clock-steps")
+            if steps.random() < 0.2:
+                at = steps.uniform(2, scenario.shape.production_seconds + 10)
+                to = _skew(steps, window, wild=True)
+                scenario.faults.append(Fault(at, "step", steps.choice(names), None, to))
         return scenario
 
     def _draw_faults(self, rng: random.Random, names: list[str]) -> None:
@@ -238,6 +245,7 @@ class Scenario:
     def describe(self) -> str:
         faults = "; ".join(
             f"{f.kind} {f.member} at {f.at:.1f}"
+            + (f" to {f.skew_after:+.0f}s" if f.kind == "step" and f.skew_after is not None else "")
             + (f" back after {f.restart_after:.1f}" if f.restart_after else "")
             for f in sorted(self.faults, key=lambda f: f.at)
         )
