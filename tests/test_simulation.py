@@ -111,7 +111,8 @@ def test_the_command_line_runs_seeds_and_names_the_invariants() -> None:
 
 # (profile, theme, seed): what the simulator found on the code before the fix
 FIXED = {
-    # cfd74e9, issue 22 item 2: another member's future starts were clamped to now + 5 s at
+    # cfd74e9 (`git diff cfd74e9^ cfd74e9 -- streamer/group_budget.py | patch -R` applies
+    # to the machine's tree), issue 22 item 2: another member's future starts were clamped to now + 5 s at
     # every read, so the note of a dead member whose clock ran an hour ahead (its partition
     # idle, its note never written again) kept taking its starts from the group's limit:
     # settled backlog windows at 0.17-0.39 of the limit (throughput), 0.56-0.61 after
@@ -123,7 +124,9 @@ FIXED = {
     ],
     # 58181d0, issue 22 item 4: a superseded event ended when it was superseded; its
     # stand-in rejected (422), it was never sent: commit-behind-terminal, then no-loss (every
-    # one of 20 seeds of the theme)
+    # one of 20 seeds of the theme). The revert does not apply to the machine's dispatch.py:
+    # the scratch copy's `DeliveryLedger.supersede` calls `self._terminal(older)` instead of
+    # handing `older` to `newer.stands_for` (the semantics before the fix)
     "superseded-then-rejected": [("quick", "coalesce-reject", s) for s in (0, 1, 2, 3)],
 }
 
