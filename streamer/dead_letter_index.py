@@ -33,6 +33,7 @@ timestamps), and one that a replica which lost its partition without knowing it
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
 import threading
 import time
@@ -56,9 +57,15 @@ SOURCE = PREFIX + "source_"  # streamer.source_topic, _partition, _offset
 
 
 class SourceOffset(NamedTuple):
+    """One letter's identity: its message's coordinates, and where the event was going (a
+    message that fans out can have a letter per route and destination: two refusals of one
+    message are two letters, never one taken for the other)."""
+
     topic: str
     partition: int
     offset: int
+    route: str = ""
+    destination: str = ""
 
 
 class Verdict(enum.Enum):
@@ -108,7 +115,9 @@ class SeenLetters:
             number = self._topics[source.topic] = len(self._topics)
         if not (0 <= source.partition < 1 << 31 and 0 <= source.offset < 1 << 63):
             return None
-        return (number << 94) | (source.partition << 63) | source.offset
+        where = f"{source.route}\0{source.destination}".encode()
+        target = int.from_bytes(hashlib.blake2b(where, digest_size=8).digest(), "big")
+        return (target << 125) | (number << 94) | (source.partition << 63) | source.offset
 
     def add(self, source: SourceOffset) -> None:
         key = self._key(source, adding=True)
@@ -139,11 +148,17 @@ def source_of(
     fields: dict[str, str] = {}
     pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
     for name, value in pairs:
-        if name.startswith(SOURCE) and value is not None:
+        if name.startswith(PREFIX) and value is not None:
             text = value if isinstance(value, str) else value.decode("utf-8", "replace")
-            fields[name[len(SOURCE) :]] = text
+            fields[name[len(PREFIX) :]] = text
     try:
-        return SourceOffset(fields["topic"], int(fields["partition"]), int(fields["offset"]))
+        return SourceOffset(
+            fields["source_topic"],
+            int(fields["source_partition"]),
+            int(fields["source_offset"]),
+            fields.get("route", ""),
+            fields.get("destination", ""),
+        )
     except (KeyError, ValueError):
         return None
 

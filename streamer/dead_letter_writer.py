@@ -96,7 +96,13 @@ class DeadLetterWriter:
         when it must be written again (from `producer.poll`, or at once). `context` is
         for the log line (where the event came from and was going)."""
         message = letter.message
-        source = SourceOffset(message.topic, message.partition, message.offset)
+        source = SourceOffset(
+            message.topic,
+            message.partition,
+            message.offset,
+            letter.route or "",
+            letter.destination or "",
+        )
         if self.index is not None and not self._may_write(source, written, again_in, context):
             return
         record = fitted(letter, self.limit)

@@ -116,3 +116,22 @@ def test_an_unreadable_topic_is_not_checked_after_the_patience_and_says_so_once(
         assert index.verdict(SourceOffset("events", 2, 42), clock()) is Verdict.WRITE_UNCHECKED
     warnings = [r for r in caplog.records if "without checking" in r.getMessage()]
     assert len(warnings) == 1 and "TOPIC_AUTHORIZATION_FAILED" in warnings[0].getMessage()
+
+
+def test_two_letters_of_one_message_for_two_destinations_are_two_letters() -> None:
+    """A message that fans out to two destinations that both refuse it has two letters:
+    the second is not taken for the first (it would be in no letter, committed past)."""
+    seen = SeenLetters(10)
+    seen.add(SourceOffset("events", 0, 7, "to-a", "a"))
+    assert SourceOffset("events", 0, 7, "to-a", "a") in seen
+    assert SourceOffset("events", 0, 7, "to-b", "b") not in seen
+    letter = [("streamer.source_topic", b"events")]  # only part of a letter's headers
+    headers = [
+        ("streamer.source_topic", b"events"),
+        ("streamer.source_partition", b"0"),
+        ("streamer.source_offset", b"7"),
+        ("streamer.route", b"to-b"),
+        ("streamer.destination", b"b"),
+    ]
+    assert source_of(headers) == SourceOffset("events", 0, 7, "to-b", "b")
+    assert source_of(letter) is None

@@ -14,7 +14,8 @@ import time
 from collections import Counter, defaultdict
 
 from tests.simulation.invariants import INVARIANTS, Checks
-from tests.simulation.scenario import PROFILES, THEMES, simulate
+from tests.simulation.run import simulate
+from tests.simulation.scenario import PROFILES, THEMES
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,23 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         choices=INVARIANTS,
-        help="fail on this invariant too (dead-letter-once, order-zombie are reported by default)",
+        help="fail on this invariant too (order-zombie, order-fan-out are reported by default)",
+    )
+    parser.add_argument(
+        "--max-tick",
+        type=float,
+        default=1.0,
+        help="the longest a member goes without a Tick (the engine: ~0.1 s)",
+    )
+    parser.add_argument(
+        "--no-dead-letter-index",
+        action="store_true",
+        help="the shell writes every letter asked for (before issue 22 item 5's index)",
+    )
+    parser.add_argument(
+        "--invalid-fan-out",
+        action="store_true",
+        help="a message that fans out may be refused by both destinations (an open bug)",
     )
     parser.add_argument("--keep-going", action="store_true", help="run all seeds, list failures")
     parser.add_argument("-v", "--verbose", action="store_true", help="the machines' logs too")
@@ -51,7 +68,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.seed is not None:
         outcome = simulate(
-            args.seed, profile=args.profile, theme=args.theme, checks=checks, full_trace=args.trace
+            args.seed,
+            profile=args.profile,
+            theme=args.theme,
+            checks=checks,
+            full_trace=args.trace,
+            max_tick=args.max_tick,
+            dead_letter_index=not args.no_dead_letter_index,
+            invalid_fan_out=args.invalid_fan_out,
         )
         if args.trace:
             print("\n".join(outcome.trace))
@@ -68,7 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     run = 0
     simulated = 0.0
     for seed in seeds:
-        outcome = simulate(seed, profile=args.profile, theme=args.theme, checks=checks)
+        outcome = simulate(
+            seed,
+            profile=args.profile,
+            theme=args.theme,
+            checks=checks,
+            max_tick=args.max_tick,
+            dead_letter_index=not args.no_dead_letter_index,
+            invalid_fan_out=args.invalid_fan_out,
+        )
         run += 1
         simulated += outcome.simulated_seconds
         checked.update(outcome.checked)
@@ -114,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     print(first.report())
     extra = "".join(f" --report-only {r}" for r in args.report_only)
     extra += "".join(f" --assert {a}" for a in args.asserted)
+    if args.invalid_fan_out:
+        extra += " --invalid-fan-out"
+    if args.no_dead_letter_index:
+        extra += " --no-dead-letter-index"
+    if args.max_tick != 1.0:
+        extra += f" --max-tick {args.max_tick:g}"
     print(
         f"replay: python -m tests.simulation --seed {first.seed} "
         f"--profile {args.profile}{' --theme ' + args.theme if args.theme else ''}{extra} "

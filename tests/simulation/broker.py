@@ -48,6 +48,9 @@ class Broker:
         self.committed: dict[int, tuple[int, str | None]] = {}
         self.commits: list[CommitRecord] = []
         self.dead_letters: list[LetterRecord] = []
+        # (source offset, destination) -> its first letter (a letter's identity, as the
+        # engine's index keys it: streamer.dead_letter_index.SourceOffset)
+        self.lettered_at: dict[tuple[int, int, str | None], float] = {}
 
     @property
     def partitions(self) -> int:
@@ -74,3 +77,5 @@ class Broker:
 
     def write_dead_letter(self, record: LetterRecord) -> None:
         self.dead_letters.append(record)
+        key = (record.partition, record.offset, record.destination)
+        self.lettered_at.setdefault(key, record.at)

@@ -78,6 +78,9 @@ class Coordinator:
                 self._assign(member, sorted(entry.owned))
             if self.rebalancing:
                 self._maybe_phase_two()
+            owned = {p for e in self.entries.values() for p in e.owned}
+            if len(owned) < self.partitions:  # some wait for a live member: here is one
+                self.request_rebalance()
             return
         self._note(f"{member} joins")
         self.request_rebalance()

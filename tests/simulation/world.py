@@ -30,6 +30,8 @@ from tests.simulation.workload import TOPIC, SimMessage
 
 log = logging.getLogger(__name__)
 
+INDEX_LAG = 0.01  # seconds before a letter written is in every member's index
+
 
 @dataclass
 class Troubles:
@@ -55,6 +57,7 @@ class World:
         checks: Checks,
         max_tick: float = 1.0,
         trace_limit: int = 400,
+        dead_letter_index: bool = True,
     ) -> None:
         self.seed = seed
         self.config = config
@@ -63,6 +66,10 @@ class World:
         self.rng = random.Random(f"{seed}:world")
         self.broker = Broker(partitions)
         self.max_tick = max_tick
+        # the engine's DeadLetterWriter asks the DeadLetterIndex (a follower of the topic)
+        # before producing: a letter for the source offset already there is not written again
+        self.dead_letter_index = dead_letter_index
+        self.letters_not_rewritten = 0
         window = self.settings.rate_limit_window_seconds
         per_key = self.settings.requests_per_minute_per_api_key
         self.sources = sources
@@ -118,6 +125,8 @@ class World:
         self.kill(member)
 
     def lose(self, member: Member, rejoin_after: float) -> None:
+        if member.group_id not in self.coordinator.entries:
+            return  # not in the group now (lost already, not back yet)
         self.note(f"{member.id} loses its session")
         partitions = self.coordinator.lose(member.group_id)
         member.lose(partitions)
@@ -192,6 +201,24 @@ class World:
         member.handle(ev.Answered(job, answer))
 
     def write_dead_letter(self, member: Member, write: ev.WriteDeadLetter) -> None:
+        if self.dead_letter_index:  # asked first: the index reads up to now in INDEX_LAG
+            self.scheduler.after(INDEX_LAG, self._ask_index, member, write, self.scheduler.now)
+        else:
+            self._produce_letter(member, write)
+
+    def _ask_index(self, member: Member, write: ev.WriteDeadLetter, asked: float) -> None:
+        letter = write.letter
+        source = (letter.message.partition, letter.message.offset, letter.destination)
+        seen = self.broker.lettered_at.get(source)
+        if seen is not None and seen <= asked:
+            # a letter for the source offset and destination is there (SourceOffset)
+            self.letters_not_rewritten += 1
+            self.note(f"{member.id}: the index has a letter for {source}: not written again")
+            member.handle(ev.DeadLetterWritten(write.job))
+            return
+        self._produce_letter(member, write)
+
+    def _produce_letter(self, member: Member, write: ev.WriteDeadLetter) -> None:
         t = self.scheduler.now
         member.producing += 1
         to_store, to_ack = self.rng.uniform(0.002, 0.05), self.rng.uniform(0.002, 0.05)
@@ -231,10 +258,15 @@ class World:
             self.scheduler.after(0.001, member.handle, ev.CommitNotSent(offsets, commit.sync))
             return
         to_store, to_answer = self.rng.uniform(0.002, 0.05), self.rng.uniform(0.002, 0.05)
-        self.scheduler.at(t + to_store, self._store_commit, member, commit, rate, to_answer)
+        # one connection to the coordinator: commits land, and are answered, in the order
+        # they were sent (librdkafka calls on_commit in that order)
+        store_at = max(t + to_store, member.commit_stored_at + 1e-6)
+        answer_at = max(store_at + to_answer, member.commit_answered_at + 1e-6)
+        member.commit_stored_at, member.commit_answered_at = store_at, answer_at
+        self.scheduler.at(store_at, self._store_commit, member, commit, rate, answer_at)
 
     def _store_commit(
-        self, member: Member, commit: ev.Commit, rate: float, to_answer: float
+        self, member: Member, commit: ev.Commit, rate: float, answer_at: float
     ) -> None:
         t = self.scheduler.now
         results: dict[tuple[str, int], tuple[int, str | None]] = {}
@@ -250,7 +282,7 @@ class World:
                 self.broker.commit(partition, offset, note, member.id, t)
                 self.truth.committed(partition, offset, member.id, t)
             results[tp] = (offset, error)
-        self.scheduler.after(to_answer, member.handle, ev.CommitAnswered(results, commit.sync))
+        self.scheduler.at(answer_at, member.handle, ev.CommitAnswered(results, commit.sync))
 
     def read_notes(self, member: Member, read: ev.ReadNotes) -> None:
         t = self.scheduler.now
