@@ -49,9 +49,11 @@ def quiet_machines():
 
 
 def failure(outcome) -> str:
+    scenario = outcome.scenario
+    theme = f" --theme {scenario.theme}" if scenario.theme_asked else ""
     replay = (
-        f"python -m tests.simulation --seed {outcome.seed} --profile "
-        f"{outcome.scenario.profile} --theme {outcome.scenario.theme} --trace"
+        f"python -m tests.simulation --seed {outcome.seed} --profile {scenario.profile}{theme} "
+        "--trace"
     )
     tail = "\n".join(outcome.trace[-30:])
     return f"{outcome.report()}\nreplay: {replay}\nlast steps:\n{tail}"

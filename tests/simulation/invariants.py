@@ -8,7 +8,8 @@
   accepted;
 - **commit-behind-terminal** (at each stored commit): a committed offset never passes a
   message that is not terminal; **skip-only-terminal**: a message a next owner skips as
-  done (by the note's offset map) is terminal;
+  done (by the note's offset map) is terminal; **note-fits**: a note is within the
+  broker's `offset.metadata.max.bytes` (4096; a larger one is refused, as Kafka does);
 - **order-one-owner** (at each start): one member's requests for a key never overlap, and
   never go back in offsets within one assignment unless the newer one was dead-lettered;
   **order-final** (at the end): the last state incident.io accepted for each key is the
@@ -45,6 +46,7 @@ INVARIANTS = (
     "no-loss",
     "commit-behind-terminal",
     "skip-only-terminal",
+    "note-fits",
     "order-one-owner",
     "order-final",
     "order-zombie",

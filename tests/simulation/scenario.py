@@ -70,6 +70,7 @@ class Scenario:
     seed: int
     profile: str
     theme: str
+    theme_asked: bool
     members: int
     static: bool
     skews: dict[str, float]
@@ -91,6 +92,9 @@ class Scenario:
     def draw(cls, seed: int, profile: str = "short", theme: str | None = None) -> Scenario:
         rng = random.Random(f"{seed}:scenario")
         # demand-shift (an open bug found here) only when asked for: see tests/test_simulation.py
+        # A theme asked for skips this draw: `--seed N --theme T` is another scenario than
+        # seed N drawn as T (replay with exactly the flags the failing run had).
+        asked = theme is not None
         theme = theme or rng.choices(THEMES, weights=(4, 1, 1, 1, 1, 0))[0]
         size = PROFILES[profile]
         members = rng.randint(2, 4)
@@ -122,6 +126,7 @@ class Scenario:
             seed=seed,
             profile=profile,
             theme=theme,
+            theme_asked=asked,
             members=members,
             static=rng.random() < 0.5,
             skews=skews,

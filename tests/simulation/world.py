@@ -31,6 +31,7 @@ from tests.simulation.workload import TOPIC, SimMessage
 log = logging.getLogger(__name__)
 
 INDEX_LAG = 0.01  # seconds before a letter written is in every member's index
+MAX_METADATA = 4096  # the broker's offset.metadata.max.bytes (its default)
 
 
 @dataclass
@@ -273,6 +274,12 @@ class World:
         for tp, (offset, note) in sorted(commit.offsets.items()):
             partition = tp[1]
             error = self.coordinator.may_commit(member.group_id, partition)
+            self.truth.checked["note-fits"] += 1
+            if note is not None and len(note.encode()) > MAX_METADATA:
+                error = "OFFSET_METADATA_TOO_LARGE"  # as the broker answers; nothing stored
+                self.truth.violate(
+                    "note-fits", t, f"{member.id}'s note for {partition}: {len(note)} bytes"
+                )
             if error is None and self.rng.random() < rate:
                 error = "REQUEST_TIMED_OUT"
                 if self.rng.random() < 0.3:  # stored, but the answer says it failed
