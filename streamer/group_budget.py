@@ -87,6 +87,7 @@ class GroupBudget:
         # since): its share is no longer kept for it.
         self.fresh = 2 * tail_seconds
         self._written: dict[str, tuple[float, float]] = {}  # writer: (latest, seen at)
+        self._note_written: dict[Partition, tuple[str, float]] = {}  # (writer, written)
         self._next_view = 0.0
         self._done: dict[Partition, OffsetRanges] = {}  # inherited offset maps
         # inherited partly done messages: offset -> digests of their jobs that ended
@@ -213,14 +214,25 @@ class GroupBudget:
         count against each limit's ceiling, and shares follow where deliveries wait."""
         mine = set(self.ledger.partitions)
         limits = self._limits()
-        notes = [
-            decode(metadata, offset, limits)
+        read = [
+            (p, decode(metadata, offset, limits))
             for p, (offset, metadata) in committed.items()
             if p not in mine
         ]
+        notes = [note for _, note in read]
         written: dict[str, tuple[float, float]] = {}  # writer: (latest write time, seen at)
+        stepped_back = set()
+        for p, note in read:
+            # a partition's note written again, earlier by its writer's clock than the one
+            # before: that clock stepped back, and what we knew of it is no longer safe
+            last = self._note_written.get(p)
+            if last is not None and last[0] == note.writer and note.written < last[1]:
+                stepped_back.add(note.writer)
+            self._note_written[p] = (note.writer, note.written)
         for note in notes:
-            before = written.get(note.writer) or self._written.get(note.writer)
+            before = written.get(note.writer) or (
+                None if note.writer in stepped_back else self._written.get(note.writer)
+            )
             if before is None or note.written > before[0]:
                 written[note.writer] = (note.written, now)
             else:
@@ -282,6 +294,10 @@ class GroupBudget:
         map is skipped."""
         note = decode(metadata, committed, self._limits())
         shift, latest = self._reading(note, now, wall)
+        if note.writer != self.writer and note.written > 0:
+            # the later of the two readings: the writer's clock may have stepped back since
+            # its notes we read (this one, written after, then reads as written just now)
+            shift, latest = max(shift, now - note.written), max(latest, now + SKEW)
         if note.done:
             self._done[partition] = note.done
         if note.partly:

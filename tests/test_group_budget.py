@@ -394,3 +394,23 @@ def test_offsets_dropped_behind_a_waiting_key_keep_the_note_small_and_readable()
     assert all(new.already_done(P0, o) for o in (1, 125_000, 250_000))
     assert not new.already_done(P0, 250_001)
     assert new_ds["a"].limiter.paused_until >= 40.0
+
+
+def test_a_writer_whose_clock_steps_back_is_read_by_its_new_clock() -> None:
+    """A running member's wall clock steps back 40 minutes (NTP, a VM resumed): its next
+    notes are written earlier than the ones before. What was known of its clock no longer
+    holds: its new starts count for a whole real window, not as 40 minutes old."""
+    back = 40 * 60.0
+    writer, w_ds, w_ledger = member(limit=10, writer="stepper")
+    w_ledger.assign(P0)
+    reader, r_ds, r_ledger = member(limit=10, writer="reader")
+    r_ledger.assign(P1)
+    note = writer.notes({P0: 0}, now=1.0, wall=WALL + 1.0, final=False)[P0]
+    reader.observe({P0: (0, note)}, now=1.0, wall=WALL + 1.0, total_partitions=2)
+    for offset in range(10):
+        assert start(w_ds, w_ledger, P0, offset, 2.0)
+    note = writer.notes({P0: 0}, now=2.0, wall=WALL + 2.0 - back, final=False)[P0]
+    reader.observe({P0: (0, note)}, now=2.5, wall=WALL + 2.5, total_partitions=2)
+    r_ds["a"].limiter.set_limit(10)
+    window = r_ds["a"].limiter.window
+    assert not start(r_ds, r_ledger, P1, 100, 2.0 + window / 2)  # its 10 still count
