@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import functools
 import hashlib
 import itertools
 import json
@@ -128,6 +129,7 @@ def _from_runs(runs: list[int], base: int) -> OffsetRanges:
     return OffsetRanges.of(ranges)
 
 
+@functools.lru_cache(maxsize=4096)
 def _spent_json(spent: Spent, most: int, *, coarse: bool = False) -> list[Any]:
     """[tick deltas, counts, pause, tail, waiting]: each distinct tick once with its count
     (a burst of a thousand starts in one tick is two numbers); the latest `most` starts.

@@ -117,7 +117,9 @@ class GroupBudget:
         final: bool,
         waiting: Mapping[str, int] | None = None,
     ) -> PartitionNote:
-        to_wall = wall - now
+        # to the next millisecond up (later, never earlier): the same starts then make the
+        # same note from one commit to the next, and its encoding is reused (budget.py)
+        to_wall = math.ceil((wall - now) * 1000) / 1000
         if waiting is None:
             waiting = self._waiting(now).get(partition, {})
         spent = {}

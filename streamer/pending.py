@@ -43,6 +43,8 @@ from streamer.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
+KEYS_PER_SECOND = 100  # waiting keys a refresh walks per second of its interval, at most
+
 
 @dataclass(frozen=True)
 class PendingKey:
@@ -209,7 +211,12 @@ class PendingView:
         telemetry.pending = lambda: self.report.as_json(self.clock())
 
     def due(self, now: float) -> bool:
-        return now - self.report.at >= 1.0
+        """Rebuilt every second; with many keys waiting, about every `KEYS_PER_SECOND`th
+        of their number of seconds (1,000 waiting: every 10 s), so that waiting stays
+        cheap: the ages it reports are worked out when read, only which keys wait and
+        why can be that old."""
+        waiting = sum(self.report.waiting.values())
+        return now - self.report.at >= max(1.0, waiting / KEYS_PER_SECOND)
 
     def refresh(
         self,
