@@ -129,8 +129,23 @@ def _from_runs(runs: list[int], base: int) -> OffsetRanges:
     return OffsetRanges.of(ranges)
 
 
-@functools.lru_cache(maxsize=4096)
+CACHED_STARTS = 256  # a destination's starts up to this many: its encoding is reused
+
+
 def _spent_json(spent: Spent, most: int, *, coarse: bool = False) -> list[Any]:
+    """`_encode_spent`, reused while a partition's starts stay the same (a waiting group
+    writes the same notes every commit interval); bounded in entries and in their size."""
+    if len(spent.starts) <= CACHED_STARTS:
+        return _cached_spent_json(spent, most, coarse)
+    return _encode_spent(spent, most, coarse=coarse)
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_spent_json(spent: Spent, most: int, coarse: bool) -> list[Any]:
+    return _encode_spent(spent, most, coarse=coarse)
+
+
+def _encode_spent(spent: Spent, most: int, *, coarse: bool = False) -> list[Any]:
     """[tick deltas, counts, pause, tail, waiting]: each distinct tick once with its count
     (a burst of a thousand starts in one tick is two numbers); the latest `most` starts.
     Coarse: all of them at the latest tick (they leave the window late, never early)."""
