@@ -248,11 +248,18 @@ class DeliveryMachine:
 
     def next_wakeup(self, now: float) -> float:
         """The earliest time at which a `Tick` could do something (a timer, a slot, a
-        commit, a view, a registry retry); `now` if something can happen already."""
+        commit, a view, a registry retry); `now` if something can happen already. A
+        queue's head counts only if a worker is free and its partition may start (an
+        answer, a claim or its settle wakes the shell for the others)."""
         times = [self._commits.next_due(), self._budget.next_view()]
         if (timer := self._out.next_timer()) is not None:
             times.append(timer)
-        times += [start for _, start in self._destinations.earliest_starts(now)]
+        if self._out.busy < self.settings.workers:
+            times += [
+                start
+                for partition, start in self._destinations.earliest_starts(now)
+                if self._handover.may_start(partition, max(now, start))
+            ]
         times += self._backpressure.blocked_until()
         if self._handover.unclaimed():
             times.append(now + CLAIM_RETRY)

@@ -71,6 +71,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Engine"]
 
 MAX_WAIT = 0.5  # s: the loop wakes at least this often (rebalances, reloads, health)
+MIN_WAIT = 0.002  # s: and never spins (messages and answers still wake it at once)
 BUSY_WAIT = 0.02  # s: while answers or dead-letter acknowledgements are due
 
 
@@ -226,7 +227,7 @@ class Engine:
         # answer (the queue wakes at once), or what the machine knows of: a slot, a retry,
         # a commit, a view (`next_wakeup`). Waiting on a rate limit then costs nothing.
         now = self.clock()
-        wait = min(MAX_WAIT, max(0.0, machine.next_wakeup(now) - now))
+        wait = min(MAX_WAIT, max(MIN_WAIT, machine.next_wakeup(now) - now))
         if len(self.producer) > 0:  # dead letters on their way: their acks come by polling
             wait = min(wait, BUSY_WAIT)
         room = machine.room()
