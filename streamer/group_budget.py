@@ -272,7 +272,6 @@ class GroupBudget:
                 state.spec.events_per_minute,
                 [(t.starts, t.limit) for _, t in named],
                 writers=[w for w, _ in named],
-                first=all(self.writer < w for w, _ in named),
             )
         for limiter, limit, names in self.destinations.limiters():
             per_member = [(w, [m[n] for n in names if n in m]) for w, m in members.items()]
@@ -284,7 +283,6 @@ class GroupBudget:
                     for _, ts in per_member
                 ],
                 writers=[w for w, _ in per_member],
-                first=all(self.writer < w for w, _ in per_member),
             )
 
     # -- taking partitions over and letting them go ----------------------------------------

@@ -143,26 +143,23 @@ class RollingWindowLimiter:
         others: Iterable[tuple[Iterable[float], int]] = (),
         *,
         writers: Sequence[str] = (),
-        first: bool = True,
     ) -> None:
         """The group's whole limit, and each other member's starts (as far as known) and
         announced share (0: not known): this limiter never lets its own starts and theirs,
         each member counted as at least its share, exceed the limit in a window.
-        `writers`: who the others are (for `why`), in the same order. `first`: this
-        member's writer id is the lowest of the group's (see below)."""
+        `writers`: who the others are (for `why`), in the same order."""
         self._ceiling = None if limit is None else max(1, limit)
         self._room_at = -math.inf
         most = self._ceiling or 0  # past the ceiling, older starts cannot matter
         self._others = [(sorted(starts)[-most:], max(0, share)) for starts, share in others]
         self._writers = tuple(writers)
         total = sum(share for _, share in self._others)
-        if total >= most and first:
+        if total >= most:
             # Their shares alone fill the limit (shares rounded up to 1: more replicas than
-            # the limit allows; or a demand-raised share before the others' floors are cut):
-            # kept in proportion, leaving one start of room, never none; but for one member
-            # only, the one whose writer id is the lowest: two that each took the one start
-            # would go past the limit (the simulator's demand-shift seeds: 10 in a window of
-            # 9). The others wait for the shares to follow demand (a cut applies at once).
+            # the limit allows; or a raise announced before another's cut is seen): kept
+            # in proportion, leaving one start of room, never none. (Giving that room to
+            # the lowest writer id only was tried: it starved a member for good, the
+            # simulator's short seed 612.)
             self._others = [(starts, share * (most - 1) // total) for starts, share in self._others]
 
     def _ceiling_frees(self, now: float) -> float:
