@@ -34,7 +34,8 @@ from streamer.config import load_config
 from streamer.decoding import load_schema
 from streamer.engine import Engine
 from streamer.instrumentation import Stats
-from streamer.telemetry import Telemetry, serve
+from streamer.metrics_server import serve
+from streamer.telemetry import Telemetry
 from streamer.testing import AlertSource, FakeIncidentIo
 from streamer.testing.events import MonitoringTraffic, as_json
 from streamer.testing.infra import Infrastructure, local_infrastructure

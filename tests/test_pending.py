@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import urllib.request
 
+from streamer.metrics_server import serve
 from streamer.pending import PendingKey, WatermarkWatch, pending_report
-from streamer.telemetry import Telemetry, serve
+from streamer.telemetry import Telemetry
 
 P0, P1 = ("events", 0), ("events", 1)
 

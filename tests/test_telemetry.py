@@ -11,7 +11,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamer.telemetry import Health, Telemetry, serve
+from streamer.metrics_server import serve
+from streamer.telemetry import Health, Telemetry
 from tests.conftest import ManualClock
 from tests.pipeline import Pipeline, ServiceProcess, check_event
 

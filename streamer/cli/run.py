@@ -82,7 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    from streamer.telemetry import Health, Telemetry, serve
+    from streamer.metrics_server import serve
+    from streamer.telemetry import Health, Telemetry
 
     # liveness: the poll loop must turn within librdkafka's max.poll.interval.ms
     max_poll = float(config.file.kafka.properties.get("max.poll.interval.ms", 300_000)) / 1000
