@@ -89,8 +89,9 @@ class PartitionNote:
     overflow: bool = False
     written: float = 0.0  # wall clock (0: not told); a live writer's notes are recent
     # messages above the committed offset that fan out and are partly terminal: offset ->
-    # digests (`job_digest`) of their jobs that ended; the next owner sends only the rest
-    partly: Mapping[int, frozenset[str]] = field(default_factory=dict)
+    # digests (`job_digest`) of their jobs that ended, once per job (two jobs of one
+    # message may share a key: two routes to one destination); the next owner sends the rest
+    partly: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
 
 
 EMPTY = PartitionNote()
@@ -313,17 +314,18 @@ def _note(body: Any, committed: int, keep: Mapping[str, int] | None, *, old: boo
     )
 
 
-def _partly(value: Any, committed: int) -> dict[int, frozenset[str]]:
+def _partly(value: Any, committed: int) -> dict[int, tuple[str, ...]]:
     """The partly done messages; anything malformed reads as none told (the next owner then
     sends such a message whole, as before this was told)."""
     if not isinstance(value, dict) or len(value) > MAX_DONE:
         return {}
-    partly: dict[int, frozenset[str]] = {}
+    partly: dict[int, tuple[str, ...]] = {}
     for relative, digests in value.items():
         if not isinstance(digests, list) or len(digests) > MAX_COUNT:
             return {}
-        if not (isinstance(relative, str) and relative.isdigit() and len(relative) <= 15):
+        digits = isinstance(relative, str) and relative.isascii() and relative.isdigit()
+        if not digits or len(relative) > 15:
             return {}
         kept = [d for d in digests if isinstance(d, str) and len(d) == DIGEST_CHARS]
-        partly[committed + int(relative)] = frozenset(kept)
+        partly[committed + int(relative)] = tuple(sorted(kept))
     return partly

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Collection, Mapping
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from opentelemetry.trace import INVALID_SPAN
 from pydantic import SecretStr
@@ -51,6 +52,7 @@ from streamer.delivery_events import (
     Revoked,
     Revoking,
     Tick,
+    Work,
     WriteDeadLetter,
 )
 from streamer.destinations import Destinations
@@ -310,7 +312,7 @@ class DeliveryMachine:
             self._backpressure.registry_answered(p)
             works = m.works
             if done := self._budget.jobs_done(p, m.offset):  # partly done before a hand-over
-                works = [w for w in works if w[0] is None or digest(w[0]) not in done]
+                works = not_done(works, done)
                 if not works:  # every job ended before: terminal, as an offset map says
                     ledger.add(p, m.offset, ())
                     if m.span is not None:
@@ -445,3 +447,17 @@ class DeliveryMachine:
 
 def digest(key: OrderingKey) -> str:
     return job_digest(key.destination, key.deduplication_key)
+
+
+def not_done(works: Sequence[Work], done: Sequence[str]) -> list[Work]:
+    """`works` without the ones `done` names, each digest standing for one job: of two
+    works of one key (two routes to one destination), one ended is one skipped."""
+    left = Counter(done)
+    kept = []
+    for work in works:
+        key = work[0]
+        if key is not None and left[d := digest(key)] > 0:
+            left[d] -= 1
+        else:
+            kept.append(work)
+    return kept

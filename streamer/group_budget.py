@@ -91,7 +91,7 @@ class GroupBudget:
         self._next_view = 0.0
         self._done: dict[Partition, OffsetRanges] = {}  # inherited offset maps
         # inherited partly done messages: offset -> digests of their jobs that ended
-        self._partly: dict[Partition, Mapping[int, frozenset[str]]] = {}
+        self._partly: dict[Partition, Mapping[int, tuple[str, ...]]] = {}
         self._tails_taken: set[str] = set()  # writers whose tail was already counted
         # built-at times of commits on their way (None: not every partition's note)
         self._commits: deque[float | None] = deque()
@@ -148,8 +148,8 @@ class GroupBudget:
         done |= self._done.get(partition, NO_OFFSETS)
         partly = dict(self._partly.get(partition, {}))  # inherited, and ours since
         for offset, keys in self.ledger.partly_done(partition).items():
-            digests = {job_digest(k.destination, k.deduplication_key) for k in keys}
-            partly[offset] = partly.get(offset, frozenset()) | digests
+            digests = [job_digest(k.destination, k.deduplication_key) for k in keys]
+            partly[offset] = tuple(sorted([*partly.get(offset, ()), *digests]))
         return PartitionNote(self.writer, final, spent, done, written=wall, partly=partly)
 
     def _waiting(self, now: float) -> dict[Partition, dict[str, int]]:
@@ -358,10 +358,10 @@ class GroupBudget:
         done = self._done.get(partition)
         return done is not None and offset in done
 
-    def jobs_done(self, partition: Partition, offset: int) -> frozenset[str]:
+    def jobs_done(self, partition: Partition, offset: int) -> tuple[str, ...]:
         """Of a message that fans out, the digests of the jobs that ended before the
         hand-over (`budget.job_digest`): the next owner sends only its other jobs."""
-        return self._partly.get(partition, {}).get(offset, frozenset())
+        return self._partly.get(partition, {}).get(offset, ())
 
     def let_go(self, partitions: Collection[Partition]) -> None:
         for p in partitions:

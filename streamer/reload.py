@@ -104,6 +104,8 @@ class ConfigReloader:
             )
             return None
         took = self._clock() - started
+        # its own token files from now on (a new file named is no second change)
+        self._seen = _fingerprint(path, _token_files(new))
         if took > self.max_seconds:
             self._count("rejected")
             log.error(

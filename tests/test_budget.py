@@ -226,9 +226,15 @@ def test_a_billion_terminal_offsets_in_one_run_are_read_as_one_run() -> None:
 
 def test_partly_done_messages_come_back_and_garbage_reads_as_none_told() -> None:
     digest = budget.job_digest("a", "host-1//disk")
-    note = PartitionNote(partly={12: frozenset({digest}), 9: frozenset({digest})})
+    note = PartitionNote(partly={12: (digest, digest), 9: (digest,)})
     back = decode(encode(note, committed=10), committed=10)
-    assert back.partly == {12: frozenset({digest})}  # below the committed offset: dropped
+    assert back.partly == {12: (digest, digest)}  # once per job; below the committed: dropped
     for hostile in ([1, 2], {"x": [digest]}, {"1": "abc"}, {"1": [digest] * 200_000}):
         body = {"w": "w0", "f": 1, "s": {}, "d": [], "j": hostile}
         assert decode(budget._pack(body), committed=10).partly == {}
+
+
+def test_a_partly_done_entry_with_a_non_ascii_digit_loses_only_itself() -> None:
+    body = {"w": "w0", "f": 1, "s": {}, "d": [0, 1], "j": {"²": ["abcdefabcdef"]}}
+    note = decode(budget._pack(body), committed=10)
+    assert note.partly == {} and set(note.done) == {10}  # the rest of the note is read

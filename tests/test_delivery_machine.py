@@ -419,3 +419,14 @@ def test_an_event_every_route_of_which_is_muted_is_committed_but_not_counted_dro
     h.start()
     assert h.ledger.commit_offset(P0) == 2  # both terminal: committed like dropped ones
     assert h.stats.dropped == 1  # the muted one is counted by route and interval instead
+
+
+def test_two_works_of_one_key_in_a_message_are_two_jobs_after_a_hand_over() -> None:
+    """Two routes to one destination with the same deduplication key: one accepted before
+    the hand-over is one skipped by the next owner, never both (a lost delivery)."""
+    from streamer.budget import job_digest
+    from streamer.delivery_machine import not_done
+
+    key = OrderingKey("a", "fp1")
+    works = [(key, "route-1"), (key, "route-2"), (OrderingKey("a", "other"), "route-3")]
+    assert not_done(works, (job_digest("a", "fp1"),)) == works[1:]

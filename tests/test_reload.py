@@ -171,3 +171,15 @@ def test_a_big_reload_is_compiled_off_the_poll_thread_while_events_flow(
     assert threads == ["config-reload"]  # never the poll thread
     assert "configuration reloaded" in caplog.text
     assert "revoked" not in caplog.text  # no rebalance: the member never left its group
+
+
+def test_a_change_that_names_a_new_token_file_is_applied_once(tmp_path, monkeypatch) -> None:
+    path, reloader = make(tmp_path, monkeypatch)
+    (tmp_path / "token-a").write_text("a-file")
+    text = path.read_text().replace("{env: TOKEN_A}", "{file: token-a}")
+    path.write_text(text)
+    applied: list[str] = []
+    reloader._count = applied.append
+    assert reloader.check() is True
+    assert reloader.check() is False  # the new token file is no second change
+    assert applied == ["applied"]
