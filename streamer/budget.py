@@ -46,10 +46,11 @@ import itertools
 import json
 import math
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from streamer.ledger import OrderingKey
 from streamer.offset_ranges import EMPTY as NO_OFFSETS
 from streamer.offset_ranges import OffsetRanges
 
@@ -102,6 +103,27 @@ def job_digest(destination: str, deduplication_key: str) -> str:
     """A job's name in a note: its ordering key, hashed (keys are long and may be many)."""
     text = f"{destination}\0{deduplication_key}".encode()
     return hashlib.blake2b(text, digest_size=DIGEST_CHARS // 2).hexdigest()
+
+
+def digest(key: OrderingKey) -> str:
+    return job_digest(key.destination, key.deduplication_key)
+
+
+W = TypeVar("W", bound=tuple[OrderingKey | None, Any])  # a work (`delivery_events.Work`)
+
+
+def not_done(works: Sequence[W], done: Sequence[str]) -> list[W]:
+    """`works` without the ones `done` names, each digest standing for one job: of two
+    works of one key (two routes to one destination), one ended is one skipped."""
+    left = collections.Counter(done)
+    kept = []
+    for work in works:
+        key = work[0]
+        if key is not None and left[d := digest(key)] > 0:
+            left[d] -= 1
+        else:
+            kept.append(work)
+    return kept
 
 
 def _up(t: float) -> int:

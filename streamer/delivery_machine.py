@@ -8,12 +8,13 @@ resume, read notes). The shell (`engine.py`, or the simulator in tests/simulatio
 performs them and feeds their results back as events; nothing here blocks, sleeps, reads
 a clock or talks to Kafka or HTTP, and nothing here calls back into the shell.
 
-Its parts are private (the shell only asks the read-only questions below): the ledger
-(guarantees 1, 2), destinations and the dispatcher (3, 5), coalescing (11), backpressure
-(4), the hand-over (6), and the commit conversation with the group budget (1, 3, 10).
+Its parts are private (the shell only asks the read-only questions below): admission
+(`admission.py`: which fetched messages become jobs), the ledger (guarantees 1, 2),
+destinations and the dispatcher (3, 5), coalescing (11), backpressure (4), the hand-over
+(6), and the commit conversation with the group budget (1, 3, 10).
 
-A message's walk: `Fetched` -> the ledger -> one job per delivery, queued for its
-destination (or a `WriteDeadLetter`) -> `Tick`: `Post` when its key, hold, limits and
+A message's walk: `Fetched` -> admission -> the ledger -> one job per delivery, queued for
+its destination (or a `WriteDeadLetter`) -> `Tick`: `Post` when its key, hold, limits and
 hand-over allow -> `Answered`: terminal, a retry, a wait or a dead letter -> a job that
 ends goes through `_end` (the one place), which frees its key -> a `Commit` behind the
 watermark.
@@ -23,14 +24,12 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import Counter
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping
 
-from opentelemetry.trace import INVALID_SPAN
 from pydantic import SecretStr
 
+from streamer.admission import Admission
 from streamer.backpressure import Backpressure
-from streamer.budget import job_digest
 from streamer.commit_conversation import CommitConversation
 from streamer.commits import CLAIM_RETRY, CommitSchedule
 from streamer.config import Config, DeliverySettings, Destination
@@ -52,7 +51,6 @@ from streamer.delivery_events import (
     Revoked,
     Revoking,
     Tick,
-    Work,
     WriteDeadLetter,
 )
 from streamer.destinations import Destinations
@@ -67,7 +65,7 @@ from streamer.instrumentation import (
     register_gauges,
     stats_of,
 )
-from streamer.ledger import DeliveryLedger, Job, OrderingKey, Partition
+from streamer.ledger import DeliveryLedger, Job, Partition
 from streamer.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -134,6 +132,17 @@ class DeliveryMachine:
             clock=clock,
             rng=rng,
         )
+        self._admission = Admission(
+            ledger=self._ledger,
+            backpressure=self._backpressure,
+            budget=self._budget,
+            commit=self._commit,
+            commits=self._commits,
+            out=self._out,
+            spans=self.spans,
+            telemetry=self.telemetry,
+            activate=self._activate,
+        )
         self._total_partitions = 0
         self._effects: list[Effect] = []
         self._configure(destinations, tokens)
@@ -159,8 +168,8 @@ class DeliveryMachine:
         self._now, self._wall = now, wall
         self._effects = []
         match event:
-            case Fetched():
-                self._fetched(event)
+            case Fetched():  # which messages become jobs: admission.py
+                self._admission.fetched(event, now, self._effects)
             case Tick():
                 self._tick(event)
             case Answered():
@@ -232,14 +241,7 @@ class DeliveryMachine:
     def needs_routing(self, partition: Partition, offset: int) -> bool:
         """Whether a fetched message is worth decoding and routing (else the shell passes
         it with `works=None`: not ours, blocked, fetched twice, or known to be done)."""
-        if not self._ledger.holds(partition) or self._backpressure.blocked(partition):
-            return False
-        seen_up_to = self._ledger.next_offset(partition)
-        if seen_up_to is not None and offset < seen_up_to:
-            return False
-        return partition not in self._commit.unread and not self._budget.already_done(
-            partition, offset
-        )
+        return self._admission.needs_routing(partition, offset)
 
     def drained(self, partitions: Collection[Partition], *, producing: bool) -> bool:
         """A drain of `partitions` may end: all terminal, or waiting cannot change anything
@@ -284,56 +286,6 @@ class DeliveryMachine:
         register_gauges(self.telemetry, self._ledger, self._backpressure, self._destinations, lag)
 
     # -- in: messages -> jobs --------------------------------------------------------------
-
-    def _fetched(self, event: Fetched) -> None:
-        """Most messages are dropped by the rules and terminal at once: per message only the
-        ledger's offset; counters are added once per batch."""
-        ledger, spans, dropped, muted = self._ledger, self.spans, 0, 0
-        for m in event.messages:
-            p = m.partition
-            if not ledger.holds(p) or self._backpressure.blocked(p):
-                continue  # no longer ours / re-fetched after the seek that unblocks it
-            seen_up_to = ledger.next_offset(p)
-            if seen_up_to is not None and m.offset < seen_up_to:
-                continue  # fetched twice (a prefetch around a seek): already accounted for
-            if p in self._commit.unread:  # its offset map is not known yet
-                why = "no coordinator: the previous owner's note is not read yet"
-                self._effects.append(self._backpressure.block(p, m.offset, self._now, why))
-                continue
-            if self._budget.already_done(p, m.offset):
-                ledger.add(p, m.offset, ())  # terminal before a hand-over
-                continue
-            if m.registry_down is not None:
-                why = f"schema registry unavailable: {m.registry_down}"
-                self._effects.append(self._backpressure.block(p, m.offset, self._now, why))
-                continue
-            if m.works is None:
-                continue  # the shell did not route it: read again (a seek brings it back)
-            self._backpressure.registry_answered(p)
-            works = m.works
-            if done := self._budget.jobs_done(p, m.offset):  # partly done before a hand-over
-                works = not_done(works, done)
-                if not works:  # every job ended before: terminal, as an offset map says
-                    ledger.add(p, m.offset, ())
-                    if m.span is not None:
-                        m.span.end()
-                    continue
-            if works:
-                # timed whether traced or not (the process-duration histogram)
-                spans.routed(p, m.offset, m.span or INVALID_SPAN, len(works))
-                for job in ledger.add(p, m.offset, works, m.size):
-                    self._activate(job)
-                self._out.coalesce(works)  # a newer event supersedes its key's waiting one
-            else:  # dropped (or muted) on purpose: terminal now
-                ledger.add(p, m.offset, (), m.size)
-                muted += m.muted
-                dropped += not m.muted
-                if m.span is not None:
-                    spans.routed(p, m.offset, m.span, 0)
-        if dropped:
-            self.telemetry.dropped.add(dropped)
-        if dropped or muted:  # (muted events are counted by route and interval at routing)
-            self._commits.terminal(dropped + muted)
 
     def _activate(self, job: Job) -> None:
         """A job whose key is free: queue it for its destination, or write its letter."""
@@ -443,21 +395,3 @@ class DeliveryMachine:
             raise_after=self._budget.raise_after,
         )
         self._budget.promise_tails()
-
-
-def digest(key: OrderingKey) -> str:
-    return job_digest(key.destination, key.deduplication_key)
-
-
-def not_done(works: Sequence[Work], done: Sequence[str]) -> list[Work]:
-    """`works` without the ones `done` names, each digest standing for one job: of two
-    works of one key (two routes to one destination), one ended is one skipped."""
-    left = Counter(done)
-    kept = []
-    for work in works:
-        key = work[0]
-        if key is not None and left[d := digest(key)] > 0:
-            left[d] -= 1
-        else:
-            kept.append(work)
-    return kept

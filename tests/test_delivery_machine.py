@@ -424,8 +424,7 @@ def test_an_event_every_route_of_which_is_muted_is_committed_but_not_counted_dro
 def test_two_works_of_one_key_in_a_message_are_two_jobs_after_a_hand_over() -> None:
     """Two routes to one destination with the same deduplication key: one accepted before
     the hand-over is one skipped by the next owner, never both (a lost delivery)."""
-    from streamer.budget import job_digest
-    from streamer.delivery_machine import not_done
+    from streamer.budget import job_digest, not_done
 
     key = OrderingKey("a", "fp1")
     works = [(key, "route-1"), (key, "route-2"), (OrderingKey("a", "other"), "route-3")]
