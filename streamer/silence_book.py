@@ -1,0 +1,223 @@
+"""The silences every replica shares: a compacted topic, read in full by each of them.
+
+The silences topic (`kafka.silence_topic`, default `streamer.silences`, compacted) holds
+one record per silence, keyed by its id, valued with its latest version (JSON, Alertmanager's
+API form; streamer/silences.py); an empty value (a tombstone) forgets it. `streamer silence
+add | expire | import` write it; every replica follows it whole (`TopicFollower`,
+`window_seconds=None`, outside the consumer group), so a silence written anywhere is read
+by every replica within about a follower's poll (0.25 s) and applies to what each routes
+next. The topic is the only state: a replica (re)started reads it from the beginning.
+
+Fail open (README, "Silences"; docs/design.md, guarantee 12): an unreadable topic never
+hides an alert that no silence read says to hide.
+
+- At start-up, `wait_read(timeout)` waits (bounded) until every record written before the
+  start is read; if that cannot be done in time (the topic is unreadable, the brokers slow),
+  it warns and the replica routes on with the silences read so far (maybe none): alerts
+  a silence would have muted are delivered. A topic that does not exist holds nothing:
+  read at once.
+- Later, while the topic cannot be read, the silences already read keep applying until
+  they end; a silence added meanwhile applies once the topic reads again.
+
+Expired silences are kept (and listed) for `EXPIRED_KEPT` after they end, then forgotten;
+the writers tombstone the ones they find that old, and compaction removes them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from streamer.silences import Silence, SilenceError, Silences
+from streamer.topic_follower import TopicFollower
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SilenceBook", "ensure_topic", "publish", "read_silences"]
+
+STARTUP_WAIT_SECONDS = 10.0  # at start, the silences are waited for at most this long
+WAIT_STEP = 0.05
+
+
+class Follows(Protocol):
+    """What the book needs of a `TopicFollower` (tests pass a plain one)."""
+
+    def caught_up(self, since: float) -> bool: ...
+    def failing_since(self) -> float | None: ...
+    def problem(self) -> str: ...
+    def close(self) -> None: ...
+
+
+class SilenceBook:
+    """The silences read from the topic so far; `matching` is asked on the poll thread,
+    the follower adds on its own."""
+
+    def __init__(
+        self,
+        topic: str,
+        follower: Callable[[Callable[[Message], None]], Follows],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.topic, self.clock = topic, clock
+        self._lock = threading.Lock()
+        self._silences = Silences()
+        self._version = 0  # bumped by every record read: snapshots are cheap to reuse
+        self.follower = follower(self._read)
+
+    @classmethod
+    def following(cls, settings: Mapping[str, Any], topic: str) -> SilenceBook:
+        """A book fed by a follower of `topic` (librdkafka `settings`) started now."""
+
+        def follower(handle: Callable[[Message], None]) -> Follows:
+            return TopicFollower(settings, topic, handle, window_seconds=None).start()
+
+        return cls(topic, follower)
+
+    def _read(self, message: Message) -> None:
+        key, value = message.key(), message.value()
+        silence_id = key.decode("utf-8", "replace") if key else ""
+        if value is None:  # a tombstone
+            self.take(silence_id, None)
+            return
+        try:
+            silence = Silence.from_json(json.loads(value), "silence")
+        except (ValueError, SilenceError) as e:
+            log.warning(
+                "%s[%d]@%d is not a silence, skipped: %s",
+                self.topic,
+                message.partition() or 0,
+                message.offset() or 0,
+                e,
+                extra={"topic": self.topic},
+            )
+            return
+        self.take(silence.id, silence)
+
+    def take(self, silence_id: str, silence: Silence | None) -> None:
+        """The topic's latest word on `silence_id` (None: forgotten)."""
+        with self._lock:
+            if silence is None:
+                self._silences.remove(silence_id)
+            else:
+                self._silences.put(silence)
+            self._version += 1
+
+    def matching(self, labels: Mapping[str, Any], at: datetime) -> list[Silence]:
+        """The active silences that mute `labels` (streamer.silences.labels_of) at `at`."""
+        with self._lock:
+            if not len(self._silences):
+                return []
+            return self._silences.matching(labels, at)
+
+    def silences(self, at: datetime | None = None) -> list[Silence]:
+        """Every silence read, the long-expired ones forgotten first (`EXPIRED_KEPT`)."""
+        with self._lock:
+            self._silences.forget_old(at or datetime.now(UTC))
+            return list(self._silences)
+
+    def active(self, at: datetime) -> list[Silence]:
+        with self._lock:
+            return self._silences.active(at)
+
+    def read_to_now(self, timeout: float, stop: threading.Event | None = None) -> bool:
+        """Waits until every silence written before now is read (True), or `timeout` s
+        pass or `stop` is set (False)."""
+        since = self.clock()
+        deadline = since + timeout
+        while not self.follower.caught_up(since):
+            if self.clock() >= deadline or (stop is not None and stop.is_set()):
+                return False
+            time.sleep(WAIT_STEP)
+        return True
+
+    def wait_read(self, timeout: float, stop: threading.Event | None = None) -> bool:
+        """`read_to_now`, and when it did not, a warning that the replica goes on with the
+        silences read so far (fail open)."""
+        if self.read_to_now(timeout, stop):
+            return True
+        log.warning(
+            "the silences in %s were not all read within %.0f s (%s): routing goes on with "
+            "the %d read so far, so alerts a silence would mute may be delivered; silences "
+            "apply as soon as the topic is read",
+            self.topic,
+            timeout,
+            self.follower.problem(),
+            len(self.silences()),
+            extra={"topic": self.topic},
+        )
+        return False
+
+    def readable(self) -> bool:
+        return self.follower.failing_since() is None
+
+    def close(self) -> None:
+        self.follower.close()
+
+
+def ensure_topic(settings: Mapping[str, Any], topic: str, timeout: float = 30.0) -> bool:
+    """Creates the compacted silences topic if it does not exist (True: created)."""
+    admin = AdminClient(dict(settings))
+    metadata = admin.list_topics(topic, timeout=timeout)
+    found = metadata.topics.get(topic)
+    if found is not None and found.error is None:
+        return False
+    new = NewTopic(topic, num_partitions=1, config={"cleanup.policy": "compact"})
+    try:
+        admin.create_topics([new], operation_timeout=timeout)[topic].result(timeout)
+    except Exception as e:
+        error = e.args[0] if e.args else None
+        if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            return False
+        raise
+    return True
+
+
+def publish(
+    settings: Mapping[str, Any],
+    topic: str,
+    silences: Iterable[Silence],
+    forget: Iterable[str] = (),
+    timeout: float = 30.0,
+) -> None:
+    """Writes `silences` (their latest versions) and tombstones for the ids in `forget`,
+    acknowledged by the brokers (acks=all) before it returns; raises on a failure."""
+    producer = Producer({**settings, "acks": "all", "enable.idempotence": True})
+    failures: list[str] = []
+
+    def acknowledged(error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            failures.append(f"{message.key()!r}: {error.str()}")
+
+    for silence in silences:
+        value = json.dumps(silence.to_json(), ensure_ascii=False).encode()
+        producer.produce(topic, key=silence.id.encode(), value=value, on_delivery=acknowledged)
+    for silence_id in forget:
+        producer.produce(topic, key=silence_id.encode(), value=None, on_delivery=acknowledged)
+    left = producer.flush(timeout)
+    if left:
+        failures.append(f"{left} records not acknowledged within {timeout:.0f} s")
+    if failures:
+        raise SilenceError(f"writing to {topic} failed: {'; '.join(failures)}")
+
+
+def read_silences(settings: Mapping[str, Any], topic: str, timeout: float = 30.0) -> SilenceBook:
+    """Every silence in `topic`, read to its end (a book whose follower is closed); raises
+    SilenceError when it cannot be read within `timeout`."""
+    book = SilenceBook.following(settings, topic)
+    try:
+        if not book.read_to_now(timeout):
+            problem = book.follower.problem()
+            raise SilenceError(f"{topic} could not be read within {timeout:.0f} s: {problem}")
+    finally:
+        book.close()
+    return book
