@@ -113,6 +113,8 @@ class KafkaSettings(_Model):
     bootstrap_servers: str = "localhost:9092"
     group_id: str = "streamer"
     dead_letter_topic: str = "streamer.dead-letters"
+    # Silences every replica reads in full (compacted; `streamer silence` creates it)
+    silence_topic: str = Field("streamer.silences", min_length=1)
     # Any librdkafka property (TLS, mTLS, SASL mechanism and username, OAUTHBEARER/OIDC
     # settings, timeouts), for the consumer and the dead-letter producer alike ...
     properties: dict[str, str | int | float | bool] = {}
