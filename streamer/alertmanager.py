@@ -3,8 +3,8 @@
 Invariant: the imported rules route every label set to the destinations Alertmanager would
 notify for it, in the same order (routes, nesting, `continue`, receiver inheritance, the
 root's receiver as the default), and nothing Alertmanager does is left out silently: what
-has no equivalent here (grouping and its timings, inhibit rules, route labels, other
-receiver kinds, webhook settings) is listed in `Imported.gaps`. The input is
+has no equivalent here (grouping and its timings, route labels, other receiver kinds,
+webhook settings) is listed in `Imported.gaps`. The input is
 read as Alertmanager reads it: every scalar as its text, as Go's yaml.v2 reads it into string
 fields (`streamer.config.yaml_text`), matchers in the base's `matcher_mode` (Alertmanager's
 fallback by default, with its warnings, each naming the input's `file:line`). Whatever the
@@ -171,6 +171,10 @@ def import_alertmanager(
     else:
         config.pop("time_intervals", None)  # the base's would name nothing the tree uses
     config["routes"] = routes
+    if tree.inhibitions.rules:
+        config["inhibit_rules"] = tree.inhibitions.rules
+    else:
+        config.pop("inhibit_rules", None)  # the base's would inhibit by another file's labels
     if base.get("routes"):
         tree.notes.append("The base configuration's own routes were replaced by the imported tree.")
     return Imported(config, tree.gaps, tree.notes, tree.warnings)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from streamer.alertmanager_inhibition import InhibitReader
 from streamer.alertmanager_intervals import ROUTE_KEYS, IntervalReader
 from streamer.alertmanager_receivers import DROP, ReceiverReader, Resolved, shown
 from streamer.config.yaml_text import go_bool
@@ -41,6 +42,7 @@ class RouteTree:
         self.warnings: list[str] = []
         self.resolved: dict[str, Resolved] = {}
         self.intervals = IntervalReader(self.at, self.problems)
+        self.inhibitions = InhibitReader(self.at, self.problems, self.warnings, mode)
 
     def at(self, container: Any, key: Any = None) -> str:
         return self.reader.at(container, key)
@@ -58,6 +60,7 @@ class RouteTree:
                 )
         self._receivers(alertmanager)
         self.intervals.read(alertmanager)
+        self.inhibitions.read(alertmanager)
         for name in reader.mapped:
             if name not in self.resolved:
                 self.problems.append(
@@ -236,10 +239,6 @@ class RouteTree:
             self.gaps.append(f"{where}: {', '.join(grouping)} (each event is delivered on its own)")
 
     def _top_level_gaps(self, alertmanager: Mapping[str, Any]) -> None:
-        inhibit = alertmanager.get("inhibit_rules") or []
-        if inhibit:
-            count = len(inhibit) if isinstance(inhibit, list) else 1
-            self.gaps.append(f"inhibit_rules: {count} rule(s) (no alert suppresses another)")
         if alertmanager.get("templates"):
             self.gaps.append(
                 "templates: notification templates (streamer's are routes' templates:)"

@@ -36,6 +36,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from streamer.alert_event import FIELD_LIMITS, AlertEventPayload
+from streamer.inhibition import InhibitRule
 from streamer.matchers import Matcher, field_text
 from streamer.route_index import indexes
 from streamer.templates import (
@@ -354,11 +355,18 @@ class _Walk:
 
 
 class Rules:
-    """A compiled rules file: routes in order and the default (None: drop)."""
+    """A compiled rules file: routes in order, the default (None: drop) and the inhibit
+    rules (applied after routing, streamer/inhibition.py)."""
 
-    def __init__(self, routes: tuple[Route, ...], default: Route | None) -> None:
+    def __init__(
+        self,
+        routes: tuple[Route, ...],
+        default: Route | None,
+        inhibit_rules: tuple[InhibitRule, ...] = (),
+    ) -> None:
         self.routes = routes
         self.default = default
+        self.inhibit_rules = inhibit_rules
         # per level (by identity of its tuple): the routes that could match an event
         self._index = {id(index.routes): index for index in indexes(routes)}
 

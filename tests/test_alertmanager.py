@@ -76,13 +76,22 @@ def test_what_has_no_equivalent_is_listed_not_dropped(tmp_path: Path) -> None:
     for what in (
         "group_by",
         "group_wait",
-        "inhibit_rules: 1",
         "templates:",
         "global: (resolve_timeout",
     ):
         assert what in result.stderr, what
         assert what in header, what
     assert "time_intervals" not in header  # imported, not a gap
+    assert "inhibit_rules" not in header  # imported too
+
+
+def test_the_example_s_inhibit_rule_is_imported(tmp_path: Path) -> None:
+    assert import_example(tmp_path, *MAPPED).returncode == 0
+    config = load_config(tmp_path / "imported.yaml", check_secrets=False)
+    (rule,) = config.rules.inhibit_rules
+    assert rule.equal == ("alertname", "cluster", "service")
+    assert rule.matches_source({"severity": "critical"})
+    assert rule.matches_target({"severity": "warning"})
 
 
 def test_the_example_s_time_intervals_are_imported_and_mute_as_in_alertmanager(

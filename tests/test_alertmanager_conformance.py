@@ -337,3 +337,70 @@ def test_the_time_interval_suite_is_all_there() -> None:
     assert len(REFUSED) == 15
     assert len(INTERVALS["times"]) == 8
     assert len(INTERVALS["mutes"]["cases"]) == 6
+
+
+# -- inhibition (tests/alertmanager_conformance/inhibition.yaml) -----------------------------
+
+INHIBITION = yaml.safe_load((DATA / "inhibition.yaml").read_text())
+NOW = 1_900_000_000.0
+
+
+def imported_inhibition(
+    tmp_path: Path, rules: list[dict[str, Any]], mode: str = "fallback"
+) -> Path:
+    """Alertmanager's `inhibit_rules` (under a tree with one receiver), imported."""
+    base = {
+        "matcher_mode": mode,
+        "reader_schema": str(SCHEMA),
+        "topics": [{"name": "events", "format": "json"}],
+        "destinations": {"hit": {"alert_source_config_id": "ID", "token": {"env": "TOKEN"}}},
+    }
+    alertmanager = {
+        "route": {"receiver": "hit"},
+        "receivers": [{"name": "hit"}],
+        "inhibit_rules": rules,
+    }
+    result = import_alertmanager(
+        alertmanager, base, receivers={"hit": "hit"}, base_dir=tmp_path, output_dir=tmp_path
+    )
+    assert not any("inhibit" in gap for gap in result.gaps), result.gaps
+    path = tmp_path / "streamer.yaml"
+    path.write_text(result.to_yaml("alertmanager.yml"))
+    return path
+
+
+@pytest.mark.parametrize(
+    "case", INHIBITION["cases"], ids=[f"{c['from']}-{c['name']}" for c in INHIBITION["cases"]]
+)
+def test_inhibition_mutes_what_alertmanager_mutes(tmp_path: Path, case: dict[str, Any]) -> None:
+    from streamer.inhibition import FiringSource, FiringSources, inhibition_of
+
+    rules = load_config(imported_inhibition(tmp_path, case["rules"]), check_secrets=False)
+    inhibit_rules = rules.rules.inhibit_rules
+    board = FiringSources()
+    board.use_rules(inhibit_rules)
+    for a in case["alerts"]:
+        labels = {str(k): str(v) for k, v in a["labels"].items()}
+        if not any(rule.matches_source(labels) for rule in inhibit_rules):
+            continue  # Alertmanager keeps only the alerts a rule's source side matches
+        until = float("inf") if a["ends_in"] is None else NOW + a["ends_in"]
+        board.fire(FiringSource(labels, at=NOW - 60, until=until))
+    for target in case["targets"]:
+        labels = {str(k): str(v) for k, v in target["labels"].items()}
+        found = board.inhibition(inhibit_rules, labels, NOW)
+        assert (found is not None) == target["muted"], labels
+        plain = inhibition_of(inhibit_rules, list(board), labels, NOW)
+        assert (plain is not None) == target["muted"], labels
+
+
+@pytest.mark.parametrize("case", INHIBITION["names"], ids=lambda c: json.dumps(c["rule"]))
+def test_inhibit_rule_names_refused_as_alertmanager_refuses(
+    tmp_path: Path, case: dict[str, Any]
+) -> None:
+    for mode in case.get("loads", []):
+        path = imported_inhibition(tmp_path, [case["rule"]], mode)
+        assert load_config(path, check_secrets=False).rules.inhibit_rules
+    for mode, message in case.get("refused", {}).items():
+        with pytest.raises(ImportProblems) as refused:
+            imported_inhibition(tmp_path, [case["rule"]], mode)
+        assert message in str(refused.value)

@@ -114,7 +114,7 @@ def add_parser(commands: Any) -> None:
             "--allow-host names), and may not take the name drop or a destination of the base "
             "(map such a receiver with --receiver); a receiver with no integration drops; any "
             "other receiver must be mapped with --receiver. What has no equivalent (grouping "
-            "and its timings, inhibit rules, route labels, other integrations) "
+            "and its timings, route labels, other integrations) "
             "is listed on stderr and at the top of the output. The output passes `rules check` "
             "before anything is written; every problem names the input's file:line."
         ),

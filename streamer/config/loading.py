@@ -23,6 +23,8 @@ from streamer.config.model import (
     DefaultRoute,
     DeliverySettings,
     Destination,
+    InhibitionSettings,
+    InhibitRuleSpec,
     KafkaSettings,
     NamedTimeInterval,
     RouteSpec,
@@ -175,6 +177,7 @@ _SECTION_TYPES: dict[str, Any] = {
     "matcher_mode": MatcherMode,
     "default": Literal["drop"] | DefaultRoute,
     "time_intervals": list[NamedTimeInterval],
+    "inhibition": InhibitionSettings,
 }
 
 
@@ -235,6 +238,14 @@ def _validate_sections(data: dict[str, Any], problems: Problems) -> tuple[Config
         for name, d in destinations.items()
     }
     parts["routes"] = [_route_spec(r, ("routes", i), problems) for i, r in enumerate(routes)]
+    inhibit_rules = data.get("inhibit_rules") or []
+    if not isinstance(inhibit_rules, list):
+        problems.add(("inhibit_rules",), "inhibit_rules: must be a list of rules")
+        inhibit_rules = []
+    parts["inhibit_rules"] = [  # each on its own: one bad rule does not hide the others'
+        _validate(InhibitRuleSpec, r, ("inhibit_rules", i), problems)
+        for i, r in enumerate(inhibit_rules)
+    ]
     valid_topics = [t for t in parts["topics"] if t is not None]
     # An invalid destination keeps its name, so routes naming it are not blamed as well.
     valid_destinations = {
@@ -256,6 +267,8 @@ def _validate_sections(data: dict[str, Any], problems: Problems) -> tuple[Config
         destinations=valid_destinations,
         default=parts.get("default") or "drop",
         time_intervals=parts.get("time_intervals") or [],
+        inhibit_rules=[r for r in parts["inhibit_rules"] if r is not None],
+        inhibition=parts.get("inhibition") or InhibitionSettings(),
         routes=[r for r in parts["routes"] if r is not None],
     )
     return config, invalid

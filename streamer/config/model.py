@@ -115,6 +115,9 @@ class KafkaSettings(_Model):
     dead_letter_topic: str = "streamer.dead-letters"
     # Silences every replica reads in full (compacted; `streamer silence` creates it)
     silence_topic: str = Field("streamer.silences", min_length=1)
+    # The firing state of inhibit rules' sources, every replica reads it in full (compacted;
+    # created by `streamer run` when missing)
+    firing_topic: str = Field("streamer.firing", min_length=1)
     # Any librdkafka property (TLS, mTLS, SASL mechanism and username, OAUTHBEARER/OIDC
     # settings, timeouts), for the consumer and the dead-letter producer alike ...
     properties: dict[str, str | int | float | bool] = {}
@@ -225,6 +228,31 @@ class NamedTimeInterval(_Model):
     time_intervals: list[Any] = []
 
 
+class InhibitRuleSpec(_Model):
+    """Alertmanager's `inhibit_rules:` entry (streamer/inhibition.py): while an alert matching
+    the source side fires, alerts matching the target side with the same `equal` labels are
+    quiet. Each side's matchers are ANDed: the older maps, then the matcher language."""
+
+    name: str | None = None
+    source_matchers: list[str] = []
+    target_matchers: list[str] = []
+    source_match: dict[str, LabelValue] = {}
+    source_match_re: dict[str, LabelValue] = {}
+    target_match: dict[str, LabelValue] = {}
+    target_match_re: dict[str, LabelValue] = {}
+    equal: list[str] = []
+
+
+class InhibitionSettings(_Model):
+    """How long a firing source of an inhibit rule, without `ends_at` and without a newer
+    event, counts as firing (Alertmanager's `resolve_timeout`, 5 minutes by default); its
+    state is shared in `kafka.firing_topic` (streamer/firing_state.py)."""
+
+    resolve_timeout_seconds: float = Field(300.0, gt=0)
+    # At start, consuming waits at most this long for the topic to be read to its end.
+    startup_read_seconds: float = Field(10.0, ge=0)
+
+
 class DefaultRoute(_Model):
     destination: str
     templates: Templates = Templates()
@@ -244,6 +272,8 @@ class ConfigFile(_Model):
     default: Literal["drop"] | DefaultRoute = "drop"
     time_intervals: list[NamedTimeInterval] = []
     routes: list[RouteSpec] = []
+    inhibit_rules: list[InhibitRuleSpec] = []
+    inhibition: InhibitionSettings = InhibitionSettings()
 
 
 @dataclass(frozen=True)

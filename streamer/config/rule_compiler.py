@@ -17,6 +17,7 @@ from typing import Any
 
 from jinja2 import TemplateSyntaxError
 
+from streamer.config.inhibit_compiler import compile_inhibit_rules
 from streamer.config.model import (
     DROP,
     TEMPLATE_FIELDS,
@@ -387,7 +388,7 @@ class RulesCompiler:
                 ),
                 on_template_error=spec.on_template_error or "dead-letter",
             )
-        return Rules(routes, default)
+        return Rules(routes, default, compile_inhibit_rules(self.config, self.problems))
 
 
 def _one(text: str) -> list[Matcher]:
