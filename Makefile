@@ -67,11 +67,12 @@ demo: $(BIN)/.installed
 
 ## test: the whole suite: lint, types, unit, property and integration tests
 # The set-up steps run side by side (downloads overlap builds), then pytest in TEST_WORKERS
-# processes (pytest-xdist) sharing one broker and registry (tests/conftest.py).
+# processes (pytest-xdist) sharing one broker and registry (tests/conftest.py); PYTEST_ARGS
+# adds options (`make test PYTEST_ARGS=--durations=30`).
 TEST_WORKERS ?= 2
 test:
 	$(MAKE) -j4 --output-sync=target lint deploy-tools test-images
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check streamer tests
