@@ -147,7 +147,6 @@ def pytest_xdist_setupnodes(config: pytest.Config, specs: list[Any]) -> None:
         target=_serve_infrastructure, args=(state, done), name="test-infrastructure"
     )
     thread.daemon = True
-    thread.start()
     config.stash[_SHARED] = (state, done, thread)
 
 
@@ -158,12 +157,22 @@ def pytest_configure_node(node: Any) -> None:
         node.workerinput[_STATE_KEY] = str(shared[0])
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodeready(node: Any) -> None:
+    # Started once every worker process exists: the podman set-up changes the controller's
+    # environment (DOCKER_HOST), which no worker should inherit.
+    shared = node.config.stash.get(_SHARED, None)
+    if shared is not None and shared[2].ident is None:
+        shared[2].start()
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     shared = config.stash.get(_SHARED, None)
     if shared is not None:
         state, done, thread = shared
         done.set()
-        thread.join(timeout=60)  # the containers stop (they are removed next run if not)
+        if thread.ident is not None:
+            thread.join(timeout=60)  # the containers stop (they are removed next run if not)
         for path in (state, state.with_suffix(".partial")):
             path.unlink(missing_ok=True)
         state.parent.rmdir()
