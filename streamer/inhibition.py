@@ -29,6 +29,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from streamer.matchers import Matcher
@@ -38,8 +39,10 @@ __all__ = [
     "FiringSources",
     "InhibitRule",
     "Inhibition",
+    "alert_labels",
     "fingerprint",
     "inhibition_of",
+    "source_state",
 ]
 
 Labels = Mapping[str, str]
@@ -92,6 +95,32 @@ class FiringSource:
 
     def firing(self, now: float) -> bool:
         return now < self.until
+
+
+def alert_labels(event: Mapping[str, Any]) -> dict[str, str] | None:
+    """An alert event's labels as texts (None: the event is not an alert: inhibition is
+    about alerts only, as in Alertmanager)."""
+    alert = event.get("alert")
+    if not isinstance(alert, Mapping):
+        return None
+    labels = alert.get("labels")
+    if not isinstance(labels, Mapping):
+        return {}
+    return {str(k): "" if v is None else str(v) for k, v in labels.items()}
+
+
+def source_state(
+    event: Mapping[str, Any], labels: Mapping[str, str], now: float, resolve_timeout: float
+) -> FiringSource | None:
+    """A source alert event's state at `now`: firing until its `ends_at`, or `now` +
+    `resolve_timeout` without one (Alertmanager's `resolve_timeout`); None: resolved (its
+    status says so, or its `ends_at` has passed)."""
+    alert = event["alert"]
+    ends_at = alert.get("ends_at")
+    until = ends_at.timestamp() if isinstance(ends_at, datetime) else now + resolve_timeout
+    if str(alert.get("status", "")).upper() != "FIRING" or until <= now:
+        return None
+    return FiringSource(dict(labels), now, until)
 
 
 @dataclass(frozen=True)

@@ -15,25 +15,50 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from streamer.inhibition import (
+    FiringSources,
+    Inhibition,
+    alert_labels,
+    fingerprint,
+    source_state,
+)
 from streamer.routing import Rules
 
 __all__ = ["changes", "destination_identities", "outcome", "summary"]
 
 
 def outcome(
-    rules: Rules, event: Mapping[str, Any], *, explain: bool = False, at: datetime | None = None
+    rules: Rules,
+    event: Mapping[str, Any],
+    *,
+    explain: bool = False,
+    at: datetime | None = None,
+    firing: FiringSources | None = None,
+    resolve_timeout: float = 300.0,
 ) -> dict[str, Any]:
     """matched_routes, deliveries (route, destination, payload), dead_letters, muted (routes
     a time interval kept quiet at `at`, None: now, and by which), dropped; and `explain`
-    (why each route did or did not match) from the same walk when asked."""
+    (why each route did or did not match) from the same walk when asked.
+
+    With `firing` (the sources earlier events of the same run fired), the event first
+    updates it if it is a source alert of an inhibit rule, then its firing deliveries are
+    `inhibited` (with the rule and the source) if a firing source inhibits it, as
+    `streamer run` does (streamer/firing_state.py, streamer/intake.py)."""
     if explain:
         decision, explanation = rules.trace(event, at)
     else:
         decision, explanation = rules.evaluate(event, at), None
+    deliveries, inhibited = list(decision.deliveries), []
+    if firing is not None and rules.inhibit_rules:
+        now = (at or datetime.now(UTC)).timestamp()
+        by = _inhibition(rules, firing, event, now, resolve_timeout)
+        if by is not None:
+            inhibited = [d for d in deliveries if d.payload.status != "resolved"]
+            deliveries = [d for d in deliveries if d.payload.status == "resolved"]
     result: dict[str, Any] = {
         "matched_routes": list(decision.matched),
         "deliveries": [
@@ -42,7 +67,7 @@ def outcome(
                 "destination": d.destination,
                 "payload": d.payload.model_dump(exclude_none=True),
             }
-            for d in decision.deliveries
+            for d in deliveries
         ],
         "dead_letters": [
             {"route": f.route, "destination": f.destination, "reason": f.reason}
@@ -60,9 +85,40 @@ def outcome(
         ],
         "dropped": decision.dropped,
     }
+    if inhibited and by is not None:
+        result["inhibited"] = [
+            {
+                "route": d.route,
+                "destination": d.destination,
+                "rule": by.rule,
+                "source": by.source.fingerprint,
+                "source_labels": dict(by.source.labels),
+            }
+            for d in inhibited
+        ]
     if explanation is not None:
         result["explain"] = explanation
     return result
+
+
+def _inhibition(
+    rules: Rules,
+    firing: FiringSources,
+    event: Mapping[str, Any],
+    now: float,
+    resolve_timeout: float,
+) -> Inhibition | None:
+    labels = alert_labels(event)
+    if labels is None:
+        return None
+    if any(rule.matches_source(labels) for rule in rules.inhibit_rules):
+        source = source_state(event, labels, now, resolve_timeout)
+        if source is None:
+            firing.resolve(fingerprint(labels))
+        else:
+            firing.fire(source)
+    firing.use_rules(rules.inhibit_rules)
+    return firing.inhibition(rules.inhibit_rules, labels, now)
 
 
 def destination_identities(destinations: Mapping[str, Any], base: Path) -> dict[str, str]:
@@ -91,6 +147,8 @@ def _destinations(result: Mapping[str, Any], identities: Mapping[str, str]) -> l
     muted = [
         f"{named(m['destination'])} (muted by {', '.join(m['intervals'])})"
         for m in result.get("muted", [])
+    ] + [
+        f"{named(i['destination'])} (inhibited by {i['rule']})" for i in result.get("inhibited", [])
     ]
     failed = [f"{named(f['destination'])} (dead letter)" for f in result["dead_letters"]]
     return delivered + muted + failed

@@ -184,3 +184,54 @@ def test_inhibition_settings_have_alertmanagers_defaults(tmp_path: Path) -> None
     config = config_from(tmp_path, "routes: []\n")
     assert config.file.kafka.firing_topic == "streamer.firing"
     assert config.file.inhibition.resolve_timeout_seconds == 300
+
+
+# -- rules test --------------------------------------------------------------------------------
+
+
+def test_rules_test_says_which_rule_and_source_inhibited_an_event(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.rules_helpers import HEADER, alert
+
+    (tmp_path / "streamer.yaml").write_text(
+        HEADER
+        + """
+default: {destination: a}
+inhibit_rules:
+  - name: zone-down
+    source_matchers: [alertname="ZoneDown"]
+    target_matchers: [severity="warning"]
+    equal: [zone]
+"""
+    )
+
+    def event(name: str, status: str, **labels: str) -> str:
+        data = alert()
+        data["event_time"] = 1795000000000
+        data["alert"].update(status=status, labels=labels, starts_at=1795000000000)
+        path = tmp_path / name
+        path.write_text(json.dumps(data, default=str))
+        return str(path)
+
+    warning = event("warning.json", "FIRING", alertname="DiskSlow", severity="warning", zone="a")
+    down = event("down.json", "FIRING", alertname="ZoneDown", zone="a")
+    up = event("up.json", "RESOLVED", alertname="ZoneDown", zone="a")
+    config = str(tmp_path / "streamer.yaml")
+    command = [sys.executable, "-m", "streamer", "rules", "test", "--config", config]
+    done = subprocess.run(
+        [*command, "--explain", "--event", warning, down, warning, up, warning],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    assert [len(r["deliveries"]) for r in results] == [1, 1, 0, 1, 1]
+    assert "inhibited" not in results[0] and "inhibited" not in results[4]
+    (inhibited,) = results[2]["inhibited"]
+    assert inhibited["rule"] == "zone-down" and inhibited["destination"] == "a"
+    assert inhibited["source_labels"] == {"alertname": "ZoneDown", "zone": "a"}
+    assert inhibited["source"] == fingerprint({"alertname": "ZoneDown", "zone": "a"})

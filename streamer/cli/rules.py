@@ -48,8 +48,10 @@ def add_parser(commands: Any) -> None:
             "examples/events/) against the rules and prints, per event, the matched routes, "
             "each delivery with its destination and rendered payload, dead letters with "
             "their reason, routes a time interval muted (and which interval, at which time: "
-            "now, or --at), and whether the rules dropped it. Nothing is sent. Exit 1 if an "
-            "event file cannot be read."
+            "now, or --at), deliveries an inhibit rule kept quiet (`inhibited`: the rule and "
+            "the firing source alert; events are read in the order given, and a source alert "
+            "among them fires for the ones after it), and whether the rules dropped it. "
+            "Nothing is sent. Exit 1 if an event file cannot be read."
         ),
     )
     test.add_argument(
@@ -196,7 +198,7 @@ def _read_events(files: list[str], lines_file: str | None) -> list[tuple[str, by
 
 
 def _outcome(
-    config: Any, data: bytes | str, *, explain: bool = False, at: Any = None
+    config: Any, data: bytes | str, *, explain: bool = False, at: Any = None, firing: Any = None
 ) -> dict[str, Any]:
     from streamer.decoding import DecodeError, EventDecoder
     from streamer.rules_report import outcome
@@ -207,7 +209,10 @@ def _outcome(
         event = EventDecoder("json", config.reader_schema).decode(data)
     except DecodeError as e:
         return {"error": f"cannot read the event: {e}"}
-    return outcome(config.rules, event, explain=explain, at=at)
+    timeout = config.file.inhibition.resolve_timeout_seconds
+    return outcome(
+        config.rules, event, explain=explain, at=at, firing=firing, resolve_timeout=timeout
+    )
 
 
 def cmd_rules_test(args: argparse.Namespace) -> int:
@@ -222,9 +227,12 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
         print(e, file=sys.stderr)
         return 1
     _warn(config)
+    from streamer.inhibition import FiringSources
+
     at = args.at or datetime.now(UTC)  # one instant for every event of the run
+    firing = FiringSources()  # inhibit rules' sources fired by the events before, in order
     results = [
-        {"event": name, **_outcome(config, data, explain=args.explain, at=at)}
+        {"event": name, **_outcome(config, data, explain=args.explain, at=at, firing=firing)}
         for name, data in _read_events(args.event, None)
     ]
     print(json.dumps(results, indent=2))

@@ -1,0 +1,286 @@
+"""Which source alerts of inhibit rules fire, shared by every replica through a compacted topic.
+
+Sources and targets sit on different partitions owned by different replicas, so the
+replica that reads a source event tells every other one: it writes the source's state to
+`kafka.firing_topic` (default `streamer.firing`, compacted, created by `streamer run` when
+missing), keyed by the source's fingerprint (its labels, streamer/inhibition.py), and every
+replica follows that topic whole (`TopicFollower`, `window_seconds=None`, outside the
+consumer group) into its board of firing sources (`FiringSources`).
+
+- What is written: for an alert event whose labels match the source side of a rule in
+  force, `{"labels", "at", "until"}` (JSON) while it fires, a tombstone once it resolves
+  (its status is RESOLVED, or its `ends_at` has passed). `until` is the event's `ends_at`
+  when it has one, else the time of writing plus `inhibition.resolve_timeout_seconds`
+  (Alertmanager's `resolve_timeout`, 5 min): a source whose resolve never comes stops
+  inhibiting then. Firing events resent more often than that keep it firing. Events that
+  match no rule's source side write nothing (the firehose costs no produce).
+- Write order (no loss of state across a kill): the record is produced when the source
+  event is routed, before its offset can be committed, and the engine waits for every
+  record produced so far to be acknowledged before it sends a commit (`before_commit`,
+  bounded by `FLUSH_SECONDS`). A replica killed before the commit leaves the offset
+  uncommitted: the next owner reads the event again and writes the state again. Records of
+  one source are written in its partition's order, so the topic's latest record is the
+  source's latest state. If acknowledgements do not come within `FLUSH_SECONDS` (the
+  firing topic alone unwritable) the commit goes on, with a warning: the state may be lost
+  (a firing: its targets are delivered; a resolve: they stay quiet until `until`).
+- Fail open (README, "Inhibition"): while the topic cannot be read (`failing_since`), and
+  from the start until it has been read to its end once, nothing is inhibited: targets are
+  delivered. An alert that wakes someone beats one that is lost. At start the engine waits
+  at most `inhibition.startup_read_seconds` for the topic to be read before consuming.
+
+The writing replica also applies its own record at once, so a target right behind its
+source on the same replica is inhibited without waiting for the follower; the follower
+reads the same record later (idempotent).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaError, Message
+
+from streamer.inhibition import (
+    FiringSource,
+    FiringSources,
+    Inhibition,
+    InhibitRule,
+    alert_labels,
+    fingerprint,
+    source_state,
+)
+from streamer.topic_follower import TopicFollower
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FiringState", "source_record"]
+
+FLUSH_SECONDS = 5.0  # a commit waits at most this long for firing records' acknowledgements
+WAIT_STEP = 0.05
+
+
+class Follows(Protocol):
+    """What the state needs of a `TopicFollower` (tests pass a plain one)."""
+
+    def caught_up(self, since: float) -> bool: ...
+    def failing_since(self) -> float | None: ...
+    def problem(self) -> str: ...
+    def close(self) -> None: ...
+
+
+class Produces(Protocol):
+    """What the state needs of a confluent_kafka `Producer`."""
+
+    def produce(self, topic: str, *args: Any, **kwargs: Any) -> None: ...
+    def flush(self, timeout: float) -> int: ...
+
+
+def source_record(
+    event: Mapping[str, Any], labels: Mapping[str, str], now: float, resolve_timeout: float
+) -> bytes | None:
+    """The firing topic's value for a source alert event at `now` (None: a tombstone)."""
+    source = source_state(event, labels, now, resolve_timeout)
+    if source is None:
+        return None
+    record = {"labels": dict(source.labels), "at": source.at, "until": source.until}
+    return json.dumps(record, ensure_ascii=False, sort_keys=True).encode()
+
+
+def _source_of(value: bytes) -> FiringSource:
+    record = json.loads(value)
+    labels = record["labels"]
+    if not isinstance(labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise ValueError("labels: not a map of texts")
+    return FiringSource(labels, float(record["at"]), float(record["until"]))
+
+
+class FiringState:
+    """The board of firing sources as the topic says, and the writer of this replica's
+    sources. `observe` and `inhibition` run on the poll thread; the follower feeds the board
+    from its own thread."""
+
+    def __init__(
+        self,
+        topic: str,
+        producer: Produces | None,
+        follower: Callable[[Callable[[Message], None]], Follows],
+        *,
+        resolve_timeout: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.topic, self.producer, self.resolve_timeout = topic, producer, resolve_timeout
+        self.clock, self.wall_clock = clock, wall_clock
+        self._lock = threading.Lock()
+        self._board = FiringSources()
+        self._started = clock()
+        self._read_once = False  # the topic was read to its end once (else: fail open)
+        self._unacked = 0  # records produced, not acknowledged yet
+        self._failed_writes = 0
+        self._open_said = False  # a warning said inhibition fails open
+        self.follower = follower(self._read)
+
+    @classmethod
+    def following(
+        cls,
+        settings: Mapping[str, Any],
+        topic: str,
+        producer: Produces | None,
+        *,
+        resolve_timeout: float = 300.0,
+    ) -> FiringState:
+        def follower(handle: Callable[[Message], None]) -> Follows:
+            return TopicFollower(settings, topic, handle, window_seconds=None).start()
+
+        return cls(topic, producer, follower, resolve_timeout=resolve_timeout)
+
+    # -- the follower's side (its thread) -------------------------------------------------
+
+    def _read(self, message: Message) -> None:
+        key, value = message.key(), message.value()
+        if not key:
+            return
+        fp = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+        if value is None:
+            self.take(fp, None)
+            return
+        try:
+            source = _source_of(value if isinstance(value, bytes) else value.encode())
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning(
+                "%s[%d]@%d is not a firing record, skipped: %s",
+                self.topic,
+                message.partition() or 0,
+                message.offset() or 0,
+                e,
+                extra={"topic": self.topic},
+            )
+            return
+        self.take(fp, source)
+
+    def take(self, fp: str, source: FiringSource | None) -> None:
+        """The latest word on source `fp` (None: resolved)."""
+        with self._lock:
+            if source is None:
+                self._board.resolve(fp)
+            else:
+                self._board.fire(source)
+
+    # -- the poll thread's side -----------------------------------------------------------
+
+    def observe(self, event: Mapping[str, Any], rules: tuple[InhibitRule, ...]) -> str | None:
+        """Writes the state of `event` if it is a source alert of one of `rules`; its
+        fingerprint (None: not a source, nothing written)."""
+        if not rules:
+            return None
+        labels = alert_labels(event)
+        if labels is None or not any(rule.matches_source(labels) for rule in rules):
+            return None
+        fp = fingerprint(labels)
+        value = source_record(event, labels, self.wall_clock(), self.resolve_timeout)
+        self.take(fp, None if value is None else _source_of(value))
+        if self.producer is not None:
+            self._unacked += 1
+            self.producer.produce(
+                self.topic, key=fp.encode(), value=value, on_delivery=self._acknowledged
+            )
+        return fp
+
+    def _acknowledged(self, error: KafkaError | None, message: Message) -> None:
+        # on the thread that polls the producer (the poll thread: producer.poll/flush)
+        self._unacked -= 1
+        if error is not None:
+            self._failed_writes += 1
+            log.warning(
+                "a firing record for %s could not be written (%s): other replicas may not "
+                "know this source's state",
+                self.topic,
+                error.str(),
+                extra={"topic": self.topic},
+            )
+
+    def before_commit(self) -> None:
+        """Every firing record produced so far acknowledged (bounded), so a committed
+        source event never outlives its state (see the module docstring)."""
+        if self._unacked <= 0 or self.producer is None:
+            return
+        left = self.producer.flush(FLUSH_SECONDS)
+        if left:
+            log.warning(
+                "%d records (firing state or dead letters) not acknowledged within %.0f s; "
+                "committing anyway: a source's firing state may be lost",
+                left,
+                FLUSH_SECONDS,
+                extra={"topic": self.topic},
+            )
+
+    def inhibition(
+        self, rules: tuple[InhibitRule, ...], labels: Mapping[str, str]
+    ) -> Inhibition | None:
+        """Which rule and firing source inhibit an alert with `labels` now (None: none, or
+        the topic is not readable: fail open)."""
+        if not rules or not self.readable():
+            return None
+        with self._lock:
+            self._board.use_rules(rules)
+            return self._board.inhibition(rules, labels, self.wall_clock())
+
+    def readable(self) -> bool:
+        """Read to its end once, and not failing now; else inhibition fails open."""
+        if not self._read_once:
+            self._read_once = self.follower.caught_up(self._started)
+        readable = self._read_once and self.follower.failing_since() is None
+        if readable == self._open_said:  # changed: say so once
+            self._open_said = not readable
+            if readable:
+                log.info("%s reads: inhibition applies", self.topic)
+            else:
+                log.warning(
+                    "%s cannot be read (%s): nothing is inhibited until it reads (fail open: "
+                    "targets are delivered)",
+                    self.topic,
+                    self.follower.problem(),
+                    extra={"topic": self.topic},
+                )
+        return readable
+
+    def read_to_now(self, timeout: float, stop: threading.Event | None = None) -> bool:
+        """Waits (bounded) until every record written before now is read."""
+        since = self.clock()
+        deadline = since + timeout
+        while not self.follower.caught_up(since):
+            if self.clock() >= deadline or (stop is not None and stop.is_set()):
+                return False
+            time.sleep(WAIT_STEP)
+        self._read_once = True
+        return True
+
+    def firing(self, rules: tuple[InhibitRule, ...]) -> list[dict[str, Any]]:
+        """What inhibits right now, per rule and source (for `/pending` and the gauge)."""
+        now = self.wall_clock()
+        with self._lock:
+            self._board.expire(now)
+            sources = list(self._board)
+        out = []
+        for rule in rules:
+            for source in sources:
+                if rule.matches_source(source.labels):
+                    out.append(
+                        {
+                            "rule": rule.name,
+                            "source": source.fingerprint,
+                            "labels": dict(source.labels),
+                            "firing_for_seconds": round(max(0.0, now - source.at), 1),
+                            "until_in_seconds": round(source.until - now, 1),
+                        }
+                    )
+        return out
+
+    def close(self) -> None:
+        self.follower.close()
