@@ -127,7 +127,9 @@ class CommitConversation:
         kept = {p: self._group[p] for p in failed if p in self._group}
         self._group = {**kept, **notes}
         try:  # other members' notes are input from elsewhere: never let them stop us
-            self.budget.observe(self._group, now, wall, total_partitions=len(notes) + len(failed))
+            self.budget.observe(
+                self._group, now, wall, total_partitions=len(notes) + len(failed), unread=kept
+            )
         except Exception:
             log.exception("the group's notes could not be read; shares stay as they were")
 

@@ -74,6 +74,7 @@ class RollingWindowLimiter:
         self._writers: tuple[str, ...] = ()  # who each of `_others` is (their notes' writer)
         self._room_at = -math.inf  # when the ceiling next has room, until starts change
         self._ceiling: int | None = None
+        self._sparing: list[tuple[list[float], int]] | None = None  # see `set_ceiling`
         self._tail: int | None = None  # at most this many starts not yet in a confirmed note
         self._unconfirmed: deque[float] = deque()
         self._raise: tuple[int, float] | None = None  # a raise asked for, and since when
@@ -154,13 +155,19 @@ class RollingWindowLimiter:
         self._others = [(sorted(starts)[-most:], max(0, share)) for starts, share in others]
         self._writers = tuple(writers)
         total = sum(share for _, share in self._others)
+        self._sparing = None
         if total >= most:
             # Their shares alone fill the limit (shares rounded up to 1: more replicas than
-            # the limit allows; or a raise announced before another's cut is seen): kept
-            # in proportion, leaving one start of room, never none. (Giving that room to
-            # the lowest writer id only was tried: it starved a member for good, the
-            # simulator's short seed 612.)
-            self._others = [(starts, share * (most - 1) // total) for starts, share in self._others]
+            # the limit allows; or a raise announced before another's cut is seen, or while
+            # notes cannot be read). Counted whole, each may have started its share unseen
+            # (kept in proportion for every start, one of ours went past the limit: the
+            # simulator's short seed 703, 16 in 15); but never none for good: while we have
+            # no start in the window they are kept in proportion, leaving one start of room
+            # (giving that room to the lowest writer id only starved a member for good: the
+            # short seed 612). One start a window, until the shares follow demand.
+            self._sparing = [
+                (starts, share * (most - 1) // total) for starts, share in self._others
+            ]
 
     def _ceiling_frees(self, now: float) -> float:
         """When the group leaves room under the ceiling for one more start of ours (the
@@ -175,20 +182,28 @@ class RollingWindowLimiter:
         the window."""
         assert self._ceiling is not None
         cut = now - self.window
-        counts = [len(s) - bisect.bisect_right(s, cut) for s, _ in self._others]
-        group = len(own) + sum(max(c, f) for c, (_, f) in zip(counts, self._others, strict=True))
+        others = self._counted_others(own)
+        counts = [len(s) - bisect.bisect_right(s, cut) for s, _ in others]
+        group = len(own) + sum(max(c, f) for c, (_, f) in zip(counts, others, strict=True))
         if group < self._ceiling:
             return now
         # As starts leave the window, ours free room each; another member's only while it
         # has more in the window than its share: its oldest (count - share).
         freeing = [
             starts[len(starts) - c : len(starts) - c + max(0, c - share)]
-            for c, (starts, share) in zip(counts, self._others, strict=True)
+            for c, (starts, share) in zip(counts, others, strict=True)
         ]
         k = group - self._ceiling  # the (k+1)th to leave makes room
         leaving = sorted(itertools.chain(own, *freeing))
         # their shares fill it: until the next view
-        return leaving[k] + self.window if k < len(leaving) else now + FOREIGN_RECHECK
+        frees = leaving[k] + self.window if k < len(leaving) else now + FOREIGN_RECHECK
+        if self._sparing is not None and own:  # none of ours in the window: one of room
+            frees = min(frees, own[-1] + self.window)
+        return frees
+
+    def _counted_others(self, own: Sequence[float]) -> list[tuple[list[float], int]]:
+        """The others as counted against the ceiling, given our starts in the window."""
+        return self._sparing if self._sparing is not None and not own else self._others
 
     def why(self, now: float) -> Binding | None:
         """What keeps the next start back, read-only (None: it may start now). Of several
@@ -206,18 +221,20 @@ class RollingWindowLimiter:
             room = self._ceiling_room(now, starts)
             if room > now:
                 found.append(
-                    Binding("ceiling", room, own, self._limit, self._ceiling, self._counted(cut))
+                    Binding(
+                        "ceiling", room, own, self._limit, self._ceiling, self._counted(cut, starts)
+                    )
                 )
         if self._tail is not None and len(self._unconfirmed) >= self._tail:
             found.append(Binding("tail", now + 0.05, own, self._limit))
         return max(found, key=lambda b: b.until, default=None)
 
-    def _counted(self, cut: float) -> tuple[tuple[str, int], ...]:
+    def _counted(self, cut: float, own: Sequence[float]) -> tuple[tuple[str, int], ...]:
         """Each other member that counts against the ceiling, most first: its writer id
         and what it counts (its starts in the window, or its share if that is more)."""
         names = self._writers if len(self._writers) == len(self._others) else ()
         counted = []
-        for i, (starts, share) in enumerate(self._others):
+        for i, (starts, share) in enumerate(self._counted_others(own)):
             count = max(len(starts) - bisect.bisect_right(starts, cut), share)
             if count:
                 counted.append((names[i] if names else f"member {i + 1}", count))

@@ -102,6 +102,25 @@ def test_a_429_pause_is_handed_over() -> None:
     assert new_ds["a"].limiter.paused_until >= 520.0
 
 
+def test_a_dead_members_pause_seen_in_a_view_is_not_taken_again_whole_at_its_hand_over() -> None:
+    """The simulator's short seed 935: a member paused 600 s by a 429 is killed; its note,
+    seen in the group's views, is taken over 20 s later (the session timeout). Read as
+    written at the take-over, the pause ran 20 s past what incident.io asked for (and
+    again at the next hand-over): a source started nothing for two windows after the
+    pause was over. Read from when its write time was first seen, it ends on time (later,
+    never earlier: the rounding of a tick)."""
+    dead, dead_ds, dead_ledger = member(writer="dead")
+    dead_ledger.assign(P0)
+    dead_ds["a"].rate_limited(until=601.0)
+    note = dead.notes({P0: 0}, now=1.0, wall=WALL + 1.0, final=False)[P0]
+    new, new_ds, new_ledger = member(writer="new")
+    new_ledger.assign(P1)
+    new.observe({P0: (0, note)}, now=1.5, wall=WALL + 1.5, total_partitions=2)  # a view
+    new_ledger.assign(P0)
+    new.take_over(P0, note, 0, now=21.0, wall=WALL + 21.0)
+    assert 601.0 <= new_ds["a"].limiter.paused_until <= 602.0
+
+
 def test_a_replica_with_the_only_demand_gets_nearly_all_of_the_limit_after_a_delay() -> None:
     """Three partitions on three replicas, one hot key on P0: its owner's share grows to
     >= 0.9 of the limit once the others could have seen its demand; theirs stay small."""
@@ -294,6 +313,27 @@ def test_a_gone_members_share_is_no_longer_kept_once_its_notes_are_old() -> None
             sum(start(other_ds, other_ledger, P1, int(now * 100) + i, now) for i in range(10))
             == can
         )
+
+
+def test_a_members_share_is_kept_while_its_note_cannot_be_read() -> None:
+    """The simulator's short seed 703: reads of the group's notes failed for seconds on
+    end, each failed partition kept its last note, and that note, unchanged, read as the
+    note of a gone member: its share was dropped and the reader started 14 of 15 while
+    the others started 2 (16 arrivals). A note that could not be read is no news of its
+    writer: its share counts until a read says otherwise."""
+    live, live_ds, live_ledger = member(limit=10, writer="live")
+    live_ledger.assign(P0)
+    live_ds.share(1, 2)  # 5
+    note = live.notes({P0: 0}, now=1.0, wall=WALL + 1.0, final=False)[P0]
+    other, other_ds, other_ledger = member(limit=10, writer="other")
+    other_ledger.assign(P1)
+    other.observe({P0: (0, note)}, now=1.5, wall=WALL + 1.5, total_partitions=2)
+    other_ds["a"].limiter.set_limit(10)
+    assert sum(start(other_ds, other_ledger, P1, i, 1.5) for i in range(10)) == 5
+    later = 1.0 + other.fresh + 0.5  # the last note read, kept: P0's read failed
+    other.observe({P0: (0, note)}, now=later, wall=WALL + later, total_partitions=2, unread={P0})
+    other_ds["a"].limiter.set_limit(10)
+    assert sum(start(other_ds, other_ledger, P1, 100 + i, later) for i in range(10)) == 0
 
 
 def test_a_live_member_whose_clock_runs_behind_keeps_its_share() -> None:

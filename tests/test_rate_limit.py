@@ -271,16 +271,32 @@ def test_a_raise_waits_and_a_cut_applies_at_once() -> None:
     assert limiter.limit == 5
 
 
-def test_shares_that_fill_the_limit_are_kept_in_proportion_leaving_room() -> None:
+def test_shares_that_fill_the_limit_leave_one_start_a_window() -> None:
     """More replicas than a limit allows (each keeps a share of at least 1), or a raise
     announced before another's cut is seen: keeping every share would leave nobody room
-    at all; they are kept in proportion, one start of room left."""
+    at all; while this member has no start in the window they are kept in proportion,
+    one start of room left; once it has one, they count whole."""
     limiter = RollingWindowLimiter(1, 10.0, margin=0.0)
     limiter.set_ceiling(2, [([], 1), ([], 1)])
     assert acquire([limiter], 0.0) is None
     limiter = RollingWindowLimiter(120, 10.0, margin=0.0)
-    limiter.set_ceiling(120, [([], 60), ([], 60)])  # 59 each kept
-    assert sum(acquire([limiter], 0.0) is None for _ in range(120)) == 2
+    limiter.set_ceiling(120, [([], 60), ([], 60)])
+    assert sum(acquire([limiter], 0.0) is None for _ in range(120)) == 1
+    assert acquire([limiter], 9.9) is not None
+    assert acquire([limiter], 10.0) is None  # its start left the window: one more
+
+
+def test_shares_that_fill_the_limit_count_whole_once_this_member_has_started() -> None:
+    """The simulator's short seed 703: notes could not be read for seconds, so shares
+    announced by demand added up past the limit (14 and 4 of 15), and kept in proportion
+    (10 and 3) at every start, they let this member start one past the limit while the
+    others had started all they announced (16 arrivals in 15). A member that has started
+    in the window counts each other one as its whole share."""
+    limiter = RollingWindowLimiter(3, 20.0, margin=0.0)
+    limiter.set_ceiling(15, [([0.0] * 9, 14), ([1.0], 4)])
+    assert acquire([limiter], 2.0) is None  # no start of ours in the window: one of room
+    assert acquire([limiter], 3.0) is not None  # 14 + 4 counted whole: none
+    assert limiter.why(3.0) is not None and limiter.why(3.0).constraint == "ceiling"
 
 
 def test_a_request_longer_than_the_window_keeps_its_slot_from_its_answer() -> None:

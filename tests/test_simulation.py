@@ -10,7 +10,8 @@ Regression seeds: each was found by the simulator on the code before a fix (the 
 commit reverted in a scratch copy of the tree: `git diff <fix>^ <fix> -- <files> | patch
 -R`; for issue 22 item 5, the shell without its dead-letter index) and passes after it.
 Seeds of bugs still open are strict xfails: the day they pass, the test says so, and the
-seed moves up to the fixed ones.
+seed moves up to the fixed ones (none is open now; an empty parameter list would be a
+skip, so the xfail test comes back with the next open bug).
 """
 
 from __future__ import annotations
@@ -147,6 +148,21 @@ FIXED = {
     # member's wall clock stepped back (NTP corrects it, a VM resumes: by 47, 44 and 36
     # minutes) and the group started one past the limit in a window
     "wall-clock-step-overshoot": [("short", "mixed", s) for s in (100, 188, 301)],
+    # found by the long run of 1,000 short seeds (open until this fix): reads of the
+    # group's notes failed for seconds on end, the kept notes read as gone members' (their
+    # shares dropped), and shares announced by demand that added up past the limit were
+    # kept in proportion at every start: 16 arrivals in a window of 15 at A. Fixed: a note
+    # that could not be read keeps its writer's share (group_budget.observe); shares that
+    # fill the limit count whole once this member has started in the window
+    # (rate_limit.set_ceiling: one start a window of room, not one at every start)
+    "note-read-failure-overshoot": [("short", None, 703)],
+    # found by the same run: a member paused 600 s by a 429 was killed, and its note, taken
+    # over 20 s later, read as written at the take-over: the pause ran 20 s past the one
+    # incident.io asked for, and again at the next hand-over; B started nothing for two
+    # windows after it. Fixed: a note whose write time was seen in a view is read from
+    # when it was first seen (group_budget.take_over; as written now only if written
+    # earlier than a note of its writer seen before: a clock that stepped back)
+    "clock-step-stall": [("short", None, 935)],
 }
 
 
@@ -155,7 +171,7 @@ FIXED = {
     [case for cases in FIXED.values() for case in cases],
     ids=[f"{bug}-{seed}" for bug, cases in FIXED.items() for _, _, seed in cases],
 )
-def test_a_seed_that_found_a_fixed_bug_passes(profile: str, theme: str, seed: int) -> None:
+def test_a_seed_that_found_a_fixed_bug_passes(profile: str, theme: str | None, seed: int) -> None:
     outcome = simulate(seed, profile=profile, theme=theme)
     assert outcome.ok, failure(outcome)
 
@@ -183,32 +199,6 @@ def test_a_message_both_of_whose_destinations_refuse_it_gets_two_letters(seed: i
     past it (commit-behind-terminal). Fixed: a letter's identity is its source offset,
     route and destination (`dead_letter_index.SourceOffset`)."""
     outcome = simulate(seed, profile="quick", invalid_fan_out=True)
-    assert outcome.ok, failure(outcome)
-
-
-# (profile, theme, seed, invariant): open bugs the simulator found, each asserted on the
-# invariant it breaks, strict xfails until their fix moves them to FIXED
-OPEN = {
-    # the last long run (1,000 short seeds): a failed read of one note at the start, then
-    # one arrival past the limit in a window (16 in 15 at A, while A answered 5xx)
-    "note-read-failure-overshoot": [("short", None, 703, "rate")],
-    # the last long run: a member whose clock ran 25 minutes ahead is killed, comes back
-    # and steps back to true time; B then starts nothing for two windows while its
-    # backlog waits (hostile answers at B earlier)
-    "clock-step-stall": [("short", None, 935, "throughput")],
-}
-
-
-@pytest.mark.parametrize(
-    "profile,theme,seed,invariant",
-    [case for cases in OPEN.values() for case in cases],
-    ids=[f"{bug}-{case[2]}" for bug, cases in OPEN.items() for case in cases],
-)
-@pytest.mark.xfail(strict=True, reason="an open bug the simulator found (see OPEN)")
-def test_a_seed_that_found_an_open_bug_passes(
-    profile: str, theme: str | None, seed: int, invariant: str
-) -> None:
-    outcome = simulate(seed, profile=profile, theme=theme, checks=Checks(frozenset({invariant})))
     assert outcome.ok, failure(outcome)
 
 
