@@ -15,18 +15,20 @@ while the scenario runs, so both sources always have a backlog; then it drains.
   one is killed with SIGKILL and started again under the same name every 10 s,
   alternately, 5 kills; 60 s more.
 
-Reported per scenario: each source's busiest 60 s window (requests the double answered,
-429s included) against the limit; the 429s and the accepted events accepted again, in
-total, from each change to the next (the last one's until the storm stops) and while the
-backlog drains (demand shifts between members then); per change, the stopped member's partitions
-(`owned`), how long it took to stop, when its successor logged "assigned" and when an
-event of those partitions was next accepted (`resume_s`, from the member's end, rate-limit
-waits included); whether every produced event was accepted (nothing lost) and each host's
-order kept; who sent the requests of each source's busiest window and of the window
-that ended with its first 429, and who drew the 429s (`senders.py`: each process by the
-ports it held; "4-p1" is the log file's incarnation); the warnings and errors in the
-processes' logs. Tables, then all of it as JSON on the last line of stdout; every answer
-(time, source, status, sender) in `answers.jsonl` beside the logs.
+Reported per scenario: each source's busiest 60 s window (requests the double answered, 429s
+included) against the limit, in the whole run and among the windows that lie wholly between
+the first change and the storm's end (the busiest and the fewest: how much of the limit the
+group used while members came and went with a backlog waiting); the 429s and the accepted
+events accepted again, in total, from each change to the next (the last one's until the
+storm stops) and while the backlog drains (demand shifts between members then); per change,
+the stopped member's partitions (`owned`), how long it took to stop, when its successor
+logged "assigned" and when an event of those partitions was next accepted (`resume_s`, from
+the member's end, rate-limit waits included); whether every produced event was accepted
+(nothing lost) and each host's order kept; who sent the requests of each source's busiest
+window and of the window that ended with its first 429, and who drew the 429s (`senders.py`:
+each process by the ports it held; "4-p1" is the log file's incarnation); the warnings and
+errors in the processes' logs. Tables, then all of it as JSON on the last line of stdout;
+every answer (time, source, status, sender) in `answers.jsonl` beside the logs.
 """
 
 from __future__ import annotations
@@ -239,6 +241,16 @@ def busiest_window(times: list[float]) -> tuple[int, float]:
     return max(counts, default=(0, 0.0))
 
 
+def during(times: list[float], start: float, end: float) -> tuple[int, int]:
+    """The most and the fewest requests in a 60 s window that lies wholly in [start, end)
+    (windows starting each second; (0, 0) when the span is shorter than a window)."""
+    counts = [
+        bisect.bisect_left(times, t + WINDOW) - bisect.bisect_left(times, t)
+        for t in (start + s for s in range(int(end - start - WINDOW) + 1))
+    ]
+    return (max(counts), min(counts)) if counts else (0, 0)
+
+
 def by_sender(answers: list[Any], senders: Senders, start: float, end: float) -> str:
     """Who sent the requests answered in [start, end): "2-p2 401, 5-p3 390, ..."."""
     counts = collections.Counter(
@@ -261,9 +273,13 @@ def measure(
     sources, windows = {}, []
     for source in SOURCES.values():
         mine = [a for a in answers if a.source_id == source]
-        busiest, at = busiest_window(sorted(a.at for a in mine))
+        times = sorted(a.at for a in mine)
+        busiest, at = busiest_window(times)
+        most, fewest = during(times, changes[0].at, drain_began)
         sources[source] = {
             "busiest_60s": busiest,
+            "busiest_60s_in_changes": most,
+            "fewest_60s_in_changes": fewest,
             "limit": LIMIT,
             "429s": sum(1 for a in mine if a.status == 429),
             "202s": sum(1 for a in mine if a.status == 202),
