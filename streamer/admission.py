@@ -63,7 +63,7 @@ class Admission:
     def fetched(self, event: Fetched, now: float, effects: list[Effect]) -> None:
         """Most messages are dropped by the rules and terminal at once: per message only the
         ledger's offset; counters are added once per batch. Blocks go to `effects`."""
-        ledger, spans, dropped, muted = self._ledger, self._spans, 0, 0
+        ledger, spans, dropped, muted, silenced = self._ledger, self._spans, 0, 0, 0
         for m in event.messages:
             p = m.partition
             if not ledger.holds(p) or self._backpressure.blocked(p):
@@ -102,10 +102,13 @@ class Admission:
             else:  # dropped (or muted) on purpose: terminal now
                 ledger.add(p, m.offset, (), m.size)
                 muted += m.muted
+                silenced += m.silenced
                 dropped += not m.muted
                 if m.span is not None:
                     spans.routed(p, m.offset, m.span, 0)
         if dropped:
             self._telemetry.dropped.add(dropped)
+        if silenced:  # (and each alert event by silence and route at routing)
+            self._telemetry.silenced_messages.add(silenced)
         if dropped or muted:  # (muted events are counted by route and interval at routing)
             self._commits.terminal(dropped + muted)

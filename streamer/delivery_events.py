@@ -43,6 +43,7 @@ class Incoming:
     registry_down: str | None = None
     span: Any = None  # its trace span, if tracing (ended by the machine)
     muted: bool = False  # no works because a time interval keeps its routes quiet
+    silenced: bool = False  # muted by a silence (outcome `silenced`; `muted` is set too)
 
 
 @dataclass(frozen=True)

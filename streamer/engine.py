@@ -52,7 +52,7 @@ from streamer.delivery_events import (
 from streamer.delivery_machine import DeliveryMachine
 from streamer.incident_io import Answer, IncidentIoClient, PostsAlertEvents
 from streamer.instrumentation import ConsumerLag, Stats, count_consumed, log_context
-from streamer.intake import Muted, works_of
+from streamer.intake import Muted, Silenced, works_of
 from streamer.kafka_clients import (
     PartitionCounts,
     decoders_of,
@@ -64,6 +64,7 @@ from streamer.kafka_clients import (
 )
 from streamer.ledger import Job, Partition
 from streamer.reload import ConfigReloader
+from streamer.silence_book import STARTUP_WAIT_SECONDS, SilenceBook
 from streamer.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,11 @@ class Engine:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         telemetry: Telemetry | None = None,
+        silences: SilenceBook | None = None,
     ) -> None:
         self.telemetry = telemetry or Telemetry()
+        # the silences topic, read in full from now on (streamer/silence_book.py)
+        self.silences = silences or SilenceBook.of(config)
         self.reloader = ConfigReloader(
             config, count=lambda result: self.telemetry.config_reloads.add(1, {"result": result})
         )
@@ -201,6 +205,7 @@ class Engine:
         """Consumes until `stop` is set, then drains within the grace period and commits."""
         topics = [t.name for t in self.config.file.topics]
         self._count_partitions()
+        self.silences.wait_read(STARTUP_WAIT_SECONDS, stop)  # bounded: fail open
         self.consumer.subscribe(
             topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
@@ -304,15 +309,19 @@ class Engine:
             span = spans.start(source) if tracing else None
             size = len(source.value or b"") + len(source.key or b"")
             try:
-                works = works_of(source, decoders, rules, self.telemetry)
+                works = works_of(source, decoders, rules, self.telemetry, silences=self.silences)
             except RegistryUnavailable as e:
                 if span is not None:
                     span.set_attribute("streamer.outcome", "registry-unavailable")
                     span.end()
                 messages.append(Incoming(partition, source.offset, size, (), str(e)))
                 continue
-            muted = isinstance(works, Muted)
-            messages.append(Incoming(partition, source.offset, size, works, span=span, muted=muted))
+            muted, silenced = isinstance(works, Muted), isinstance(works, Silenced)
+            messages.append(
+                Incoming(
+                    partition, source.offset, size, works, span=span, muted=muted, silenced=silenced
+                )
+            )
         if messages:
             self._feed(Fetched(messages))
         count_consumed(self.telemetry, consumed, self.config.file.kafka.group_id)
@@ -375,5 +384,6 @@ class Engine:
             self.producer.flush(5)
             self.consumer.close()  # leaves the group; on_revoke has nothing left to drain
             self.dead_letters.close()  # its follower of the dead-letter topic
+            self.silences.close()
             self._workers.shutdown(wait=False, cancel_futures=True)
             self.http.close()

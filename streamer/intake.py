@@ -14,20 +14,28 @@ routes are muted has no works and is committed like a dropped one; each muted ro
 counted in `streamer.events.muted` by route and interval. Intervals are asked about the
 time of routing (`at`; the wall clock when not given), which is what Alertmanager asks
 about too: the time a notification would go out, not the event's own time.
+
+A delivery whose event an active silence matches (streamer/silences.py, read from the
+silences topic by streamer/silence_book.py) makes no job either (guarantee 12): an event
+all of whose deliveries are silenced ends `silenced` (`Silenced`, committed like a muted
+one); each is counted in `streamer.events.silenced` by silence and route and logged with
+the silence's id. A resolve is never silenced, so incident.io can always close an alert
+whose firing it received (and may receive the resolve of one it never saw: it ignores it).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from streamer.dead_letters import DeadLetter, SourceMessage
 from streamer.decoding import DecodeError, EventDecoder, RegistryUnavailable
 from streamer.dispatch import Delivery
 from streamer.ledger import OrderingKey
-from streamer.routing import Rules
+from streamer.routing import RoutedAlert, Rules
+from streamer.silences import Silence, labels_of
 from streamer.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -40,17 +48,29 @@ class Muted(list[Work]):
     (its own outcome, `muted`, committed like a dropped event but not counted as one)."""
 
 
+class Silenced(Muted):
+    """No works because an active silence matched every alert event it made (outcome
+    `silenced`, committed like a muted event)."""
+
+
+class SilenceLookup(Protocol):
+    """The silences in force (streamer.silence_book.SilenceBook)."""
+
+    def matching(self, labels: Mapping[str, Any], at: datetime) -> list[Silence]: ...
+
+
 def works_of(
     source: SourceMessage,
     decoders: Mapping[str, EventDecoder],
     rules: Rules,
     telemetry: Telemetry,
     at: datetime | None = None,
+    silences: SilenceLookup | None = None,
 ) -> list[Work]:
-    """A message's jobs (none: the rules dropped or muted it), time intervals asked about
-    `at` (None: now); raises only RegistryUnavailable."""
+    """A message's jobs (none: the rules dropped, muted or silenced it), time intervals
+    and silences asked about `at` (None: now); raises only RegistryUnavailable."""
     try:
-        return _works_of(source, decoders, rules, telemetry, at)
+        return _works_of(source, decoders, rules, telemetry, at, silences)
     except RegistryUnavailable:
         raise
     except Exception as e:  # a bug met by one message must not stop every partition
@@ -69,6 +89,7 @@ def _works_of(
     rules: Rules,
     telemetry: Telemetry,
     at: datetime | None,
+    silences: SilenceLookup | None = None,
 ) -> list[Work]:
     try:
         event = decoders[source.topic].decode(source.value, source.headers)
@@ -90,13 +111,19 @@ def _works_of(
             interval,
             m.by,
         )
-    if not decision.deliveries and not decision.failures:
-        # dropped on purpose (the firehose's common case, kept short), or muted
+    deliveries, silenced = decision.deliveries, False
+    if silences is not None and deliveries:
+        deliveries = _not_silenced(source, event, deliveries, silences, telemetry, at)
+        silenced = len(deliveries) < len(decision.deliveries)
+    if not deliveries and not decision.failures:
+        # dropped on purpose (the firehose's common case, kept short), muted or silenced
+        if silenced:
+            return Silenced()
         return Muted() if decision.muted else []
     event_time = event.get("event_time")
     event_epoch = event_time.timestamp() if isinstance(event_time, datetime) else None
     works: list[Work] = []
-    for d in decision.deliveries:
+    for d in deliveries:
         body: dict[str, Any] = d.payload.model_dump(exclude_none=True)
         key = OrderingKey(d.destination, d.payload.deduplication_key or "")
         works.append((key, Delivery(source, d.route, d.destination, body, event_time=event_epoch)))
@@ -104,6 +131,46 @@ def _works_of(
     for f in decision.failures:
         works.append((None, DeadLetter(source, f.code, f.reason, f.route, f.destination)))
     return works
+
+
+def _not_silenced(
+    source: SourceMessage,
+    event: Mapping[str, Any],
+    deliveries: tuple[RoutedAlert, ...],
+    silences: SilenceLookup,
+    telemetry: Telemetry,
+    at: datetime | None,
+) -> tuple[RoutedAlert, ...]:
+    """The deliveries no active silence keeps quiet (resolves always go through)."""
+    if all(d.payload.status == "resolved" for d in deliveries):
+        return deliveries
+    found = silences.matching(labels_of(event), at or datetime.now(UTC))
+    if not found:
+        return deliveries
+    by = min(found, key=lambda s: (s.starts_at, s.id))  # the same one every time
+    for d in deliveries:
+        if d.payload.status == "resolved":
+            continue
+        telemetry.silenced.add(1, {"silence": by.id, "route": d.route})
+        log.info(
+            "%s[%d]@%d: silenced on route %s by silence %s (%s)",
+            source.topic,
+            source.partition,
+            source.offset,
+            d.route,
+            by.id,
+            by.matcher_text,
+            extra={
+                "topic": source.topic,
+                "partition": source.partition,
+                "offset": source.offset,
+                "route": d.route,
+                "destination": d.destination,
+                "deduplication_key": d.payload.deduplication_key,
+                "silence": by.id,
+            },
+        )
+    return tuple(d for d in deliveries if d.payload.status == "resolved")
 
 
 def _detail(error: Exception) -> str:

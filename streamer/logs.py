@@ -48,6 +48,7 @@ CONTEXT_FIELDS = (
     "partitions",
     "config",
     "problems",
+    "silence",
 )
 
 MASKED = "***"

@@ -37,6 +37,8 @@ from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from streamer.config import Config
+from streamer.kafka_clients import kafka_settings
 from streamer.silences import Silence, SilenceError, Silences
 from streamer.topic_follower import TopicFollower
 
@@ -82,6 +84,17 @@ class SilenceBook:
             return TopicFollower(settings, topic, handle, window_seconds=None).start()
 
         return cls(topic, follower)
+
+    @classmethod
+    def of(cls, config: Config) -> SilenceBook:
+        """The configured silences topic, followed with the service's Kafka settings."""
+        kafka = config.file.kafka
+        settings = {
+            **kafka_settings(config),
+            "group.id": kafka.group_id,  # one the ACLs allow; never joined nor committed to
+            "logger": logging.getLogger("librdkafka"),
+        }
+        return cls.following(settings, kafka.silence_topic)
 
     def _read(self, message: Message) -> None:
         key, value = message.key(), message.value()

@@ -154,6 +154,18 @@ class Telemetry:
             description="Events a route did not send because a time interval muted it (or it "
             "was outside its active intervals), per route and interval",
         )
+        self.silenced = Tally(
+            meter,
+            "streamer.events.silenced",
+            description="Alert events a silence kept quiet before they were sent, per silence "
+            "id and route (a resolve is never silenced)",
+        )
+        self.silenced_messages = Tally(
+            meter,
+            "streamer.messages.silenced",
+            description="Messages that ended silenced: every alert event they made was kept "
+            "quiet by a silence",
+        )
         self.dead_lettered = Tally(
             meter, "streamer.events.dead_lettered", description="Dead letters written, per reason"
         )
