@@ -179,9 +179,10 @@ class SilenceBook:
 
 def ensure_topic(settings: Mapping[str, Any], topic: str, timeout: float = 30.0) -> bool:
     """Creates the compacted silences topic if it does not exist (True: created)."""
-    admin = AdminClient(dict(settings))
-    metadata = admin.list_topics(topic, timeout=timeout)
-    found = metadata.topics.get(topic)
+    admin = AdminClient(_not_consumer(settings))
+    # all topics: a question about one topic may create it (auto.create.topics.enable), and
+    # not compacted
+    found = admin.list_topics(timeout=timeout).topics.get(topic)
     if found is not None and found.error is None:
         return False
     new = NewTopic(topic, num_partitions=1, config={"cleanup.policy": "compact"})
@@ -204,7 +205,7 @@ def publish(
 ) -> None:
     """Writes `silences` (their latest versions) and tombstones for the ids in `forget`,
     acknowledged by the brokers (acks=all) before it returns; raises on a failure."""
-    producer = Producer({**settings, "acks": "all", "enable.idempotence": True})
+    producer = Producer({**_not_consumer(settings), "acks": "all", "enable.idempotence": True})
     failures: list[str] = []
 
     def acknowledged(error: KafkaError | None, message: Message) -> None:
@@ -234,3 +235,8 @@ def read_silences(settings: Mapping[str, Any], topic: str, timeout: float = 30.0
     finally:
         book.close()
     return book
+
+
+def _not_consumer(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """`settings` without the consumer's own (librdkafka warns of them otherwise)."""
+    return {k: v for k, v in settings.items() if k != "group.id"}

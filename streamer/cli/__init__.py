@@ -1,8 +1,8 @@
 """The `streamer` command line: one sub-command per job, each explained by `--help`.
 
-One module per command group (`run`, `rules`, `dlq`, `send`, and `local` for demo, infra
-and fake-incident-io); options several commands take (`--config`, `--metrics-*`) are
-declared once, in `common`. `main` is the console script (`streamer`) and what
+One module per command group (`run`, `rules`, `dlq`, `send`, `silence`, and `local` for
+demo, infra and fake-incident-io); options several commands take (`--config`,
+`--metrics-*`) are declared once, in `common`. `main` is the console script (`streamer`) and what
 `python -m streamer` runs.
 """
 
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from streamer import __version__
-from streamer.cli import dlq, local, rules, run, send
+from streamer.cli import dlq, local, rules, run, send, silence
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     rules.add_parser(commands)
     dlq.add_parser(commands)
     send.add_parser(commands)
+    silence.add_parser(commands)
     local.add_fake_parser(commands)
     return parser
 

@@ -1,0 +1,198 @@
+"""`streamer silence add | list | expire | import` against the real broker, as a user runs
+them: what they print, what they refuse, and what the topic holds after."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import yaml
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+from streamer.cli import build_parser
+from streamer.silence_book import read_silences
+
+pytestmark = pytest.mark.integration
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    args = build_parser().parse_args(list(argv))
+    code = args.func(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def config(infrastructure, tmp_path):
+    topic = f"silences-{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "streamer.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "kafka": {
+                    "bootstrap_servers": infrastructure.bootstrap_servers,
+                    "silence_topic": topic,
+                },
+                "reader_schema": "../schemas/monitoring_event.v2.avsc",
+                "topics": [{"name": "events", "format": "json"}],
+                "destinations": {
+                    # the CLI never needs incident.io's token: this variable is not set
+                    "a": {"alert_source_config_id": "A", "token": {"env": "NOT_SET_ANYWHERE"}}
+                },
+            }
+        )
+    )
+    from pathlib import Path
+
+    schema = Path(__file__).parent.parent / "schemas" / "monitoring_event.v2.avsc"
+    text = path.read_text().replace("../schemas/monitoring_event.v2.avsc", str(schema))
+    path.write_text(text)
+    return str(path), topic, infrastructure.bootstrap_servers
+
+
+def listed(capsys, path: str, *extra: str) -> list[dict]:
+    code, out, err = run(capsys, "silence", "list", "--config", path, "-o", "json", *extra)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_add_then_list_then_expire(capsys, config) -> None:
+    path, topic, servers = config
+    code, out, err = run(
+        capsys,
+        "silence", "add", "--config", path,
+        "--matcher", 'alertname="DiskFull"', "--matcher", '{env=~"prod|staging"}',
+        "--duration", "2h", "--comment", "db-1 maintenance", "--author", "alice",
+    )  # fmt: skip
+    assert code == 0, err
+    silence_id = out.strip()
+    assert f"created the compacted topic {topic}" in err
+    admin = AdminClient({"bootstrap.servers": servers})
+    resource = ConfigResource("topic", topic)
+    settings = admin.describe_configs([resource])[resource].result(30)
+    assert settings["cleanup.policy"].value == "compact"
+
+    (shown,) = listed(capsys, path)
+    assert shown["id"] == silence_id and shown["status"] == {"state": "active"}
+    assert shown["createdBy"] == "alice" and shown["comment"] == "db-1 maintenance"
+    assert {m["name"]: m["isRegex"] for m in shown["matchers"]} == {"alertname": False, "env": True}
+    ends = datetime.fromisoformat(shown["endsAt"]) - datetime.fromisoformat(shown["startsAt"])
+    assert ends == timedelta(hours=2)
+
+    code, out, _ = run(capsys, "silence", "list", "--config", path)
+    assert code == 0 and silence_id in out and 'alertname="DiskFull"' in out and "alice" in out
+
+    code, out, err = run(capsys, "silence", "expire", "--config", path, silence_id)
+    assert code == 0 and f"expired {silence_id}" in out, err
+    assert listed(capsys, path) == []  # by default: active and pending
+    (expired,) = listed(capsys, path, "--state", "expired")
+    assert expired["id"] == silence_id and expired["status"] == {"state": "expired"}
+
+
+def test_a_pending_silence_is_listed_as_pending(capsys, config) -> None:
+    path, _, _ = config
+    start = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    code, _, err = run(
+        capsys, "silence", "add", "--config", path, "--matcher", "team=db",
+        "--duration", "30m", "--start", start, "--comment", "tonight",
+    )  # fmt: skip
+    assert code == 0, err
+    assert [s["status"]["state"] for s in listed(capsys, path)] == ["pending"]
+
+
+def test_import_reads_what_amtool_prints_and_skips_expired_ones(capsys, config, tmp_path) -> None:
+    path, topic, servers = config
+    now = datetime.now(UTC)
+    amtool = [
+        {
+            "id": "0f0b8d8e-1111-4000-8000-000000000001",
+            "matchers": [
+                {"name": "alertname", "value": "Watchdog", "isRegex": False, "isEqual": True}
+            ],
+            "startsAt": (now - timedelta(hours=1)).isoformat().replace("+00:00", "Z"),
+            "endsAt": (now + timedelta(hours=1)).isoformat().replace("+00:00", "Z"),
+            "createdBy": "bob",
+            "comment": "always firing",
+            "status": {"state": "active"},
+            "updatedAt": now.isoformat(),
+        },
+        {
+            "id": "0f0b8d8e-1111-4000-8000-000000000002",
+            "matchers": [{"name": "job", "value": "old.*", "isRegex": True, "isEqual": True}],
+            "startsAt": (now - timedelta(days=2)).isoformat(),
+            "endsAt": (now - timedelta(days=1)).isoformat(),
+            "createdBy": "bob",
+            "comment": "done",
+            "status": {"state": "expired"},
+        },
+    ]
+    file = tmp_path / "silences.json"
+    file.write_text(json.dumps(amtool))
+    code, out, err = run(capsys, "silence", "import", "--config", path, str(file))
+    assert code == 0, err
+    assert "imported 1 silences" in out and "1 expired ones skipped" in out
+    code, _, err = run(capsys, "silence", "import", "--config", path, str(file))  # again
+    assert code == 0, err
+    book = read_silences({"bootstrap.servers": servers}, topic)
+    assert [s.id for s in book.silences()] == [amtool[0]["id"]]
+    # what `list -o json` prints imports again as it is
+    listing = tmp_path / "listed.json"
+    listing.write_text(json.dumps(listed(capsys, path)))
+    code, out, err = run(capsys, "silence", "import", "--config", path, str(listing))
+    assert code == 0 and "imported 1 silences" in out, err
+
+
+def test_a_bad_import_names_the_silence_and_the_field_and_writes_nothing(
+    capsys, config, tmp_path
+) -> None:
+    path, topic, servers = config
+    file = tmp_path / "silences.json"
+    file.write_text(
+        json.dumps(
+            [
+                {
+                    "id": "ok",
+                    "matchers": [{"name": "a", "value": "b"}],
+                    "startsAt": "2026-01-01T00:00:00Z",
+                    "endsAt": "2999-01-01T00:00:00Z",
+                },
+                {
+                    "id": "bad",
+                    "matchers": [{"name": "a", "value": "b", "isRegex": "no"}],
+                    "startsAt": "2026-01-01T00:00:00Z",
+                    "endsAt": "2999-01-01T00:00:00Z",
+                },
+            ]
+        )
+    )
+    code, _, err = run(capsys, "silence", "import", "--config", path, str(file))
+    assert code == 1 and "[1].matchers[0].isRegex" in err
+    file.write_text("[{")
+    code, _, err = run(capsys, "silence", "import", "--config", path, str(file))
+    assert code == 1 and "not JSON" in err
+    assert read_silences({"bootstrap.servers": servers}, topic).silences() == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--matcher", 'alertname=~"("', "--duration", "1h"], "--matcher 'alertname=~\"(\"'"),
+        (["--matcher", 'team=""', "--duration", "1h"], "empty label set"),
+        (["--matcher", "team=a", "--duration", "2 hours"], "is not a duration"),
+    ],
+)
+def test_add_refuses_what_is_wrong_and_says_which_option(capsys, config, argv, says) -> None:
+    path, _, _ = config
+    try:
+        code, _, err = run(capsys, "silence", "add", "--config", path, "--comment", "x", *argv)
+    except SystemExit as e:  # argparse refuses a bad --duration itself
+        code, err = int(e.code or 0), capsys.readouterr().err
+    assert code != 0 and says in err
+
+
+def test_expiring_an_unknown_id_says_so(capsys, config) -> None:
+    path, _, _ = config
+    code, _, err = run(capsys, "silence", "expire", "--config", path, "no-such-id")
+    assert code == 1 and "no silence with id no-such-id" in err
