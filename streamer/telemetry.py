@@ -244,6 +244,11 @@ class Telemetry:
                 "streamer.routes.muted",
                 "Per route: 1 while a time interval keeps it quiet (labels: interval, by)",
             ),
+            ("streamer.silences.active", "Per silence id: 1 while it is active"),
+            (
+                "streamer.silences.readable",
+                "0 while the silences topic cannot be read (silences read keep applying)",
+            ),
             (
                 "streamer.destination.stalled_seconds",
                 "Per destination: seconds its keys have waited with nothing started and no "

@@ -19,6 +19,8 @@ from streamer.cli.common import config_option, metrics_options, stop_event_on_si
 if TYPE_CHECKING:
     from streamer.config import Config
     from streamer.routing import Rules
+    from streamer.silence_book import SilenceBook
+    from streamer.telemetry import Telemetry
 
 
 def add_parser(commands: Any) -> None:
@@ -103,6 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         engine = Engine(config, telemetry=telemetry)
         telemetry.gauge("streamer.routes.muted", lambda: muted_routes(engine.config.rules))
+        show_silences(telemetry, engine.silences)
         engine.run(stop)
     finally:
         server.shutdown()
@@ -115,6 +118,38 @@ def muted_routes(rules: Rules, at: datetime | None = None) -> list[tuple[float, 
     (now), with the intervals and the setting that do, from the rules in force."""
     quiet = rules.quiet_routes(at or datetime.now(UTC))
     return [(1.0, {"route": r, "interval": ",".join(n), "by": by}) for r, by, n in quiet]
+
+
+def show_silences(telemetry: Telemetry, book: SilenceBook) -> None:
+    """The silences in force, on /metrics (`streamer.silences.active`: 1 per active silence,
+    by id; `streamer.silences.readable`: 0 while the topic cannot be read) and in
+    `/pending` (`silences`: each active one, its matchers, end, author and comment, and how
+    many alert events it kept quiet here)."""
+    pending = telemetry.pending
+
+    def active() -> list[tuple[float, dict[str, str]]]:
+        return [(1.0, {"silence": s.id}) for s in book.active(datetime.now(UTC))]
+
+    def silenced_by(silence_id: str) -> int:
+        return telemetry.silenced.total(lambda a: a.get("silence") == silence_id)
+
+    def shown() -> dict[str, object]:
+        quiet = [
+            {
+                "id": s.id,
+                "matchers": s.matcher_text,
+                "ends_at": s.ends_at.isoformat(),
+                "created_by": s.created_by,
+                "comment": s.comment,
+                "silenced_here": silenced_by(s.id),
+            }
+            for s in book.active(datetime.now(UTC))
+        ]
+        return {**pending(), "silences": quiet, "silences_readable": book.readable()}
+
+    telemetry.gauge("streamer.silences.active", active)
+    telemetry.gauge("streamer.silences.readable", lambda: [(float(book.readable()), {})])
+    telemetry.pending = shown
 
 
 def check_reachable(config: Config, timeout: float) -> str | None:
