@@ -193,6 +193,7 @@ def _summary(stats: Stats, produced: int, lag: int, fake: FakeIncidentIo, elapse
             f"  consumed        {stats.consumed:>7}",
             f"  routed          {stats.routed:>7}   alert events made by the rules",
             f"  dropped         {stats.dropped:>7}   by the rules, on purpose",
+            f"  silenced        {stats.silenced:>7}   kept quiet by a silence (streamer silence)",
             f"  delivered       {stats.delivered:>7}   incident.io answered 202",
             f"  retried         {stats.retried:>7}",
             f"  dead-lettered   {stats.dead_lettered:>7}   bad input, refused payloads",
@@ -215,7 +216,10 @@ def message_outcomes(telemetry: Telemetry) -> dict[str, int]:
     partition is let go unfinished (`revoked`)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    outcomes: dict[str, int] = {"dropped": telemetry.dropped.total()}
+    outcomes: dict[str, int] = {
+        "dropped": telemetry.dropped.total(),
+        "silenced": telemetry.silenced_messages.total(),
+    }
     for family in text_string_to_metric_families(telemetry.scrape().decode()):
         for sample in family.samples:
             if sample.name == "messaging_process_duration_seconds_count":
@@ -239,19 +243,20 @@ def reconciliation(
 
     Messages: each consumed message is in exactly one term, by how its last alert event
     ended (a message that became several alert events counts once); `dropped` is the
-    summary's; `not finished` were let go unfinished (at the end: the engine shut down),
-    and the next run reads them again. Alert events: the summary's routed, delivered and
-    superseded. Kafka: the lag is what the next run reads again (the unfinished messages,
-    what was never read) plus the finished messages after the first unfinished one, which
-    the commit's offset map lets it skip; a map too long for the commit's 4 KiB keeps the
-    runs nearest the committed offset, and the finished messages past it are read (and
-    sent) again: more lag than the terms is a duplicate, never a loss. Less lag than the
-    terms, or messages that do not add up, would be a bug, and the account says so.
+    summary's; `silenced` ended with every alert event kept quiet by a silence (a term shown
+    when there is one); `not finished` were let go unfinished (at the end: the engine shut
+    down), and the next run reads them again. Alert events: the summary's routed, delivered
+    and superseded. Kafka: the lag is what the next run reads again (the unfinished
+    messages, what was never read) plus the finished messages after the first unfinished
+    one, which the commit's offset map lets it skip; a map too long for the commit's 4 KiB
+    keeps the runs nearest the committed offset, and the finished messages past it are read
+    (and sent) again: more lag than the terms is a duplicate, never a loss. Less lag than
+    the terms, or messages that do not add up, would be a bug, and the account says so.
     """
     delivered, dropped = outcomes.get("delivered", 0), outcomes.get("dropped", 0)
     dead, superseded = outcomes.get("dead-lettered", 0), outcomes.get("superseded", 0)
-    unfinished = outcomes.get("revoked", 0)
-    accounted = delivered + dropped + dead + superseded + unfinished
+    unfinished, silenced = outcomes.get("revoked", 0), outcomes.get("silenced", 0)
+    accounted = delivered + dropped + silenced + dead + superseded + unfinished
     alerts_unfinished = stats.routed - stats.delivered - stats.superseded - refused
     unread = kafka.in_topics - stats.consumed
     known = unfinished + kafka.done_after + unread
@@ -259,7 +264,9 @@ def reconciliation(
     adds_up = accounted == stats.consumed and alerts_unfinished >= 0 and read_again >= 0
     lines = [
         "final reconciliation (a message counts once, by how its last alert event ended)",
-        f"  messages  consumed {stats.consumed} = dropped {dropped} + delivered {delivered} "
+        f"  messages  consumed {stats.consumed} = dropped {dropped} + "
+        + (f"silenced {silenced} + " if silenced else "")
+        + f"delivered {delivered} "
         f"+ dead-lettered {dead} + superseded {superseded} + not finished {unfinished}"
         + ("" if accounted == stats.consumed else f"   DOES NOT ADD UP: {accounted}"),
         f"  alerts    routed {stats.routed} = delivered {stats.delivered} "

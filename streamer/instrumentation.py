@@ -43,6 +43,7 @@ class Stats:
     consumed: int = 0
     routed: int = 0
     dropped: int = 0
+    silenced: int = 0  # messages whose every alert event a silence kept quiet
     delivered: int = 0
     retried: int = 0
     rate_limited: int = 0  # 429s received
@@ -66,6 +67,7 @@ def stats_of(
         consumed=telemetry.consumed.total(),
         routed=telemetry.routed.total(),
         dropped=telemetry.dropped.total(),
+        silenced=telemetry.silenced_messages.total(),
         delivered=telemetry.delivered.total(),
         retried=telemetry.retries.total(),
         rate_limited=telemetry.attempts.total(lambda a: a.get("http.response.status_code") == 429),

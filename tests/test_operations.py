@@ -166,3 +166,14 @@ def test_the_demo_ends_with_a_reconciliation() -> None:
     text = reconciliation(stats, outcomes, KafkaPosition(in_topics=11, committed=9), refused=1)
     assert "lag 2 = not finished 2 + done after them 0" in text
     assert "DOES NOT ADD UP: 3" in text and "nothing lost" not in text
+
+
+def test_silenced_messages_are_a_term_of_the_reconciliation() -> None:
+    stats = Stats(consumed=10, routed=6, delivered=6, dropped=1, silenced=3)
+    outcomes = {"delivered": 6, "dropped": 1, "silenced": 3}
+    text = reconciliation(stats, outcomes, KafkaPosition(in_topics=10, committed=10))
+    assert "consumed 10 = dropped 1 + silenced 3 + delivered 6 + dead-lettered 0 " in text
+    assert "DOES NOT ADD UP" not in text and "nothing lost" in text
+    # without the term, the three silenced messages would be missing from the account
+    text = reconciliation(stats, {"delivered": 6, "dropped": 1}, KafkaPosition(10, 10))
+    assert "DOES NOT ADD UP: 7" in text
