@@ -16,7 +16,7 @@ time of routing (`at`; the wall clock when not given), which is what Alertmanage
 about too: the time a notification would go out, not the event's own time.
 
 A delivery whose event an active silence matches (streamer/silences.py, read from the
-silences topic by streamer/silence_book.py) makes no job either (guarantee 12): an event
+silences topic by streamer/silence_book.py) makes no job either (guarantee 11): an event
 all of whose deliveries are silenced ends `silenced` (`Silenced`, committed like a muted
 one); each is counted in `streamer.events.silenced` by silence and route and logged with
 the silence's id. A resolve is never silenced, so incident.io can always close an alert

@@ -27,6 +27,7 @@ from streamer.inhibition import (
     source_state,
 )
 from streamer.routing import Rules
+from streamer.silences import Silences, labels_of
 
 __all__ = ["changes", "destination_identities", "outcome", "summary"]
 
@@ -39,6 +40,7 @@ def outcome(
     at: datetime | None = None,
     firing: FiringSources | None = None,
     resolve_timeout: float = 300.0,
+    silences: Silences | None = None,
 ) -> dict[str, Any]:
     """matched_routes, deliveries (route, destination, payload), dead_letters, muted (routes
     a time interval kept quiet at `at`, None: now, and by which), dropped; and `explain`
@@ -47,12 +49,21 @@ def outcome(
     With `firing` (the sources earlier events of the same run fired), the event first
     updates it if it is a source alert of an inhibit rule, then its firing deliveries are
     `inhibited` (with the rule and the source) if a firing source inhibits it, as
-    `streamer run` does (streamer/firing_state.py, streamer/intake.py)."""
+    `streamer run` does (streamer/firing_state.py, streamer/intake.py).
+
+    With `silences`, firing deliveries an active silence matches at `at` (None: now) are
+    `silenced` (with the silence), before inhibition, as `streamer run` does."""
     if explain:
         decision, explanation = rules.trace(event, at)
     else:
         decision, explanation = rules.evaluate(event, at), None
     deliveries, inhibited = list(decision.deliveries), []
+    silenced, silence = [], None
+    if silences is not None and any(d.payload.status != "resolved" for d in deliveries):
+        silence = silences.silencing(labels_of(event), at or datetime.now(UTC))
+        if silence is not None:
+            silenced = [d for d in deliveries if d.payload.status != "resolved"]
+            deliveries = [d for d in deliveries if d.payload.status == "resolved"]
     if firing is not None and rules.inhibit_rules:
         now = (at or datetime.now(UTC)).timestamp()
         by = _inhibition(rules, firing, event, now, resolve_timeout)
@@ -85,6 +96,19 @@ def outcome(
         ],
         "dropped": decision.dropped,
     }
+    if silenced and silence is not None:
+        result["silenced"] = [
+            {
+                "route": d.route,
+                "destination": d.destination,
+                "silence": silence.id,
+                "matchers": silence.matcher_text,
+                "ends_at": silence.ends_at.isoformat(),
+                "created_by": silence.created_by,
+                "comment": silence.comment,
+            }
+            for d in silenced
+        ]
     if inhibited and by is not None:
         result["inhibited"] = [
             {

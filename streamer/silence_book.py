@@ -8,7 +8,7 @@ add | expire | import` write it; every replica follows it whole (`TopicFollower`
 by every replica within about a follower's poll (0.25 s) and applies to what each routes
 next. The topic is the only state: a replica (re)started reads it from the beginning.
 
-Fail open (README, "Silences"; docs/design.md, guarantee 12): an unreadable topic never
+Fail open (README, "Silences"; docs/design.md, guarantee 11): an unreadable topic never
 hides an alert that no silence read says to hide.
 
 - At start-up, `wait_read(timeout)` waits (bounded) until every record written before the

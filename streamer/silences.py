@@ -279,6 +279,12 @@ class Silences:
         """The silences active at `at` whose matchers hold for `labels` (`labels_of`)."""
         return [s for s in self._by_id.values() if s.state(at) == "active" and s.matches(labels)]
 
+    def silencing(self, labels: Mapping[str, Any], at: datetime) -> Silence | None:
+        """The one silence said to keep `labels` quiet at `at`: of those that match, the
+        earliest started (then the smallest id), so every replica names the same one."""
+        found = self.matching(labels, at)
+        return min(found, key=lambda s: (s.starts_at, s.id)) if found else None
+
     def active(self, at: datetime) -> list[Silence]:
         return [s for s in self._by_id.values() if s.state(at) == "active"]
 

@@ -50,7 +50,9 @@ def add_parser(commands: Any) -> None:
             "their reason, routes a time interval muted (and which interval, at which time: "
             "now, or --at), deliveries an inhibit rule kept quiet (`inhibited`: the rule and "
             "the firing source alert; events are read in the order given, and a source alert "
-            "among them fires for the ones after it), and whether the rules dropped it. "
+            "among them fires for the ones after it), deliveries a silence keeps quiet "
+            "(`silenced`: the silence, with --silences or --silences-from-topic), and whether "
+            "the rules dropped it. "
             "Nothing is sent. Exit 1 if an event file cannot be read."
         ),
     )
@@ -73,6 +75,18 @@ def add_parser(commands: Any) -> None:
         metavar="TIME",
         help="ask routes' time intervals about TIME (ISO 8601, e.g. 2026-12-07T18:30:00+01:00; "
         "without an offset, UTC) instead of now, the time the service asks about",
+    )
+    test.add_argument(
+        "--silences",
+        metavar="FILE",
+        help="silences to apply (a JSON list, as `streamer silence list -o json` or "
+        "`amtool silence query -o json` print it): a firing delivery one matches at --at "
+        "(or now) is listed under `silenced`, with the silence",
+    )
+    test.add_argument(
+        "--silences-from-topic",
+        action="store_true",
+        help="apply the silences in kafka.silence_topic (read with the file's Kafka settings)",
     )
     test.set_defaults(func=cmd_rules_test)
 
@@ -198,7 +212,13 @@ def _read_events(files: list[str], lines_file: str | None) -> list[tuple[str, by
 
 
 def _outcome(
-    config: Any, data: bytes | str, *, explain: bool = False, at: Any = None, firing: Any = None
+    config: Any,
+    data: bytes | str,
+    *,
+    explain: bool = False,
+    at: Any = None,
+    firing: Any = None,
+    silences: Any = None,
 ) -> dict[str, Any]:
     from streamer.decoding import DecodeError, EventDecoder
     from streamer.rules_report import outcome
@@ -211,7 +231,13 @@ def _outcome(
         return {"error": f"cannot read the event: {e}"}
     timeout = config.file.inhibition.resolve_timeout_seconds
     return outcome(
-        config.rules, event, explain=explain, at=at, firing=firing, resolve_timeout=timeout
+        config.rules,
+        event,
+        explain=explain,
+        at=at,
+        firing=firing,
+        resolve_timeout=timeout,
+        silences=silences,
     )
 
 
@@ -231,12 +257,47 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
 
     at = args.at or datetime.now(UTC)  # one instant for every event of the run
     firing = FiringSources()  # inhibit rules' sources fired by the events before, in order
+    silences, problem = _silences(args, config)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
     results = [
-        {"event": name, **_outcome(config, data, explain=args.explain, at=at, firing=firing)}
+        {
+            "event": name,
+            **_outcome(config, data, explain=args.explain, at=at, firing=firing, silences=silences),
+        }
         for name, data in _read_events(args.event, None)
     ]
     print(json.dumps(results, indent=2))
     return 1 if any("error" in r for r in results) else 0
+
+
+def _silences(args: argparse.Namespace, config: Any) -> tuple[Any, str | None]:
+    """The silences `rules test` applies (None: none asked for), or why they cannot be read."""
+    import json
+    from pathlib import Path
+
+    from streamer.silences import SilenceError, Silences, from_amtool
+
+    if args.silences:
+        try:
+            return Silences(from_amtool(json.loads(Path(args.silences).read_text()))), None
+        except OSError as e:
+            return None, f"{args.silences}: cannot read it: {e.strerror}"
+        except json.JSONDecodeError as e:
+            return None, f"{args.silences}:{e.lineno}:{e.colno}: not JSON: {e.msg}"
+        except SilenceError as e:
+            return None, f"{args.silences}: silence {e}"
+    if args.silences_from_topic:
+        from streamer.cli.silence import SilenceTopic
+
+        try:
+            return Silences(SilenceTopic(args.config).read()), None
+        except Exception as e:  # the brokers: unreachable, refused; a secret unreadable
+            from streamer import logs
+
+            return None, logs.MASK.mask(f"{config.file.kafka.silence_topic}: {e}")
+    return None, None
 
 
 def cmd_rules_diff(args: argparse.Namespace) -> int:

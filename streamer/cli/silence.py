@@ -130,7 +130,7 @@ def add_parser(commands: Any) -> None:
     importing.set_defaults(func=cmd_import)
 
 
-class _Topic:
+class SilenceTopic:
     """The configured silences topic and the Kafka settings to reach it."""
 
     def __init__(self, config_path: str) -> None:
@@ -179,7 +179,7 @@ def _run(args: argparse.Namespace, body: Any) -> int:
     from streamer.silences import SilenceError
 
     try:
-        topic = _Topic(args.config)
+        topic = SilenceTopic(args.config)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
@@ -215,7 +215,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
 
-    def write(topic: _Topic) -> int:
+    def write(topic: SilenceTopic) -> int:
         topic.write([silence], topic.read())
         print(silence.id)
         return 0
@@ -226,7 +226,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     states = set(STATES) if args.all else set(args.state or ("active", "pending"))
 
-    def show(topic: _Topic) -> int:
+    def show(topic: SilenceTopic) -> int:
         now = datetime.now(UTC)
         shown = sorted(
             (s for s in topic.read() if s.state(now) in states), key=lambda s: (s.ends_at, s.id)
@@ -244,7 +244,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_expire(args: argparse.Namespace) -> int:
     from streamer.silences import SilenceError
 
-    def expire(topic: _Topic) -> int:
+    def expire(topic: SilenceTopic) -> int:
         known = topic.read()
         by_id = {s.id: s for s in known}
         unknown = [i for i in args.ids if i not in by_id]
@@ -280,7 +280,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     current = [s for s in silences if s.state(now) != "expired"]
 
-    def write(topic: _Topic) -> int:
+    def write(topic: SilenceTopic) -> int:
         topic.write(current, topic.read())
         print(
             f"imported {len(current)} silences into {topic.name}"
