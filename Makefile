@@ -18,7 +18,7 @@ PROMTOOL   := $(STREAMER_CACHE_DIR)/bin/promtool
 PROMETHEUS_VERSION := v0.315.1
 TOOLS_STAMP := $(TOOLS)/.installed-$(subst ==,-,$(subst $() ,_,$(TOOLS_PINS)))
 
-.PHONY: demo test test-images lint unit install deploy-tools clean simulate bench-decoding bench-routing bench-delivery bench-memory bench-firehose bench-storm bench-handover bench-config bench-waiting
+.PHONY: demo test test-images lint unit install deploy-tools clean simulate bench-decoding bench-routing bench-delivery bench-memory bench-firehose bench-storm bench-handover bench-config bench-waiting bench-quiet
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -124,6 +124,10 @@ bench-storm: $(BIN)/.installed
 ## bench-waiting: CPU while deliveries wait on a rate limit, per alert and per second of waiting, vs a raw loop (~3 min)
 bench-waiting: $(BIN)/.installed
 	$(BIN)/python bench/waiting.py
+
+## bench-quiet: a silenced storm of 1,000 criticals on one alert source, then a page: its wait with and without the silence (~1 min)
+bench-quiet: $(BIN)/.installed
+	$(BIN)/python bench/quiet.py
 
 ## bench-handover: 2 sources at 1,200/min in a storm: busiest minute, 429s, duplicates, resume times through a rolling restart and a kill -9 loop (~15 min)
 bench-handover: $(BIN)/.installed
