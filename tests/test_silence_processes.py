@@ -158,3 +158,31 @@ def test_a_silence_mutes_the_running_group_a_restarted_replica_and_ends_on_time(
             if r.process.poll() is None:
                 r.signal(signal.SIGTERM)
                 r.wait()
+
+
+def test_fail_open_an_unreadable_silences_topic_never_hides_an_alert(
+    infrastructure, fake, tmp_path, monkeypatch, caplog
+) -> None:
+    # a name the broker refuses: the topic can never be read (as with an ACL that denies it)
+    pipeline = Pipeline(
+        infrastructure,
+        fake,
+        tmp_path,
+        monkeypatch=monkeypatch,
+        kafka={"silence_topic": "no such topic: spaces are refused"},
+    )
+    alerts = events("a", 6, "unreadable")
+    pipeline.produce(alerts)
+    caplog.set_level("WARNING")
+    pipeline.start()
+    try:
+        pipeline.wait_for(
+            lambda: delivered_hosts(pipeline) >= {e["check"]["host"] for e in alerts},
+            "every alert delivered although the silences cannot be read",
+        )
+        pipeline.wait_committed()
+        assert pipeline.engine is not None and not pipeline.engine.silences.readable()
+    finally:
+        pipeline.stop()
+    assert "were not all read within 10 s" in caplog.text
+    assert "alerts a silence would mute may be delivered" in caplog.text
