@@ -181,6 +181,10 @@ def test_a_bad_import_names_the_silence_and_the_field_and_writes_nothing(
         (["--matcher", 'alertname=~"("', "--duration", "1h"], "--matcher 'alertname=~\"(\"'"),
         (["--matcher", 'team=""', "--duration", "1h"], "empty label set"),
         (["--matcher", "team=a", "--duration", "2 hours"], "is not a duration"),
+        (
+            ["--matcher", "team=a", "--duration", "1h", "--start", "2020-01-01T00:00:00Z"],
+            "end it in the past",
+        ),
     ],
 )
 def test_add_refuses_what_is_wrong_and_says_which_option(capsys, config, argv, says) -> None:

@@ -212,6 +212,13 @@ def cmd_add(args: argparse.Namespace) -> int:
     except SilenceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if silence.ends_at <= now:
+        print(
+            f"error: --start {silence.starts_at.isoformat()} and --duration end it in the past "
+            f"({silence.ends_at.isoformat()}): nothing to silence",
+            file=sys.stderr,
+        )
+        return 1
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
 
