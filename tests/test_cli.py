@@ -37,13 +37,17 @@ COMMANDS = [
     "rules test",
     "dlq replay",
     "send",
+    "silence add",
+    "silence list",
+    "silence expire",
+    "silence import",
 ]
 
 
 def test_help_names_every_command() -> None:
     result = run("--help")
     assert result.returncode == 0
-    for command in ("run", "demo", "infra", "rules", "dlq", "send", "fake-incident-io"):
+    for command in ("run", "demo", "infra", "rules", "dlq", "send", "silence", "fake-incident-io"):
         assert command in result.stdout
 
 
@@ -55,7 +59,8 @@ def test_each_command_explains_itself(command: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [c for c in COMMANDS if c.split()[0] in ("run", "rules", "dlq", "send")]
+    "command",
+    [c for c in COMMANDS if c.split()[0] in ("run", "rules", "dlq", "send", "silence")],
 )
 def test_commands_reading_a_configuration_require_it_alike(command: str) -> None:
     help_text = run(*command.split(), "--help").stdout
