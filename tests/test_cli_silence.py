@@ -41,6 +41,7 @@ def config(infrastructure, tmp_path):
                     # the CLI never needs incident.io's token: this variable is not set
                     "a": {"alert_source_config_id": "A", "token": {"env": "NOT_SET_ANYWHERE"}}
                 },
+                "routes": [{"name": "all", "destination": "a"}],
             }
         )
     )
@@ -200,3 +201,23 @@ def test_expiring_an_unknown_id_says_so(capsys, config) -> None:
     path, _, _ = config
     code, _, err = run(capsys, "silence", "expire", "--config", path, "no-such-id")
     assert code == 1 and "no silence with id no-such-id" in err
+
+
+def test_rules_test_reads_the_silences_from_the_topic(capsys, config) -> None:
+    path, _, _ = config
+    code, out, err = run(
+        capsys, "silence", "add", "--config", path, "--matcher", 'alertname="HighErrorRate"',
+        "--duration", "1h", "--comment", "known incident",
+    )  # fmt: skip
+    assert code == 0, err
+    silence_id = out.strip()
+    from pathlib import Path
+
+    event = Path(__file__).parent.parent / "examples" / "events" / "alert-firing.json"
+    code, out, err = run(
+        capsys, "rules", "test", "--config", path, "--event", str(event), "--silences-from-topic"
+    )
+    assert code == 0, err
+    (result,) = json.loads(out)
+    assert result["deliveries"] == []
+    assert [s["silence"] for s in result["silenced"]] == [silence_id]
