@@ -54,7 +54,7 @@ from streamer.delivery_events import (
     WriteDeadLetter,
 )
 from streamer.destinations import Destinations
-from streamer.dispatch import Dispatcher
+from streamer.dispatch import Delivery, Dispatcher
 from streamer.failure_policy import Backoff
 from streamer.group_budget import GroupBudget
 from streamer.handover import HandOver
@@ -281,6 +281,11 @@ class DeliveryMachine:
             committed=self._commits.last_confirmed,
         )
 
+    def quiet_with(self, quiet: Callable[[Delivery, float], bool]) -> None:
+        """The shell's silences, asked at each delivery's turn (`quiet(delivery, wall)`): a
+        delivery a silence added while it waited mutes ends `silenced`, never sent."""
+        self._out.quiet = quiet
+
     def register_gauges(self, lag: ConsumerLag) -> None:
         """The gauges read from the parts (the metrics thread reads them as they stand)."""
         register_gauges(self.telemetry, self._ledger, self._backpressure, self._destinations, lag)
@@ -315,10 +320,11 @@ class DeliveryMachine:
 
     # -- a job ends: the one place ---------------------------------------------------------
 
-    def _end(self, job: Job) -> None:
-        """`job` is terminal (accepted, or its dead letter written): with the jobs it stood
-        for, if it stood for any; its key's next job is activated."""
-        outcome = "dead-lettered" if isinstance(job.work, DeadLetter) else "delivered"
+    def _end(self, job: Job, outcome: str | None = None) -> None:
+        """`job` is terminal (accepted, its dead letter written, or `silenced` at its turn):
+        with the jobs it stood for, if it stood for any; its key's next job is activated."""
+        if outcome is None:
+            outcome = "dead-lettered" if isinstance(job.work, DeadLetter) else "delivered"
         self.spans.job_ended(job.partition, job.offset, outcome)
         next_jobs, ended = self._out.ended(job)
         self._commits.terminal(ended)
@@ -342,9 +348,11 @@ class DeliveryMachine:
             else:
                 self._release(job)
         self._effects += self._backpressure.unblocked(now)
-        posts, released = self._out.dispatch(now, self._wall)
+        posts, released, quieted = self._out.dispatch(now, self._wall)
         for job in released:
             self._release(job)
+        for job in quieted:
+            self._end(job, "silenced")
         self._effects += posts
         self._effects += self._backpressure.caps(self._ledger)
         self._effects += self._commit.due(now, self._wall)

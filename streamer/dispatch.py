@@ -26,7 +26,7 @@ import heapq
 import itertools
 import logging
 import random
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -80,6 +80,7 @@ class Delivery:
     # across 429s, holds and retries, and handed to the event that supersedes it
     place: Waiting | None = None
     span: Span | None = None  # the current attempt's client span
+    labels: Mapping[str, Any] | None = None  # what silences test (silences.labels_of)
 
 
 class Dispatcher:
@@ -104,6 +105,9 @@ class Dispatcher:
             settings.max_retry_seconds,
         )
         self.busy = 0  # requests in flight
+        # the shell's question at a delivery's turn: has a silence read since it was routed
+        # muted it? (intake.silenced_at_turn; None: never) It then ends, never sent.
+        self.quiet: Callable[[Delivery, float], bool] | None = None
         self._timers: list[tuple[float, int, Job]] = []  # (due, tie-breaker, job)
         self._sequence = itertools.count()
         # what waits and why (/pending, gauges, the watermark log line): rebuilt each second
@@ -129,14 +133,16 @@ class Dispatcher:
         starts = itertools.chain(self.destinations.earliest_starts(now), self.timer_starts())
         return self.handover.worth_waiting(in_flight=bool(self.busy or producing), starts=starts)
 
-    def dispatch(self, now: float, wall: float) -> tuple[list[Post], list[Job]]:
+    def dispatch(self, now: float, wall: float) -> tuple[list[Post], list[Job], list[Job]]:
         """What starts now (its slots taken, as `Post`s), per destination in its queue's order
-        (`priority`), and the jobs found fenced off (their keys are free again). A
+        (`priority`), the jobs found fenced off (their keys are free again), and those
+        `quiet` says a silence mutes now (terminal, never sent, taking no slot). A
         delivery of a partition past its hand-over cut-off is passed over (it stays queued
         for the drain to give up), so it does not hold back the partitions that stay; keys
         are distinct within a queue, so neither priority nor passing over reorders a key."""
         started: list[Post] = []
         released: list[Job] = []
+        quieted: list[Job] = []
         for state in self.destinations:
             passed_over = []
             while state.ready and self.busy < self.settings.workers:
@@ -147,6 +153,10 @@ class Dispatcher:
                     continue
                 if not self.handover.may_start(job.partition, now):
                     passed_over.append(state.ready.remove(job))  # left to the next owner
+                    continue
+                if self.quiet is not None and self.quiet(job.work, wall):
+                    state.ready.remove(job)  # a silence added while it waited
+                    quieted.append(job)
                     continue
                 if not state.take_slot(now):
                     if not state.held_reason and not job.work.waited_for_rate_limit:
@@ -171,7 +181,7 @@ class Dispatcher:
                 (j for _, _, j in self._timers),
                 workers_free=self.busy < self.settings.workers,
             )
-        return started, released
+        return started, released, quieted
 
     # -- waiting: coalescing and priority ----------------------------------------------------
 
