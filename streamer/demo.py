@@ -237,7 +237,11 @@ def refused(telemetry: Telemetry) -> int:
 
 
 def reconciliation(
-    stats: Stats, outcomes: Mapping[str, int], kafka: KafkaPosition, refused: int = 0
+    stats: Stats,
+    outcomes: Mapping[str, int],
+    kafka: KafkaPosition,
+    refused: int = 0,
+    quieted: int = 0,
 ) -> str:
     """The final account, in three sums.
 
@@ -257,7 +261,8 @@ def reconciliation(
     dead, superseded = outcomes.get("dead-lettered", 0), outcomes.get("superseded", 0)
     unfinished, silenced = outcomes.get("revoked", 0), outcomes.get("silenced", 0)
     accounted = delivered + dropped + silenced + dead + superseded + unfinished
-    alerts_unfinished = stats.routed - stats.delivered - stats.superseded - refused
+    # `quieted`: alert events a silence added while they waited kept quiet (never sent)
+    alerts_unfinished = stats.routed - stats.delivered - stats.superseded - refused - quieted
     unread = kafka.in_topics - stats.consumed
     known = unfinished + kafka.done_after + unread
     read_again = kafka.lag - known  # finished, past what the offset map could hold
@@ -271,7 +276,8 @@ def reconciliation(
         + ("" if accounted == stats.consumed else f"   DOES NOT ADD UP: {accounted}"),
         f"  alerts    routed {stats.routed} = delivered {stats.delivered} "
         f"+ superseded {stats.superseded} + refused {refused} "
-        f"+ not finished {alerts_unfinished}",
+        + (f"+ silenced while waiting {quieted} " if quieted else "")
+        + f"+ not finished {alerts_unfinished}",
         f"  kafka     lag {kafka.lag} = not finished {unfinished} "
         f"+ done after them {kafka.done_after} (skipped next run) + not read yet {unread}"
         + (f" + done, read again {read_again}" if read_again > 0 else "")
@@ -410,7 +416,13 @@ def _run(
     position = committed_position(infra, engine.config.file.kafka.group_id)
     show(final=True, lag=position.lag)
     out.write(
-        reconciliation(engine.stats, message_outcomes(telemetry), position, refused(telemetry))
+        reconciliation(
+            engine.stats,
+            message_outcomes(telemetry),
+            position,
+            refused(telemetry),
+            telemetry.silenced.total(lambda a: a.get("stage") == "waiting"),
+        )
     )
     out.flush()
     return 0 if (events is None or position.lag == 0) else 1

@@ -52,7 +52,7 @@ from streamer.delivery_events import (
 from streamer.delivery_machine import DeliveryMachine
 from streamer.incident_io import Answer, IncidentIoClient, PostsAlertEvents
 from streamer.instrumentation import ConsumerLag, Stats, count_consumed, log_context
-from streamer.intake import Muted, Silenced, works_of
+from streamer.intake import Muted, Silenced, silenced_at_turn, works_of
 from streamer.kafka_clients import (
     PartitionCounts,
     decoders_of,
@@ -101,6 +101,10 @@ class Engine:
         s = self.settings
         self.http: PostsAlertEvents = http or IncidentIoClient(timeout=s.request_timeout_seconds)
         self.machine = DeliveryMachine.of(config, now=clock(), telemetry=self.telemetry)
+        # a silence read after an event was routed still mutes its deliveries that wait
+        self.machine.quiet_with(
+            lambda delivery, wall: silenced_at_turn(delivery, self.silences, wall, self.telemetry)
+        )
         self.consumer = consumer or make_consumer(
             config,
             on_commit=lambda error, tps: self.broker.on_commit(error, tps),

@@ -19,8 +19,11 @@ A delivery whose event an active silence matches (streamer/silences.py, read fro
 silences topic by streamer/silence_book.py) makes no job either (guarantee 11): an event
 all of whose deliveries are silenced ends `silenced` (`Silenced`, committed like a muted
 one); each is counted in `streamer.events.silenced` by silence and route and logged with
-the silence's id. A resolve is never silenced, so incident.io can always close an alert
-whose firing it received (and may receive the resolve of one it never saw: it ignores it).
+the silence's id. A silence read after an event was routed mutes its deliveries still
+waiting too: the delivery machine asks `silenced_at_turn` when each one's turn to start
+comes, and it ends `silenced`, taking no request. A resolve is never silenced, so
+incident.io can always close an alert whose firing it received (and may receive the
+resolve of one it never saw: it ignores it).
 """
 
 from __future__ import annotations
@@ -122,11 +125,15 @@ def _works_of(
         return Muted() if decision.muted else []
     event_time = event.get("event_time")
     event_epoch = event_time.timestamp() if isinstance(event_time, datetime) else None
+    labels = labels_of(event) if silences is not None else None  # asked again at its turn
     works: list[Work] = []
     for d in deliveries:
         body: dict[str, Any] = d.payload.model_dump(exclude_none=True)
         key = OrderingKey(d.destination, d.payload.deduplication_key or "")
-        works.append((key, Delivery(source, d.route, d.destination, body, event_time=event_epoch)))
+        delivery = Delivery(
+            source, d.route, d.destination, body, event_time=event_epoch, labels=labels
+        )
+        works.append((key, delivery))
         telemetry.routed.add(1, {"route": d.route, "destination": d.destination})
     for f in decision.failures:
         works.append((None, DeadLetter(source, f.code, f.reason, f.route, f.destination)))
@@ -151,7 +158,7 @@ def _not_silenced(
     for d in deliveries:
         if d.payload.status == "resolved":
             continue
-        telemetry.silenced.add(1, {"silence": by.id, "route": d.route})
+        telemetry.silenced.add(1, {"silence": by.id, "route": d.route, "stage": "routing"})
         log.info(
             "%s[%d]@%d: silenced on route %s by silence %s (%s)",
             source.topic,
@@ -171,6 +178,41 @@ def _not_silenced(
             },
         )
     return tuple(d for d in deliveries if d.payload.status == "resolved")
+
+
+def silenced_at_turn(
+    delivery: Delivery, silences: SilenceLookup, wall: float, telemetry: Telemetry
+) -> bool:
+    """Asked when a routed delivery's turn to start comes (`DeliveryMachine.quiet_with`):
+    does a silence read since it was routed mute it now? (A resolve: never.) A delivery
+    that waited behind a storm's backlog is not sent once the storm is silenced."""
+    if delivery.labels is None or delivery.payload.get("status") == "resolved":
+        return False
+    found = silences.matching(delivery.labels, datetime.fromtimestamp(wall, UTC))
+    if not found:
+        return False
+    by = min(found, key=lambda s: (s.starts_at, s.id))
+    telemetry.silenced.add(1, {"silence": by.id, "route": delivery.route, "stage": "waiting"})
+    source = delivery.message
+    log.info(
+        "%s[%d]@%d: silenced on route %s by silence %s (%s) while it waited",
+        source.topic,
+        source.partition,
+        source.offset,
+        delivery.route,
+        by.id,
+        by.matcher_text,
+        extra={
+            "topic": source.topic,
+            "partition": source.partition,
+            "offset": source.offset,
+            "route": delivery.route,
+            "destination": delivery.destination,
+            "deduplication_key": delivery.payload.get("deduplication_key"),
+            "silence": by.id,
+        },
+    )
+    return True
 
 
 def _detail(error: Exception) -> str:

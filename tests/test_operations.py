@@ -174,6 +174,11 @@ def test_silenced_messages_are_a_term_of_the_reconciliation() -> None:
     text = reconciliation(stats, outcomes, KafkaPosition(in_topics=10, committed=10))
     assert "consumed 10 = dropped 1 + silenced 3 + delivered 6 + dead-lettered 0 " in text
     assert "DOES NOT ADD UP" not in text and "nothing lost" in text
+    # two alert events routed, then kept quiet while they waited by a silence added meanwhile
+    stats = Stats(consumed=10, routed=8, delivered=6, dropped=1, silenced=3)
+    text = reconciliation(stats, outcomes, KafkaPosition(10, 10), quieted=2)
+    assert "routed 8 = delivered 6 + superseded 0 + refused 0 + silenced while waiting 2 " in text
+    assert "+ not finished 0" in text and "DOES NOT ADD UP" not in text
     # without the term, the three silenced messages would be missing from the account
     text = reconciliation(stats, {"delivered": 6, "dropped": 1}, KafkaPosition(10, 10))
     assert "DOES NOT ADD UP: 7" in text
