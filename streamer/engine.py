@@ -35,6 +35,7 @@ from streamer.decoding import EventDecoder, RegistryUnavailable
 from streamer.delivery_events import (
     Answered,
     Assigned,
+    Commit,
     ConfigChanged,
     DeadLetterNotWritten,
     DeadLetterWritten,
@@ -50,6 +51,7 @@ from streamer.delivery_events import (
     WriteDeadLetter,
 )
 from streamer.delivery_machine import DeliveryMachine
+from streamer.firing_state import FiringState
 from streamer.incident_io import Answer, IncidentIoClient, PostsAlertEvents
 from streamer.instrumentation import ConsumerLag, Stats, count_consumed, log_context
 from streamer.intake import Muted, Silenced, silenced_at_turn, works_of
@@ -88,6 +90,7 @@ class Engine:
         wall_clock: Callable[[], float] = time.time,
         telemetry: Telemetry | None = None,
         silences: SilenceBook | None = None,
+        firing: FiringState | None = None,
     ) -> None:
         self.telemetry = telemetry or Telemetry()
         # the silences topic, read in full from now on (streamer/silence_book.py)
@@ -124,6 +127,26 @@ class Engine:
         self._total_partitions = 0
         self._apply_config(config)
         self.machine.register_gauges(self.lag)
+        # inhibit rules' sources, written with this producer, read in full from now on
+        self.firing = firing or FiringState.of(config, self.producer)
+        self._show_inhibition()
+
+    def _show_inhibition(self) -> None:
+        """`/pending` lists the inhibit rules' firing sources; a gauge counts them."""
+        pending = self.telemetry.pending
+
+        def firing() -> list[dict[str, object]]:
+            return self.firing.firing(self.config.rules.inhibit_rules)
+
+        self.telemetry.pending = lambda: {**pending(), "inhibiting": firing()}
+
+        def per_rule() -> list[tuple[float, dict[str, str]]]:
+            counts = {rule.name: 0 for rule in self.config.rules.inhibit_rules}
+            for source in firing():
+                counts[str(source["rule"])] += 1
+            return [(float(n), {"rule": rule}) for rule, n in counts.items()]
+
+        self.telemetry.gauge("streamer.inhibition.sources_firing", per_rule)
 
     @property
     def stats(self) -> Stats:
@@ -179,6 +202,9 @@ class Engine:
                 self._post(effect)
             case WriteDeadLetter():
                 self._write_dead_letter(effect)
+            case Commit():
+                self.firing.before_commit()  # a source's state before its offset's commit
+                self.broker.perform(effect)
             case _:
                 self.broker.perform(effect)
 
@@ -210,6 +236,7 @@ class Engine:
         topics = [t.name for t in self.config.file.topics]
         self._count_partitions()
         self.silences.wait_read(STARTUP_WAIT_SECONDS, stop)  # bounded: fail open
+        self.firing.wait_read(self.config.file.inhibition.startup_read_seconds, stop)
         self.consumer.subscribe(
             topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
@@ -313,7 +340,14 @@ class Engine:
             span = spans.start(source) if tracing else None
             size = len(source.value or b"") + len(source.key or b"")
             try:
-                works = works_of(source, decoders, rules, self.telemetry, silences=self.silences)
+                works = works_of(
+                    source,
+                    decoders,
+                    rules,
+                    self.telemetry,
+                    silences=self.silences,
+                    firing=self.firing,
+                )
             except RegistryUnavailable as e:
                 if span is not None:
                     span.set_attribute("streamer.outcome", "registry-unavailable")
@@ -389,5 +423,6 @@ class Engine:
             self.consumer.close()  # leaves the group; on_revoke has nothing left to drain
             self.dead_letters.close()  # its follower of the dead-letter topic
             self.silences.close()
+            self.firing.close()
             self._workers.shutdown(wait=False, cancel_futures=True)
             self.http.close()

@@ -44,6 +44,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, Message
 
+from streamer.config import Config
 from streamer.inhibition import (
     FiringSource,
     FiringSources,
@@ -53,6 +54,8 @@ from streamer.inhibition import (
     fingerprint,
     source_state,
 )
+from streamer.kafka_clients import kafka_settings
+from streamer.silence_book import ensure_topic
 from streamer.topic_follower import TopicFollower
 
 log = logging.getLogger(__name__)
@@ -139,6 +142,29 @@ class FiringState:
             return TopicFollower(settings, topic, handle, window_seconds=None).start()
 
         return cls(topic, producer, follower, resolve_timeout=resolve_timeout)
+
+    @classmethod
+    def of(cls, config: Config, producer: Produces | None) -> FiringState:
+        """The configured firing topic (created, compacted, when missing), followed with the
+        service's Kafka settings; records written with `producer` (the engine's)."""
+        kafka = config.file.kafka
+        settings = {
+            **kafka_settings(config),
+            "group.id": kafka.group_id,  # one the ACLs allow; never joined nor committed to
+            "logger": logging.getLogger("librdkafka"),
+        }
+        try:
+            if ensure_topic(kafka_settings(config), kafka.firing_topic):
+                log.info("created the firing topic %s (compacted)", kafka.firing_topic)
+        except Exception as e:  # fail open: the follower reports it, nothing is inhibited
+            log.warning(
+                "the firing topic %s could not be checked or created (%s)",
+                kafka.firing_topic,
+                e,
+                extra={"topic": kafka.firing_topic},
+            )
+        timeout = config.file.inhibition.resolve_timeout_seconds
+        return cls.following(settings, kafka.firing_topic, producer, resolve_timeout=timeout)
 
     # -- the follower's side (its thread) -------------------------------------------------
 
@@ -260,6 +286,21 @@ class FiringState:
             time.sleep(WAIT_STEP)
         self._read_once = True
         return True
+
+    def wait_read(self, timeout: float, stop: threading.Event | None = None) -> bool:
+        """`read_to_now`, and when it did not, a warning: nothing is inhibited until the
+        topic is read (fail open)."""
+        if self.read_to_now(timeout, stop):
+            return True
+        log.warning(
+            "the firing topic %s was not read within %.0f s (%s): nothing is inhibited until "
+            "it is (targets are delivered)",
+            self.topic,
+            timeout,
+            self.follower.problem(),
+            extra={"topic": self.topic},
+        )
+        return False
 
     def firing(self, rules: tuple[InhibitRule, ...]) -> list[dict[str, Any]]:
         """What inhibits right now, per rule and source (for `/pending` and the gauge)."""

@@ -24,6 +24,13 @@ waiting too: the delivery machine asks `silenced_at_turn` when each one's turn t
 comes, and it ends `silenced`, taking no request. A resolve is never silenced, so
 incident.io can always close an alert whose firing it received (and may receive the
 resolve of one it never saw: it ignores it).
+
+Inhibition (streamer/inhibition.py; the sources' state in streamer/firing_state.py): an
+alert event that is a source of an inhibit rule writes its state first (`observe`), then a
+firing delivery of an event an inhibit rule's firing source inhibits makes no job; an
+event all of whose deliveries are inhibited ends `inhibited` (`Inhibited`, committed like
+a muted one); each is counted in `streamer.events.inhibited` by rule and route and logged
+with the source's fingerprint. Resolves always go through, as with silences.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from typing import Any, Protocol
 from streamer.dead_letters import DeadLetter, SourceMessage
 from streamer.decoding import DecodeError, EventDecoder, RegistryUnavailable
 from streamer.dispatch import Delivery
+from streamer.inhibition import Inhibition, InhibitRule, alert_labels
 from streamer.ledger import OrderingKey
 from streamer.routing import RoutedAlert, Rules
 from streamer.silences import Silence, labels_of
@@ -56,6 +64,20 @@ class Silenced(Muted):
     `silenced`, committed like a muted event)."""
 
 
+class Inhibited(Muted):
+    """No works because an inhibit rule's firing source inhibited every alert event it
+    made (outcome `inhibited`, committed like a muted event)."""
+
+
+class FiringLookup(Protocol):
+    """The inhibit rules' sources (streamer.firing_state.FiringState)."""
+
+    def observe(self, event: Mapping[str, Any], rules: tuple[InhibitRule, ...]) -> str | None: ...
+    def inhibition(
+        self, rules: tuple[InhibitRule, ...], labels: Mapping[str, str]
+    ) -> Inhibition | None: ...
+
+
 class SilenceLookup(Protocol):
     """The silences in force (streamer.silence_book.SilenceBook)."""
 
@@ -69,11 +91,13 @@ def works_of(
     telemetry: Telemetry,
     at: datetime | None = None,
     silences: SilenceLookup | None = None,
+    firing: FiringLookup | None = None,
 ) -> list[Work]:
-    """A message's jobs (none: the rules dropped, muted or silenced it), time intervals
-    and silences asked about `at` (None: now); raises only RegistryUnavailable."""
+    """A message's jobs (none: the rules dropped, muted, silenced or inhibited it), time
+    intervals and silences asked about `at` (None: now), inhibit rules about `firing`;
+    raises only RegistryUnavailable."""
     try:
-        return _works_of(source, decoders, rules, telemetry, at, silences)
+        return _works_of(source, decoders, rules, telemetry, at, silences, firing)
     except RegistryUnavailable:
         raise
     except Exception as e:  # a bug met by one message must not stop every partition
@@ -93,11 +117,14 @@ def _works_of(
     telemetry: Telemetry,
     at: datetime | None,
     silences: SilenceLookup | None = None,
+    firing: FiringLookup | None = None,
 ) -> list[Work]:
     try:
         event = decoders[source.topic].decode(source.value, source.headers)
     except DecodeError as e:
         return [(None, DeadLetter(source, f"decode:{e.reason}", e.detail))]
+    if firing is not None and rules.inhibit_rules:  # a source's state, whatever its routes
+        firing.observe(event, rules.inhibit_rules)
     try:
         decision = rules.evaluate(event, at)
     except Exception as e:  # evaluate is bounded and should not raise; if it does
@@ -118,10 +145,17 @@ def _works_of(
     if silences is not None and deliveries:
         deliveries = _not_silenced(source, event, deliveries, silences, telemetry, at)
         silenced = len(deliveries) < len(decision.deliveries)
+    inhibited = False
+    if firing is not None and rules.inhibit_rules and deliveries:
+        kept = _not_inhibited(source, event, deliveries, firing, rules, telemetry)
+        inhibited, deliveries = len(kept) < len(deliveries), kept
     if not deliveries and not decision.failures:
-        # dropped on purpose (the firehose's common case, kept short), muted or silenced
+        # dropped on purpose (the firehose's common case, kept short), muted, silenced
+        # or inhibited
         if silenced:
             return Silenced()
+        if inhibited:
+            return Inhibited()
         return Muted() if decision.muted else []
     event_time = event.get("event_time")
     event_epoch = event_time.timestamp() if isinstance(event_time, datetime) else None
@@ -175,6 +209,46 @@ def _not_silenced(
                 "destination": d.destination,
                 "deduplication_key": d.payload.deduplication_key,
                 "silence": by.id,
+            },
+        )
+    return tuple(d for d in deliveries if d.payload.status == "resolved")
+
+
+def _not_inhibited(
+    source: SourceMessage,
+    event: Mapping[str, Any],
+    deliveries: tuple[RoutedAlert, ...],
+    firing: FiringLookup,
+    rules: Rules,
+    telemetry: Telemetry,
+) -> tuple[RoutedAlert, ...]:
+    """The deliveries no inhibit rule keeps quiet (resolves always go through)."""
+    if all(d.payload.status == "resolved" for d in deliveries):
+        return deliveries
+    labels = alert_labels(event)
+    by = None if labels is None else firing.inhibition(rules.inhibit_rules, labels)
+    if by is None:
+        return deliveries
+    for d in deliveries:
+        if d.payload.status == "resolved":
+            continue
+        telemetry.inhibited.add(1, {"rule": by.rule, "route": d.route})
+        log.info(
+            "%s[%d]@%d: inhibited on route %s by %s",
+            source.topic,
+            source.partition,
+            source.offset,
+            d.route,
+            by.describe(),
+            extra={
+                "topic": source.topic,
+                "partition": source.partition,
+                "offset": source.offset,
+                "route": d.route,
+                "destination": d.destination,
+                "deduplication_key": d.payload.deduplication_key,
+                "inhibit_rule": by.rule,
+                "inhibited_by": by.source.fingerprint,
             },
         )
     return tuple(d for d in deliveries if d.payload.status == "resolved")

@@ -166,6 +166,12 @@ class Telemetry:
             description="Messages that ended silenced: every alert event they made was kept "
             "quiet by a silence",
         )
+        self.inhibited = Tally(
+            meter,
+            "streamer.events.inhibited",
+            description="Firing alert events an inhibit rule kept quiet before they were sent "
+            "(a firing source with the same equal labels), per rule and route",
+        )
         self.dead_lettered = Tally(
             meter, "streamer.events.dead_lettered", description="Dead letters written, per reason"
         )
@@ -248,6 +254,11 @@ class Telemetry:
             (
                 "streamer.silences.readable",
                 "0 while the silences topic cannot be read (silences read keep applying)",
+            ),
+            (
+                "streamer.inhibition.sources_firing",
+                "Per inhibit rule: its source alerts firing right now, as this replica reads "
+                "the firing topic",
             ),
             (
                 "streamer.destination.stalled_seconds",
