@@ -1,0 +1,163 @@
+"""Inhibition across replicas (issue 24, "Must show"): `streamer run` as two processes on a
+real broker, the source alert on a partition one replica owns, its targets on a partition the
+other owns. The firing state crosses between them only through the firing topic."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from confluent_kafka import Producer
+
+from streamer.inhibition import fingerprint
+from tests.pipeline import Pipeline, ServiceProcess
+
+pytestmark = pytest.mark.integration
+
+T0 = int(datetime(2026, 12, 7, 12, 0, tzinfo=UTC).timestamp() * 1000)
+
+
+def alert_event(name: str, status: str, n: int, **labels: str) -> dict[str, Any]:
+    all_labels = {"alertname": name, **labels}
+    return {
+        "event_id": str(uuid.uuid4()),
+        "event_time": T0 + n,
+        "source_system": "ALERTMANAGER",
+        "severity": "WARNING",
+        "labels": {"team": "a"},
+        "alert": {
+            "status": status,
+            "labels": all_labels,
+            "annotations": {"summary": f"{name} {n}"},
+            "starts_at": T0,
+            "ends_at": None,
+            "generator_url": None,
+            "fingerprint": "-".join(f"{k}={v}" for k, v in sorted(all_labels.items())),
+        },
+    }
+
+
+def owners(processes: list[ServiceProcess], topic: str) -> dict[int, int]:
+    """Partition -> the index of the process that owns it now, from their logs' assigned and
+    revoked lines in time order (assignments are incremental: cooperative-sticky)."""
+    changes = []
+    for i, process in enumerate(processes):
+        for line in process.log().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            message = str(entry.get("message", ""))
+            kind = message.split(" ", 1)[0]
+            if kind in ("assigned", "revoked"):
+                found = re.findall(rf"{re.escape(topic)}\[(\d+)\]", message.split(" (")[0])
+                changes.append((entry["time"], kind, i, [int(p) for p in found]))
+    owned: dict[int, int] = {}
+    for _, kind, i, partitions in sorted(changes):
+        for partition in partitions:
+            if kind == "assigned":
+                owned[partition] = i
+            elif owned.get(partition) == i:
+                del owned[partition]
+    return owned
+
+
+def pending(process: ServiceProcess) -> dict[str, Any]:
+    found = re.search(r"metrics: (http://\S+)/metrics", process.log())
+    assert found, process.log()[-2000:]
+    with urllib.request.urlopen(f"{found.group(1)}/pending", timeout=5) as answer:
+        return json.loads(answer.read())
+
+
+def test_a_source_on_one_replica_inhibits_targets_on_another(
+    infrastructure, fake, tmp_path: Path, monkeypatch
+) -> None:
+    pipeline = Pipeline(infrastructure, fake, tmp_path, monkeypatch=monkeypatch, partitions=2)
+    config = yaml.safe_load(pipeline.config_path.read_text())
+    config["kafka"]["firing_topic"] = f"firing-{uuid.uuid4().hex[:8]}"
+    config["inhibit_rules"] = [
+        {
+            "name": "zone-down",
+            "source_matchers": ['alertname="ZoneDown"'],
+            "target_matchers": ['severity="warning"'],
+            "equal": ["zone"],
+        }
+    ]
+    pipeline.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    producer = Producer({"bootstrap.servers": infrastructure.bootstrap_servers})
+
+    def produce(partition: int, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            key = event["alert"]["fingerprint"].encode()
+            producer.produce(pipeline.topic, json.dumps(event).encode(), key, partition)
+        assert producer.flush(30) == 0
+
+    processes = [ServiceProcess(pipeline, tmp_path / f"p{i}.log") for i in range(2)]
+    try:
+        pipeline.wait_for(
+            lambda: sorted(owners(processes, pipeline.topic).values()) == [0, 1],
+            "each replica owning one partition",
+        )
+        owned = owners(processes, pipeline.topic)
+        source_partition, target_partition = 0, 1
+        target_owner = processes[owned[target_partition]]
+        assert owned[source_partition] != owned[target_partition]
+
+        zone_down = alert_event("ZoneDown", "FIRING", 0, zone="eu-1", severity="critical")
+        produce(source_partition, [zone_down])
+        source_fp = fingerprint(zone_down["alert"]["labels"])
+        # the target's replica knows the source fires only through the firing topic
+        pipeline.wait_for(
+            lambda: (
+                [s["source"] for s in pending(target_owner).get("inhibiting", [])] == [source_fp]
+            ),
+            "the other replica reading the source as firing",
+        )
+        warnings = [
+            alert_event(f"Warn{n}", "FIRING", n, zone="eu-1", severity="warning")
+            for n in range(1, 21)
+        ]
+        elsewhere = [
+            alert_event(f"Other{n}", "FIRING", n, zone="eu-2", severity="warning")
+            for n in range(1, 6)
+        ]
+        produce(target_partition, warnings + elsewhere)
+        pipeline.wait_for(pipeline_committed(pipeline), "every offset committed")
+        titles = [e.payload["title"] for e in fake.events]
+        assert "ZoneDown 0" in titles
+        assert [t for t in titles if t.startswith("Other")] == [
+            f"Other{n} {n}" for n in range(1, 6)
+        ]
+        assert not [t for t in titles if t.startswith("Warn")]  # inhibited, committed
+        assert f"by source {source_fp}" in target_owner.log()
+
+        zone_up = alert_event("ZoneDown", "RESOLVED", 30, zone="eu-1", severity="critical")
+        produce(source_partition, [zone_up])
+        pipeline.wait_for(
+            lambda: not pending(target_owner).get("inhibiting"),
+            "the other replica reading the source as resolved",
+        )
+        again = alert_event("Warn1", "FIRING", 31, zone="eu-1", severity="warning")
+        produce(target_partition, [again])
+        pipeline.wait_for(
+            lambda: "Warn1 31" in [e.payload["title"] for e in fake.events],
+            "a target delivered once its source resolved",
+        )
+    finally:
+        for process in processes:
+            if process.process.poll() is None:
+                process.signal(signal.SIGTERM)
+        for process in processes:
+            assert process.wait() == 0, process.log()[-3000:]
+
+
+def pipeline_committed(pipeline: Pipeline):  # type: ignore[no-untyped-def]
+    return lambda: pipeline.committed() == pipeline.end_offsets()
