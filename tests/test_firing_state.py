@@ -5,9 +5,12 @@ tests/test_engine_processes.py (an inhibition across replicas)."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+
+import pytest
 
 from streamer.firing_state import FiringState
 from streamer.inhibition import InhibitRule, fingerprint
@@ -177,3 +180,51 @@ def test_records_are_acknowledged_before_a_commit() -> None:
     assert producer.flushed == 1
     firing.before_commit()
     assert producer.flushed == 1
+
+
+# -- the real topic ------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_a_replica_started_later_reads_what_fires_from_the_compacted_topic(
+    infrastructure, tmp_path
+) -> None:
+    """The topic is created compacted; a writer's records, acknowledged before a commit,
+    are what a replica started afterwards knows (a restart loses nothing)."""
+    from confluent_kafka import Producer as KafkaProducer
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    from tests.rules_helpers import config_from
+
+    topic = f"firing-{uuid.uuid4().hex[:8]}"
+    config = config_from(
+        tmp_path,
+        f"""
+        kafka: {{bootstrap_servers: "{infrastructure.bootstrap_servers}", firing_topic: {topic}}}
+        routes: []
+        """,
+    )
+    producer = KafkaProducer({"bootstrap.servers": infrastructure.bootstrap_servers})
+    writer = FiringState.of(config, producer)
+    try:
+        assert writer.wait_read(30)
+        writer.observe(alert(**ZONE_DOWN), RULES)
+        other = {**ZONE_DOWN, "zone": "eu-2"}
+        writer.observe(alert(**other), RULES)
+        writer.observe(alert("RESOLVED", **other), RULES)  # a tombstone
+        writer.before_commit()
+        assert writer._unacked == 0
+    finally:
+        writer.close()
+    admin = AdminClient({"bootstrap.servers": infrastructure.bootstrap_servers})
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    described = admin.describe_configs([resource])[resource].result(30)
+    assert described["cleanup.policy"].value == "compact"
+    later = FiringState.of(config, None)  # a replica (re)started: reads it from the start
+    try:
+        assert later.wait_read(30)
+        assert [s["labels"] for s in later.firing(RULES)] == [ZONE_DOWN]
+        assert later.inhibition(RULES, WARNING) is not None
+        assert later.inhibition(RULES, {**WARNING, "zone": "eu-2"}) is None
+    finally:
+        later.close()
