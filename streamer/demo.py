@@ -12,6 +12,7 @@ every consumed message in one term, and the lag the broker holds explained term 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -128,10 +129,6 @@ class TrafficProducer(threading.Thread):
             if delay > 0:
                 self.stop.wait(delay)
         self.producer.flush(30)
-
-
-def _lag(consumer: Consumer, committed: dict[tuple[str, int], int]) -> int:
-    return _position(consumer, committed).lag
 
 
 @dataclass(frozen=True)
@@ -306,10 +303,7 @@ def run_demo(
     out: TextIO = sys.stdout,
 ) -> int:
     """Runs until `stop` is set (the CLI sets it on SIGINT/SIGTERM), or `events` are done."""
-
-    def say(text: str) -> None:
-        print(text, file=out, flush=True)
-
+    say = functools.partial(print, file=out, flush=True)
     log_file = Path(tempfile.gettempdir()) / "streamer-demo.log"
     logs.configure("info", "text", file=log_file)
     say("starting the local Kafka broker, schema registry and incident.io double…")
@@ -326,8 +320,7 @@ def run_demo(
             admin.create_topics([NewTopic(topic, num_partitions=4)])[topic].result(30)
         say(
             f"kafka:            {logs.redact_url(infra.bootstrap_servers)}  "
-            f"({infra.provided_by}); "
-            f"topics {ALERTS_TOPIC}, {CHECKS_TOPIC}"
+            f"({infra.provided_by}); topics {ALERTS_TOPIC}, {CHECKS_TOPIC}"
         )
         say(f"schema registry:  {logs.redact_url(infra.schema_registry_url)}")
         say(
@@ -372,7 +365,7 @@ def _run(
 
     def show(final: bool = False, lag: int | None = None) -> int:
         if lag is None:
-            lag = _lag(watcher, dict(engine.stats.committed) if engine else {})
+            lag = _position(watcher, dict(engine.stats.committed) if engine else {}).lag
         stats = engine.stats if engine else Stats()
         text = _summary(stats, producer.produced, lag, fake, time.monotonic() - started)
         out.write(("\x1b[H\x1b[2J" if tty and not final else "") + text + "\n\n")
@@ -380,12 +373,8 @@ def _run(
         return lag
 
     def done(lag: int) -> bool:
-        return (
-            events is not None
-            and producer.produced >= events
-            and not producer.is_alive()
-            and lag == 0
-        )
+        produced = events is not None and producer.produced >= events
+        return produced and not producer.is_alive() and lag == 0
 
     try:
         engine = Engine(load_config(config_path), telemetry=telemetry)
@@ -400,7 +389,7 @@ def _run(
                 last_shown = time.monotonic()
                 if done(show()):
                     break
-            elif done(_lag(watcher, dict(engine.stats.committed))):
+            elif done(_position(watcher, dict(engine.stats.committed)).lag):
                 break
     finally:
         producer.stop.set()
