@@ -212,11 +212,33 @@ class FiringState:
         value = source_record(event, labels, self.wall_clock(), self.resolve_timeout)
         self.take(fp, None if value is None else _source_of(value))
         if self.producer is not None:
-            self._unacked += 1
-            self.producer.produce(
-                self.topic, key=fp.encode(), value=value, on_delivery=self._acknowledged
-            )
+            self._produce(fp, value)
         return fp
+
+    def _produce(self, fp: str, value: bytes | None) -> None:
+        # Never raises: a source event must not be dead-lettered because its state could
+        # not be queued (the producer's queue full: wait for it once, then give up, said).
+        for attempt in (1, 2):
+            try:
+                self.producer.produce(  # type: ignore[union-attr]
+                    self.topic, key=fp.encode(), value=value, on_delivery=self._acknowledged
+                )
+            except BufferError:
+                if attempt == 1:
+                    self.producer.flush(FLUSH_SECONDS)  # type: ignore[union-attr]
+                    continue
+            except Exception as e:
+                log.warning("a firing record for %s was not written: %s", self.topic, e)
+                return
+            else:
+                self._unacked += 1
+                return
+        self._failed_writes += 1
+        log.warning(
+            "a firing record for %s was not written: the producer's queue stays full",
+            self.topic,
+            extra={"topic": self.topic},
+        )
 
     def _acknowledged(self, error: KafkaError | None, message: Message) -> None:
         # on the thread that polls the producer (the poll thread: producer.poll/flush)

@@ -228,3 +228,15 @@ def test_a_replica_started_later_reads_what_fires_from_the_compacted_topic(
         assert later.inhibition(RULES, {**WARNING, "zone": "eu-2"}) is None
     finally:
         later.close()
+
+
+def test_a_full_producer_queue_never_raises_into_routing() -> None:
+    class Full(Producer):
+        def produce(self, topic: str, **kwargs: Any) -> None:
+            raise BufferError("queue full")
+
+    producer = Full()
+    firing, _ = state(producer)
+    assert firing.observe(alert(**ZONE_DOWN), RULES) == fingerprint(ZONE_DOWN)
+    assert producer.flushed == 1  # waited for room once
+    assert firing.inhibition(RULES, WARNING) is not None  # this replica knows it still
