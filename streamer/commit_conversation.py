@@ -11,7 +11,13 @@ Invariants:
 - one whose previous note is unread (no coordinator at assignment) is neither committed
   nor claimed until it is read: our note would overwrite what the previous owner spent;
 - notes are input from other processes: one that cannot be used is logged and ignored,
-  never raised into the machine.
+  never raised into the machine;
+- while nothing a note tells changes (no start, no share, no pause, no delivery queued
+  or ended: `_what_notes_tell`), the notes are committed every `idle_interval` instead of
+  every commit interval. Only their write time would change, and that is what others
+  judge a member's freshness by (`GroupBudget.fresh`, 2 x tail): the longest gap they
+  can see is `idle_interval` plus a view interval, a tail's worth below it (a failed
+  commit, sent again at the next interval, still fits).
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ class CommitConversation:
         # its last one (its starts still count: a failed read is not a freed window)
         self._group: dict[Partition, tuple[int, str | None]] = {}
         self._sync: tuple[float, bool] | None = None  # a sync commit's built-at, complete
+        # while the notes would tell the same, commit them this often (see the docstring)
+        self.interval = schedule.interval
+        self.idle_interval = max(self.interval, budget.tail_seconds - budget.view_interval)
+        self._told: tuple[object, ...] | None = None  # at the last complete commit
 
     def due(
         self,
@@ -55,6 +65,8 @@ class CommitConversation:
         """The commit (and note reads) due now; `force` (revoke, shutdown): a synchronous
         commit of everything terminal not yet confirmed."""
         effects: list[Effect] = []
+        told = self._what_notes_tell(now)
+        self.schedule.interval = self.interval if told != self._told else self.idle_interval
         view = not force and self.budget.view_due(now)
         if view and self.unread:  # the previous owners' notes, read again
             effects.append(ReadNotes(sorted(self.unread)))
@@ -71,11 +83,13 @@ class CommitConversation:
         )
         if view:
             effects.append(ReadNotes((), group=True))
+        # only a commit of every partition's note confirms the starts made before it
+        complete = self.schedule.complete
+        if complete:
+            self._told = told
         if not offsets:
             return effects
         notes = self.schedule.notes
-        # only a commit of every partition's note confirms the starts made before it
-        complete = self.schedule.complete
         if force:
             self._sync = (now, complete)
         else:
@@ -83,6 +97,29 @@ class CommitConversation:
             self.budget.sending(now if complete else None)
         effects.append(Commit({p: (o, notes.get(p, "")) for p, o in offsets.items()}, sync=force))
         return effects
+
+    def _what_notes_tell(self, now: float) -> tuple[object, ...]:
+        """A cheap summary of what changes a note (its write time aside): starts, shares,
+        pauses, deliveries waiting, fetched or in flight, recent demand, partitions. Equal
+        summaries: the notes would say the same (the offsets and what ended since force
+        a commit on their own: `CommitSchedule.soon`, `every`)."""
+        recent = now - self.budget.recent
+        told: list[object] = [
+            tuple(self.ledger.partitions),
+            self.ledger.unfinished(),
+        ]
+        for state in self.budget.destinations:
+            limiter, paused = state.limiter, state.limiter.paused_until
+            told += (
+                state.last_start,
+                len(state.ready),
+                limiter.announced,
+                limiter.tail,
+                state.key_limiter.announced,
+                paused if paused > now else 0.0,
+                sum(1 for starts in state.spent.values() if starts and starts[-1] > recent),
+            )
+        return tuple(told)
 
     def answered(
         self, results: Mapping[Partition, tuple[int, str | None]], *, sync: bool, now: float

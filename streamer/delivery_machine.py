@@ -191,6 +191,9 @@ class DeliveryMachine:
             case Revoking():  # a drain begins: nothing of them starts too late to end
                 self._handover.begin(event.partitions, event.deadline)
             case Revoked():  # the drain is over: commit what is terminal, and wait
+                # nothing of them starts any more: the final note is built now (a start
+                # after it, before `LetGo`, would be a start no note tells the next owner)
+                self._handover.stop(event.partitions)
                 self._effects += self._commit.due(
                     now, wall, force=True, partitions=event.partitions
                 )

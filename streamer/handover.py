@@ -66,6 +66,11 @@ class HandOver:
         for p in partitions:
             self._last_start[p] = drain_deadline - self.request_timeout - START_MARGIN
 
+    def stop(self, partitions: Iterable[Partition]) -> None:
+        """The drain is over (its final note is built): nothing of them starts any more."""
+        for p in partitions:
+            self._last_start[p] = -math.inf
+
     def end(self, partitions: Collection[Partition]) -> None:
         for p in partitions:
             self._last_start.pop(p, None)
