@@ -173,6 +173,10 @@ def import_alertmanager(
     config["routes"] = routes
     if tree.inhibitions.rules:
         config["inhibit_rules"] = tree.inhibitions.rules
+        if tree.inhibitions.resolve_timeout is not None:
+            inhibition = dict(config.get("inhibition") or {})
+            inhibition["resolve_timeout_seconds"] = tree.inhibitions.resolve_timeout
+            config["inhibition"] = inhibition
     else:
         config.pop("inhibit_rules", None)  # the base's would inhibit by another file's labels
     if base.get("routes"):

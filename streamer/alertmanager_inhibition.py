@@ -12,6 +12,7 @@ log.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,7 +21,24 @@ from streamer.config.inhibit_compiler import equal_name_problem, map_name_proble
 from streamer.label_matchers import label_matcher
 from streamer.matcher_modes import MatcherMode, read_matchers
 
-__all__ = ["InhibitReader"]
+__all__ = ["InhibitReader", "prometheus_duration"]
+
+# Prometheus' model.ParseDuration: units in this order, each at most once; "0" alone too
+_DURATION = re.compile(
+    r"(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?"
+)
+_UNITS = (365 * 86400, 7 * 86400, 86400, 3600, 60, 1, 0.001)
+
+
+def prometheus_duration(text: str) -> float | None:
+    """Seconds of a Prometheus duration (`5m`, `1h30m`, `0`), None if it is not one."""
+    if text == "0":
+        return 0.0
+    found = _DURATION.fullmatch(text)
+    if not text or found is None:
+        return None
+    return sum(int(n) * unit for n, unit in zip(found.groups(), _UNITS, strict=True) if n)
+
 
 _MAPS = ("source_match", "source_match_re", "target_match", "target_match_re")
 _TEXTS = ("source_matchers", "target_matchers")
@@ -35,6 +53,7 @@ class InhibitReader:
     ) -> None:
         self.at, self.problems, self.warnings, self.mode = at, problems, warnings, mode
         self.rules: list[dict[str, Any]] = []
+        self.resolve_timeout: float | None = None  # global.resolve_timeout, when rules use it
 
     def read(self, alertmanager: Mapping[str, Any]) -> None:
         entries = alertmanager.get("inhibit_rules")
@@ -49,6 +68,25 @@ class InhibitReader:
             rule = self._rule(entries, i, entry)
             if rule is not None:
                 self.rules.append(rule)
+        self._resolve_timeout(alertmanager)
+
+    def _resolve_timeout(self, alertmanager: Mapping[str, Any]) -> None:
+        """`global.resolve_timeout`: how long a source without an end fires (Alertmanager
+        gives such alerts an EndsAt that far ahead); streamer's `inhibition:` setting."""
+        settings = alertmanager.get("global")
+        if not self.rules or not isinstance(settings, Mapping):
+            return
+        text = settings.get("resolve_timeout")
+        if text is None:
+            return
+        seconds = prometheus_duration(text) if isinstance(text, str) else None
+        if not seconds:
+            self.problems.append(
+                f"{self.at(settings, 'resolve_timeout')}: global: resolve_timeout: a positive "
+                f"duration (5m, 1h), not {shown(text)}"
+            )
+            return
+        self.resolve_timeout = seconds
 
     def _rule(self, entries: list[Any], i: int, entry: Any) -> dict[str, Any] | None:
         where = f"{self.at(entries, i)}: inhibit_rules[{i}]"

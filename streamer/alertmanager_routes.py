@@ -245,6 +245,11 @@ class RouteTree:
             )
         for key in sorted(set(map(str, alertmanager)) - _TOP_LEVEL):
             value = alertmanager.get(key)
+            if key == "global" and isinstance(value, Mapping):  # resolve_timeout imported?
+                left = [k for k in value if k != "resolve_timeout" or not self.inhibitions.rules]
+                if not left:
+                    continue
+                value = dict.fromkeys(left)
             detail = f" ({_listed(list(value))})" if isinstance(value, Mapping) else ""
             self.gaps.append(f"{shown(key)}:{detail} is not imported")
 

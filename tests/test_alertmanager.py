@@ -77,7 +77,7 @@ def test_what_has_no_equivalent_is_listed_not_dropped(tmp_path: Path) -> None:
         "group_by",
         "group_wait",
         "templates:",
-        "global: (resolve_timeout",
+        "global: (slack_api_url_file)",  # resolve_timeout is imported (inhibition:)
     ):
         assert what in result.stderr, what
         assert what in header, what
@@ -89,6 +89,7 @@ def test_the_example_s_inhibit_rule_is_imported(tmp_path: Path) -> None:
     assert import_example(tmp_path, *MAPPED).returncode == 0
     config = load_config(tmp_path / "imported.yaml", check_secrets=False)
     (rule,) = config.rules.inhibit_rules
+    assert config.file.inhibition.resolve_timeout_seconds == 300  # global.resolve_timeout: 5m
     assert rule.equal == ("alertname", "cluster", "service")
     assert rule.matches_source({"severity": "critical"})
     assert rule.matches_target({"severity": "warning"})

@@ -235,3 +235,33 @@ inhibit_rules:
     assert inhibited["rule"] == "zone-down" and inhibited["destination"] == "a"
     assert inhibited["source_labels"] == {"alertname": "ZoneDown", "zone": "a"}
     assert inhibited["source"] == fingerprint({"alertname": "ZoneDown", "zone": "a"})
+
+
+def test_global_resolve_timeout_is_read_as_prometheus_reads_durations() -> None:
+    from streamer.alertmanager_inhibition import prometheus_duration
+
+    assert prometheus_duration("5m") == 300
+    assert prometheus_duration("1h30m") == 5400
+    assert prometheus_duration("1d") == 86400
+    assert prometheus_duration("0") == 0
+    for wrong in ("", "5", "m", "30m1h", "5 m", "1.5h"):
+        assert prometheus_duration(wrong) is None, wrong
+
+
+def test_an_unreadable_global_resolve_timeout_stops_the_import(tmp_path: Path) -> None:
+    from streamer.alertmanager import ImportProblems, import_alertmanager
+    from tests.rules_helpers import SCHEMA
+
+    base = {
+        "reader_schema": str(SCHEMA),
+        "topics": [{"name": "events", "format": "json"}],
+        "destinations": {"hit": {"alert_source_config_id": "ID", "token": {"env": "TOKEN"}}},
+    }
+    alertmanager = {
+        "global": {"resolve_timeout": "five minutes"},
+        "route": {"receiver": "hit"},
+        "receivers": [{"name": "hit"}],
+        "inhibit_rules": [{"source_matchers": ["a=b"], "target_matchers": ["c=d"]}],
+    }
+    with pytest.raises(ImportProblems, match="resolve_timeout: a positive duration"):
+        import_alertmanager(alertmanager, base, receivers={"hit": "hit"}, base_dir=tmp_path)
