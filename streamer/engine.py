@@ -132,7 +132,8 @@ class Engine:
         self._show_inhibition()
 
     def _show_inhibition(self) -> None:
-        """`/pending` lists the inhibit rules' firing sources; a gauge counts them."""
+        """`/pending` lists the inhibit rules' firing sources; a gauge counts them, another
+        says whether the firing topic reads (0: nothing is inhibited, fail open)."""
         pending = self.telemetry.pending
 
         def firing() -> list[dict[str, object]]:
@@ -147,6 +148,9 @@ class Engine:
             return [(float(n), {"rule": rule}) for rule, n in counts.items()]
 
         self.telemetry.gauge("streamer.inhibition.sources_firing", per_rule)
+        self.telemetry.gauge(
+            "streamer.inhibition.readable", lambda: [(float(self.firing.readable()), {})]
+        )
 
     @property
     def stats(self) -> Stats:

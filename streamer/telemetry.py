@@ -261,6 +261,10 @@ class Telemetry:
                 "the firing topic",
             ),
             (
+                "streamer.inhibition.readable",
+                "1 while the firing topic reads; 0: nothing is inhibited (fail open)",
+            ),
+            (
                 "streamer.destination.stalled_seconds",
                 "Per destination: seconds its keys have waited with nothing started and no "
                 "hold or 429 to explain it, once past the stall threshold (else 0); `reason` "
