@@ -77,6 +77,21 @@ def pending(process: ServiceProcess) -> dict[str, Any]:
         return json.loads(answer.read())
 
 
+def metrics(process: ServiceProcess) -> str:
+    found = re.search(r"metrics: (http://\S+)/metrics", process.log())
+    assert found, process.log()[-2000:]
+    with urllib.request.urlopen(f"{found.group(1)}/metrics", timeout=5) as answer:
+        return str(answer.read().decode())
+
+
+def value(scraped: str, name: str, **labels: str) -> float | None:
+    """A sample's value from Prometheus text, by name and some of its labels."""
+    for line in scraped.splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 def test_a_source_on_one_replica_inhibits_targets_on_another(
     infrastructure, fake, tmp_path: Path, monkeypatch
 ) -> None:
@@ -121,6 +136,9 @@ def test_a_source_on_one_replica_inhibits_targets_on_another(
             ),
             "the other replica reading the source as firing",
         )
+        scraped = metrics(target_owner)
+        assert value(scraped, "streamer_inhibition_sources_firing", rule="zone-down") == 1
+        assert value(scraped, "streamer_inhibition_readable") == 1
         warnings = [
             alert_event(f"Warn{n}", "FIRING", n, zone="eu-1", severity="warning")
             for n in range(1, 21)
@@ -138,6 +156,10 @@ def test_a_source_on_one_replica_inhibits_targets_on_another(
         ]
         assert not [t for t in titles if t.startswith("Warn")]  # inhibited, committed
         assert f"by source {source_fp}" in target_owner.log()
+        counted = value(
+            metrics(target_owner), "streamer_events_inhibited_total", rule="zone-down", route="to-a"
+        )
+        assert counted == 20
 
         zone_up = alert_event("ZoneDown", "RESOLVED", 30, zone="eu-1", severity="critical")
         produce(source_partition, [zone_up])
