@@ -329,7 +329,7 @@ class DeliveryMachine:
         if outcome is None:
             outcome = "dead-lettered" if isinstance(job.work, DeadLetter) else "delivered"
         self.spans.job_ended(job.partition, job.offset, outcome)
-        next_jobs, ended = self._out.ended(job)
+        next_jobs, ended = self._out.ended(job, silenced=outcome == "silenced")
         self._commits.terminal(ended)
         self._commits.soon()  # in the offset map within 0.1 s: a kill re-sends little
         for next_job in next_jobs:

@@ -210,18 +210,24 @@ class Dispatcher:
                 replaced = coalesced.superseded[0]  # the key's waiting event
                 state.ready.replace(replaced, coalesced.active, rank=state.rank(coalesced.active))
 
-    def ended(self, job: Job) -> tuple[list[Job], int]:
-        """`job` is terminal: accepted, or its dead letter written. Ends it in the ledger
-        with the jobs it superseded (terminal with it if it was accepted; else the newest
-        of them is sent itself). Returns its key's jobs active now, and how many messages'
-        jobs ended (itself and those it stood for)."""
+    def ended(self, job: Job, *, silenced: bool = False) -> tuple[list[Job], int]:
+        """`job` is terminal: accepted, its dead letter written, or `silenced` at its turn.
+        Ends it in the ledger with the jobs it superseded (terminal with it if it was
+        accepted; else the newest of them is sent itself). A silenced job never stands for
+        a resolve (a resolve is never silenced): the newest resolve it superseded is sent
+        itself, standing for the older ones; the newer ones end with it. Returns its key's
+        jobs active now, and how many messages' jobs ended (itself and those it stood for)."""
         stood = not isinstance(job.work, DeadLetter)
         superseded = job.stands_for if stood and self.ledger.owns(job) else []
+        revive = next((o for o in reversed(superseded) if _resolve(o)), None) if silenced else None
+        if revive is not None:
+            superseded = superseded[superseded.index(revive) + 1 :]
         for older in superseded:
             self.spans.job_ended(older.partition, older.offset, "superseded")
         if superseded and job.key is not None:
             self.telemetry.superseded.add(len(superseded), {"destination": job.key.destination})
-        return self.ledger.finish(job, stood=stood), 1 + len(superseded)
+        active = self.ledger.finish(job, stood=stood, revive=revive)
+        return active, 1 + len(superseded)
 
     def _started(self, job: Job, state: DestinationState, now: float, wall: float) -> None:
         delivery: Delivery = job.work
@@ -388,3 +394,8 @@ def decide(
         return policy.decide_error(
             e, attempt=attempt, first_attempt_at=first_attempt_at, now=now, rng=rng
         )
+
+
+def _resolve(job: Job) -> bool:
+    """A delivery of a resolve (never silenced, so never ended by a silenced job)."""
+    return isinstance(job.work, Delivery) and job.work.payload.get("status") == "resolved"

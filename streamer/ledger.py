@@ -145,11 +145,14 @@ class DeliveryLedger:
                 active.append(job)
         return active
 
-    def finish(self, job: Job, *, stood: bool = True) -> list[Job]:
+    def finish(self, job: Job, *, stood: bool = True, revive: Job | None = None) -> list[Job]:
         """A job reached a terminal state; returns the job of its key that is active now.
 
         `stood`: its outcome stands for the jobs it superseded (accepted): they are terminal
-        too. Otherwise (its dead letter) the newest of them is its key's active job now."""
+        too. Otherwise (its dead letter) the newest of them is its key's active job now.
+        `revive`: one of the jobs it superseded whose own state must still be sent (a
+        resolve a silenced firing stood for): the newer ones are terminal with `job`,
+        `revive` is its key's active job again and stands for the older ones."""
         self._terminal(job)
         if job.key is None:
             return []
@@ -158,7 +161,13 @@ class DeliveryLedger:
             raise ValueError("finish() of a job that is not its key's active job")
         queue.popleft()
         older, job.stands_for = job.stands_for, []
-        if stood:
+        if revive is not None and revive in older and self.owns(job):
+            at = older.index(revive)  # identity: jobs compare by identity
+            for superseded in older[at + 1 :]:
+                self._terminal(superseded)
+            revive.stands_for = older[:at]
+            queue.appendleft(revive)
+        elif stood:
             for superseded in older:
                 self._terminal(superseded)
         elif older and self.owns(job):
