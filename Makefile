@@ -18,7 +18,7 @@ PROMTOOL   := $(STREAMER_CACHE_DIR)/bin/promtool
 PROMETHEUS_VERSION := v0.315.1
 TOOLS_STAMP := $(TOOLS)/.installed-$(subst ==,-,$(subst $() ,_,$(TOOLS_PINS)))
 
-.PHONY: demo test test-images lint unit install deploy-tools clean simulate bench-decoding bench-routing bench-delivery bench-memory bench-firehose bench-storm bench-handover bench-config bench-waiting bench-quiet
+.PHONY: demo test test-images lint unit install deploy-tools clean simulate bench-decoding bench-routing bench-delivery bench-memory bench-firehose bench-storm bench-handover bench-config bench-waiting bench-quiet bench-inhibition
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -130,6 +130,10 @@ bench-waiting: $(BIN)/.installed
 ## bench-quiet: a silenced storm of 1,000 criticals on one alert source, then a page: its wait with and without the silence (~1 min)
 bench-quiet: $(BIN)/.installed
 	$(BIN)/python bench/quiet.py
+
+## bench-inhibition: a zone-down critical and 1,000 warnings it inhibits on one alert source: requests with and without the inhibit rule (~1 min)
+bench-inhibition: $(BIN)/.installed
+	$(BIN)/python bench/inhibition.py
 
 ## bench-handover: 2 sources at 1,200/min in a storm: busiest minute, 429s, duplicates, resume times through a rolling restart and a kill -9 loop (~15 min)
 bench-handover: $(BIN)/.installed
