@@ -3,9 +3,11 @@
 Sources and targets sit on different partitions owned by different replicas, so the
 replica that reads a source event tells every other one: it writes the source's state to
 `kafka.firing_topic` (default `streamer.firing`, compacted, created by `streamer run` when
-missing), keyed by the source's fingerprint (its labels, streamer/inhibition.py), and every
-replica follows that topic whole (`TopicFollower`, `window_seconds=None`, outside the
-consumer group) into its board of firing sources (`FiringSources`).
+missing and the rules have inhibit rules; a reload that adds the first ones does not create
+it: create it beforehand, or restart), keyed by the source's fingerprint (its labels,
+streamer/inhibition.py), and every replica follows that topic whole (`TopicFollower`,
+`window_seconds=None`, outside the consumer group) into its board of firing sources
+(`FiringSources`).
 
 - What is written: for an alert event whose labels match the source side of a rule in
   force, `{"labels", "at", "until"}` (JSON) while it fires, a tombstone once it resolves
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -100,7 +103,10 @@ def _source_of(value: bytes) -> FiringSource:
         isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
     ):
         raise ValueError("labels: not a map of texts")
-    return FiringSource(labels, float(record["at"]), float(record["until"]))
+    at, until = float(record["at"]), float(record["until"])
+    if not (math.isfinite(at) and math.isfinite(until)):  # `until` inf: inhibits forever
+        raise ValueError("at, until: not finite times")
+    return FiringSource(labels, at, until)
 
 
 class FiringState:
@@ -145,16 +151,19 @@ class FiringState:
 
     @classmethod
     def of(cls, config: Config, producer: Produces | None) -> FiringState:
-        """The configured firing topic (created, compacted, when missing), followed with the
-        service's Kafka settings; records written with `producer` (the engine's)."""
+        """The configured firing topic (created, compacted, when missing and the rules have
+        inhibit rules), followed with the service's Kafka settings; records written with
+        `producer` (the engine's)."""
         kafka = config.file.kafka
         settings = {
             **kafka_settings(config),
             "group.id": kafka.group_id,  # one the ACLs allow; never joined nor committed to
             "logger": logging.getLogger("librdkafka"),
         }
-        try:
-            if ensure_topic(kafka_settings(config), kafka.firing_topic):
+        try:  # only where inhibit rules are used: no topic (nor ACL warning) for others
+            if config.rules.inhibit_rules and ensure_topic(
+                kafka_settings(config), kafka.firing_topic
+            ):
                 log.info("created the firing topic %s (compacted)", kafka.firing_topic)
         except Exception as e:  # fail open: the follower reports it, nothing is inhibited
             log.warning(
@@ -178,7 +187,7 @@ class FiringState:
             return
         try:
             source = _source_of(value if isinstance(value, bytes) else value.encode())
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
             log.warning(
                 "%s[%d]@%d is not a firing record, skipped: %s",
                 self.topic,

@@ -202,6 +202,7 @@ def test_a_replica_started_later_reads_what_fires_from_the_compacted_topic(
         f"""
         kafka: {{bootstrap_servers: "{infrastructure.bootstrap_servers}", firing_topic: {topic}}}
         routes: []
+        inhibit_rules: [{{source_matchers: ['alertname="ZoneDown"']}}]
         """,
     )
     producer = KafkaProducer({"bootstrap.servers": infrastructure.bootstrap_servers})
