@@ -104,13 +104,16 @@ class SilenceBook:
             return
         try:
             silence = Silence.from_json(json.loads(value), "silence")
-        except (ValueError, SilenceError) as e:
+            if silence.id != silence_id:  # compaction keeps it by key: a tombstone of its
+                # id would never remove it, and it would come back at every restart
+                raise SilenceError(f"its id {silence.id[:100]!r} is not its key")
+        except (ValueError, SilenceError, RecursionError) as e:  # RecursionError: nested
             log.warning(
                 "%s[%d]@%d is not a silence, skipped: %s",
                 self.topic,
                 message.partition() or 0,
                 message.offset() or 0,
-                e,
+                str(e)[:500],  # a hostile record's text is not copied into the logs whole
                 extra={"topic": self.topic},
             )
             return

@@ -141,11 +141,17 @@ class Silence:
         if duration <= timedelta(0):
             raise SilenceError("duration: must be positive")
         start = starts_at or at
+        try:
+            end = start + duration
+        except OverflowError:
+            raise SilenceError(
+                f"duration: {duration} from {_iso(start)} ends past year 9999"
+            ) from None
         return cls(
             str(uuid.uuid4()),
             tuple(matchers),
             start,
-            start + duration,
+            end,
             created_by,
             comment,
             updated_at=at,
@@ -169,8 +175,9 @@ class Silence:
         return replace(self, starts_at=start, ends_at=at, updated_at=at)
 
     def forgotten(self, at: datetime) -> bool:
-        """Expired long enough ago to be written away."""
-        return at >= self.ends_at + EXPIRED_KEPT
+        """Expired long enough ago to be written away (never raises: an end near year 9999
+        plus `EXPIRED_KEPT` would not fit in a datetime)."""
+        return at - EXPIRED_KEPT >= self.ends_at
 
     @property
     def matcher_text(self) -> str:
@@ -323,7 +330,10 @@ def _time(data: Mapping[str, Any], name: str, where: str) -> datetime:
         raise SilenceError(f"{where}.{name}: {value!r} is not an RFC 3339 time") from None
     if moment.tzinfo is None:
         raise SilenceError(f"{where}.{name}: {value!r} has no time zone (add Z or +00:00)")
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:00:00-05:00: past year 9999 in UTC
+        raise SilenceError(f"{where}.{name}: {value!r} is out of range in UTC") from None
 
 
 def _matcher(data: Any, where: str) -> SilenceMatcher:

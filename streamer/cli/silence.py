@@ -41,7 +41,10 @@ def duration(text: str) -> timedelta:
     seconds = sum(int(n) * _UNITS[u] for n, u in parts)
     if seconds <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: a silence lasts longer than zero")
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:  # argparse reports only ValueError, TypeError and its own error
+        raise argparse.ArgumentTypeError(f"{text!r}: too long for a silence") from None
 
 
 def moment(text: str) -> datetime:

@@ -1,0 +1,115 @@
+"""Red team of the shared topics (issue 24): records another writer (or an older version)
+may have left on the silences and firing topics. None may crash the follower, raise out of
+its handler, mute every alert, inhibit forever, or make the book unusable; a silence that
+ends near year 9999 (a "forever" import) must not break listing, writing or start-up."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from streamer.cli.silence import duration
+from streamer.silences import Silence, SilenceError, Silences, parse_matchers
+from tests.test_firing_state import RULES, WARNING, ZONE_DOWN
+from tests.test_firing_state import Message as FiringRecord
+from tests.test_firing_state import state as firing_state
+from tests.test_silence_book import Record, book
+
+NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+
+
+def _silence(silence_id: str, **fields: Any) -> bytes:
+    record = {
+        "id": silence_id,
+        "matchers": [{"name": "team", "value": "db"}],
+        "startsAt": "2026-01-01T00:00:00Z",
+        "endsAt": "2027-01-01T00:00:00Z",
+        **fields,
+    }
+    return json.dumps(record).encode()
+
+
+HOSTILE_SILENCES = {
+    "nested": b"[" * 100_000 + b"]" * 100_000,
+    "nested-matchers": ('{"id":"n","matchers":' + "[" * 50_000 + "]" * 50_000 + "}").encode(),
+    "not-utf8": b"\xff\xfe",
+    "huge-int": b"1" * 5000,
+    "empty": b"",
+    "no-matchers": _silence("no-matchers", matchers=[]),
+    "match-all": _silence(
+        "match-all", matchers=[{"name": "team", "value": ".*", "isRegex": True}]
+    ),
+    "not-equal": _silence(
+        "not-equal", matchers=[{"name": "team", "value": "x", "isEqual": False}]
+    ),
+    "past-9999-in-utc": _silence("past-9999-in-utc", endsAt="9999-12-31T23:00:00-05:00"),
+    "before-year-1-in-utc": _silence("before-year-1-in-utc", startsAt="0001-01-01T00:00:00+05:00"),
+    "nan-id": b'{"id": NaN}',
+    "key-is-not-id": _silence("another-id"),
+}
+
+
+@pytest.mark.parametrize("key", sorted(HOSTILE_SILENCES))
+def test_a_record_that_is_no_valid_silence_is_skipped_without_raising(key: str) -> None:
+    silences, follower = book()
+    follower.handle(Record(key, HOSTILE_SILENCES[key]))  # never raises
+    labels = {"alert": {"labels": {"team": "db"}}}
+    assert silences.matching(labels, NOW) == []
+    assert silences.matching({"alert": {"labels": {}}}, NOW) == []
+    assert silences.silences(NOW) == []
+
+
+def test_a_silence_ending_near_year_9999_mutes_and_is_listed_without_overflow() -> None:
+    silences, follower = book()
+    follower.handle(Record("forever", _silence("forever", endsAt="9999-12-31T23:00:00Z")))
+    assert [s.id for s in silences.silences(NOW)] == ["forever"]  # forget_old did not raise
+    assert [s.id for s in silences.matching({"alert": {"labels": {"team": "db"}}}, NOW)] == [
+        "forever"
+    ]
+    silences.follower.read_up_to = False  # type: ignore[attr-defined]
+    assert silences.wait_read(0.0) is False  # the warning counts the silences read
+    book_of = Silences(silences.silences(NOW))
+    assert book_of.forget_old(NOW) == []
+
+
+def test_a_silence_new_past_year_9999_is_refused_by_name() -> None:
+    matchers, _ = parse_matchers(['team="db"'])
+    with pytest.raises(SilenceError, match="duration"):
+        Silence.new(matchers, duration=timedelta(days=3_000_000), at=NOW)
+
+
+@pytest.mark.parametrize("text", ["99999999999999y", "9999999999999999999999w"])
+def test_a_duration_too_long_is_an_argument_error_not_a_traceback(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="too long"):
+        duration(text)
+
+
+HOSTILE_FIRING = {
+    "nested": b"[" * 100_000 + b"]" * 100_000,
+    "until-inf": json.dumps({"labels": ZONE_DOWN, "at": 0, "until": "inf"}).encode(),
+    "until-infinity": b'{"labels": {"alertname": "ZoneDown", "zone": "eu-1"}, "at": 0, '
+    b'"until": Infinity}',
+    "until-nan": b'{"labels": {"alertname": "ZoneDown", "zone": "eu-1"}, "at": 0, "until": NaN}',
+    "labels-list": b'{"labels": [], "at": 0, "until": 1}',
+    "not-an-object": b"[1, 2]",
+    "not-utf8": b"\xff",
+}
+
+
+@pytest.mark.parametrize("key", sorted(HOSTILE_FIRING))
+def test_a_firing_record_that_is_no_valid_source_inhibits_nothing(key: str) -> None:
+    firing, _ = firing_state()
+    firing._read(FiringRecord(key.encode(), HOSTILE_FIRING[key]))  # never raises
+    assert firing.inhibition(RULES, WARNING) is None
+    assert firing.firing(RULES) == []
+
+
+def test_the_same_board_is_inhibited_by_a_valid_record() -> None:  # the control of the above
+    firing, _ = firing_state()
+    valid = json.dumps({"labels": ZONE_DOWN, "at": 0, "until": 1e12}).encode()
+    firing._read(FiringRecord(b"zone", valid))
+    assert firing.inhibition(RULES, WARNING) is not None
