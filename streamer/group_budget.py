@@ -82,7 +82,8 @@ class GroupBudget:
         # a raise waits until the others read our demand (a note and a view away)
         self.raise_after = tail_seconds + view_interval
         # A live member's notes are written again every commit interval (the write time
-        # changes them): one whose write time has not moved for this long by our clock
+        # changes them), or every tail - view interval while they would tell the same
+        # (commit_conversation.py): one whose write time has not moved for this long by our clock
         # (theirs may run wrong) is gone (killed, or its partitions idle and nobody's
         # since): its share is no longer kept for it.
         self.fresh = 2 * tail_seconds
