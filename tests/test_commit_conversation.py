@@ -7,6 +7,8 @@ read as none, a manual clock).
 
 from __future__ import annotations
 
+import itertools
+
 from streamer.delivery_events import Commit, Event, Revoked, Revoking, Tick
 from tests.test_delivery_machine import P0, P1, Harness, ScriptedIncidentIo
 
@@ -35,7 +37,7 @@ def test_a_member_whose_notes_would_tell_the_same_commits_them_less_often() -> N
     h.event(key="a")
     h.round()  # delivered: a commit soon, then nothing changes
     times = commit_times(h, 12.0)
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     budget = h.machine._budget
     idle = budget.tail_seconds - budget.view_interval  # 2 s with a 1 s commit interval
     # the first commits still follow the commit interval (recent demand, a start's note)
