@@ -24,7 +24,8 @@ streamer/inhibition.py), and every replica follows that topic whole (`TopicFollo
   one source are written in its partition's order, so the topic's latest record is the
   source's latest state. If acknowledgements do not come within `FLUSH_SECONDS` (the
   firing topic alone unwritable) the commit goes on, with a warning: the state may be lost
-  (a firing: its targets are delivered; a resolve: they stay quiet until `until`).
+  (a firing: its targets are delivered; a resolve: they stay quiet until `until`). Later
+  commits do not wait for those records again, only for records produced since.
 - Fail open (README, "Inhibition"): while the topic cannot be read (`failing_since`), and
   from the start until it has been read to its end once, nothing is inhibited: targets are
   delivered. An alert that wakes someone beats one that is lost. At start the engine waits
@@ -131,6 +132,8 @@ class FiringState:
         self._started = clock()
         self._read_once = False  # the topic was read to its end once (else: fail open)
         self._unacked = 0  # records produced, not acknowledged yet
+        self._produced = 0  # records produced so far
+        self._given_up = 0  # `_produced` when a commit last stopped waiting for them
         self._failed_writes = 0
         self._open_said = False  # a warning said inhibition fails open
         self.follower = follower(self._read)
@@ -241,6 +244,7 @@ class FiringState:
                 return
             else:
                 self._unacked += 1
+                self._produced += 1
                 return
         self._failed_writes += 1
         log.warning(
@@ -267,8 +271,14 @@ class FiringState:
         source event never outlives its state (see the module docstring)."""
         if self._unacked <= 0 or self.producer is None:
             return
+        if self._produced == self._given_up:
+            # every record still unacknowledged was given up on by an earlier commit: waiting
+            # again would stall the poll thread FLUSH_SECONDS at every commit until they time
+            # out (message.timeout.ms, 5 min) while the firing topic cannot be written
+            return
         left = self.producer.flush(FLUSH_SECONDS)
         if left:
+            self._given_up = self._produced
             log.warning(
                 "%d records (firing state or dead letters) not acknowledged within %.0f s; "
                 "committing anyway: a source's firing state may be lost",

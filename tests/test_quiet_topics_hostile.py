@@ -40,12 +40,8 @@ HOSTILE_SILENCES = {
     "huge-int": b"1" * 5000,
     "empty": b"",
     "no-matchers": _silence("no-matchers", matchers=[]),
-    "match-all": _silence(
-        "match-all", matchers=[{"name": "team", "value": ".*", "isRegex": True}]
-    ),
-    "not-equal": _silence(
-        "not-equal", matchers=[{"name": "team", "value": "x", "isEqual": False}]
-    ),
+    "match-all": _silence("match-all", matchers=[{"name": "team", "value": ".*", "isRegex": True}]),
+    "not-equal": _silence("not-equal", matchers=[{"name": "team", "value": "x", "isEqual": False}]),
     "past-9999-in-utc": _silence("past-9999-in-utc", endsAt="9999-12-31T23:00:00-05:00"),
     "before-year-1-in-utc": _silence("before-year-1-in-utc", startsAt="0001-01-01T00:00:00+05:00"),
     "nan-id": b'{"id": NaN}',
@@ -113,3 +109,32 @@ def test_the_same_board_is_inhibited_by_a_valid_record() -> None:  # the control
     valid = json.dumps({"labels": ZONE_DOWN, "at": 0, "until": 1e12}).encode()
     firing._read(FiringRecord(b"zone", valid))
     assert firing.inhibition(RULES, WARNING) is not None
+
+
+class _Unwritable:
+    """A producer whose records are never acknowledged (the firing topic's leader is gone):
+    each flush waits its whole timeout."""
+
+    def __init__(self) -> None:
+        self.waited: list[float] = []
+        self.queued = 0
+
+    def produce(self, topic: str, **_: Any) -> None:
+        self.queued += 1
+
+    def flush(self, timeout: float) -> int:
+        self.waited.append(timeout)
+        return self.queued
+
+
+def test_a_commit_does_not_wait_again_for_records_an_earlier_commit_gave_up_on() -> None:
+    producer = _Unwritable()
+    firing, _ = firing_state(producer)  # type: ignore[arg-type]
+    firing.observe({"alert": {"status": "FIRING", "labels": ZONE_DOWN}}, RULES)
+    for _ in range(4):  # four commits while the topic cannot be written
+        firing.before_commit()
+    assert producer.waited == [5.0]  # the poll thread blocked once, not at every commit
+    firing.observe({"alert": {"status": "RESOLVED", "labels": ZONE_DOWN}}, RULES)
+    firing.before_commit()  # a record produced since: waited for (bounded) once more
+    firing.before_commit()
+    assert producer.waited == [5.0, 5.0]
