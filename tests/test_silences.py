@@ -173,3 +173,50 @@ def test_a_wrong_field_in_amtools_json_is_named(change, names: str) -> None:
 def test_amtools_json_must_be_a_list() -> None:
     with pytest.raises(SilenceError, match="JSON list"):
         from_amtool({"id": "x"})
+
+
+# -- properties: matching is Alertmanager's, whatever the labels --------------------------
+
+NAMES = ["alertname", "env", "team", "instance"]
+VALUES = ["", "prod", "staging", "db-1", "db-10", "x"]
+REGEXES = ["prod|staging", "db-.*", ".*", ".+", "x?"]
+
+
+def oracle(matchers: list[tuple[str, str, str]], labels: dict[str, str]) -> bool:
+    """Alertmanager's rule, written out: a missing label is "", regexes anchored."""
+    import re
+
+    def holds(name: str, op: str, value: str) -> bool:
+        actual = labels.get(name, "")
+        if op in ("=~", "!~"):
+            return (re.fullmatch(value, actual) is not None) is (op == "=~")
+        return (actual == value) is (op == "=")
+
+    return all(holds(*m) for m in matchers)
+
+
+matcher_triples = st.one_of(
+    st.tuples(st.sampled_from(NAMES), st.sampled_from(["=", "!="]), st.sampled_from(VALUES)),
+    st.tuples(st.sampled_from(NAMES), st.sampled_from(["=~", "!~"]), st.sampled_from(REGEXES)),
+)
+
+
+@given(
+    st.lists(matcher_triples, min_size=1, max_size=4),
+    st.dictionaries(st.sampled_from(NAMES), st.sampled_from(VALUES), max_size=4),
+    st.integers(-3, 3),
+)
+def test_a_silence_matches_as_alertmanager_says_and_only_while_active(
+    triples: list[tuple[str, str, str]], labels: dict[str, str], hours: int
+) -> None:
+    matchers = [SilenceMatcher(n, v, op in ("=~", "!~"), op in ("=", "=~")) for n, op, v in triples]
+    try:
+        s = Silence.new(matchers, duration=timedelta(hours=2), at=T0)
+    except SilenceError:  # every matcher matches the empty label set: refused
+        assert oracle(triples, {})
+        return
+    assert s.matches(labels_of({"alert": {"labels": labels}})) == oracle(triples, labels)
+    at = T0 + timedelta(hours=hours)
+    found = Silences([s]).matching(labels_of({"alert": {"labels": labels}}), at)
+    assert bool(found) == (oracle(triples, labels) and s.state(at) == "active")
+    assert s.state(at) == ("pending" if hours < 0 else "active" if hours < 2 else "expired")
