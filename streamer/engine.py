@@ -132,28 +132,7 @@ class Engine:
         self.machine.register_gauges(self.lag)
         # inhibit rules' sources, written with this producer, read in full from now on
         self.firing = firing or FiringState.of(config, self.producer)
-        self._show_inhibition()
-
-    def _show_inhibition(self) -> None:
-        """`/pending` lists the inhibit rules' firing sources; a gauge counts them, another
-        says whether the firing topic reads (0: nothing is inhibited, fail open)."""
-        pending = self.telemetry.pending
-
-        def firing() -> list[dict[str, object]]:
-            return self.firing.firing(self.config.rules.inhibit_rules)
-
-        self.telemetry.pending = lambda: {**pending(), "inhibiting": firing()}
-
-        def per_rule() -> list[tuple[float, dict[str, str]]]:
-            counts = {rule.name: 0 for rule in self.config.rules.inhibit_rules}
-            for source in firing():
-                counts[str(source["rule"])] += 1
-            return [(float(n), {"rule": rule}) for rule, n in counts.items()]
-
-        self.telemetry.gauge("streamer.inhibition.sources_firing", per_rule)
-        self.telemetry.gauge(
-            "streamer.inhibition.readable", lambda: [(float(self.firing.readable()), {})]
-        )
+        self.firing.show(self.telemetry, lambda: self.config.rules.inhibit_rules)
 
     @property
     def stats(self) -> Stats:

@@ -60,6 +60,7 @@ from streamer.inhibition import (
 )
 from streamer.kafka_clients import kafka_settings
 from streamer.silence_book import ensure_topic
+from streamer.telemetry import Telemetry
 from streamer.topic_follower import TopicFollower
 
 log = logging.getLogger(__name__)
@@ -363,6 +364,22 @@ class FiringState:
                         }
                     )
         return out
+
+    def show(self, telemetry: Telemetry, rules: Callable[[], tuple[InhibitRule, ...]]) -> None:
+        """`/pending` lists the firing sources of `rules()` (the rules in force) under
+        `inhibiting`; a gauge counts them per rule, another says whether the topic reads
+        (0: nothing is inhibited, fail open)."""
+        pending = telemetry.pending
+        telemetry.pending = lambda: {**pending(), "inhibiting": self.firing(rules())}
+
+        def per_rule() -> list[tuple[float, dict[str, str]]]:
+            counts = {rule.name: 0 for rule in rules()}
+            for source in self.firing(rules()):
+                counts[str(source["rule"])] += 1
+            return [(float(n), {"rule": rule}) for rule, n in counts.items()]
+
+        telemetry.gauge("streamer.inhibition.sources_firing", per_rule)
+        telemetry.gauge("streamer.inhibition.readable", lambda: [(float(self.readable()), {})])
 
     def close(self) -> None:
         self.follower.close()
