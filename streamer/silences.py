@@ -50,6 +50,7 @@ State = Literal["pending", "active", "expired"]
 # Expired silences stay listed this long (Alertmanager's default --data.retention), then
 # they are forgotten and written away (a tombstone on the compacted topic).
 EXPIRED_KEPT = timedelta(hours=120)
+MAX_ID = 128
 
 
 class SilenceError(StreamerError, ValueError):
@@ -109,6 +110,12 @@ class Silence:
     def __post_init__(self) -> None:
         if not self.id:
             raise SilenceError("id: a silence needs one")
+        if len(self.id) > MAX_ID or not self.id.isprintable():
+            # it is logged and printed as it is: no line breaks nor terminal escapes in it
+            # (Alertmanager's ids are UUIDs)
+            raise SilenceError(
+                f"id: {self.id[:MAX_ID]!r} is not an id (printable, at most {MAX_ID} characters)"
+            )
         if not self.matchers:
             raise SilenceError("matchers: a silence needs at least one (it would mute everything)")
         if all(m.compiled.matches(_EMPTY) for m in self.matchers):

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from streamer.cli.silence import duration
+from streamer.cli.silence import duration, table
 from streamer.silences import Silence, SilenceError, Silences, parse_matchers
 from tests.test_firing_state import RULES, WARNING, ZONE_DOWN
 from tests.test_firing_state import Message as FiringRecord
@@ -46,13 +46,19 @@ HOSTILE_SILENCES = {
     "before-year-1-in-utc": _silence("before-year-1-in-utc", startsAt="0001-01-01T00:00:00+05:00"),
     "nan-id": b'{"id": NaN}',
     "key-is-not-id": _silence("another-id"),
+    "id-with-a-line-break": _silence("id-with-a-line-break\nERROR forged log line"),
+    "id-with-a-terminal-escape": _silence("id-with-a-terminal-escape\x1b]0;owned\x07"),
+    "id-too-long": _silence("x" * 10_000),
 }
 
 
 @pytest.mark.parametrize("key", sorted(HOSTILE_SILENCES))
 def test_a_record_that_is_no_valid_silence_is_skipped_without_raising(key: str) -> None:
     silences, follower = book()
-    follower.handle(Record(key, HOSTILE_SILENCES[key]))  # never raises
+    value = HOSTILE_SILENCES[key]
+    if key.startswith("id-"):  # keyed by its (bad) id, as a writer would
+        key = json.loads(value)["id"]
+    follower.handle(Record(key, value))  # never raises
     labels = {"alert": {"labels": {"team": "db"}}}
     assert silences.matching(labels, NOW) == []
     assert silences.matching({"alert": {"labels": {}}}, NOW) == []
@@ -138,3 +144,17 @@ def test_a_commit_does_not_wait_again_for_records_an_earlier_commit_gave_up_on()
     firing.before_commit()  # a record produced since: waited for (bounded) once more
     firing.before_commit()
     assert producer.waited == [5.0, 5.0]
+
+
+def test_silence_list_shows_an_author_and_comment_from_the_topic_with_controls_escaped() -> None:
+    matchers, _ = parse_matchers(['team="db"'])
+    silence = Silence.new(
+        matchers,
+        duration=timedelta(hours=1),
+        at=NOW,
+        created_by="ops\x1b[2J",
+        comment="maintenance\rERROR forged\x1b]0;owned\x07",
+    )
+    shown = table([silence], NOW)
+    assert "\x1b" not in shown and "\r" not in shown and "\x07" not in shown
+    assert "ops\\x1b[2J" in shown and "maintenance\\rERROR forged" in shown

@@ -315,8 +315,8 @@ def table(silences: list[Silence], now: datetime) -> str:
                 s.matcher_text,
                 s.starts_at.strftime("%Y-%m-%d %H:%M:%SZ"),
                 s.ends_at.strftime("%Y-%m-%d %H:%M:%SZ"),
-                s.created_by,
-                s.comment.replace("\n", " "),
+                _shown(s.created_by),
+                _shown(s.comment.replace("\n", " ")),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
@@ -327,6 +327,14 @@ def table(silences: list[Silence], now: datetime) -> str:
         + "\n"
         for row in rows
     )
+
+
+def _shown(text: str) -> str:
+    """A free text from the topic as a terminal may show it: control characters (a line
+    break, a terminal escape another writer put there) escaped, never sent raw."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def _user() -> str:
