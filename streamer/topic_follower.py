@@ -46,6 +46,7 @@ QUEUED_KBYTES = 4096
 # three: dead letters, silences, firing sources): at 0.25 s, ~1 ms of CPU a second in all
 # while nothing happens (bench/waiting.py), at 1 s a quarter of that.
 POLL_SECONDS = 1.0
+ASKER_IDLE_SECONDS = 30.0  # the asking client is closed after this long without a look
 
 
 class FollowProgress:
@@ -135,6 +136,8 @@ class TopicFollower:
         self._problem: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"follow-{topic}", daemon=True)
+        self._asker: Consumer | None = None  # this thread's only (`_ask`)
+        self._asked_at = 0.0
 
     # -- readers (any thread) --------------------------------------------------------------
 
@@ -172,21 +175,33 @@ class TopicFollower:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            clients: list[Consumer] = []
+            reader: Consumer | None = None
             try:
-                # Two clients: a broker answers one connection's requests in order, so a
-                # question asked behind a waiting fetch would wait fetch.wait.max.ms too.
-                clients = [Consumer(self._settings), Consumer(self._settings)]
-                self._follow(*clients)
+                reader = Consumer(self._settings)
+                self._follow(reader)
             except Exception as e:  # never raised to anyone: reported, and tried again
                 self._failed(f"{type(e).__name__}: {e}")
                 self._stop.wait(RETRY_SECONDS)
             finally:
-                for client in clients:
-                    with contextlib.suppress(Exception):
-                        client.close()
+                for client in (reader, self._asker):
+                    if client is not None:
+                        with contextlib.suppress(Exception):
+                            client.close()
+                self._asker = None
 
-    def _follow(self, reader: Consumer, asker: Consumer) -> None:
+    def _ask(self) -> Consumer:
+        """The client that asks the broker questions (metadata, watermarks, offsets).
+
+        Not the reader: a broker answers one connection's requests in order, so a question
+        asked behind a waiting fetch would wait fetch.wait.max.ms too. Made when a look is
+        needed and closed after `ASKER_IDLE_SECONDS` without one: looks are rare (the
+        start, a reader's wait, a failure), and an idle client's threads still wake."""
+        if self._asker is None:
+            self._asker = Consumer(self._settings)
+        self._asked_at = self.clock()
+        return self._asker
+
+    def _follow(self, reader: Consumer) -> None:
         assigned: set[int] = set()
         looked_at = -RETRY_SECONDS
         missing = False  # the topic did not exist at the last look
@@ -202,8 +217,11 @@ class TopicFollower:
                 looked_at = self.clock()
                 # no such topic (yet): it holds nothing, so everything it held when asked
                 # has been read (a first dead letter does not wait 30 s for it)
-                missing = not self._assign_new(reader, asker, assigned)
-                self._look(asker, assigned, looked_at)
+                missing = not self._assign_new(reader, self._ask(), assigned)
+                self._look(self._ask(), assigned, looked_at)
+            elif self._asker is not None and self.clock() - self._asked_at > ASKER_IDLE_SECONDS:
+                asker, self._asker = self._asker, None
+                asker.close()
             if missing:
                 self._stop.wait(POLL_SECONDS)
                 continue
