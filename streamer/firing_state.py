@@ -344,6 +344,12 @@ class FiringState:
         )
         return False
 
+    def sources(self) -> list[FiringSource]:
+        """Every source firing now, as read so far."""
+        with self._lock:
+            self._board.expire(self.wall_clock())
+            return list(self._board)
+
     def firing(self, rules: tuple[InhibitRule, ...]) -> list[dict[str, Any]]:
         """What inhibits right now, per rule and source (for `/pending` and the gauge)."""
         now = self.wall_clock()

@@ -5,6 +5,8 @@ tests/test_engine_processes.py (an inhibition across replicas)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -201,8 +203,12 @@ def test_a_replica_started_later_reads_what_fires_from_the_compacted_topic(
         tmp_path,
         f"""
         kafka: {{bootstrap_servers: "{infrastructure.bootstrap_servers}", firing_topic: {topic}}}
-        routes: []
-        inhibit_rules: [{{source_matchers: ['alertname="ZoneDown"']}}]
+        default: {{destination: a}}
+        inhibit_rules:
+          - name: zone-down
+            source_matchers: ['alertname="ZoneDown"']
+            target_matchers: ['severity="warning"']
+            equal: [zone]
         """,
     )
     producer = KafkaProducer({"bootstrap.servers": infrastructure.bootstrap_servers})
@@ -229,6 +235,29 @@ def test_a_replica_started_later_reads_what_fires_from_the_compacted_topic(
         assert later.inhibition(RULES, {**WARNING, "zone": "eu-2"}) is None
     finally:
         later.close()
+    # and `rules test --firing-from-topic` says a warning of that zone is inhibited, and by what
+    data = {**alert_event(), "alert": {**alert_event()["alert"], "labels": WARNING}}
+    (tmp_path / "warning.json").write_text(json.dumps(data))
+    command = [sys.executable, "-m", "streamer", "rules", "test", "--config", str(config.path)]
+    done = subprocess.run(
+        [*command, "--firing-from-topic", "--event", str(tmp_path / "warning.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    (result,) = json.loads(done.stdout)
+    assert result["deliveries"] == []
+    assert result["inhibited"][0]["source"] == fingerprint(ZONE_DOWN)
+
+
+def alert_event() -> dict[str, Any]:
+    from tests.rules_helpers import alert as full_alert
+
+    data = full_alert()
+    data["event_time"] = 1795000000000
+    data["alert"] = {**data["alert"], "starts_at": 1795000000000}
+    return data
 
 
 def test_a_full_producer_queue_never_raises_into_routing() -> None:

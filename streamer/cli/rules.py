@@ -50,7 +50,8 @@ def add_parser(commands: Any) -> None:
             "their reason, routes a time interval muted (and which interval, at which time: "
             "now, or --at), deliveries an inhibit rule kept quiet (`inhibited`: the rule and "
             "the firing source alert; events are read in the order given, and a source alert "
-            "among them fires for the ones after it), deliveries a silence keeps quiet "
+            "among them fires for the ones after it; with --firing-from-topic, so do the "
+            "sources firing now), deliveries a silence keeps quiet "
             "(`silenced`: the silence, with --silences or --silences-from-topic), and whether "
             "the rules dropped it. "
             "Nothing is sent. Exit 1 if an event file cannot be read."
@@ -87,6 +88,12 @@ def add_parser(commands: Any) -> None:
         "--silences-from-topic",
         action="store_true",
         help="apply the silences in kafka.silence_topic (read with the file's Kafka settings)",
+    )
+    test.add_argument(
+        "--firing-from-topic",
+        action="store_true",
+        help="start from the inhibit rules' sources firing now, as kafka.firing_topic says "
+        "(read with the file's Kafka settings)",
     )
     test.set_defaults(func=cmd_rules_test)
 
@@ -258,6 +265,8 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     at = args.at or datetime.now(UTC)  # one instant for every event of the run
     firing = FiringSources()  # inhibit rules' sources fired by the events before, in order
     silences, problem = _silences(args, config)
+    if not problem and args.firing_from_topic:
+        problem = _firing_now(args, config, firing)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 1
@@ -270,6 +279,30 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     ]
     print(json.dumps(results, indent=2))
     return 1 if any("error" in r for r in results) else 0
+
+
+def _firing_now(args: argparse.Namespace, config: Any, board: Any) -> str | None:
+    """Fills `board` with the sources the firing topic says fire now; or why it cannot."""
+    from streamer.cli.silence import READ_TIMEOUT, SilenceTopic
+    from streamer.firing_state import FiringState
+
+    topic = config.file.kafka.firing_topic
+    try:
+        settings = SilenceTopic(args.config).settings  # the file's Kafka settings, secrets read
+        state = FiringState.following(settings, topic, None)
+        try:
+            if not state.read_to_now(READ_TIMEOUT):
+                problem = state.follower.problem()
+                return f"{topic} could not be read within {READ_TIMEOUT:.0f} s: {problem}"
+            for source in state.sources():
+                board.fire(source)
+        finally:
+            state.close()
+    except Exception as e:  # the brokers: unreachable, refused; a secret unreadable
+        from streamer import logs
+
+        return logs.MASK.mask(f"{topic}: {e}")
+    return None
 
 
 def _silences(args: argparse.Namespace, config: Any) -> tuple[Any, str | None]:
