@@ -53,6 +53,7 @@ class CommitConversation:
         self.interval = schedule.interval
         self.idle_interval = max(self.interval, budget.tail_seconds - budget.view_interval)
         self._told: tuple[object, ...] | None = None  # at the last complete commit
+        self._view_whole = False  # the last view read every partition's note
 
     def due(
         self,
@@ -81,22 +82,35 @@ class CommitConversation:
             notes=lambda due: self.budget.notes(due, now, wall, final=force),
             claims=self.handover.unclaimed(),
         )
-        if view:
+        alone = view and self._alone()
+        if view and not alone:
             effects.append(ReadNotes((), group=True))
         # only a commit of every partition's note confirms the starts made before it
         complete = self.schedule.complete
         if complete:
             self._told = told
-        if not offsets:
-            return effects
-        notes = self.schedule.notes
-        if force:
-            self._sync = (now, complete)
-        else:
-            self.schedule.sending(offsets)
-            self.budget.sending(now if complete else None)
-        effects.append(Commit({p: (o, notes.get(p, "")) for p, o in offsets.items()}, sync=force))
+        if offsets:
+            notes = self.schedule.notes
+            if force:
+                self._sync = (now, complete)
+            else:
+                self.schedule.sending(offsets)
+                self.budget.sending(now if complete else None)
+            commit = {p: (o, notes.get(p, "")) for p, o in offsets.items()}
+            effects.append(Commit(commit, sync=force))
+        if alone:  # what a view would read: our own notes only (after the commit, as then)
+            self.group_read(self._group, (), now, wall)
         return effects
+
+    def _alone(self) -> bool:
+        """Every partition the last view read (all of them, none failed) is ours: a view
+        would read only our own notes, which `observe` skips, so none is asked for. A
+        partition let go (a rebalance, a member joining) makes the next view a real one."""
+        return (
+            self._view_whole
+            and bool(self._group)
+            and self._group.keys() <= set(self.ledger.partitions)
+        )
 
     def _what_notes_tell(self, now: float) -> tuple[object, ...]:
         """A cheap summary of what changes a note (its write time aside): starts, shares,
@@ -161,6 +175,7 @@ class CommitConversation:
         """Every partition's committed note: what the group spent, where deliveries wait.
         A partition whose note failed to read counts as its last note said."""
         failed = list(failed)
+        self._view_whole = not failed
         kept = {p: self._group[p] for p in failed if p in self._group}
         self._group = {**kept, **notes}
         try:  # other members' notes are input from elsewhere: never let them stop us
