@@ -284,9 +284,11 @@ class DeliveryMachine:
             committed=self._commits.last_confirmed,
         )
 
-    def quiet_with(self, quiet: Callable[[Delivery, float], bool]) -> None:
-        """The shell's silences, asked at each delivery's turn (`quiet(delivery, wall)`): a
-        delivery a silence added while it waited mutes ends `silenced`, never sent."""
+    def quiet_with(self, quiet: Callable[[Delivery, float], str | None]) -> None:
+        """The shell's silences and inhibit rules, asked at each delivery's turn
+        (`quiet(delivery, wall)`): a delivery a silence added (or a source that fired) while
+        it waited mutes ends with the outcome it names (`silenced`, `inhibited`), never
+        sent."""
         self._out.quiet = quiet
 
     def register_gauges(self, lag: ConsumerLag) -> None:
@@ -324,12 +326,14 @@ class DeliveryMachine:
     # -- a job ends: the one place ---------------------------------------------------------
 
     def _end(self, job: Job, outcome: str | None = None) -> None:
-        """`job` is terminal (accepted, its dead letter written, or `silenced` at its turn):
+        """`job` is terminal (accepted, its dead letter written, or muted at its turn):
         with the jobs it stood for, if it stood for any; its key's next job is activated."""
         if outcome is None:
             outcome = "dead-lettered" if isinstance(job.work, DeadLetter) else "delivered"
         self.spans.job_ended(job.partition, job.offset, outcome)
-        next_jobs, ended = self._out.ended(job, silenced=outcome == "silenced")
+        # muted at its turn (a resolve never is): as silenced for what it superseded
+        muted = outcome in ("silenced", "inhibited")
+        next_jobs, ended = self._out.ended(job, silenced=muted)
         self._commits.terminal(ended)
         self._commits.soon()  # in the offset map within 0.1 s: a kill re-sends little
         for next_job in next_jobs:
@@ -354,8 +358,8 @@ class DeliveryMachine:
         posts, released, quieted = self._out.dispatch(now, self._wall)
         for job in released:
             self._release(job)
-        for job in quieted:
-            self._end(job, "silenced")
+        for job, outcome in quieted:
+            self._end(job, outcome)
         self._effects += posts
         self._effects += self._backpressure.caps(self._ledger)
         self._effects += self._commit.due(now, self._wall)

@@ -81,6 +81,7 @@ class Delivery:
     place: Waiting | None = None
     span: Span | None = None  # the current attempt's client span
     labels: Mapping[str, Any] | None = None  # what silences test (silences.labels_of)
+    alert_labels: Mapping[str, str] | None = None  # what inhibit rules test (alerts only)
 
 
 class Dispatcher:
@@ -105,9 +106,11 @@ class Dispatcher:
             settings.max_retry_seconds,
         )
         self.busy = 0  # requests in flight
-        # the shell's question at a delivery's turn: has a silence read since it was routed
-        # muted it? (intake.silenced_at_turn; None: never) It then ends, never sent.
-        self.quiet: Callable[[Delivery, float], bool] | None = None
+        # the shell's question at a delivery's turn: has a silence (or an inhibit rule's
+        # source) read since it was routed muted it? Its answer is the outcome, `silenced`
+        # or `inhibited` (intake.quiet_at_turn; None: not muted, or never asked). It then
+        # ends, never sent.
+        self.quiet: Callable[[Delivery, float], str | None] | None = None
         self._timers: list[tuple[float, int, Job]] = []  # (due, tie-breaker, job)
         self._sequence = itertools.count()
         # what waits and why (/pending, gauges, the watermark log line): rebuilt each second
@@ -133,16 +136,19 @@ class Dispatcher:
         starts = itertools.chain(self.destinations.earliest_starts(now), self.timer_starts())
         return self.handover.worth_waiting(in_flight=bool(self.busy or producing), starts=starts)
 
-    def dispatch(self, now: float, wall: float) -> tuple[list[Post], list[Job], list[Job]]:
+    def dispatch(
+        self, now: float, wall: float
+    ) -> tuple[list[Post], list[Job], list[tuple[Job, str]]]:
         """What starts now (its slots taken, as `Post`s), per destination in its queue's order
         (`priority`), the jobs found fenced off (their keys are free again), and those
-        `quiet` says a silence mutes now (terminal, never sent, taking no slot). A
+        `quiet` says a silence or an inhibit rule mutes now, with that outcome (terminal,
+        never sent, taking no slot). A
         delivery of a partition past its hand-over cut-off is passed over (it stays queued
         for the drain to give up), so it does not hold back the partitions that stay; keys
         are distinct within a queue, so neither priority nor passing over reorders a key."""
         started: list[Post] = []
         released: list[Job] = []
-        quieted: list[Job] = []
+        quieted: list[tuple[Job, str]] = []
         for state in self.destinations:
             passed_over = []
             while state.ready and self.busy < self.settings.workers:
@@ -154,9 +160,10 @@ class Dispatcher:
                 if not self.handover.may_start(job.partition, now):
                     passed_over.append(state.ready.remove(job))  # left to the next owner
                     continue
-                if self.quiet is not None and self.quiet(job.work, wall):
-                    state.ready.remove(job)  # a silence added while it waited
-                    quieted.append(job)
+                outcome = self.quiet(job.work, wall) if self.quiet is not None else None
+                if outcome is not None:
+                    state.ready.remove(job)  # a silence added (a source fired) while it waited
+                    quieted.append((job, outcome))
                     continue
                 if not state.take_slot(now):
                     if not state.held_reason and not job.work.waited_for_rate_limit:

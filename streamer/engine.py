@@ -54,7 +54,7 @@ from streamer.delivery_machine import DeliveryMachine
 from streamer.firing_state import FiringState
 from streamer.incident_io import Answer, IncidentIoClient, PostsAlertEvents
 from streamer.instrumentation import ConsumerLag, Stats, count_consumed, log_context
-from streamer.intake import Muted, Silenced, silenced_at_turn, works_of
+from streamer.intake import Muted, Silenced, quiet_at_turn, works_of
 from streamer.kafka_clients import (
     PartitionCounts,
     decoders_of,
@@ -109,7 +109,14 @@ class Engine:
         self.machine = DeliveryMachine.of(config, now=clock(), telemetry=self.telemetry)
         # a silence read after an event was routed still mutes its deliveries that wait
         self.machine.quiet_with(
-            lambda delivery, wall: silenced_at_turn(delivery, self.silences, wall, self.telemetry)
+            lambda delivery, wall: quiet_at_turn(
+                delivery,
+                wall,
+                self.telemetry,
+                silences=self.silences,
+                firing=self.firing,
+                rules=self.config.rules.inhibit_rules,
+            )
         )
         self.consumer = consumer or make_consumer(
             config,

@@ -20,17 +20,20 @@ silences topic by streamer/silence_book.py) makes no job either (guarantee 11): 
 all of whose deliveries are silenced ends `silenced` (`Silenced`, committed like a muted
 one); each is counted in `streamer.events.silenced` by silence and route and logged with
 the silence's id. A silence read after an event was routed mutes its deliveries still
-waiting too: the delivery machine asks `silenced_at_turn` when each one's turn to start
-comes, and it ends `silenced`, taking no request. A resolve is never silenced, so
-incident.io can always close an alert whose firing it received (and may receive the
-resolve of one it never saw: it ignores it).
+waiting too: the delivery machine asks `quiet_at_turn` (`silenced_at_turn`) when each
+one's turn to start comes, and it ends `silenced`, taking no request. A resolve is never
+silenced, so incident.io can always close an alert whose firing it received (and may
+receive the resolve of one it never saw: it ignores it).
 
 Inhibition (streamer/inhibition.py; the sources' state in streamer/firing_state.py): an
 alert event that is a source of an inhibit rule writes its state first (`observe`), then a
 firing delivery of an event an inhibit rule's firing source inhibits makes no job; an
 event all of whose deliveries are inhibited ends `inhibited` (`Inhibited`, committed like
-a muted one); each is counted in `streamer.events.inhibited` by rule and route and logged
-with the source's fingerprint. Resolves always go through, as with silences.
+a muted one); each is counted in `streamer.events.inhibited` by rule, route and stage
+and logged with the source's fingerprint. A source read after a target was routed inhibits
+its deliveries still waiting too (`quiet_at_turn` asks `inhibited_at_turn`, after the
+silences): they end `inhibited`, taking no request. Resolves always go through, as with
+silences.
 """
 
 from __future__ import annotations
@@ -160,12 +163,20 @@ def _works_of(
     event_time = event.get("event_time")
     event_epoch = event_time.timestamp() if isinstance(event_time, datetime) else None
     labels = labels_of(event) if silences is not None else None  # asked again at its turn
+    # and inhibit rules too (alerts only)
+    own = alert_labels(event) if firing is not None and rules.inhibit_rules else None
     works: list[Work] = []
     for d in deliveries:
         body: dict[str, Any] = d.payload.model_dump(exclude_none=True)
         key = OrderingKey(d.destination, d.payload.deduplication_key or "")
         delivery = Delivery(
-            source, d.route, d.destination, body, event_time=event_epoch, labels=labels
+            source,
+            d.route,
+            d.destination,
+            body,
+            event_time=event_epoch,
+            labels=labels,
+            alert_labels=own,
         )
         works.append((key, delivery))
         telemetry.routed.add(1, {"route": d.route, "destination": d.destination})
@@ -232,7 +243,7 @@ def _not_inhibited(
     for d in deliveries:
         if d.payload.status == "resolved":
             continue
-        telemetry.inhibited.add(1, {"rule": by.rule, "route": d.route})
+        telemetry.inhibited.add(1, {"rule": by.rule, "route": d.route, "stage": "routing"})
         log.info(
             "%s[%d]@%d: inhibited on route %s by %s",
             source.topic,
@@ -287,6 +298,63 @@ def silenced_at_turn(
         },
     )
     return True
+
+
+def inhibited_at_turn(
+    delivery: Delivery,
+    firing: FiringLookup,
+    rules: tuple[InhibitRule, ...],
+    telemetry: Telemetry,
+) -> bool:
+    """Asked when a routed delivery's turn to start comes: does a source that fired since
+    it was routed inhibit it now? (A resolve: never.) Warnings queued behind the rate limit
+    before their zone's critical was read are not sent once it is."""
+    labels = delivery.alert_labels
+    if labels is None or not rules or delivery.payload.get("status") == "resolved":
+        return False
+    by = firing.inhibition(rules, labels)
+    if by is None:
+        return False
+    telemetry.inhibited.add(1, {"rule": by.rule, "route": delivery.route, "stage": "waiting"})
+    source = delivery.message
+    log.info(
+        "%s[%d]@%d: inhibited on route %s by %s while it waited",
+        source.topic,
+        source.partition,
+        source.offset,
+        delivery.route,
+        by.describe(),
+        extra={
+            "topic": source.topic,
+            "partition": source.partition,
+            "offset": source.offset,
+            "route": delivery.route,
+            "destination": delivery.destination,
+            "deduplication_key": delivery.payload.get("deduplication_key"),
+            "inhibit_rule": by.rule,
+            "inhibited_by": by.source.fingerprint,
+        },
+    )
+    return True
+
+
+def quiet_at_turn(
+    delivery: Delivery,
+    wall: float,
+    telemetry: Telemetry,
+    *,
+    silences: SilenceLookup | None = None,
+    firing: FiringLookup | None = None,
+    rules: tuple[InhibitRule, ...] = (),
+) -> str | None:
+    """The shell's answer at a delivery's turn (`DeliveryMachine.quiet_with`): the outcome
+    it ends with if a silence (`silenced`) or an inhibit rule (`inhibited`) mutes it now,
+    else None."""
+    if silences is not None and silenced_at_turn(delivery, silences, wall, telemetry):
+        return "silenced"
+    if firing is not None and inhibited_at_turn(delivery, firing, rules, telemetry):
+        return "inhibited"
+    return None
 
 
 def _detail(error: Exception) -> str:

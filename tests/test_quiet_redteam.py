@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from streamer.intake import silenced_at_turn
+from streamer.intake import quiet_at_turn
 from streamer.silences import Silence, Silences, labels_of, parse_matchers
 from tests.test_delivery_machine import P0, Harness, ScriptedIncidentIo
 
@@ -25,7 +25,7 @@ def _silence(h: Harness, kind: str) -> Silence:
     at = datetime.fromtimestamp(h.clock(), UTC) - timedelta(minutes=1)
     silence = Silence.new(matchers, duration=timedelta(hours=1), at=at)
     book = Silences([silence])
-    h.machine.quiet_with(lambda d, wall: silenced_at_turn(d, book, wall, h.telemetry))
+    h.machine.quiet_with(lambda d, wall: quiet_at_turn(d, wall, h.telemetry, silences=book))
     return silence
 
 
