@@ -8,8 +8,13 @@ the same limit). Measured with the inhibit rule (`source_matchers: [alertname="Z
 sent: the raw baseline), in the same run, each on a fresh topic, group and firing topic: the
 requests incident.io received (202s and 429s) until every message is committed, and the time
 from the first request until then. Time is compressed as in bench/storm.py (window 60/SPEEDUP
-seconds, durations also scaled back to incident.io's minute). The critical is produced first
-and the warnings once it is accepted, so the source is known when they are routed.
+seconds, durations also scaled back to incident.io's minute). Three runs:
+
+- `critical first`: the critical, then (once it is accepted) the warnings: the source is
+  known when they are routed;
+- `critical last`: the warnings, then (once the first of them is accepted) the critical:
+  the warnings already queued behind the limit are inhibited at their turn;
+- `no rule`: the critical, then the warnings, every one sent (the raw baseline).
 """
 
 from __future__ import annotations
@@ -119,7 +124,9 @@ def committed_all(infra: Infrastructure, topic: str, group: str, partitions: int
         consumer.close()
 
 
-def run(infra: Infrastructure, folder: Path, args: Any, inhibit: bool) -> dict[str, float]:
+def run(
+    infra: Infrastructure, folder: Path, args: Any, inhibit: bool, critical_first: bool
+) -> dict[str, float]:
     window = 60.0 / args.speedup
     source = AlertSource("SRC-zone", TOKEN, events_per_minute=PER_WINDOW)
     with FakeIncidentIo(
@@ -134,19 +141,34 @@ def run(infra: Infrastructure, folder: Path, args: Any, inhibit: bool) -> dict[s
         thread = threading.Thread(target=engine.run, args=(stop,), daemon=True)
         thread.start()
         deadline = time.time() + args.limit_seconds
-        try:
+
+        def produce_critical() -> None:
             key, value = alert("ZoneDown", "critical")
             producer.produce(topic, key=key, value=value)
             assert producer.flush(30) == 0
-            while not fake.events:
-                if time.time() > deadline:
-                    raise SystemExit("the critical was not accepted in time")
-                time.sleep(0.05)
+
+        def produce_warnings() -> None:
             for n in range(args.warnings):
                 key, value = alert(f"Warning{n}", "warning")
                 producer.produce(topic, key=key, value=value)
                 producer.poll(0)
             assert producer.flush(60) == 0
+
+        def first_accepted() -> None:
+            while not fake.events:
+                if time.time() > deadline:
+                    raise SystemExit("nothing accepted in time")
+                time.sleep(0.05)
+
+        try:
+            first, then = (
+                (produce_critical, produce_warnings)
+                if critical_first
+                else (produce_warnings, produce_critical)
+            )
+            first()
+            first_accepted()
+            then()
             while not committed_all(infra, topic, f"bench-{topic}", 3):
                 if time.time() > deadline:
                     raise SystemExit(f"inhibit={inhibit}: not committed in {args.limit_seconds} s")
@@ -172,26 +194,32 @@ def main() -> None:
     parser.add_argument("--limit-seconds", type=float, default=900)
     args = parser.parse_args()
     os.environ["BENCH_TOKEN"] = TOKEN
+    runs = {
+        "critical first": (True, True),
+        "critical last": (True, False),
+        "no rule": (False, True),
+    }
     with local_infrastructure() as infra, tempfile.TemporaryDirectory() as tmp:
-        results = {mode: run(infra, Path(tmp), args, mode) for mode in (True, False)}
+        results = {name: run(infra, Path(tmp), args, *how) for name, how in runs.items()}
     s = args.speedup
     print(
         f"inhibition: 1 ZoneDown critical + {args.warnings} warnings of its zone, one alert "
         f"source at {PER_WINDOW}/min, time compressed x{s:g} (window {60 / s:.2f} s)"
     )
-    print(f"{'inhibit rule':<13} {'requests':>9} {'202':>6} {'429':>5} {'to all committed':>26}")
-    for inhibit, r in results.items():
+    print(f"{'run':<15} {'requests':>9} {'202':>6} {'429':>5} {'to all committed':>26}")
+    for name, r in results.items():
         print(
-            f"{'yes' if inhibit else 'no':<13} {r['requests']:>9} {r['accepted']:>6} "
+            f"{name:<15} {r['requests']:>9} {r['accepted']:>6} "
             f"{r['rate_limited']:>5} {r['seconds']:>7.1f} s = "
             f"{r['seconds'] * s / 60:>6.1f} min real"
         )
-    with_rule, without = results[True], results[False]
-    fewer = 1 - with_rule["requests"] / without["requests"]
-    print(
-        f"with/without: {with_rule['requests'] / without['requests']:.4f} of the requests "
-        f"({fewer:.1%} fewer; target: at least 90% fewer)"
-    )
+    without = results["no rule"]["requests"]
+    for name in ("critical first", "critical last"):
+        ratio = results[name]["requests"] / without
+        print(
+            f"{name}/no rule: {ratio:.4f} of the requests ({1 - ratio:.1%} fewer; target: at "
+            "least 90% fewer)"
+        )
 
 
 if __name__ == "__main__":
