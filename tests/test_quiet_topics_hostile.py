@@ -158,3 +158,20 @@ def test_silence_list_shows_an_author_and_comment_from_the_topic_with_controls_e
     shown = table([silence], NOW)
     assert "\x1b" not in shown and "\r" not in shown and "\x07" not in shown
     assert "ops\\x1b[2J" in shown and "maintenance\\rERROR forged" in shown
+
+
+@pytest.mark.parametrize(
+    "content", [b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe[]"], ids=["nested", "not-utf8"]
+)
+def test_silence_import_of_a_file_that_is_no_json_is_an_error_not_a_traceback(
+    content: bytes, tmp_path: Any, capsys: Any
+) -> None:
+    from streamer.cli import build_parser
+
+    path = tmp_path / "silences.json"
+    path.write_bytes(content)
+    args = build_parser().parse_args(
+        ["silence", "import", "--config", "examples/streamer.yaml", str(path)]
+    )
+    assert args.func(args) == 1  # refused before the topic is touched
+    assert "not amtool's JSON" in capsys.readouterr().err

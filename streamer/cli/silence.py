@@ -284,6 +284,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as e:
         print(f"error: {args.file}:{e.lineno}:{e.colno}: not JSON: {e.msg}", file=sys.stderr)
         return 1
+    except (UnicodeDecodeError, RecursionError) as e:  # not UTF-8; nested past Python's stack
+        print(f"error: {args.file}: not amtool's JSON: {str(e)[:200]}", file=sys.stderr)
+        return 1
     except SilenceError as e:
         print(f"error: {args.file}: silence {e}", file=sys.stderr)
         return 1
