@@ -40,11 +40,12 @@ PENDING_LOOKS = 16  # watermark looks waiting to be reached; older ones are cove
 RETRY_SECONDS = 2.0  # after a failure to read the topic
 REQUEST_TIMEOUT = 5.0
 QUEUED_KBYTES = 4096
-# how long the thread waits for records before it looks at requests again, so also how
-# late a fresh look may start (a dead letter's check that it was not written already waits
-# up to this long more). Each wakeup costs ~0.1 ms of CPU, per follower (the service runs
-# three: dead letters, silences, firing sources): at 0.25 s, ~1 ms of CPU a second in all
-# while nothing happens (bench/waiting.py), at 1 s a quarter of that.
+# how long the thread waits for a record (one wakes it at once) before it looks at
+# requests again, so also how late a fresh look may start (a dead letter's check that it
+# was not written already waits up to this long more). Each wakeup costs ~0.1 ms of CPU,
+# per follower (the service runs three: dead letters, silences, firing sources): at
+# 0.25 s, ~1 ms of CPU a second in all while nothing happens (bench/waiting.py), at 1 s a
+# quarter of that.
 POLL_SECONDS = 1.0
 ASKER_IDLE_SECONDS = 30.0  # the asking client is closed after this long without a look
 
@@ -225,7 +226,12 @@ class TopicFollower:
             if missing:
                 self._stop.wait(POLL_SECONDS)
                 continue
-            for message in reader.consume(500, POLL_SECONDS):
+            # poll wakes at the first record (consume(n, timeout) would wait out its
+            # timeout for a full batch); the rest already fetched is taken without waiting
+            first = reader.poll(POLL_SECONDS)
+            if first is None:
+                continue
+            for message in [first, *reader.consume(500, 0)]:
                 self._take(message)
 
     def _assign_new(self, reader: Consumer, asker: Consumer, assigned: set[int]) -> bool:
