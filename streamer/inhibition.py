@@ -140,7 +140,9 @@ def inhibition_of(
 ) -> Inhibition | None:
     """Which rule and source inhibit `target` at `now` (None: nothing does). The plain
     reading of the semantics above; `FiringSources.inhibition` is the same, indexed."""
-    listed = list(sources)
+    rules = tuple(rules)
+    # looked at once per rule; with one rule, lazily: the first source found ends the look
+    listed: Iterable[FiringSource] = sources if len(rules) == 1 else list(sources)
     for rule in rules:
         if not rule.matches_target(target):
             continue
@@ -168,6 +170,10 @@ class FiringSources:
         self._sources: dict[str, FiringSource] = {}
         self._equals: tuple[tuple[str, ...], ...] = ()
         self._index: dict[tuple[tuple[str, ...], tuple[str, ...]], set[str]] = {}
+        # each bucket in order, kept until it changes: a storm of targets looks at a bucket
+        # of sources that rarely changes, and sorting it at every target cost O(k log k)
+        # (66 ms a target for 100,000 sources sharing its `equal` values)
+        self._sorted: dict[tuple[tuple[str, ...], tuple[str, ...]], list[str]] = {}
 
     def __len__(self) -> int:
         return len(self._sources)
@@ -181,12 +187,16 @@ class FiringSources:
         if equals == self._equals:
             return
         self._equals = equals
-        self._index = {}
+        self._index, self._sorted = {}, {}
         for fp, source in self._sources.items():
             self._add_to_index(fp, source)
 
     def fire(self, source: FiringSource) -> None:
         fp = source.fingerprint
+        known = self._sources.get(fp)
+        if known is not None and known.labels == source.labels:  # firing again: its buckets
+            self._sources[fp] = source  # are the same (the index is not touched)
+            return
         self.resolve(fp)
         if len(self._sources) >= self.limit:
             self.resolve(min(self._sources.values(), key=lambda s: s.until).fingerprint)
@@ -202,6 +212,7 @@ class FiringSources:
             bucket = self._index.get(key)
             if bucket is not None:
                 bucket.discard(fp)
+                self._sorted.pop(key, None)
                 if not bucket:
                     del self._index[key]
 
@@ -220,7 +231,12 @@ class FiringSources:
                 continue
             if rule.equal in self._equals:
                 key = (rule.equal, rule.equal_values(target))
-                fps = sorted(self._index.get(key, ()))
+                bucket = self._index.get(key)
+                if not bucket:  # no source shares its `equal` values (nothing is cached)
+                    continue
+                fps = self._sorted.get(key)
+                if fps is None:
+                    fps = self._sorted[key] = sorted(bucket)
             else:  # rules not indexed yet (use_rules): look at every source
                 fps = sorted(self._sources)
             found = inhibition_of((rule,), (self._sources[fp] for fp in fps), target, now)
@@ -232,3 +248,4 @@ class FiringSources:
         for equal in self._equals:
             key = (equal, tuple(source.labels.get(n) or "" for n in equal))
             self._index.setdefault(key, set()).add(fp)
+            self._sorted.pop(key, None)
