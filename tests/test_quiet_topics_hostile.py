@@ -175,3 +175,17 @@ def test_silence_import_of_a_file_that_is_no_json_is_an_error_not_a_traceback(
     )
     assert args.func(args) == 1  # refused before the topic is touched
     assert "not amtool's JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["resolve_timeout_seconds", "startup_read_seconds"])
+def test_an_infinite_inhibition_setting_is_refused_at_load(name: str) -> None:
+    # .inf: a start-up that waits forever for an unreadable topic (no longer fail open), or
+    # firing records that say `Infinity` (refused by every reader: the source event itself
+    # was dead-lettered on its writer)
+    import pydantic
+    import yaml
+
+    from streamer.config.model import InhibitionSettings
+
+    with pytest.raises(pydantic.ValidationError, match="finite"):
+        InhibitionSettings(**yaml.safe_load(f"{name}: .inf"))

@@ -248,9 +248,9 @@ class InhibitionSettings(_Model):
     event, counts as firing (Alertmanager's `resolve_timeout`, 5 minutes by default); its
     state is shared in `kafka.firing_topic` (streamer/firing_state.py)."""
 
-    resolve_timeout_seconds: float = Field(300.0, gt=0)
+    resolve_timeout_seconds: float = Field(300.0, gt=0, allow_inf_nan=False)
     # At start, consuming waits at most this long for the topic to be read to its end.
-    startup_read_seconds: float = Field(10.0, ge=0)
+    startup_read_seconds: float = Field(10.0, ge=0, allow_inf_nan=False)
 
 
 class DefaultRoute(_Model):
