@@ -76,3 +76,21 @@ def test_a_firing_standing_for_firings_only_ends_them_silenced() -> None:
     h.round()
     assert [p["n"] for p in h.http.posted] == [0]
     assert h.machine.unfinished(P0) == 0
+
+
+def test_a_resolve_an_inhibited_firing_stood_for_is_still_sent() -> None:
+    from tests.test_delivery_machine_inhibition import event as target
+    from tests.test_delivery_machine_inhibition import zone_down_fires
+
+    h = Harness(ScriptedIncidentIo(), destination={"events_per_minute": 1})
+    target(h, "k", "warning")  # e0 firing: delivered
+    h.round()
+    target(h, "k", "warning", status="resolved")  # e1: waits for the limit
+    target(h, "k", "warning")  # e2 firing again: stands for e1
+    h.round()
+    zone_down_fires(h)  # its source fires while they wait: e2 is inhibited at its turn
+    for _ in range(3):
+        h.clock.advance(60)
+        h.round()
+    assert [(p["n"], p["status"]) for p in h.http.posted] == [(0, "firing"), (1, "resolved")]
+    assert h.machine.unfinished(P0) == 0
