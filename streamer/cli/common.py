@@ -1,4 +1,5 @@
-"""What several commands share: the `--config` and `--metrics-*` options, and signals.
+"""What several commands share: the `--config` and `--metrics-*` options, signals, and
+printing a configuration's warnings.
 
 Each option is declared once here and given to a command as an argparse parent, so a
 flag reads the same (name, metavar, help) in every command that takes it.
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import threading
 from types import FrameType
+from typing import Any
 
 METRICS_PORT = 9464
 
@@ -75,3 +78,9 @@ def wait_for_ctrl_c() -> None:
         threading.Event().wait()
     except KeyboardInterrupt:
         print("stopping…", flush=True)
+
+
+def warn_of(config: Any) -> None:
+    """The file's warnings (matchers Alertmanager's parsers read differently) on stderr."""
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)

@@ -11,7 +11,8 @@ import argparse
 import sys
 from typing import Any
 
-from streamer.cli.common import config_option
+from streamer.cli.common import config_option, warn_of
+from streamer.cli.rules_test import cmd_rules_test, instant, outcome_of, read_events
 
 
 def add_parser(commands: Any) -> None:
@@ -72,7 +73,7 @@ def add_parser(commands: Any) -> None:
     )
     test.add_argument(
         "--at",
-        type=_instant,
+        type=instant,
         metavar="TIME",
         help="ask routes' time intervals about TIME (ISO 8601, e.g. 2026-12-07T18:30:00+01:00; "
         "without an offset, UTC) instead of now, the time the service asks about",
@@ -180,157 +181,13 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
     def count(n: int, noun: str) -> str:
         return f"{n} {noun}{'' if n == 1 else 's'}"
 
-    _warn(config)
+    warn_of(config)
     routes = sum(1 for _ in config.rules.walk())
     print(
         f"{config.path}: OK ({count(len(config.file.destinations), 'destination')}, "
         f"{count(routes, 'route')}, {count(len(config.file.topics), 'topic')})"
     )
     return 0
-
-
-def _warn(config: Any) -> None:
-    """The file's warnings (matchers Alertmanager's parsers read differently) on stderr."""
-    for warning in config.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-
-
-def _read_events(files: list[str], lines_file: str | None) -> list[tuple[str, bytes | str]]:
-    """(label, JSON text) per event: each --event file, each line of --events FILE.jsonl;
-    an unreadable file gives its error text in place of the JSON (as str)."""
-    from pathlib import Path
-
-    events: list[tuple[str, bytes | str]] = []
-    for name in files:
-        try:
-            events.append((name, Path(name).read_bytes()))
-        except OSError as e:
-            events.append((name, f"cannot read the event: {e.strerror}"))
-    if lines_file:
-        try:
-            text = Path(lines_file).read_bytes()
-        except OSError as e:
-            events.append((lines_file, f"cannot read the events: {e.strerror}"))
-        else:
-            for number, line in enumerate(text.splitlines(), 1):
-                if line.strip():
-                    events.append((f"{lines_file}:{number}", line))
-    return events
-
-
-def _outcome(
-    config: Any,
-    data: bytes | str,
-    *,
-    explain: bool = False,
-    at: Any = None,
-    firing: Any = None,
-    silences: Any = None,
-) -> dict[str, Any]:
-    from streamer.decoding import DecodeError, EventDecoder
-    from streamer.rules_report import outcome
-
-    if isinstance(data, str):
-        return {"error": data}
-    try:
-        event = EventDecoder("json", config.reader_schema).decode(data)
-    except DecodeError as e:
-        return {"error": f"cannot read the event: {e}"}
-    timeout = config.file.inhibition.resolve_timeout_seconds
-    return outcome(
-        config.rules,
-        event,
-        explain=explain,
-        at=at,
-        firing=firing,
-        resolve_timeout=timeout,
-        silences=silences,
-    )
-
-
-def cmd_rules_test(args: argparse.Namespace) -> int:
-    import json
-    from datetime import UTC, datetime
-
-    from streamer.config import ConfigError, load_config
-
-    try:
-        config = load_config(args.config, check_secrets=False)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 1
-    _warn(config)
-    from streamer.inhibition import FiringSources
-
-    at = args.at or datetime.now(UTC)  # one instant for every event of the run
-    firing = FiringSources()  # inhibit rules' sources fired by the events before, in order
-    silences, problem = _silences(args, config)
-    if not problem and args.firing_from_topic:
-        problem = _firing_now(args, config, firing)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 1
-    results = [
-        {
-            "event": name,
-            **_outcome(config, data, explain=args.explain, at=at, firing=firing, silences=silences),
-        }
-        for name, data in _read_events(args.event, None)
-    ]
-    print(json.dumps(results, indent=2))
-    return 1 if any("error" in r for r in results) else 0
-
-
-def _firing_now(args: argparse.Namespace, config: Any, board: Any) -> str | None:
-    """Fills `board` with the sources the firing topic says fire now; or why it cannot."""
-    from streamer.cli.silence import READ_TIMEOUT, SilenceTopic
-    from streamer.firing_state import FiringState
-
-    topic = config.file.kafka.firing_topic
-    try:
-        settings = SilenceTopic(args.config).settings  # the file's Kafka settings, secrets read
-        state = FiringState.following(settings, topic, None)
-        try:
-            if not state.read_to_now(READ_TIMEOUT):
-                problem = state.follower.problem()
-                return f"{topic} could not be read within {READ_TIMEOUT:.0f} s: {problem}"
-            for source in state.sources():
-                board.fire(source)
-        finally:
-            state.close()
-    except Exception as e:  # the brokers: unreachable, refused; a secret unreadable
-        from streamer import logs
-
-        return logs.MASK.mask(f"{topic}: {e}")
-    return None
-
-
-def _silences(args: argparse.Namespace, config: Any) -> tuple[Any, str | None]:
-    """The silences `rules test` applies (None: none asked for), or why they cannot be read."""
-    import json
-    from pathlib import Path
-
-    from streamer.silences import SilenceError, Silences, from_amtool
-
-    if args.silences:
-        try:
-            return Silences(from_amtool(json.loads(Path(args.silences).read_text()))), None
-        except OSError as e:
-            return None, f"{args.silences}: cannot read it: {e.strerror}"
-        except json.JSONDecodeError as e:
-            return None, f"{args.silences}:{e.lineno}:{e.colno}: not JSON: {e.msg}"
-        except SilenceError as e:
-            return None, f"{args.silences}: silence {e}"
-    if args.silences_from_topic:
-        from streamer.cli.silence import SilenceTopic
-
-        try:
-            return Silences(SilenceTopic(args.config).read()), None
-        except Exception as e:  # the brokers: unreachable, refused; a secret unreadable
-            from streamer import logs
-
-            return None, logs.MASK.mask(f"{config.file.kafka.silence_topic}: {e}")
-    return None, None
 
 
 def cmd_rules_diff(args: argparse.Namespace) -> int:
@@ -351,7 +208,7 @@ def cmd_rules_diff(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
-    events = _read_events(args.event or [], args.events)
+    events = read_events(args.event or [], args.events)
     # destinations compared by what they are, not by name (a renamed URL or token is a change)
     identities = (
         destination_identities(old.file.destinations, old.path.parent),
@@ -360,7 +217,7 @@ def cmd_rules_diff(args: argparse.Namespace) -> int:
     found = [
         change
         for name, data in events
-        if (change := changes(name, _outcome(old, data), _outcome(new, data), identities))
+        if (change := changes(name, outcome_of(old, data), outcome_of(new, data), identities))
         is not None
     ]
     print(json.dumps({"events": len(events), "changed": found}, indent=2))
@@ -444,18 +301,6 @@ def cmd_rules_import(args: argparse.Namespace) -> int:
     for warning in imported.warnings:
         print(f"warning: {shown(warning, 1000)}", file=sys.stderr)
     return 0
-
-
-def _instant(text: str) -> Any:
-    from datetime import UTC, datetime
-
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--at {text!r}: expected an ISO 8601 time, e.g. 2026-12-07T18:30:00Z"
-        ) from None
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def _receiver(text: str) -> tuple[str, str]:
