@@ -33,18 +33,12 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import ValidationError
-
-from streamer.alert_event import FIELD_LIMITS, AlertEventPayload
+from streamer.alert_event import AlertEventPayload
 from streamer.inhibition import InhibitRule
 from streamer.matchers import Matcher, field_text
+from streamer.payloads import FieldFailed, render_payload
 from streamer.route_index import indexes
-from streamer.templates import (
-    DEFAULT_TEMPLATES,
-    CompiledExpression,
-    CompiledTemplate,
-    variables_of,
-)
+from streamer.templates import CompiledExpression, CompiledTemplate, variables_of
 from streamer.time_intervals import TimeInterval, muted_by
 
 __all__ = [
@@ -63,7 +57,6 @@ __all__ = [
 
 OnTemplateError = Literal["dead-letter", "use-defaults"]
 FailureCode = Literal["template", "route:when", "route:match"]
-_DEFAULTS = {name: CompiledTemplate(source) for name, source in DEFAULT_TEMPLATES.items()}
 
 
 @dataclass(frozen=True)
@@ -134,67 +127,6 @@ class Evaluation:
     def dropped(self) -> bool:
         """Nothing to deliver, nothing failed, nothing muted: the rules dropped the event."""
         return not self.deliveries and not self.failures and not self.muted
-
-
-class _FieldFailed(Exception):
-    pass
-
-
-def _render_field(route: Route, name: str, variables: Mapping[str, Any]) -> str:
-    template = route.templates.get(name) or _DEFAULTS[name]
-    try:
-        return _bounded(name, template.render(variables))
-    except Exception as first:  # any template error is this event's, never the process's
-        if route.on_template_error != "use-defaults" or template is _DEFAULTS[name]:
-            raise _FieldFailed(f"{name}: {type(first).__name__}: {first}") from first
-        try:
-            return _bounded(name, _DEFAULTS[name].render(variables))
-        except Exception as second:
-            raise _FieldFailed(
-                f"{name}: {first}; the default template failed too: {second}"
-            ) from second
-
-
-def _bounded(name: str, value: str) -> str:
-    limit = FIELD_LIMITS.get(name)
-    if limit is not None and len(value) > limit:
-        raise ValueError(f"rendered {len(value)} characters, more than the {limit} allowed")
-    return value
-
-
-def _render_metadata(route: Route, tree: Mapping[str, Any], variables: Mapping[str, Any]) -> Any:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out[key] = _render_metadata(route, value, variables)
-            continue
-        try:
-            out[key] = value.render(variables)
-        except Exception as e:
-            if route.on_template_error != "use-defaults":
-                raise _FieldFailed(f"metadata.{key}: {type(e).__name__}: {e}") from e
-            out[key] = ""  # metadata is optional: an empty value beats a lost alert
-    return out
-
-
-def render_payload(route: Route, variables: Mapping[str, Any]) -> AlertEventPayload:
-    """The alert event for one route; raises _FieldFailed with the reason."""
-    body: dict[str, Any] = {
-        name: _render_field(route, name, variables)
-        for name in ("title", "status", "deduplication_key", "description", "source_url")
-    }
-    body = {k: v for k, v in body.items() if v != "" or k in ("title", "status")}
-    if route.metadata:
-        body["metadata"] = _render_metadata(route, route.metadata, variables)
-    if not body["title"]:
-        raise _FieldFailed("title: rendered empty; incident.io needs a title")
-    if not body.get("deduplication_key"):
-        raise _FieldFailed("deduplication_key: rendered empty; it must identify the alert")
-    try:
-        return AlertEventPayload.model_validate(body)
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in e.errors())
-        raise _FieldFailed(f"the rendered alert is not valid: {problems}") from e
 
 
 class _Outcome(Enum):
@@ -346,7 +278,7 @@ class _Walk:
                 return
         try:
             payload = render_payload(route, self.variables)
-        except _FieldFailed as e:
+        except FieldFailed as e:
             self.failures.append(RouteFailure(route.path, route.destination, str(e)))
             if entry is not None:
                 entry["dead_letter"] = {"code": "template", "reason": str(e)}
