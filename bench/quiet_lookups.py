@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from streamer.inhibition import FiringSource, FiringSources, InhibitRule
 from streamer.label_matchers import label_matcher
-from streamer.silences import Silence, Silences, labels_of, parse_matchers
+from streamer.silence_index import Silences, labels_of
+from streamer.silences import Silence, parse_matchers
 
 LOOKS = 500
 

@@ -49,7 +49,8 @@ from streamer.dispatch import Delivery
 from streamer.inhibition import Inhibition, InhibitRule, alert_labels
 from streamer.ledger import OrderingKey
 from streamer.routing import RoutedAlert, Rules
-from streamer.silences import Silence, labels_of
+from streamer.silence_index import labels_of
+from streamer.silences import Silence
 from streamer.telemetry import Telemetry
 
 log = logging.getLogger(__name__)

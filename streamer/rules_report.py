@@ -27,7 +27,7 @@ from streamer.inhibition import (
     source_state,
 )
 from streamer.routing import Rules
-from streamer.silences import Silences, labels_of
+from streamer.silence_index import Silences, labels_of
 
 __all__ = ["changes", "destination_identities", "outcome", "summary"]
 

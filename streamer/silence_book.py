@@ -39,7 +39,8 @@ from confluent_kafka.cimpl import NewTopic
 
 from streamer.config import Config
 from streamer.kafka_clients import kafka_settings
-from streamer.silences import Silence, SilenceError, Silences
+from streamer.silence_index import Silences
+from streamer.silences import Silence, SilenceError
 from streamer.topic_follower import TopicFollower
 
 log = logging.getLogger(__name__)

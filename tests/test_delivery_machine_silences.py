@@ -9,7 +9,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from streamer.intake import quiet_at_turn
-from streamer.silences import Silence, Silences, labels_of, parse_matchers
+from streamer.silence_index import Silences, labels_of
+from streamer.silences import Silence, parse_matchers
 from tests.test_delivery_machine import P0, Harness, ScriptedIncidentIo
 
 

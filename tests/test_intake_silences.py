@@ -9,7 +9,8 @@ import pytest
 from streamer.dead_letters import SourceMessage
 from streamer.decoding import EventDecoder, load_schema
 from streamer.intake import Muted, Silenced, works_of
-from streamer.silences import Silence, Silences, parse_matchers
+from streamer.silence_index import Silences
+from streamer.silences import Silence, parse_matchers
 from streamer.telemetry import Telemetry
 from streamer.testing.events import as_json
 from tests.rules_helpers import SCHEMA, alert, config_from

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from streamer.cli.silence import duration, table
-from streamer.silences import Silence, SilenceError, Silences, parse_matchers
+from streamer.silence_index import Silences
+from streamer.silences import Silence, SilenceError, parse_matchers
 from tests.test_firing_state import RULES, WARNING, ZONE_DOWN
 from tests.test_firing_state import Message as FiringRecord
 from tests.test_firing_state import state as firing_state

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from streamer.cli import build_parser
 from streamer.rules_report import outcome
-from streamer.silences import Silence, Silences, parse_matchers
+from streamer.silence_index import Silences
+from streamer.silences import Silence, parse_matchers
 from tests.rules_helpers import alert, config_from
 
 EXAMPLES = Path(__file__).parent.parent / "examples"

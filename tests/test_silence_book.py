@@ -10,7 +10,8 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from streamer.silence_book import SilenceBook
-from streamer.silences import EXPIRED_KEPT, Silence, labels_of, parse_matchers
+from streamer.silence_index import labels_of
+from streamer.silences import EXPIRED_KEPT, Silence, parse_matchers
 
 T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 

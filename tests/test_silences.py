@@ -9,14 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streamer.silence_index import Silences, labels_of
 from streamer.silences import (
     EXPIRED_KEPT,
     Silence,
     SilenceError,
     SilenceMatcher,
-    Silences,
     from_amtool,
-    labels_of,
     parse_matchers,
 )
 

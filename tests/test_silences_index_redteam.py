@@ -10,7 +10,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer.silences import Silence, SilenceError, SilenceMatcher, Silences
+from streamer.silence_index import Silences
+from streamer.silences import Silence, SilenceError, SilenceMatcher
 
 T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 NAMES = ["team", "env", "severity"]

@@ -133,7 +133,8 @@ def _silences(args: argparse.Namespace, config: Any) -> tuple[Any, str | None]:
     import json
     from pathlib import Path
 
-    from streamer.silences import SilenceError, Silences, from_amtool
+    from streamer.silence_index import Silences
+    from streamer.silences import SilenceError, from_amtool
 
     if args.silences:
         try:
