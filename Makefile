@@ -69,11 +69,12 @@ demo: $(BIN)/.installed
 
 ## test: the whole suite: lint, types, unit, property and integration tests
 # The set-up steps run side by side (downloads overlap builds), then pytest in TEST_WORKERS
-# processes (pytest-xdist) sharing one broker and registry (tests/conftest.py). Three on two
+# processes (pytest-xdist) sharing one broker and registry (tests/conftest.py). Four on two
 # cores: the suite mostly waits on the broker and on processes it starts (serial, pytest
-# used a third of a core), and its longest test takes ~50 s. PYTEST_ARGS
+# used a third of a core), and its longest test takes ~50 s (warm: 2 workers 5:54, 3 5:08,
+# 4 4:25; README). PYTEST_ARGS
 # adds options (`make test PYTEST_ARGS=--durations=30`).
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 4
 test:
 	$(MAKE) -j4 --output-sync=target lint deploy-tools test-images
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
