@@ -14,7 +14,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamer.demo import KafkaPosition, reconciliation
+from streamer.demo_account import KafkaPosition, reconciliation
 from streamer.instrumentation import Stats
 from streamer.testing import AlertSource, FakeIncidentIo
 from tests.pipeline import TOKENS, Pipeline, ServiceProcess, check_event
