@@ -41,11 +41,11 @@ from streamer.destinations import Destinations, DestinationState
 from streamer.failure_policy import (
     Accepted,
     Backoff,
-    Decision,
     FailurePolicy,
     HoldDestination,
     RateLimited,
     Retry,
+    decide,
 )
 from streamer.handover import HandOver
 from streamer.incident_io import Answer
@@ -373,34 +373,6 @@ class Dispatcher:
 
     def next_timer(self) -> float | None:
         return self._timers[0][0] if self._timers else None
-
-
-def decide(
-    policy: FailurePolicy,
-    answer: Answer | Exception,
-    attempt: int,
-    first_attempt_at: float,
-    now: float,
-    rng: Callable[[], float] = random.random,
-) -> Decision:
-    """The policy's decision on one attempt's answer (wall-clock times). An answer the
-    policy cannot read is treated as no answer at all: retried, never raised."""
-    try:
-        if isinstance(answer, Exception):
-            raise answer
-        return policy.decide_response(
-            answer.status,
-            answer.headers,
-            answer.body,
-            attempt=attempt,
-            first_attempt_at=first_attempt_at,
-            now=now,
-            rng=rng,
-        )
-    except Exception as e:
-        return policy.decide_error(
-            e, attempt=attempt, first_attempt_at=first_attempt_at, now=now, rng=rng
-        )
 
 
 def _resolve(job: Job) -> bool:

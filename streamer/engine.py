@@ -25,13 +25,14 @@ from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from streamer import logs
 from streamer.broker_effects import BrokerEffects
 from streamer.config import Config, DeliverySettings
 from streamer.dead_letter_writer import DeadLetterWriter
-from streamer.decoding import EventDecoder, RegistryUnavailable
+from streamer.dead_letters import SourceMessage
+from streamer.decoding import EventDecoder
 from streamer.delivery_events import (
     Answered,
     Assigned,
@@ -42,7 +43,6 @@ from streamer.delivery_events import (
     Effect,
     Event,
     Fetched,
-    Incoming,
     LetGo,
     Post,
     Revoked,
@@ -51,10 +51,11 @@ from streamer.delivery_events import (
     WriteDeadLetter,
 )
 from streamer.delivery_machine import DeliveryMachine
+from streamer.fetched import incoming
 from streamer.firing_state import FiringState
 from streamer.incident_io import Answer, IncidentIoClient, PostsAlertEvents
 from streamer.instrumentation import ConsumerLag, Stats, count_consumed, log_context
-from streamer.intake import Muted, Silenced, quiet_at_turn, works_of
+from streamer.intake import Work, quiet_at_turn, works_of
 from streamer.kafka_clients import (
     PartitionCounts,
     decoders_of,
@@ -62,7 +63,6 @@ from streamer.kafka_clients import (
     make_producer,
     names,
     registry_of,
-    source_message,
 )
 from streamer.ledger import Job, Partition
 from streamer.reload import ConfigReloader
@@ -310,49 +310,21 @@ class Engine:
             self._feed(Answered(job, answer))
 
     def _ingest(self, batch: Sequence[Message]) -> None:
-        """Decodes and routes what the machine wants routed. Most messages are dropped by
-        the rules, so this is the firehose's cost: per message only decode and route."""
-        rules, decoders, machine = self.config.rules, self._decoders, self.machine
-        spans, tracing = machine.spans, self.telemetry.tracing
-        consumed: dict[str, int] = {}
-        messages: list[Incoming] = []
-        for message in batch:
-            error = message.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer error: %s", error)
-                continue
-            source = source_message(message)
-            if source is None:
-                continue
-            partition: Partition = (source.topic, source.partition)
-            if not machine.needs_routing(partition, source.offset):
-                messages.append(Incoming(partition, source.offset, works=None))
-                continue
-            consumed[source.topic] = consumed.get(source.topic, 0) + 1
-            span = spans.start(source) if tracing else None
-            size = len(source.value or b"") + len(source.key or b"")
-            try:
-                works = works_of(
-                    source,
-                    decoders,
-                    rules,
-                    self.telemetry,
-                    silences=self.silences,
-                    firing=self.firing,
-                )
-            except RegistryUnavailable as e:
-                if span is not None:
-                    span.set_attribute("streamer.outcome", "registry-unavailable")
-                    span.end()
-                messages.append(Incoming(partition, source.offset, size, (), str(e)))
-                continue
-            muted, silenced = isinstance(works, Muted), isinstance(works, Silenced)
-            messages.append(
-                Incoming(
-                    partition, source.offset, size, works, span=span, muted=muted, silenced=silenced
-                )
+        """Decodes and routes what the machine wants routed (`fetched.incoming`)."""
+        machine = self.machine
+
+        def route(source: SourceMessage) -> list[Work]:
+            return works_of(
+                source,
+                self._decoders,
+                self.config.rules,
+                self.telemetry,
+                silences=self.silences,
+                firing=self.firing,
             )
+
+        spans = machine.spans if self.telemetry.tracing else None
+        messages, consumed = incoming(batch, machine.needs_routing, route, spans)
         if messages:
             self._feed(Fetched(messages))
         count_consumed(self.telemetry, consumed, self.config.file.kafka.group_id)

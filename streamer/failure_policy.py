@@ -37,11 +37,14 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # The process's secret mask (logs.MASK), this pure module's one outside input: which texts
 # are secrets.
 from streamer import logs
+
+if TYPE_CHECKING:
+    from streamer.incident_io import Answer
 
 MAX_BODY_IN_DEAD_LETTER = 4096
 MAX_RETRY_AFTER = 600.0  # seconds: the longest pause a 429 may impose
@@ -292,3 +295,31 @@ def _summary(body: dict[str, Any], text: str) -> str:
 def _string(value: Any) -> str | None:
     # masked whole, then cut (see decide_response)
     return logs.MASK.cut(value, MAX_SUMMARY + 1) if isinstance(value, str) else None
+
+
+def decide(
+    policy: FailurePolicy,
+    answer: Answer | Exception,
+    attempt: int,
+    first_attempt_at: float,
+    now: float,
+    rng: Callable[[], float] = random.random,
+) -> Decision:
+    """The policy's decision on one attempt's answer (wall-clock times). An answer the
+    policy cannot read is treated as no answer at all: retried, never raised."""
+    try:
+        if isinstance(answer, Exception):
+            raise answer
+        return policy.decide_response(
+            answer.status,
+            answer.headers,
+            answer.body,
+            attempt=attempt,
+            first_attempt_at=first_attempt_at,
+            now=now,
+            rng=rng,
+        )
+    except Exception as e:
+        return policy.decide_error(
+            e, attempt=attempt, first_attempt_at=first_attempt_at, now=now, rng=rng
+        )

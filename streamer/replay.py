@@ -34,8 +34,7 @@ from streamer.config import Config
 from streamer.dead_letters import PREFIX, read_headers
 from streamer.decoding import DecodeError, RegistryUnavailable
 from streamer.destinations import Destinations
-from streamer.dispatch import decide
-from streamer.failure_policy import Accepted, Backoff, FailurePolicy, RateLimited, Retry
+from streamer.failure_policy import Accepted, Backoff, FailurePolicy, RateLimited, Retry, decide
 from streamer.incident_io import Answer, IncidentIoClient, PostsAlertEvents
 from streamer.kafka_clients import decoders_of, kafka_settings, registry_of
 
