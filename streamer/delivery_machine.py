@@ -372,7 +372,7 @@ class DeliveryMachine:
         self._total_partitions = event.total_partitions
         for p in event.partitions:
             self._ledger.assign(p)
-        self._update_shares()
+        self._budget.share_by_ownership(self._total_partitions, self._now)
         self._handover.take(event.partitions)
         self._effects += self._commit.take(event.partitions)
         if self._backpressure.paused:
@@ -391,22 +391,10 @@ class DeliveryMachine:
         for job in self._destinations.drop(partitions):
             self._release(job)
         self._handover.end(partitions)
-        self._update_shares()
+        self._budget.share_by_ownership(self._total_partitions, self._now)
 
     def _configure(
         self, destinations: Mapping[str, Destination], tokens: Mapping[str, SecretStr]
     ) -> None:
         self._destinations.configure(destinations, tokens)
-        self._update_shares()
-
-    def _update_shares(self) -> None:
-        """Shares by partitions owned: a cut at once, a raise announced first (others keep
-        room for it) and taken `raise_after` later, as raises by demand are."""
-        total = self._total_partitions or max(1, len(self._ledger.partitions))
-        self._destinations.share(
-            len(self._ledger.partitions),
-            total,
-            now=self._now,
-            raise_after=self._budget.raise_after,
-        )
-        self._budget.promise_tails()
+        self._budget.share_by_ownership(self._total_partitions, self._now)

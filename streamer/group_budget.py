@@ -187,6 +187,14 @@ class GroupBudget:
             state.limiter.confirmed(built_at)
             state.key_limiter.confirmed(built_at)
 
+    def share_by_ownership(self, total_partitions: int, now: float) -> None:
+        """Shares by partitions owned: a cut at once, a raise announced first (others keep
+        room for it) and taken `raise_after` later, as raises by demand are."""
+        owned = len(self.ledger.partitions)
+        total = total_partitions or max(1, owned)
+        self.destinations.share(owned, total, now=now, raise_after=self.raise_after)
+        self.promise_tails()
+
     def promise_tails(self) -> None:
         """Caps unconfirmed starts to what `tail_seconds` of each limit allows (at least 1)."""
         for state in self.destinations:
