@@ -32,11 +32,7 @@ from streamer.label_matchers import label_matcher
 from streamer.matcher_modes import read_matchers
 from streamer.matchers import Operator
 from streamer.routing import Matcher, Route, Rules
-from streamer.templates import (
-    DEFAULT_METADATA,
-    CompiledExpression,
-    CompiledTemplate,
-)
+from streamer.templates import DEFAULT_METADATA, CompiledExpression, CompiledTemplate
 from streamer.time_intervals import TimeInterval, parse_spec
 
 _NONE: Mapping[str, CompiledTemplate] = MappingProxyType({})  # no templates of its own
