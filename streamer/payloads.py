@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from streamer.alert_event import FIELD_LIMITS, AlertEventPayload
+from streamer.errors import StreamerError
 from streamer.templates import DEFAULT_TEMPLATES, CompiledTemplate
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 _DEFAULTS = {name: CompiledTemplate(source) for name, source in DEFAULT_TEMPLATES.items()}
 
 
-class FieldFailed(Exception):
+class FieldFailed(StreamerError):
     """A field of the alert event could not be rendered (the reason is the message)."""
 
 
