@@ -9,10 +9,11 @@ stops a demo mid-way and checks the sums; tests/test_operations.py checks the ac
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from streamer import budget
 from streamer.instrumentation import Stats
@@ -43,12 +44,25 @@ def position(
     in_topics = at = done = 0
     for topic in topics:
         for partition in consumer.list_topics(topic, timeout=5).topics[topic].partitions:
-            _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
+            _, high = _high_watermark(consumer, TopicPartition(topic, partition))
             offset = min(high, max(0, committed.get((topic, partition), 0)))
             in_topics, at = in_topics + high, at + offset
             if notes is not None:
                 done += budget.decode(notes.get((topic, partition)), offset).done.count()
     return KafkaPosition(in_topics, at, done)
+
+
+def _high_watermark(consumer: Consumer, partition: TopicPartition) -> tuple[int, int]:
+    """The partition's watermarks; a broker's refusal (a leader moving, as on a busy machine
+    right after the topic was made: NOT_LEADER_FOR_PARTITION) is asked again for 10 s."""
+    for _ in range(19):
+        try:
+            low, high = consumer.get_watermark_offsets(partition, timeout=5)
+            return low, high
+        except KafkaException:
+            time.sleep(0.5)
+    low, high = consumer.get_watermark_offsets(partition, timeout=5)
+    return low, high
 
 
 def committed_position(bootstrap: str, topics: tuple[str, ...], group_id: str) -> KafkaPosition:
