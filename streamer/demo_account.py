@@ -55,14 +55,15 @@ def position(
 def _high_watermark(consumer: Consumer, partition: TopicPartition) -> tuple[int, int]:
     """The partition's watermarks; a broker's refusal (a leader moving, as on a busy machine
     right after the topic was made: NOT_LEADER_FOR_PARTITION) is asked again for 10 s."""
-    for _ in range(19):
+    deadline = time.monotonic() + 10
+    while True:
         try:
-            low, high = consumer.get_watermark_offsets(partition, timeout=5)
+            low, high = consumer.get_watermark_offsets(partition, timeout=2)
             return low, high
         except KafkaException:
+            if time.monotonic() > deadline:
+                raise
             time.sleep(0.5)
-    low, high = consumer.get_watermark_offsets(partition, timeout=5)
-    return low, high
 
 
 def committed_position(bootstrap: str, topics: tuple[str, ...], group_id: str) -> KafkaPosition:
