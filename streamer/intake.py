@@ -201,29 +201,9 @@ def _not_silenced(
     if not found:
         return deliveries
     by = min(found, key=lambda s: (s.starts_at, s.id))  # the same one every time
-    for d in deliveries:
-        if d.payload.status == "resolved":
-            continue
-        telemetry.silenced.add(1, {"silence": by.id, "route": d.route, "stage": "routing"})
-        log.info(
-            "%s[%d]@%d: silenced on route %s by silence %s (%s)",
-            source.topic,
-            source.partition,
-            source.offset,
-            d.route,
-            by.id,
-            by.matcher_text,
-            extra={
-                "topic": source.topic,
-                "partition": source.partition,
-                "offset": source.offset,
-                "route": d.route,
-                "destination": d.destination,
-                "deduplication_key": d.payload.deduplication_key,
-                "silence": by.id,
-            },
-        )
-    return tuple(d for d in deliveries if d.payload.status == "resolved")
+    said = ("silenced", f"silence {by.id} ({by.matcher_text})")
+    counted = {"silence": by.id}
+    return _quieted(source, deliveries, telemetry.silenced, counted, said, counted)
 
 
 def _not_inhibited(
@@ -241,17 +221,34 @@ def _not_inhibited(
     by = None if labels is None else firing.inhibition(rules.inhibit_rules, labels)
     if by is None:
         return deliveries
+    said = ("inhibited", by.describe())
+    extra = {"inhibit_rule": by.rule, "inhibited_by": by.source.fingerprint}
+    return _quieted(source, deliveries, telemetry.inhibited, {"rule": by.rule}, said, extra)
+
+
+def _quieted(
+    source: SourceMessage,
+    deliveries: tuple[RoutedAlert, ...],
+    counter: Any,
+    counted: Mapping[str, str],
+    said: tuple[str, str],
+    extra: Mapping[str, str],
+) -> tuple[RoutedAlert, ...]:
+    """The firing deliveries are kept quiet (each counted by `counter` with `counted`, its
+    route and stage routing, and logged as `said` (the outcome, and what kept it quiet)
+    with `extra`); the resolves go on."""
     for d in deliveries:
         if d.payload.status == "resolved":
             continue
-        telemetry.inhibited.add(1, {"rule": by.rule, "route": d.route, "stage": "routing"})
+        counter.add(1, {**counted, "route": d.route, "stage": "routing"})
         log.info(
-            "%s[%d]@%d: inhibited on route %s by %s",
+            "%s[%d]@%d: %s on route %s by %s",
             source.topic,
             source.partition,
             source.offset,
+            said[0],
             d.route,
-            by.describe(),
+            said[1],
             extra={
                 "topic": source.topic,
                 "partition": source.partition,
@@ -259,8 +256,7 @@ def _not_inhibited(
                 "route": d.route,
                 "destination": d.destination,
                 "deduplication_key": d.payload.deduplication_key,
-                "inhibit_rule": by.rule,
-                "inhibited_by": by.source.fingerprint,
+                **extra,
             },
         )
     return tuple(d for d in deliveries if d.payload.status == "resolved")
