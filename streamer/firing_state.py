@@ -61,23 +61,13 @@ from streamer.inhibition import (
 from streamer.kafka_clients import kafka_settings
 from streamer.silence_book import ensure_topic
 from streamer.telemetry import Telemetry
-from streamer.topic_follower import TopicFollower
+from streamer.topic_follower import Follows, TopicFollower, read_to_now
 
 log = logging.getLogger(__name__)
 
 __all__ = ["FiringState", "source_record"]
 
 FLUSH_SECONDS = 5.0  # a commit waits at most this long for firing records' acknowledgements
-WAIT_STEP = 0.05
-
-
-class Follows(Protocol):
-    """What the state needs of a `TopicFollower` (tests pass a plain one)."""
-
-    def caught_up(self, since: float) -> bool: ...
-    def failing_since(self) -> float | None: ...
-    def problem(self) -> str: ...
-    def close(self) -> None: ...
 
 
 class Produces(Protocol):
@@ -320,12 +310,8 @@ class FiringState:
 
     def read_to_now(self, timeout: float, stop: threading.Event | None = None) -> bool:
         """Waits (bounded) until every record written before now is read."""
-        since = self.clock()
-        deadline = since + timeout
-        while not self.follower.caught_up(since):
-            if self.clock() >= deadline or (stop is not None and stop.is_set()):
-                return False
-            time.sleep(WAIT_STEP)
+        if not read_to_now(self.follower, self.clock, timeout, stop):
+            return False
         self._read_once = True
         return True
 

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
@@ -41,23 +41,13 @@ from streamer.config import Config
 from streamer.kafka_clients import kafka_settings
 from streamer.silence_index import Silences
 from streamer.silences import Silence, SilenceError
-from streamer.topic_follower import TopicFollower
+from streamer.topic_follower import Follows, TopicFollower, read_to_now
 
 log = logging.getLogger(__name__)
 
 __all__ = ["SilenceBook", "ensure_topic", "publish", "read_silences"]
 
 STARTUP_WAIT_SECONDS = 10.0  # at start, the silences are waited for at most this long
-WAIT_STEP = 0.05
-
-
-class Follows(Protocol):
-    """What the book needs of a `TopicFollower` (tests pass a plain one)."""
-
-    def caught_up(self, since: float) -> bool: ...
-    def failing_since(self) -> float | None: ...
-    def problem(self) -> str: ...
-    def close(self) -> None: ...
 
 
 class SilenceBook:
@@ -149,13 +139,7 @@ class SilenceBook:
     def read_to_now(self, timeout: float, stop: threading.Event | None = None) -> bool:
         """Waits until every silence written before now is read (True), or `timeout` s
         pass or `stop` is set (False)."""
-        since = self.clock()
-        deadline = since + timeout
-        while not self.follower.caught_up(since):
-            if self.clock() >= deadline or (stop is not None and stop.is_set()):
-                return False
-            time.sleep(WAIT_STEP)
-        return True
+        return read_to_now(self.follower, self.clock, timeout, stop)
 
     def wait_read(self, timeout: float, stop: threading.Event | None = None) -> bool:
         """`read_to_now`, and when it did not, a warning that the replica goes on with the

@@ -28,13 +28,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FollowProgress", "TopicFollower"]
+__all__ = ["FollowProgress", "Follows", "TopicFollower", "read_to_now"]
 
 PENDING_LOOKS = 16  # watermark looks waiting to be reached; older ones are covered by newer
 RETRY_SECONDS = 2.0  # after a failure to read the topic
@@ -48,6 +48,32 @@ QUEUED_KBYTES = 4096
 # quarter of that.
 POLL_SECONDS = 1.0
 ASKER_IDLE_SECONDS = 30.0  # the asking client is closed after this long without a look
+
+
+class Follows(Protocol):
+    """What a reader needs of a `TopicFollower` (tests pass a plain one)."""
+
+    def caught_up(self, since: float) -> bool: ...
+    def failing_since(self) -> float | None: ...
+    def problem(self) -> str: ...
+    def close(self) -> None: ...
+
+
+def read_to_now(
+    follower: Follows,
+    clock: Callable[[], float],
+    timeout: float,
+    stop: threading.Event | None = None,
+) -> bool:
+    """Waits until `follower` has read every record written before now (True), or
+    `timeout` s pass or `stop` is set (False)."""
+    since = clock()
+    deadline = since + timeout
+    while not follower.caught_up(since):
+        if clock() >= deadline or (stop is not None and stop.is_set()):
+            return False
+        time.sleep(0.05)
+    return True
 
 
 class FollowProgress:
