@@ -84,9 +84,11 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check streamer tests
 	$(BIN)/mypy streamer
 
-## unit: only the tests that need no broker (fast feedback while editing)
+## unit: only the tests that need no broker (fast feedback while editing), on UNIT_WORKERS
+# processes (they compute rather than wait: one per core)
+UNIT_WORKERS ?= 2
 unit: $(BIN)/.installed deploy-tools
-	$(BIN)/pytest -m "not integration"
+	$(BIN)/pytest -n $(UNIT_WORKERS) --dist worksteal -m "not integration"
 
 ## simulate: the whole group simulated (tests/simulation/): SEEDS seeds of PROFILE (quick, short, long); prints seeds/s, the invariants checked and the first failing seed with its replay command
 SEEDS ?= 2000
