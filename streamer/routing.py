@@ -22,7 +22,10 @@ Semantics are Alertmanager's, which SRE teams already know:
   routing, or its `mute_time_intervals` do, delivers nothing: the event is `muted` there
   (`Evaluation.muted`, with the intervals), and the walk goes on as if it had delivered
   (streamer/time_intervals.py). The time is the caller's (`at`); without one, the wall
-  clock when the walk first needs it. Intervals are not inherited by child routes.
+  clock when the walk first needs it. Intervals are not inherited by child routes. A
+  resolve is never muted (as silences and inhibition never mute one): streamer keeps no
+  memory to send it after the interval, as Alertmanager does, so a firing delivered before
+  a mute window would otherwise stay open; incident.io ignores a resolve it never saw.
 """
 
 from __future__ import annotations
@@ -272,9 +275,16 @@ class _Walk:
             quiet = muted_by(route.mute_time_intervals, route.active_time_intervals, self.at)
             if quiet is not None:
                 by, names = quiet
+                said = {"by": by, "intervals": list(names), "at": self.at.isoformat()}
+                resolve = self._resolve(route)
+                if resolve is not None:  # it closes what an earlier firing opened
+                    self.deliveries.append(RoutedAlert(route.path, route.destination, resolve))
+                    if entry is not None:
+                        entry["resolve_not_muted"] = said
+                    return
                 self.muted.append(MutedRoute(route.path, route.destination, by, names, self.at))
                 if entry is not None:
-                    entry["muted"] = {"by": by, "intervals": list(names), "at": self.at.isoformat()}
+                    entry["muted"] = said
                 return
         try:
             payload = render_payload(route, self.variables)
@@ -284,6 +294,15 @@ class _Walk:
                 entry["dead_letter"] = {"code": "template", "reason": str(e)}
         else:
             self.deliveries.append(RoutedAlert(route.path, route.destination, payload))
+
+    def _resolve(self, route: Route) -> AlertEventPayload | None:
+        """The alert event a muted route would send, when it is a resolve (None: a firing,
+        or a template that fails: muted as before, never dead-lettered by a mute window)."""
+        try:
+            payload = render_payload(route, self.variables)
+        except FieldFailed:
+            return None
+        return payload if payload.status == "resolved" else None
 
 
 class Rules:

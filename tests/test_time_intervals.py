@@ -249,6 +249,57 @@ routes:
     assert [f.code for f in rules.evaluate(alert(), MONDAY_10).failures] == ["template"]
 
 
+def test_a_resolve_goes_through_a_mute_window_so_a_firing_sent_before_it_closes(
+    tmp_path: Path,
+) -> None:
+    # issue 24: Alertmanager sends the resolve after the interval; streamer keeps no memory
+    # to do that, so a resolve passes the interval (as it passes silences and inhibition)
+    rules = rules_with(
+        tmp_path,
+        """
+routes:
+  - name: pages
+    match: [labels.team = payments]
+    destination: a
+    mute_time_intervals: [nights]
+  - name: office-pages
+    match: [labels.team = payments]
+    destination: b
+    active_time_intervals: [office]
+    continue: true
+""",
+    )
+    firing = alert()
+    resolve = alert(alert={**firing["alert"], "status": "RESOLVED"})
+    assert rules.evaluate(firing, MONDAY_10).deliveries[0].payload.status == "firing"
+    assert [m.route for m in rules.evaluate(firing, MONDAY_8).muted] == ["pages"]
+    closing = rules.evaluate(resolve, MONDAY_8)  # inside nights: the resolve goes out
+    assert closing.muted == () and not closing.dropped
+    [sent] = closing.deliveries
+    assert (sent.route, sent.destination, sent.payload.status) == ("pages", "a", "resolved")
+    [entry, _] = rules.explain(resolve, MONDAY_8)
+    assert entry["resolve_not_muted"]["intervals"] == ["nights"] and "muted" not in entry
+
+
+def test_a_resolve_on_a_muted_route_whose_template_fails_is_muted_not_dead_lettered(
+    tmp_path: Path,
+) -> None:
+    rules = rules_with(
+        tmp_path,
+        """
+routes:
+  - name: pages
+    destination: a
+    mute_time_intervals: [nights]
+    templates: {title: "{{ labels.nonexistent }}"}
+""",
+    )
+    firing = alert()
+    resolve = alert(alert={**firing["alert"], "status": "RESOLVED"})
+    quiet = rules.evaluate(resolve, MONDAY_8)
+    assert quiet.failures == () and quiet.deliveries == () and len(quiet.muted) == 1
+
+
 def test_without_a_time_the_wall_clock_is_asked_only_by_routes_with_intervals(
     tmp_path: Path,
 ) -> None:
