@@ -454,3 +454,26 @@ def test_a_writer_whose_clock_steps_back_is_read_by_its_new_clock() -> None:
     r_ds["a"].limiter.set_limit(10)
     window = r_ds["a"].limiter.window
     assert not start(r_ds, r_ledger, P1, 100, 2.0 + window / 2)  # its 10 still count
+
+
+def test_a_partition_assigned_but_not_yet_taken_over_still_counts_its_writers_starts() -> None:
+    """The simulator's short seed 1175: a member killed after 3 starts at A (limit 6); its
+    partition is assigned to its peer, and a view of the group lands before the previous
+    owner's note is read (`take_over`). Read as ours already, that note left the view, its
+    starts were counted nowhere (not in the ceiling, not yet in our limiters) for the
+    moment between: the peer started 5, 7 arrivals in a window of 6."""
+    dead, dead_ds, dead_ledger = member(limit=6, writer="dead")
+    dead_ledger.assign(P0)
+    dead_ds.share(1, 2)  # by partitions: 3
+    for offset in range(3):
+        assert start(dead_ds, dead_ledger, P0, offset, 1.0)
+    note = dead.notes({P0: 3}, now=1.0, wall=WALL + 1.0, final=False)[P0]  # then a kill
+    peer, peer_ds, peer_ledger = member(limit=6, writer="peer")
+    peer_ledger.assign(P1)
+    peer.observe({P0: (3, note)}, now=1.5, wall=WALL + 1.5, total_partitions=2)
+    peer_ledger.assign(P0)  # assigned: its note is on its way
+    peer.observe({P0: (3, note), P1: (0, None)}, now=2.0, wall=WALL + 2.0, total_partitions=2)
+    peer_ds["a"].limiter.set_limit(6)  # its share aside: the ceiling alone
+    assert sum(start(peer_ds, peer_ledger, P1, 100 + i, 2.0) for i in range(10)) == 3
+    peer.take_over(P0, note, 3, now=2.5, wall=WALL + 2.5)
+    assert sum(start(peer_ds, peer_ledger, P1, 200 + i, 2.5) for i in range(10)) == 0
