@@ -132,6 +132,11 @@ class SilenceBook:
             self._silences.forget_old(at or datetime.now(UTC))
             return list(self._silences)
 
+    def known(self) -> list[Silence]:
+        """Every silence read, the long-expired ones too (the CLI's writers tombstone them)."""
+        with self._lock:
+            return list(self._silences)
+
     def active(self, at: datetime) -> list[Silence]:
         with self._lock:
             return self._silences.active(at)

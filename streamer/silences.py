@@ -4,8 +4,13 @@ A `Silence` is Alertmanager's: an id, matchers in Alertmanager's matcher languag
 streamer/label_matchers.py and streamer/matcher_modes.py, never by a parser of its own),
 `starts_at`, `ends_at`, who made it and why. Its state at a time is `pending` before
 `starts_at`, `active` from `starts_at` up to (not including) `ends_at`, then `expired`,
-as Alertmanager says. `Silences.matching(labels, at)` is every active silence whose
-matchers all hold for a label set.
+as Alertmanager says; one ended by `silence expire` also carries `expired` (wire form
+`"expired": true`), which every reader honours at once whatever its clock says of
+`ends_at` (kept for display: the expiring host's "now"), so a host whose clock runs
+ahead of the replicas' cannot leave it muting. A record without the field (written
+before it existed) is read by its times alone; a reader that predates it does so too.
+`Silences.matching(labels, at)` is every active silence whose matchers all hold for a
+label set.
 
 Invariants (tests/test_silences.py):
 
@@ -36,6 +41,7 @@ from streamer.matcher_modes import read_matchers
 from streamer.matchers import Matcher
 
 __all__ = [
+    "EXPIRED_KEPT",
     "Silence",
     "SilenceError",
     "SilenceMatcher",
@@ -104,6 +110,7 @@ class Silence:
     created_by: str = ""
     comment: str = ""
     updated_at: datetime | None = None  # when this version was written
+    expired: bool = False  # ended by `silence expire`: expired whatever the clocks say
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -163,6 +170,8 @@ class Silence:
         )
 
     def state(self, at: datetime) -> State:
+        if self.expired:
+            return "expired"
         if at < self.starts_at:
             return "pending"
         return "active" if at < self.ends_at else "expired"
@@ -173,11 +182,17 @@ class Silence:
 
     def expired_at(self, at: datetime) -> Silence:
         """This silence ended at `at` (a pending one is only shortened to start there too,
-        as Alertmanager expires it); an expired one is returned as it is."""
-        if self.state(at) == "expired":
+        as Alertmanager expires it), marked `expired` so that a reader whose clock is
+        behind `at` does not keep it active; one already marked is returned as it is, one
+        already past its end by `at` keeps its times and is marked."""
+        if self.expired:
             return self
-        start = min(self.starts_at, at - timedelta(microseconds=1))
-        return replace(self, starts_at=start, ends_at=at, updated_at=at)
+        if self.state(at) == "expired":
+            return replace(self, updated_at=at, expired=True)
+        # a millisecond, not less: the wire form keeps milliseconds, and a start in the
+        # same one as `at` would read back as not before its end (a record readers skip)
+        start = min(self.starts_at, at - timedelta(milliseconds=1))
+        return replace(self, starts_at=start, ends_at=at, updated_at=at, expired=True)
 
     def forgotten(self, at: datetime) -> bool:
         """Expired long enough ago to be written away (never raises: an end near year 9999
@@ -189,7 +204,7 @@ class Silence:
         return "{" + ", ".join(m.text for m in self.matchers) + "}"
 
     def to_json(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "id": self.id,
             "matchers": [m.to_json() for m in self.matchers],
             "startsAt": _iso(self.starts_at),
@@ -199,6 +214,8 @@ class Silence:
         }
         if self.updated_at is not None:
             out["updatedAt"] = _iso(self.updated_at)
+        if self.expired:
+            out["expired"] = True
         return out
 
     @classmethod
@@ -214,6 +231,9 @@ class Silence:
             )
         matchers = tuple(_matcher(m, f"{where}.matchers[{i}]") for i, m in enumerate(raw))
         updated = data.get("updatedAt")
+        expired = data.get("expired", False)
+        if not isinstance(expired, bool):
+            raise SilenceError(f"{where}.expired: expected true or false, found {expired!r}")
         try:
             return cls(
                 silence_id,
@@ -223,6 +243,7 @@ class Silence:
                 _text(data, "createdBy", where),
                 _text(data, "comment", where),
                 None if updated in (None, "") else _time(data, "updatedAt", where),
+                expired,
             )
         except SilenceError as e:
             raise SilenceError(f"{where} {silence_id}: {e}") from None

@@ -221,3 +221,125 @@ def test_rules_test_reads_the_silences_from_the_topic(capsys, config) -> None:
     (result,) = json.loads(out)
     assert result["deliveries"] == []
     assert [s["silence"] for s in result["silenced"]] == [silence_id]
+
+
+def amtool_silence(silence_id: str, updated: datetime, comment: str) -> dict:
+    now = datetime.now(UTC)
+    return {
+        "id": silence_id,
+        "matchers": [{"name": "alertname", "value": "Watchdog", "isRegex": False, "isEqual": True}],
+        "startsAt": (now - timedelta(hours=1)).isoformat(),
+        "endsAt": (now + timedelta(hours=1)).isoformat(),
+        "createdBy": "bob",
+        "comment": comment,
+        "status": {"state": "active"},
+        "updatedAt": updated.isoformat(),
+    }
+
+
+def test_reimporting_an_old_version_neither_revives_nor_rolls_back_a_silence(
+    capsys, config, tmp_path
+) -> None:
+    # issue 24: importing an old amtool file again brought back a silence expired since
+    path, _, _ = config
+    now = datetime.now(UTC)
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    old = tmp_path / "old.json"
+    old.write_text(
+        json.dumps([amtool_silence(first, now, "v1"), amtool_silence(second, now, "v1")])
+    )
+    code, out, err = run(capsys, "silence", "import", "--config", path, str(old))
+    assert code == 0 and "imported 2 silences" in out, err
+    newer = tmp_path / "newer.json"
+    newer.write_text(json.dumps([amtool_silence(second, now + timedelta(minutes=1), "v2")]))
+    code, out, err = run(capsys, "silence", "import", "--config", path, str(newer))
+    assert code == 0 and "imported 1 silences" in out, err
+    code, _, err = run(capsys, "silence", "expire", "--config", path, first)
+    assert code == 0, err
+
+    code, out, err = run(capsys, "silence", "import", "--config", path, str(old))
+    assert code == 0, err
+    assert "imported 0 silences" in out
+    assert f"kept {first} as the topic has it: expired there" in out
+    assert f"kept {second} as the topic has it: updated there at" in out
+    shown = {s["id"]: s for s in listed(capsys, path, "--all")}
+    assert shown[first]["status"] == {"state": "expired"} and shown[first]["expired"] is True
+    assert shown[second]["comment"] == "v2"
+
+
+def test_add_and_import_refuse_past_the_bound_on_silences_in_force(
+    capsys, config, tmp_path, monkeypatch
+) -> None:
+    import streamer.silence_writes
+
+    monkeypatch.setattr(streamer.silence_writes, "MAX_IN_FORCE", 2)  # 10,000 in earnest
+    path, _, _ = config
+    add = ("silence", "add", "--config", path, "--duration", "1h", "--comment", "x")
+    for team in ("a", "b"):
+        code, _, err = run(capsys, *add, "--matcher", f"team={team}")
+        assert code == 0, err
+    code, out, err = run(capsys, *add, "--matcher", "team=c")
+    assert code == 1 and out == ""
+    assert "holds 2 silences active or pending" in err and "at most 2 are kept" in err
+    file = tmp_path / "more.json"
+    file.write_text(json.dumps([amtool_silence(str(uuid.uuid4()), datetime.now(UTC), "y")]))
+    code, _, err = run(capsys, "silence", "import", "--config", path, str(file))
+    assert code == 1 and "nothing written" in err
+    assert len(listed(capsys, path)) == 2
+    (one, _) = listed(capsys, path)
+    code, _, err = run(capsys, "silence", "expire", "--config", path, one["id"])
+    assert code == 0, err
+    code, _, err = run(capsys, *add, "--matcher", "team=c")  # room again
+    assert code == 0, err
+
+
+def last_records(servers: str, topic: str) -> dict[str, bytes | None]:
+    """The latest value of each key in `topic`, as compaction will keep it (None: a
+    tombstone)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {"bootstrap.servers": servers, "group.id": "t", "enable.auto.commit": False}
+    )
+    try:
+        _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        latest: dict[str, bytes | None] = {}
+        next_offset = 0
+        while next_offset < high:
+            message = consumer.poll(10)
+            assert message is not None, "the topic did not read to its end"
+            if message.error():
+                continue
+            latest[message.key().decode()] = message.value()
+            next_offset = message.offset() + 1
+        return latest
+    finally:
+        consumer.close()
+
+
+def test_silences_expired_past_the_retention_are_tombstoned_by_the_next_writer(
+    capsys, config
+) -> None:
+    # issue 24: the writers were to tombstone them, but never saw them (the read forgot
+    # them first), so compaction kept every silence ever written
+    from streamer.silence_book import ensure_topic, publish
+    from streamer.silences import EXPIRED_KEPT, Silence, parse_matchers
+
+    path, topic, servers = config
+    settings = {"bootstrap.servers": servers}
+    ensure_topic(settings, topic)
+    matchers, _ = parse_matchers(["team=old"])
+    long_ago = datetime.now(UTC) - EXPIRED_KEPT - timedelta(hours=2)
+    old = Silence.new(matchers, duration=timedelta(hours=1), at=long_ago)
+    publish(settings, topic, [old])
+    assert listed(capsys, path, "--all") == []  # past the retention: not listed
+    assert last_records(servers, topic)[old.id] is not None
+
+    code, out, err = run(
+        capsys, "silence", "add", "--config", path, "--matcher", "team=new",
+        "--duration", "1h", "--comment", "x",
+    )  # fmt: skip
+    assert code == 0, err
+    latest = last_records(servers, topic)
+    assert latest[old.id] is None and latest[out.strip()] is not None

@@ -105,6 +105,41 @@ def test_expiring_a_pending_silence_ends_it_before_it_starts() -> None:
     assert ended.state(T0 + timedelta(hours=1, minutes=1)) == "expired"
 
 
+@pytest.mark.parametrize("skew", [timedelta(minutes=-10), timedelta(hours=5)])
+def test_an_expired_silence_is_expired_at_once_whatever_the_expiring_host_s_clock(
+    skew: timedelta,
+) -> None:
+    # issue 24: a `silence expire` run where the clock is off (ahead by 10 minutes, or by
+    # more than the silence has left) once left it muting in the replicas until their
+    # clocks reached the host's "now" (or its old end)
+    s = silence()
+    replicas_now = T0 + timedelta(minutes=30)
+    ended = s.expired_at(replicas_now - skew)
+    assert ended.expired and ended.state(replicas_now) == "expired"
+    assert Silences([ended]).matching(alert(alertname="DiskFull"), replicas_now) == []
+    assert ended.expired_at(replicas_now + timedelta(days=1)) == ended  # once is enough
+    wire = json.loads(json.dumps(ended.to_json()))
+    assert wire["expired"] is True and Silence.from_json(wire).to_json() == wire
+
+
+def test_a_pending_silence_expired_within_a_millisecond_reads_back() -> None:
+    # the wire form keeps milliseconds: a start 1 microsecond before the end once read
+    # back as equal to it, and every replica skipped the record (the pending version stayed)
+    s = silence(start=T0 + timedelta(hours=1))
+    ended = s.expired_at(T0 + timedelta(microseconds=500))
+    back = Silence.from_json(json.loads(json.dumps(ended.to_json())))
+    assert back.expired and back.state(T0 + timedelta(hours=1, minutes=1)) == "expired"
+
+
+def test_a_record_without_the_expired_mark_is_read_by_its_times() -> None:
+    wire = silence().to_json()  # as written before the mark existed
+    assert "expired" not in wire
+    old = Silence.from_json(wire)
+    assert not old.expired and old.state(T0) == "active"
+    with pytest.raises(SilenceError, match=r"silence\.expired: expected true or false"):
+        Silence.from_json({**wire, "expired": "yes"})
+
+
 label_names = st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True)
 values = st.text(max_size=12)
 

@@ -4,9 +4,11 @@ Each command reads or writes the silences topic (`kafka.silence_topic`, compacte
 by the commands that write it when it does not exist) with the configuration's Kafka
 settings, so a silence written here applies in every running replica within about a second
 (streamer/silence_book.py). Only Kafka's secrets are read: the destinations' tokens are
-not needed. The writers also write away (tombstone) silences expired longer than
-`EXPIRED_KEPT` ago. Exit status: 0 done, 1 bad input or configuration (the message names
-the field), 2 the topic could not be read or written.
+not needed. The writers (add, expire, import) also write away (tombstone) silences expired
+longer than `EXPIRED_KEPT` ago, so compaction removes them; add and import refuse to take
+the silences active or pending past `MAX_IN_FORCE`; import never writes over a version the
+topic holds that is newer, or expired. Exit status: 0 done, 1 bad input or configuration
+(the message names the field), 2 the topic could not be read or written.
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamer.cli.common import config_option
+from streamer.silence_writes import (
+    MAX_IN_FORCE,
+    forgettable,
+    newer_than_topic,
+    refuse_past_bound,
+)
 
 if TYPE_CHECKING:
     from streamer.silences import Silence
@@ -65,7 +73,9 @@ def add_parser(commands: Any) -> None:
             "silence are not sent; they end `silenced`, committed like dropped ones. A "
             "resolve is never silenced. Silences live in the compacted topic "
             "kafka.silence_topic, which every replica reads in full: one added here applies "
-            "everywhere within about a second."
+            f"everywhere within about a second. At most {MAX_IN_FORCE:,} silences are active "
+            "or pending at once; expired ones are listed for 5 days, then tombstoned by the "
+            "next add, expire or import."
         ),
     )
     sub = silence.add_subparsers(dest="silence_command", required=True, metavar="COMMAND")
@@ -75,7 +85,8 @@ def add_parser(commands: Any) -> None:
         help="add a silence",
         description="Adds a silence and prints its id. Matchers are Alertmanager's "
         '(amtool\'s): name="value", name!="value", name=~"regex", name!~"regex"; '
-        'several in one --matcher as {a="1", b="2"}, or --matcher repeated; all must hold.',
+        'several in one --matcher as {a="1", b="2"}, or --matcher repeated; all must hold. '
+        f"Refused when {MAX_IN_FORCE:,} silences are already active or pending.",
     )
     add.add_argument(
         "--matcher",
@@ -115,7 +126,9 @@ def add_parser(commands: Any) -> None:
         "expire",
         parents=[config_option()],
         help="end silences now",
-        description="Ends the silences with these ids now; they stay listed as expired.",
+        description="Ends the silences with these ids now, in every replica at once whatever "
+        "its clock says (the record is marked expired; its end shows this host's time); "
+        "they stay listed as expired for 5 days.",
     )
     expire.add_argument("ids", nargs="+", metavar="ID")
     expire.set_defaults(func=cmd_expire)
@@ -126,8 +139,12 @@ def add_parser(commands: Any) -> None:
         help="import Alertmanager's silences (amtool silence query -o json)",
         description="Reads a JSON list of silences as `amtool silence query -o json` (or "
         "`streamer silence list -o json`) prints it and writes those not expired yet, with "
-        "their ids (importing twice writes the same silences). Nothing is written if any "
-        "silence is invalid: the error names it and the field.",
+        "their ids (importing twice writes the same silences). A silence whose id the topic "
+        "holds already is kept as the topic has it when that one is expired (an import "
+        "never revives it: add a new one) or was updated later (its updatedAt); each kept "
+        "one is named. Nothing is written if any silence is invalid (the error names it and "
+        f"the field) or if the import would leave more than {MAX_IN_FORCE:,} silences active "
+        "or pending.",
     )
     importing.add_argument("file", metavar="FILE", help="the JSON file ('-': standard input)")
     importing.set_defaults(func=cmd_import)
@@ -160,16 +177,17 @@ class SilenceTopic:
         self.settings = {**kafka_settings(self.config), "group.id": kafka.group_id}
 
     def read(self) -> list[Silence]:
+        """Every silence in the topic, those expired past `EXPIRED_KEPT` too."""
         from streamer.silence_book import read_silences
 
-        return read_silences(self.settings, self.name, READ_TIMEOUT).silences()
+        return read_silences(self.settings, self.name, READ_TIMEOUT).known()
 
     def write(self, silences: list[Silence], known: list[Silence] | None = None) -> None:
-        """Writes `silences`, and tombstones for the long-expired ones among `known`."""
+        """Writes `silences`, and tombstones for the long-expired ones among `known` (a
+        tombstone written twice is harmless: compaction keeps the last)."""
         from streamer.silence_book import ensure_topic, publish
 
-        now = datetime.now(UTC)
-        forget = [s.id for s in known or () if s.forgotten(now)]
+        forget = forgettable(known or (), silences, datetime.now(UTC))
         if ensure_topic(self.settings, self.name):
             print(f"created the compacted topic {self.name}", file=sys.stderr)
         publish(self.settings, self.name, silences, forget)
@@ -226,7 +244,9 @@ def cmd_add(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
 
     def write(topic: SilenceTopic) -> int:
-        topic.write([silence], topic.read())
+        known = topic.read()
+        refuse_past_bound(topic.name, known, [silence], now)
+        topic.write([silence], known)
         print(silence.id)
         return 0
 
@@ -238,9 +258,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     def show(topic: SilenceTopic) -> int:
         now = datetime.now(UTC)
-        shown = sorted(
-            (s for s in topic.read() if s.state(now) in states), key=lambda s: (s.ends_at, s.id)
-        )
+        listed = (s for s in topic.read() if s.state(now) in states and not s.forgotten(now))
+        shown = sorted(listed, key=lambda s: (s.ends_at, s.id))
         if args.output == "json":
             out = [{**s.to_json(), "status": {"state": s.state(now)}} for s in shown]
             print(json.dumps(out, indent=2, ensure_ascii=False))
@@ -294,15 +313,20 @@ def cmd_import(args: argparse.Namespace) -> int:
     current = [s for s in silences if s.state(now) != "expired"]
 
     def write(topic: SilenceTopic) -> int:
-        topic.write(current, topic.read())
+        known = topic.read()
+        written, kept = newer_than_topic(current, known, now)
+        refuse_past_bound(topic.name, known, written, now)
+        topic.write(written, known)
         print(
-            f"imported {len(current)} silences into {topic.name}"
+            f"imported {len(written)} silences into {topic.name}"
             + (
                 f" ({len(silences) - len(current)} expired ones skipped)"
                 if len(current) < len(silences)
                 else ""
             )
         )
+        for line in kept:
+            print(line)
         return 0
 
     return _run(args, write)
