@@ -13,7 +13,8 @@ What it promises, as Kafka's cooperative protocol does:
   until `session_timeout` after its last heartbeat; then they move. A member that leaves
   cleanly frees them at once, unless it is static.
 - **Static members.** A member restarted with the same instance id within the session
-  timeout takes its predecessor's place and partitions, without a rebalance.
+  timeout takes its predecessor's place and partitions, without a rebalance (but not the
+  partitions its predecessor was revoking: those go to their new owner).
 - **Lost partitions.** `lose` drops a member as a session timeout would; the member is told
   its partitions are lost (`LetGo(lost=True)`) and rejoins as a new member.
 - **Commits are fenced.** Only the member that owns a partition now may commit it.
@@ -71,11 +72,13 @@ class Coordinator:
         self.entries[member] = entry
         if old is not None:  # a static member back within its session: same partitions
             del self.entries[old.member]
-            self._revocation_done(old, set(old.revoking))
-            entry.owned = set(old.owned)
+            # but not those its predecessor was giving up: they go to their new owner
+            # (handed to both, two members owned one partition: the short seed 3839)
+            entry.owned = old.owned - old.revoking
             self._note(f"{member} takes {old.member}'s place ({sorted(entry.owned)})")
             if entry.owned:
                 self._assign(member, sorted(entry.owned))
+            self._revocation_done(old, set(old.revoking))
             if self.rebalancing:
                 self._maybe_phase_two()
             owned = {p for e in self.entries.values() for p in e.owned}
