@@ -12,8 +12,10 @@ handed over every record below high watermarks that were *asked for* at or after
 `since` (by the same clock). A record acknowledged before `since` is below those
 watermarks, so a reader that waits for `caught_up(since)` has seen it. The watermarks are
 asked for on demand: a reader that finds the follower not caught up asks for a fresh look,
-and the follower's thread answers within one round trip. `FollowProgress` is that rule
-with plain values (tested in tests/test_topic_follower.py); the thread is the shell.
+and the follower's thread answers within one round trip (it looks between polls, brief
+ones for `EAGER_SECONDS` after its start and after each question). `FollowProgress` is
+that rule with plain values (tested in tests/test_topic_follower.py); the thread is the
+shell.
 
 A topic that cannot be read (it does not exist, an ACL refuses it, no broker answers) is
 reported, never raised: `failing_since` says since when nothing could be read, and the
@@ -47,6 +49,14 @@ QUEUED_KBYTES = 4096
 # 0.25 s, ~1 ms of CPU a second in all while nothing happens (bench/waiting.py), at 1 s a
 # quarter of that.
 POLL_SECONDS = 1.0
+# A reader that waits to be caught up waits for a look asked after its question, and the
+# thread looks only between polls: so for a while after its start (when the service waits
+# for it) and after each question, the thread polls this briefly, and a question is
+# answered within about one round trip, not one `POLL_SECONDS` later (a start-up waited
+# for two followers one after the other: ~1-2 s; 20 wakeups a second cost ~2 ms of CPU a
+# second, for those seconds only)
+EAGER_POLL_SECONDS = 0.05
+EAGER_SECONDS = 10.0
 ASKER_IDLE_SECONDS = 30.0  # the asking client is closed after this long without a look
 
 
@@ -165,10 +175,12 @@ class TopicFollower:
         self._thread = threading.Thread(target=self._run, name=f"follow-{topic}", daemon=True)
         self._asker: Consumer | None = None  # this thread's only (`_ask`)
         self._asked_at = 0.0
+        self._eager_until = 0.0  # polls are brief until then (EAGER_SECONDS)
 
     # -- readers (any thread) --------------------------------------------------------------
 
     def start(self) -> TopicFollower:
+        self._eager_until = self.clock() + EAGER_SECONDS  # it is waited for at start-up
         self._thread.start()
         return self
 
@@ -184,6 +196,7 @@ class TopicFollower:
             if self._progress.caught_up(since):
                 return True
             self._wanted = since if self._wanted is None else max(self._wanted, since)
+            self._eager_until = max(self._eager_until, self.clock() + EAGER_SECONDS)
             return False
 
     def failing_since(self) -> float | None:
@@ -235,26 +248,30 @@ class TopicFollower:
         while not self._stop.is_set():
             with self._lock:
                 wanted, failing = self._wanted, self._failing_since is not None
+                poll = EAGER_POLL_SECONDS if self.clock() < self._eager_until else POLL_SECONDS
             # a reader waits for a fresh look; or a failure may be over: prove it
             if (
                 (not assigned and not missing)
                 or (wanted is not None and wanted > looked_at)
                 or ((failing or missing) and self.clock() - looked_at >= RETRY_SECONDS)
             ):
-                looked_at = self.clock()
+                asked = self.clock()
                 # no such topic (yet): it holds nothing, so everything it held when asked
                 # has been read (a first dead letter does not wait 30 s for it)
                 missing = not self._assign_new(reader, self._ask(), assigned)
+                # else the ends are asked for from now (making the asker and assigning may
+                # take a while): a look asked later answers more questions
+                looked_at = asked if missing else self.clock()
                 self._look(self._ask(), assigned, looked_at)
             elif self._asker is not None and self.clock() - self._asked_at > ASKER_IDLE_SECONDS:
                 asker, self._asker = self._asker, None
                 asker.close()
             if missing:
-                self._stop.wait(POLL_SECONDS)
+                self._stop.wait(poll)
                 continue
             # poll wakes at the first record (consume(n, timeout) would wait out its
             # timeout for a full batch); the rest already fetched is taken without waiting
-            first = reader.poll(POLL_SECONDS)
+            first = reader.poll(poll)
             if first is None:
                 continue
             for message in [first, *reader.consume(500, 0)]:

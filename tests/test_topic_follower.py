@@ -5,13 +5,15 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from types import SimpleNamespace
 
 import pytest
-from confluent_kafka import Message, Producer
+from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamer import topic_follower
 from streamer.topic_follower import PENDING_LOOKS, FollowProgress, TopicFollower
 
 # -- the rule, with plain values -----------------------------------------------------------
@@ -88,6 +90,144 @@ def test_caught_up_exactly_when_a_look_at_or_after_the_question_was_read_past(st
             assert progress.caught_up_at is not None and progress.caught_up_at <= model
             if len(looks) <= PENDING_LOOKS:
                 assert progress.caught_up_at == model
+
+
+# -- the thread, with a stand-in for the client ----------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class StandInClient:
+    """librdkafka's consumer as the follower uses it, for a topic of `partitions` that
+    hold nothing (or no topic at all). `poll` waits, as the real one does while no record
+    comes, until the test lets it return (`ticks`); it then moves the clock on by the
+    timeout the follower asked for."""
+
+    clock: Clock
+    polled: threading.Semaphore  # released each time the thread waits in a poll
+    ticks: threading.Semaphore
+    partitions: int | None = 1  # None: no such topic
+    stopping = False
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+
+    def list_topics(self, topic: str, timeout: float):
+        missing = KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)
+        metadata = SimpleNamespace(
+            error=None if self.partitions is not None else missing,
+            partitions={p: None for p in range(self.partitions or 0)},
+        )
+        return SimpleNamespace(topics={topic: metadata})
+
+    def get_watermark_offsets(self, tp, timeout: float, cached: bool):
+        return 0, 0  # empty
+
+    def incremental_assign(self, partitions) -> None:
+        pass
+
+    def poll(self, timeout: float):
+        type(self).waited(timeout)
+
+    @classmethod
+    def waited(cls, timeout: float) -> None:
+        cls.polled.release()
+        while not cls.ticks.acquire(timeout=0.05):
+            if cls.stopping:
+                return
+        cls.clock.now += timeout
+
+    def consume(self, n: int, timeout: float):
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    class Client(StandInClient):
+        clock = Clock()
+        polled = threading.Semaphore(0)
+        ticks = threading.Semaphore(0)
+
+    monkeypatch.setattr(topic_follower, "Consumer", Client)
+    yield Client
+    Client.stopping = True
+
+
+class StandInStop(threading.Event):
+    """The follower's stop, whose waits (between looks at a topic that does not exist) are
+    the stand-in's polls."""
+
+    def __init__(self, client) -> None:
+        super().__init__()
+        self.client = client
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if not self.is_set():
+            self.client.waited(timeout)
+        return self.is_set()
+
+
+def answered_at(stand_in, follower: TopicFollower, since: float) -> float:
+    """The clock when `follower` is caught up with `since`: polls end one at a time."""
+    for _ in range(100):
+        if follower.caught_up(since):
+            return stand_in.clock.now
+        stand_in.ticks.release()
+        assert stand_in.polled.acquire(timeout=10), "the follower's thread stopped polling"
+    raise AssertionError("never caught up")
+
+
+@pytest.mark.parametrize("partitions", [1, 3, None], ids=["empty", "empty-3", "missing"])
+def test_an_empty_or_missing_topic_is_caught_up_within_a_brief_poll_of_the_question(
+    stand_in, partitions
+) -> None:
+    """The start-up wait for the silences and the firing sources: the follower's first
+    look was asked before the service's question (the follower started first), so the
+    question waits for the next look, and the thread looks only between polls. With 1 s
+    polls the question waited up to 1 s per topic; it must wait about one round trip."""
+    stand_in.partitions = partitions
+    follower = TopicFollower({}, "t", lambda m: None, window_seconds=None, clock=stand_in.clock)
+    follower._stop = StandInStop(stand_in)
+    follower.start()
+    try:
+        assert stand_in.polled.acquire(timeout=10)  # first look done, waiting for a record
+        assert follower.caught_up(stand_in.clock.now)  # the first look answers up to it
+        since = stand_in.clock.now + 0.001  # the service's question, just after
+        assert answered_at(stand_in, follower, since) - since <= 0.1
+    finally:
+        stand_in.stopping = True
+        follower.close()
+
+
+def test_a_question_long_after_the_start_is_answered_briefly_after_the_next_poll(
+    stand_in,
+) -> None:
+    """Past the start-up, polls are long (an idle follower wakes rarely): a question then
+    waits for the poll under way, and the thread polls briefly for the next ones."""
+    follower = TopicFollower({}, "t", lambda m: None, window_seconds=None, clock=stand_in.clock)
+    follower.start()
+    try:
+        assert stand_in.polled.acquire(timeout=10)
+        stand_in.clock.now += 60.0  # long idle
+        for _ in range(2):  # a long poll under way
+            stand_in.ticks.release()
+            assert stand_in.polled.acquire(timeout=10)
+        since = stand_in.clock.now
+        assert answered_at(stand_in, follower, since) - since <= 1.0 + 0.01
+        since = stand_in.clock.now + 0.001
+        assert answered_at(stand_in, follower, since) - since <= 0.1
+    finally:
+        stand_in.stopping = True
+        follower.close()
 
 
 # -- with the real broker ------------------------------------------------------------------
