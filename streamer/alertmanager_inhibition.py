@@ -17,7 +17,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from streamer.alertmanager_receivers import shown
-from streamer.config.inhibit_compiler import equal_name_problem, map_name_problem
+from streamer.config.inhibit_compiler import (
+    equal_name_problem,
+    map_name_problem,
+    no_source_warning,
+)
 from streamer.label_matchers import label_matcher
 from streamer.matcher_modes import MatcherMode, read_matchers
 
@@ -43,6 +47,7 @@ def prometheus_duration(text: str) -> float | None:
 _MAPS = ("source_match", "source_match_re", "target_match", "target_match_re")
 _TEXTS = ("source_matchers", "target_matchers")
 _FIELDS = {"name", "equal", *_MAPS, *_TEXTS}
+_SOURCES = ("source_match", "source_match_re", "source_matchers")
 
 
 class InhibitReader:
@@ -114,6 +119,9 @@ class InhibitReader:
             kept_texts = self._texts(entry, key, where)
             if kept_texts:
                 out[key] = kept_texts
+        if not any(entry.get(key) for key in _SOURCES):
+            called = out.get("name", f"inhibit_rules[{i}]")
+            self.warnings.append(f"{where}: {no_source_warning(called)}")
         equal = entry.get("equal")
         if equal is not None:
             if isinstance(equal, list) and all(isinstance(n, str) for n in equal):

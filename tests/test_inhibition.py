@@ -180,6 +180,47 @@ def test_inhibit_rule_problems_name_the_line_and_the_field(tmp_path: Path) -> No
     assert "streamer.yaml:12: inhibit_rules.2.targets: unknown setting" in text
 
 
+def test_a_rule_without_source_matchers_loads_with_a_warning_naming_it(tmp_path: Path) -> None:
+    # issue 24: every alert is then a source and writes a firing record; Alertmanager
+    # allows it, so streamer does, and says so at load (streamer run, rules check, reload)
+    config = config_from(
+        tmp_path,
+        """
+        inhibit_rules:
+          - source_matchers: ['alertname="ZoneDown"']
+            target_matchers: ['severity="warning"']
+          - name: any-critical
+            target_matchers: ['severity="info"']
+            equal: [zone]
+        """,
+    )
+    assert config.rules.inhibit_rules[1].source == ()
+    assert config.rules.inhibit_rules[1].matches_source({"alertname": "Anything"})
+    (warning,) = config.warnings
+    assert "streamer.yaml:" in warning and "inhibit_rules.1" in warning
+    assert "inhibit rule 'any-critical' has no source matchers: every alert" in warning
+
+
+def test_rules_import_warns_of_an_alertmanager_rule_without_source_matchers() -> None:
+    from streamer.alertmanager_inhibition import InhibitReader
+
+    problems: list[str] = []
+    warnings: list[str] = []
+    reader = InhibitReader(lambda *_: "am.yml:7", problems, warnings, "utf8")
+    reader.read(
+        {
+            "inhibit_rules": [
+                {"source_match": {"severity": "critical"}, "target_matchers": ["a=b"]},
+                {"target_matchers": ['severity="warning"'], "equal": ["zone"]},
+            ]
+        }
+    )
+    assert problems == [] and len(reader.rules) == 2
+    (warning,) = warnings
+    assert warning.startswith("am.yml:7: inhibit_rules[1]: inhibit rule 'inhibit_rules[1]' ")
+    assert "has no source matchers" in warning
+
+
 def test_inhibition_settings_have_alertmanagers_defaults(tmp_path: Path) -> None:
     config = config_from(tmp_path, "routes: []\n")
     assert config.file.kafka.firing_topic == "streamer.firing"

@@ -7,7 +7,8 @@ differently is a warning, as on routes). Problems name the rule and the field. A
 Alertmanager checks them: the maps' label names are classic names (`[a-zA-Z_][a-zA-Z0-9_]*`),
 and so are `equal` names in `classic` mode (any non-empty UTF-8 text otherwise); here, an
 `equal` name is also given only once. A rule without a name is called `inhibit_rules[i]` in
-metrics, logs and explanations.
+metrics, logs and explanations. A rule without source matchers loads (Alertmanager's does:
+every alert is then a source) with a warning naming it, for what it costs.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ from streamer.label_matchers import label_matcher
 from streamer.matcher_modes import read_matchers
 from streamer.matchers import Matcher, Operator
 
-__all__ = ["compile_inhibit_rules", "equal_name_problem", "map_name_problem"]
+__all__ = [
+    "compile_inhibit_rules",
+    "equal_name_problem",
+    "map_name_problem",
+    "no_source_warning",
+]
 
 _CLASSIC_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
@@ -37,6 +43,16 @@ def equal_name_problem(name: str, mode: str) -> str | None:
     """Why Alertmanager, in matcher `mode`, refuses `name` in `equal` (None: it does not)."""
     valid = _CLASSIC_NAME.fullmatch(name) if mode == "classic" else name
     return None if valid else f"invalid label name {_go_quoted(name)} in equal list"
+
+
+def no_source_warning(name: str) -> str:
+    """What a rule without source matchers does (Alertmanager allows it; so does streamer)."""
+    return (
+        f"inhibit rule {name!r} has no source matchers: every alert is one of its sources, so "
+        "every alert event writes a record to the firing topic, and any firing alert "
+        "inhibits the targets that share its `equal` labels; add source_matchers unless "
+        "that is meant"
+    )
 
 
 def _go_quoted(text: str) -> str:
@@ -61,6 +77,8 @@ def compile_inhibit_rules(config: ConfigFile, problems: Problems) -> tuple[Inhib
             elif label in seen:
                 problems.add((*loc, "equal", j), f"label {label!r} is named twice in equal")
             seen.add(label)
+        if not (spec.source_match or spec.source_match_re or spec.source_matchers):
+            problems.warn(loc, no_source_warning(name))
         out.append(
             InhibitRule(
                 name,
