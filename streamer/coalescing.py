@@ -54,9 +54,11 @@ def rank_of(payload: Any, priority: Priority) -> int:
 
 def same_run(older: Job, newer: Job) -> bool:
     """Whether `newer` may supersede `older`: one key, one partition, one assignment, and
-    a later offset (two routes of one message to the same key never supersede each other)."""
+    a later offset (two routes of one message to the same key never supersede each other).
+    A held target's release is never superseded: it is sent, then what came after it."""
     return (
-        older.key == newer.key
+        not older.held
+        and older.key == newer.key
         and older.partition == newer.partition
         and older.epoch == newer.epoch
         and older.offset < newer.offset

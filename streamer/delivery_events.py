@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
@@ -24,6 +24,9 @@ from streamer.config import Destination
 from streamer.dead_letters import DeadLetter
 from streamer.incident_io import Answer
 from streamer.ledger import Job, OrderingKey, Partition
+
+if TYPE_CHECKING:
+    from streamer.held_targets import HeldTarget
 
 Work = tuple[OrderingKey | None, Any]  # a delivery or a dead letter, with its key
 
@@ -141,6 +144,14 @@ class ConfigChanged:
     total_partitions: int
 
 
+@dataclass(frozen=True)
+class ReleaseHeld:
+    """Held targets nothing keeps quiet any more (streamer/held_targets.py): each becomes a
+    job of its key, behind what of it waits, moving no watermark (answered `HeldSent`)."""
+
+    targets: Sequence[HeldTarget]
+
+
 Event = (
     Fetched
     | Answered
@@ -155,6 +166,7 @@ Event = (
     | CommitAnswered
     | CommitNotSent
     | ConfigChanged
+    | ReleaseHeld
 )
 
 # -- effects: what the shell must do --------------------------------------------------------
@@ -217,4 +229,25 @@ class PauseAt:
     offset: int
 
 
-Effect = Post | WriteDeadLetter | Commit | ReadNotes | Pause | Resume | PauseAt
+@dataclass(frozen=True)
+class HoldTarget:
+    """A delivery inhibited at its turn with no newer job of its key behind it: write it
+    as its key's held target (`HeldTargets.perform`)."""
+
+    key: OrderingKey
+    delivery: Any
+
+
+@dataclass(frozen=True)
+class HeldSent:
+    """A held target's release ended (accepted, or dead-lettered): tombstone its record if
+    it is still the one from this source message."""
+
+    key: OrderingKey
+    partition: Partition
+    offset: int
+
+
+Effect = (
+    Post | WriteDeadLetter | Commit | ReadNotes | Pause | Resume | PauseAt | HoldTarget | HeldSent
+)

@@ -48,6 +48,7 @@ from streamer.delivery_events import (
     LetGo,
     NotesRead,
     Pause,
+    ReleaseHeld,
     Revoked,
     Revoking,
     Tick,
@@ -58,6 +59,7 @@ from streamer.dispatch import Delivery, Dispatcher
 from streamer.failure_policy import Backoff
 from streamer.group_budget import GroupBudget
 from streamer.handover import HandOver
+from streamer.held_releases import HeldReleases
 from streamer.instrumentation import (
     ConsumerLag,
     MessageSpans,
@@ -143,6 +145,7 @@ class DeliveryMachine:
             telemetry=self.telemetry,
             activate=self._activate,
         )
+        self._held = HeldReleases(self._ledger)  # held targets' releases (held_targets.py)
         self._total_partitions = 0
         self._effects: list[Effect] = []
         self._configure(destinations, tokens)
@@ -174,10 +177,11 @@ class DeliveryMachine:
                 self._tick(event)
             case Answered():
                 self._answered(event)
-            case DeadLetterWritten():
-                self._dead_letter_written(event)
-            case DeadLetterNotWritten():
-                self._dead_letter_not_written(event)
+            case DeadLetterWritten():  # its letter is on the topic: terminal
+                self.telemetry.dead_lettered.add(1, {"reason": event.job.work.reason})
+                self._end(event.job)
+            case DeadLetterNotWritten():  # not terminal until it is
+                self._out.schedule(self._now + event.retry_in, event.job)
             case CommitAnswered():
                 self._commit.answered(event.results, sync=event.sync, now=now)
             case CommitNotSent():
@@ -185,6 +189,7 @@ class DeliveryMachine:
             case NotesRead() if event.group:
                 self._commit.group_read(event.notes, event.failed, now, wall)
             case NotesRead():
+                self._held.noted(event.notes)  # where this assignment reads from
                 self._commit.previous_read(event.notes, event.failed, now, wall)
             case Assigned():
                 self._assigned(event)
@@ -202,6 +207,9 @@ class DeliveryMachine:
             case ConfigChanged():
                 self._total_partitions = event.total_partitions
                 self._configure(event.destinations, event.tokens)
+            case ReleaseHeld():
+                for job in self._held.release(event, {d.name for d in self._destinations}):
+                    self._activate(job)
         return self._effects
 
     # -- what the shell may ask (reads, never changes) -------------------------------------
@@ -285,10 +293,8 @@ class DeliveryMachine:
         )
 
     def quiet_with(self, quiet: Callable[[Delivery, float], str | None]) -> None:
-        """The shell's silences and inhibit rules, asked at each delivery's turn
-        (`quiet(delivery, wall)`): a delivery a silence added (or a source that fired) while
-        it waited mutes ends with the outcome it names (`silenced`, `inhibited`), never
-        sent."""
+        """The shell's silences and inhibit rules, asked at each delivery's turn: a delivery
+        `quiet(delivery, wall)` names an outcome for (`silenced`, `inhibited`) ends so."""
         self._out.quiet = quiet
 
     def register_gauges(self, lag: ConsumerLag) -> None:
@@ -315,14 +321,6 @@ class DeliveryMachine:
         elif verdict == "dead-letter":
             self._activate(event.job)  # its work is its dead letter now
 
-    def _dead_letter_written(self, event: DeadLetterWritten) -> None:
-        letter: DeadLetter = event.job.work
-        self.telemetry.dead_lettered.add(1, {"reason": letter.reason})
-        self._end(event.job)
-
-    def _dead_letter_not_written(self, event: DeadLetterNotWritten) -> None:
-        self._out.schedule(self._now + event.retry_in, event.job)  # not terminal until it is
-
     # -- a job ends: the one place ---------------------------------------------------------
 
     def _end(self, job: Job, outcome: str | None = None) -> None:
@@ -330,11 +328,13 @@ class DeliveryMachine:
         with the jobs it stood for, if it stood for any; its key's next job is activated."""
         if outcome is None:
             outcome = "dead-lettered" if isinstance(job.work, DeadLetter) else "delivered"
-        self.spans.job_ended(job.partition, job.offset, outcome)
+        if not job.held:  # (a held target's release has no message of its own)
+            self.spans.job_ended(job.partition, job.offset, outcome)
         # muted at its turn (a resolve never is): as silenced for what it superseded
         muted = outcome in ("silenced", "inhibited")
         next_jobs, ended = self._out.ended(job, silenced=muted)
-        self._commits.terminal(ended)
+        self._commits.terminal(ended - job.held)
+        self._effects += self._held.ended(job, outcome)
         self._commits.soon()  # in the offset map within 0.1 s: a kill re-sends little
         for next_job in next_jobs:
             self._activate(next_job)
@@ -342,6 +342,7 @@ class DeliveryMachine:
     def _release(self, job: Job) -> None:
         """A fenced job (its partition was let go): free its key, no watermark moves."""
         self.spans.job_ended(job.partition, job.offset, "revoked")
+        self._held.forget(job)
         for next_job in self._ledger.finish(job):
             self._activate(next_job)
 
@@ -349,11 +350,8 @@ class DeliveryMachine:
 
     def _tick(self, _: Tick) -> None:
         now = self._now
-        for job in self._out.due_timers(now):
-            if self._ledger.owns(job):
-                self._activate(job)
-            else:
-                self._release(job)
+        for job in self._out.due_timers(now):  # fenced meanwhile: its key is free again
+            (self._activate if self._ledger.owns(job) else self._release)(job)
         self._effects += self._backpressure.unblocked(now)
         posts, released, quieted = self._out.dispatch(now, self._wall)
         for job in released:
@@ -387,6 +385,7 @@ class DeliveryMachine:
             self._ledger.revoke(p)
         self.spans.let_go(partitions)  # each unfinished message ends once, as revoked
         self._commit.let_go(partitions)
+        self._held.let_go(partitions)
         self._backpressure.forget(partitions)
         for job in self._destinations.drop(partitions):
             self._release(job)

@@ -43,8 +43,11 @@ from streamer.delivery_events import (
     Effect,
     Event,
     Fetched,
+    HeldSent,
+    HoldTarget,
     LetGo,
     Post,
+    ReleaseHeld,
     Revoked,
     Revoking,
     Tick,
@@ -139,7 +142,7 @@ class Engine:
         self.machine.register_gauges(self.lag)
         # inhibit rules' sources, written with this producer, read in full from now on
         self.firing = firing or FiringState.of(config, self.producer)
-        self.firing.show(self.telemetry, lambda: self.config.rules.inhibit_rules)
+        self.firing.show(self.telemetry, lambda: self.config.rules.inhibit_rules, self.silences)
 
     @property
     def stats(self) -> Stats:
@@ -198,6 +201,8 @@ class Engine:
             case Commit():
                 self.firing.before_commit()  # a source's state before its offset's commit
                 self.broker.perform(effect)
+            case HoldTarget() | HeldSent():  # a held target's record (held_targets.py)
+                self.firing.held.perform(effect)
             case _:
                 self.broker.perform(effect)
 
@@ -284,6 +289,8 @@ class Engine:
                 time.sleep(min(wait, BUSY_WAIT))
         self.producer.poll(0)
         self._collect()
+        if held := self.firing.held.due(machine.partitions, self.clock()):
+            self._feed(ReleaseHeld(held))  # targets nothing keeps quiet now
         self._feed(Tick())
         self._take_reloaded()
 

@@ -33,7 +33,8 @@ streamer/inhibition.py), and every replica follows that topic whole (`TopicFollo
 
 The writing replica also applies its own record at once, so a target right behind its
 source on the same replica is inhibited without waiting for the follower; the follower
-reads the same record later (idempotent).
+reads the same record later (idempotent). Targets kept quiet are held in the same topic,
+under keys of their own, until released (streamer/held_targets.py).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaError, Message
 
 from streamer.config import Config
+from streamer.held_targets import HELD_PREFIX, HeldTargets
 from streamer.inhibition import (
     FiringSource,
     FiringSources,
@@ -127,6 +129,7 @@ class FiringState:
         self._given_up = 0  # `_produced` when a commit last stopped waiting for them
         self._failed_writes = 0
         self._open_said = False  # a warning said inhibition fails open
+        self.held = HeldTargets.beside(self)  # inhibited targets, under keys of their own
         self.follower = follower(self._read)
 
     @classmethod
@@ -176,6 +179,9 @@ class FiringState:
         if not key:
             return
         fp = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+        if fp.startswith(HELD_PREFIX):  # a held target's record (held_targets.py)
+            self.held.read(fp, value, message.offset() or 0)
+            return
         if value is None:
             self.take(fp, None)
             return
@@ -198,6 +204,7 @@ class FiringState:
         with self._lock:
             if source is None:
                 self._board.resolve(fp)
+                self.held.changed()  # its targets may be released
             else:
                 self._board.fire(source)
 
@@ -218,13 +225,21 @@ class FiringState:
             self._produce(fp, value)
         return fp
 
-    def _produce(self, fp: str, value: bytes | None) -> None:
+    def _produce(
+        self, fp: str, value: bytes | None, acked: Callable[[int | None], None] | None = None
+    ) -> bool:
         # Never raises: a source event must not be dead-lettered because its state could
-        # not be queued (the producer's queue full: wait for it once, then give up, said).
+        # not be queued (the producer's queue full: wait for it once, then give up, said);
+        # `acked`: told the record's offset once acknowledged (None: not written)
+        def delivered(error: KafkaError | None, message: Message) -> None:
+            self._acknowledged(error, message)
+            if acked is not None:
+                acked(None if error is not None else message.offset())
+
         for attempt in (1, 2):
             try:
                 self.producer.produce(  # type: ignore[union-attr]
-                    self.topic, key=fp.encode(), value=value, on_delivery=self._acknowledged
+                    self.topic, key=fp.encode(), value=value, on_delivery=delivered
                 )
             except BufferError:
                 if attempt == 1:
@@ -232,17 +247,18 @@ class FiringState:
                     continue
             except Exception as e:
                 log.warning("a firing record for %s was not written: %s", self.topic, e)
-                return
+                return False
             else:
                 self._unacked += 1
                 self._produced += 1
-                return
+                return True
         self._failed_writes += 1
         log.warning(
             "a firing record for %s was not written: the producer's queue stays full",
             self.topic,
             extra={"topic": self.topic},
         )
+        return False
 
     def _acknowledged(self, error: KafkaError | None, message: Message) -> None:
         # on the thread that polls the producer (the poll thread: producer.poll/flush)
@@ -357,10 +373,16 @@ class FiringState:
                     )
         return out
 
-    def show(self, telemetry: Telemetry, rules: Callable[[], tuple[InhibitRule, ...]]) -> None:
+    def show(
+        self,
+        telemetry: Telemetry,
+        rules: Callable[[], tuple[InhibitRule, ...]],
+        silences: Any = None,
+    ) -> None:
         """`/pending` lists the firing sources of `rules()` (the rules in force) under
         `inhibiting`; a gauge counts them per rule, another says whether the topic reads
-        (0: nothing is inhibited, fail open)."""
+        (0: nothing is inhibited, fail open); and the held targets (`silences` and `rules()`
+        keep them quiet)."""
         pending = telemetry.pending
         telemetry.pending = lambda: {**pending(), "inhibiting": self.firing(rules())}
 
@@ -372,6 +394,7 @@ class FiringState:
 
         telemetry.gauge("streamer.inhibition.sources_firing", per_rule)
         telemetry.gauge("streamer.inhibition.readable", lambda: [(float(self.readable()), {})])
+        self.held.show(telemetry, silences, rules)
 
     def close(self) -> None:
         self.follower.close()

@@ -33,7 +33,8 @@ a muted one); each is counted in `streamer.events.inhibited` by rule, route and 
 and logged with the source's fingerprint. A source read after a target was routed inhibits
 its deliveries still waiting too (`quiet_at_turn` asks `inhibited_at_turn`, after the
 silences): they end `inhibited`, taking no request. Resolves always go through, as with
-silences.
+silences. An inhibited firing is held (streamer/held_targets.py: its key's latest state,
+sent once nothing inhibits it); any other delivery of its key made here settles it.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from typing import Any, Protocol
 from streamer.dead_letters import DeadLetter, SourceMessage
 from streamer.decoding import DecodeError, EventDecoder, RegistryUnavailable
 from streamer.dispatch import Delivery
+from streamer.held_targets import HeldTargets
 from streamer.inhibition import Inhibition, InhibitRule, alert_labels
 from streamer.ledger import OrderingKey
 from streamer.routing import RoutedAlert, Rules
@@ -74,7 +76,9 @@ class Inhibited(Muted):
 
 
 class FiringLookup(Protocol):
-    """The inhibit rules' sources (streamer.firing_state.FiringState)."""
+    """The inhibit rules' sources and held targets (streamer.firing_state.FiringState)."""
+
+    held: HeldTargets
 
     def observe(self, event: Mapping[str, Any], rules: tuple[InhibitRule, ...]) -> str | None: ...
     def inhibition(
@@ -149,10 +153,12 @@ def _works_of(
     if silences is not None and deliveries:
         deliveries = _not_silenced(source, event, deliveries, silences, telemetry, at)
         silenced = len(deliveries) < len(decision.deliveries)
-    inhibited = False
+    inhibited: tuple[RoutedAlert, ...] = ()
     if firing is not None and rules.inhibit_rules and deliveries:
         kept = _not_inhibited(source, event, deliveries, firing, rules, telemetry)
-        inhibited, deliveries = len(kept) < len(deliveries), kept
+        inhibited, deliveries = tuple(d for d in deliveries if d not in kept), kept
+    if firing is not None and rules.inhibit_rules:  # held till released; or newer: settled
+        firing.held.routed(source, event, decision.deliveries, inhibited, rules.inhibit_rules)
     if not deliveries and not decision.failures:
         # dropped on purpose (the firehose's common case, kept short), muted, silenced
         # or inhibited

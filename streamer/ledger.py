@@ -21,6 +21,10 @@ Invariants it keeps (each is property-tested in tests/test_ledger.py):
 3. **Fencing.** Each assignment of a partition has an epoch. Revoking or losing a
    partition forgets its messages and queued jobs; a job of an old epoch that finishes
    later releases its key (so keys never stay stuck) but cannot move any watermark.
+5. **A held target's release moves no watermark.** A job `add_held` makes (the latest
+   inhibited state of a key, read back from the firing topic: streamer/held_targets.py)
+   has no message of its own: it queues behind its key's jobs like any job and is fenced
+   like any job, but its end terminates nothing but the jobs it stood for.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ class Job:
     attempts: int = 0
     # older jobs of its key it stands for (oldest first): terminal when it is accepted
     stands_for: list[Job] = field(default_factory=list)
+    # a held target's release: no message of its own (`offset` is its source's, for logs)
+    held: bool = False
 
 
 @dataclass
@@ -145,6 +151,25 @@ class DeliveryLedger:
                 active.append(job)
         return active
 
+    def read_from(self, partition: Partition, offset: int) -> None:
+        """Nothing before `offset` (the committed offset this assignment reads from) will be
+        added: an idle partition's commit offset is `offset`, so it can be committed (and
+        claimed) before a message of its own arrives."""
+        state = self._partitions[partition]
+        if state.next_offset is None:
+            state.next_offset = offset
+
+    def add_held(
+        self, partition: Partition, offset: int, key: OrderingKey, work: Any
+    ) -> tuple[Job, bool]:
+        """A held target's release (invariant 5): a job of `partition`'s current assignment
+        behind `key`'s jobs, moving no watermark when it ends (`offset`: its source's); and
+        whether it is its key's active job now."""
+        job = Job(partition, offset, key, work, self._partitions[partition].epoch, held=True)
+        queue = self._keys.setdefault(key, deque())
+        queue.append(job)
+        return job, len(queue) == 1
+
     def finish(self, job: Job, *, stood: bool = True, revive: Job | None = None) -> list[Job]:
         """A job reached a terminal state; returns the job of its key that is active now.
 
@@ -182,7 +207,7 @@ class DeliveryLedger:
         return [queue[0]]
 
     def _terminal(self, job: Job) -> None:
-        if self.owns(job):
+        if self.owns(job) and not job.held:
             state = self._partitions[job.partition]
             message = state.by_offset[job.offset]
             message.unfinished -= 1

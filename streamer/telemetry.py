@@ -265,6 +265,10 @@ class Telemetry:
                 "1 while the firing topic reads; 0: nothing is inhibited (fail open)",
             ),
             (
+                "streamer.inhibition.held",
+                "Inhibited targets held to be delivered once nothing inhibits them",
+            ),
+            (
                 "streamer.destination.stalled_seconds",
                 "Per destination: seconds its keys have waited with nothing started and no "
                 "hold or 429 to explain it, once past the stall threshold (else 0); `reason` "

@@ -122,3 +122,27 @@ def test_checks_are_neither_sources_nor_targets(rules) -> None:
     firing = board()
     through(rules, event(**ZONE_DOWN), firing)
     assert len(through(rules, check(), firing)) == 2
+
+
+def test_an_inhibited_target_is_held_and_a_newer_delivery_of_its_key_settles_it(rules) -> None:
+    firing = board()
+    through(rules, event(**ZONE_DOWN), firing)
+    through(rules, event(**WARNING), firing)
+    held = sorted(firing.held.targets(), key=lambda h: h.destination)
+    assert [(h.destination, h.route, h.offset) for h in held] == [
+        ("a", "payments", 7),
+        ("b", "everyone", 7),
+    ]
+    assert held[0].alert_labels == WARNING and held[0].body["status"] == "firing"
+    works = through(rules, event("RESOLVED", **WARNING), firing)  # its key's newer state
+    assert len(works) == 2 and firing.held.targets() == []
+
+
+def test_once_the_source_resolves_the_held_target_is_due(rules) -> None:
+    firing = board()
+    through(rules, event(**ZONE_DOWN), firing)
+    through(rules, event(**WARNING), firing)
+    firing.held.show(Telemetry(), None, lambda: rules.inhibit_rules)
+    assert firing.held.due([("events", 0)], 0.0) == []  # still inhibited
+    through(rules, event("RESOLVED", **ZONE_DOWN), firing)
+    assert len(firing.held.due([("events", 0)], 0.2)) == 2

@@ -270,3 +270,144 @@ LedgerWithSupersession.TestCase.settings = settings(
     max_examples=200, stateful_step_count=40, deadline=None
 )
 test_ledger_with_supersession = LedgerWithSupersession.TestCase
+
+
+# -- held targets' releases: jobs with no message of their own (invariant 5) ----------------
+
+
+def test_a_held_release_moves_no_watermark() -> None:
+    book = ledger()
+    [waiting] = book.add(P0, 10, [(K2, "unfinished")])
+    held, active = book.add_held(P0, 4, K1, "held")
+    assert active and held.held and book.unfinished(P0) == 1
+    assert book.finish(held) == []
+    assert book.commit_offset(P0) == 10  # neither moved past 10 nor back to 4
+    book.finish(waiting)
+    assert book.commit_offset(P0) == 11
+
+
+def test_a_held_release_waits_behind_its_key_and_what_comes_after_waits_behind_it() -> None:
+    book = ledger()
+    [first] = book.add(P0, 0, [(K1, "older")])
+    held, active = book.add_held(P0, 0, K1, "held")
+    assert not active
+    assert book.add(P0, 1, [(K1, "newer")]) == []
+    assert book.finish(first) == [held]
+    [newer] = book.finish(held)
+    assert newer.work == "newer" and book.commit_offset(P0) == 1
+
+
+def test_a_held_release_of_a_revoked_partition_is_dropped_and_a_running_one_fenced() -> None:
+    book = ledger()
+    [running] = book.add(P0, 0, [(K1, "running")])
+    book.add_held(P0, 0, K1, "queued release")
+    running_release, _ = book.add_held(P0, 0, K2, "running release")
+    book.revoke(P0)
+    assert book.queue_of(K1) == (running,)  # the queued release is gone: the next owner's
+    assert not book.owns(running_release) and book.finish(running_release) == []
+    assert book.commit_offset(P0) is None
+
+
+def test_a_held_release_is_never_superseded_but_stands_for_older_waiting_jobs() -> None:
+    from streamer.coalescing import coalesce
+
+    book = ledger()
+    book.add(P0, 0, [(K1, "in flight")])
+    book.add(P0, 1, [(K1, "waiting")])
+    held, _ = book.add_held(P0, 2, K1, "release")
+    book.add(P0, 3, [(K1, "newer")])
+    in_flight, waiting, _, newer = book.queue_of(K1)
+    coalesced = coalesce(book, K1, waiting=())
+    assert coalesced.superseded == [waiting]  # by the release; the release by nothing
+    assert book.queue_of(K1) == (in_flight, held, newer) and held.stands_for == [waiting]
+    book.finish(in_flight)
+    assert book.finish(held) == [newer] and book.commit_offset(P0) == 3
+
+
+class LedgerWithReleases(LedgerMachine):
+    """The same random runs, with held targets' releases of any key at any time: the
+    watermarks are those of the messages alone (the base invariant), each key activates
+    its jobs in the order they were added, and a release dropped by a revoke never runs."""
+
+    KEYS = (K1, K2, OrderingKey("b", "k1"))
+
+    @initialize()
+    def start(self) -> None:
+        super().start()
+        self.order: dict[int, int] = {}  # id(job) -> when it was added
+        self.dropped: set[int] = set()
+        self.jobs: list[Job] = []  # every job added, kept alive (ids are never reused)
+
+    def _added(self, job: Job) -> None:
+        self.order[id(job)] = len(self.order)
+        self.jobs.append(job)
+
+    @precondition(lambda self: self.assigned)
+    @rule(data=st.data(), key=st.sampled_from(KEYS))
+    def release(self, data, key) -> None:
+        partition = data.draw(st.sampled_from(sorted(self.assigned)))
+        offset = data.draw(st.integers(0, self.next_offset[partition]))
+        job, active = self.book.add_held(partition, offset, key, None)
+        self._added(job)
+        if active:
+            self._activate([job])
+
+    @precondition(lambda self: self.assigned)
+    @rule(data=st.data(), keys=st.lists(st.sampled_from([*KEYS, None]), max_size=3))
+    def add(self, data, keys) -> None:
+        partition = data.draw(st.sampled_from(sorted(self.assigned)))
+        offset = self.next_offset[partition]
+        self.next_offset[partition] += data.draw(st.integers(1, 3))
+        before = {k: len(self.book.queue_of(k)) for k in self.KEYS}
+        jobs = self.book.add(partition, offset, [(k, None) for k in keys])
+        for k in self.KEYS:
+            for job in self.book.queue_of(k)[before[k] :]:
+                self._added(job)
+        if keys:
+            self.unfinished[partition][offset] = len(keys)
+        self._activate(jobs)
+
+    @precondition(lambda self: self.active)
+    @rule(data=st.data())
+    def finish(self, data) -> None:
+        job = data.draw(st.sampled_from(self.active))
+        self.active.remove(job)
+        if self.book.owns(job) and not job.held:
+            left = self.unfinished[job.partition]
+            left[job.offset] -= 1
+            if left[job.offset] == 0:
+                del left[job.offset]
+        self._activate(self.book.finish(job))
+
+    @precondition(lambda self: self.assigned)
+    @rule(data=st.data(), lost=st.booleans())
+    def revoke(self, data, lost) -> None:
+        partition = data.draw(st.sampled_from(sorted(self.assigned)))
+        running = {id(j) for j in self.active}
+        for key in self.KEYS:
+            for job in self.book.queue_of(key):
+                if job.partition == partition and id(job) not in running:
+                    self.dropped.add(id(job))
+        (self.book.lose if lost else self.book.revoke)(partition)
+        self.assigned.discard(partition)
+        del self.unfinished[partition]
+
+    def _activate(self, jobs: list[Job]) -> None:
+        assert not any(id(job) in self.dropped for job in jobs), "a dropped job became active"
+        super()._activate(jobs)
+
+    @invariant()
+    def keys_activate_in_the_order_their_jobs_were_added(self) -> None:
+        for jobs in self.activated_order.values():
+            places = [self.order[id(j)] for j in jobs if j.key is not None]
+            assert places == sorted(places)
+
+    @invariant()
+    def keys_activate_in_offset_order_per_partition(self) -> None:
+        """(Releases carry their source's offset: the order of addition is checked instead.)"""
+
+
+LedgerWithReleases.TestCase.settings = settings(
+    max_examples=300, stateful_step_count=40, deadline=None
+)
+test_ledger_with_releases = LedgerWithReleases.TestCase

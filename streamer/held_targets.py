@@ -1,0 +1,368 @@
+"""Held targets: the latest inhibited state of each key, kept in the firing topic until its
+source stops inhibiting it, then delivered (issue 24: "When the source resolves, the
+targets' latest state is delivered"; README, "Inhibition").
+
+- **Written.** A firing delivery an inhibit rule keeps quiet (at routing, or at its turn
+  when no newer job of its key waits behind it) writes a *held* record to
+  `kafka.firing_topic`, keyed `held\\x1f<destination>\\x1f<deduplication key>` (apart from
+  the sources' fingerprints), with what sending it later takes: its route, payload, labels
+  and source message (topic, partition, offset). Written before its event's offset can be
+  committed (`FiringState.before_commit` waits for every record of the producer).
+- **Superseded.** A newer delivery of the same key made at routing (sent, a resolve,
+  silenced) tombstones it; a newer inhibited one replaces it. So a held record is always
+  its key's latest state with nothing newer after it (per partition: a key fed from two
+  partitions has no order across them anyway).
+- **Released** (`due`, level-triggered: when a source resolves, and every
+  `CHECK_SECONDS` while something is held) by the member that owns the record's source
+  partition, once nothing inhibits nor silences it, the topic reads, and the follower
+  has read every record acknowledged before this member took the partition (the
+  previous owner's tombstones: releasing before reading them could send a stale state
+  after a newer one). The machine makes it a job of its key (`ReleaseHeld`); once
+  accepted or dead-lettered, the record is tombstoned if it is still the one released
+  (`HeldSent`). A member killed between incident.io's 202 and that tombstone makes the
+  next owner send it once more (at least once).
+- **Local first.** The writer applies its records at once; what the follower reads of a
+  key this member wrote is not applied until it has read that write back (an older
+  record read late must not bring back a state tombstoned since).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from streamer.dead_letters import SourceMessage
+from streamer.delivery_events import HeldSent, HoldTarget
+from streamer.inhibition import InhibitRule, alert_labels
+from streamer.ledger import OrderingKey, Partition
+from streamer.silence_index import labels_of
+from streamer.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HELD_PREFIX", "HeldTarget", "HeldTargets", "held_key", "releasable"]
+
+HELD_PREFIX = "held\x1f"
+CHECK_SECONDS = 1.0  # while something is held: looked at this often (a source's `until`)
+SOON_SECONDS = 0.1  # after a change (a source resolved): at most this soon
+
+# what the topic takes: key, value (None: a tombstone), and what to call with its offset
+# once acknowledged (None: not written); False when it could not be queued
+Produce = Callable[[str, bytes | None, Callable[[int | None], None]], bool]
+
+
+def held_key(key: OrderingKey) -> str:
+    return f"{HELD_PREFIX}{key.destination}\x1f{key.deduplication_key}"
+
+
+@dataclass(frozen=True)
+class HeldTarget:
+    """An inhibited delivery's state, as written to the firing topic."""
+
+    destination: str
+    deduplication_key: str
+    route: str
+    body: Mapping[str, Any]
+    alert_labels: Mapping[str, str]
+    labels: Mapping[str, Any] | None  # what silences test
+    topic: str
+    partition: int
+    offset: int
+    event_time: float | None = None
+
+    @property
+    def key(self) -> OrderingKey:
+        return OrderingKey(self.destination, self.deduplication_key)
+
+    @property
+    def source(self) -> Partition:
+        return (self.topic, self.partition)
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True, default=str).encode()
+
+    @classmethod
+    def decode(cls, value: bytes) -> HeldTarget:
+        r = json.loads(value)
+        labels, body = r["alert_labels"], r["body"]
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        ):
+            raise ValueError("alert_labels: not a map of texts")
+        if not isinstance(body, dict) or not isinstance(r.get("labels") or {}, dict):
+            raise ValueError("body, labels: not maps")
+        event_time = r.get("event_time")
+        if event_time is not None and not math.isfinite(float(event_time)):
+            raise ValueError("event_time: not a finite time")
+        return cls(
+            str(r["destination"]),
+            str(r["deduplication_key"]),
+            str(r["route"]),
+            body,
+            labels,
+            r.get("labels"),
+            str(r["topic"]),
+            int(r["partition"]),
+            int(r["offset"]),
+            None if event_time is None else float(event_time),
+        )
+
+    @classmethod
+    def of(cls, key: OrderingKey, delivery: Any) -> HeldTarget:
+        """A routed `Delivery` (streamer/dispatch.py) of `key`, inhibited at its turn."""
+        m = delivery.message
+        return cls(
+            key.destination,
+            key.deduplication_key,
+            delivery.route,
+            dict(delivery.payload),
+            dict(delivery.alert_labels or {}),
+            delivery.labels,
+            m.topic,
+            m.partition,
+            m.offset,
+            delivery.event_time,
+        )
+
+
+def releasable(
+    held: Iterable[HeldTarget],
+    since: Mapping[Partition, float],
+    caught_up: Callable[[float], bool],
+    quiet: Callable[[HeldTarget], bool],
+) -> list[HeldTarget]:
+    """The held targets this member may release now: of a partition it owns (`since`: when
+    it took it), the follower having read every record acknowledged before then, nothing
+    keeping them quiet (`quiet`: inhibited or silenced now). Pure."""
+    return [h for h in held if h.source in since and caught_up(since[h.source]) and not quiet(h)]
+
+
+class Silences(Protocol):
+    def matching(self, labels: Mapping[str, Any], at: Any) -> list[Any]: ...
+
+
+@dataclass
+class _Write:
+    target: HeldTarget | None  # None: a tombstone
+    acked: int | None = None  # its record's offset, once acknowledged
+
+
+class HeldTargets:
+    """The held records as the firing topic says (this member's writes first), their
+    writer, and when to release them. `read` runs on the follower's thread; the rest on
+    the poll thread."""
+
+    def __init__(
+        self,
+        produce: Produce | None,
+        caught_up: Callable[[float], bool],
+        readable: Callable[[], bool],
+        inhibited: Callable[[tuple[InhibitRule, ...], Mapping[str, str]], bool],
+        *,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._produce, self._caught_up, self._readable = produce, caught_up, readable
+        self._inhibited, self.wall_clock = inhibited, wall_clock
+        self._lock = threading.Lock()
+        self._read: dict[str, tuple[HeldTarget, int]] = {}  # as read: the record's offset
+        self._mine: dict[str, _Write] = {}  # written here, not read back yet
+        self._since: dict[Partition, float] = {}  # owned, since when (seen by `due`)
+        self._checked = -math.inf
+        self._changed = False
+        self._rules: Callable[[], tuple[InhibitRule, ...]] = tuple
+        self._silences: Silences | None = None
+
+    @classmethod
+    def beside(cls, firing: Any) -> HeldTargets:
+        """The held targets of a `FiringState`: written with its producer, read by its
+        follower, inhibited by its sources."""
+        return cls(
+            firing._produce if firing.producer is not None else None,
+            lambda since: bool(firing.follower.caught_up(since)),
+            lambda: bool(firing.readable()),
+            lambda rules, labels: firing.inhibition(rules, labels) is not None,
+            wall_clock=firing.wall_clock,
+        )
+
+    # -- the view --------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.targets())
+
+    def targets(self) -> list[HeldTarget]:
+        with self._lock:
+            read = {k: t for k, (t, _) in self._read.items()}
+            for k, w in self._mine.items():
+                read[k] = w.target  # type: ignore[assignment]
+            return [t for t in read.values() if t is not None]
+
+    def _current(self, key: str) -> HeldTarget | None:
+        with self._lock:
+            if key in self._mine:
+                return self._mine[key].target
+            read = self._read.get(key)
+            return read[0] if read is not None else None
+
+    def read(self, key: str, value: bytes | str | None, offset: int) -> None:
+        """A record read from the topic (the follower's thread)."""
+        target = None
+        if value is not None:
+            try:
+                target = HeldTarget.decode(value.encode() if isinstance(value, str) else value)
+            except (ValueError, KeyError, TypeError, RecursionError) as e:
+                log.warning("a held target's record @%d is not one, skipped: %s", offset, e)
+                return
+        with self._lock:
+            if target is None:
+                self._read.pop(key, None)
+            else:
+                self._read[key] = (target, offset)
+            mine = self._mine.get(key)
+            if mine is not None and mine.acked is not None and offset >= mine.acked:
+                del self._mine[key]  # our latest write read back: the topic says it now
+            self._changed = True
+
+    def changed(self) -> None:
+        """Something that may release a target happened (a source resolved)."""
+        self._changed = True
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def _write(self, key: str, target: HeldTarget | None) -> None:
+        write = _Write(target)
+        with self._lock:
+            if self._produce is None:  # nothing to read back: this view is the only one
+                self._read.pop(key, None)
+                if target is None:
+                    self._mine.pop(key, None)
+                    return
+            self._mine[key] = write
+        if self._produce is None:
+            return
+
+        def acked(offset: int | None) -> None:
+            with self._lock:
+                if self._mine.get(key) is not write:
+                    return  # a later write of the key decides
+                if offset is None:  # not written: the topic's word stands
+                    del self._mine[key]
+                    return
+                write.acked = offset
+                read = self._read.get(key)
+                if read is not None and read[1] >= offset:
+                    del self._mine[key]
+
+        if not self._produce(key, None if target is None else target.encode(), acked):
+            with self._lock:
+                if self._mine.get(key) is write:
+                    del self._mine[key]
+
+    def hold(self, target: HeldTarget) -> None:
+        """`target` is its key's latest state, inhibited: held until released."""
+        self._write(held_key(target.key), target)
+
+    def settle(self, key: OrderingKey, partition: Partition, *, target: bool = True) -> None:
+        """A newer delivery of `key` was made at routing: its held state (if any) is stale.
+        Written when one is known, or, for a `target` of an inhibit rule, when this member
+        may not know yet (it has not read the topic since it took `partition`)."""
+        name = held_key(key)
+        if self._current(name) is None:
+            since = self._since.get(partition)
+            if not target or (since is not None and self._caught_up(since)):
+                return
+        self._write(name, None)
+
+    def perform(self, effect: HoldTarget | HeldSent) -> None:
+        """The machine's word: a delivery inhibited at its turn, or a release ended."""
+        if isinstance(effect, HoldTarget):
+            self.hold(HeldTarget.of(effect.key, effect.delivery))
+            return
+        name = held_key(effect.key)
+        current = self._current(name)
+        if current is not None and (current.source, current.offset) == (
+            effect.partition,
+            effect.offset,
+        ):
+            self._write(name, None)
+
+    def routed(
+        self,
+        source: SourceMessage,
+        event: Mapping[str, Any],
+        deliveries: Iterable[Any],
+        inhibited: Collection[Any],
+        rules: tuple[InhibitRule, ...],
+    ) -> None:
+        """A routed event's deliveries (`RoutedAlert`s): those `inhibited` are held, the
+        others settle their keys. Only alert events can be held or settle one."""
+        topic, partition, offset = source.topic, source.partition, source.offset
+        own = alert_labels(event)
+        if own is None:
+            return
+        target = any(rule.matches_target(own) for rule in rules)
+        for d in deliveries:
+            key = OrderingKey(d.destination, d.payload.deduplication_key or "")
+            if d not in inhibited:
+                self.settle(key, (topic, partition), target=target)
+                continue
+            event_time = event.get("event_time")
+            self.hold(
+                HeldTarget(
+                    key.destination,
+                    key.deduplication_key,
+                    d.route,
+                    d.payload.model_dump(mode="json", exclude_none=True),
+                    own,
+                    labels_of(event),
+                    topic,
+                    partition,
+                    offset,
+                    event_time.timestamp() if isinstance(event_time, datetime) else None,
+                )
+            )
+
+    # -- release ---------------------------------------------------------------------------
+
+    def due(self, owned: Collection[Partition], now: float) -> list[HeldTarget]:
+        """The held targets to release now (called at every step of the poll loop: cheap
+        unless a change or `CHECK_SECONDS` calls for a look, and something is held)."""
+        for p in owned:
+            self._since.setdefault(p, now)
+        for p in [p for p in self._since if p not in owned]:
+            del self._since[p]
+        soon = self._changed and now - self._checked >= SOON_SECONDS
+        if not soon and now - self._checked < CHECK_SECONDS:
+            return []
+        self._checked, self._changed = now, False
+        held = self.targets()
+        if not held or not self._readable():
+            return []
+        return releasable(held, self._since, self._caught_up, self._quiet)
+
+    def _quiet(self, target: HeldTarget) -> bool:
+        if self._inhibited(self._rules(), target.alert_labels):
+            return True
+        if self._silences is None or target.labels is None:
+            return False
+        at = datetime.fromtimestamp(self.wall_clock(), UTC)
+        return bool(self._silences.matching(target.labels, at))
+
+    def show(
+        self,
+        telemetry: Telemetry,
+        silences: Silences | None,
+        rules: Callable[[], tuple[InhibitRule, ...]],
+    ) -> None:
+        """`/pending` counts the held targets (`inhibition_held`), and so does a gauge;
+        what keeps one quiet: these silences, and the inhibit rules in force (`rules()`)."""
+        self._silences, self._rules = silences, rules
+        pending = telemetry.pending
+        telemetry.pending = lambda: {**pending(), "inhibition_held": len(self)}
+        telemetry.gauge("streamer.inhibition.held", lambda: [(float(len(self)), {})])

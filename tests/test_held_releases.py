@@ -1,0 +1,146 @@
+"""Held targets' releases through the machine's one door (streamer/held_releases.py): a
+release is a job of its key that never overtakes a newer state, moves no watermark, is
+fenced, is made once at a time, and asks for its record's tombstone once accepted or
+dead-lettered; a delivery inhibited at its turn with nothing newer behind it is held."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamer.delivery_events import HeldSent, HoldTarget, LetGo, NotesRead, ReleaseHeld
+from streamer.held_targets import HeldTarget
+from streamer.ledger import OrderingKey
+from tests.test_delivery_machine import P0, Harness, ScriptedIncidentIo, answer
+
+
+class Recording(Harness):
+    """The harness, keeping the held targets' effects the shell would perform."""
+
+    def __init__(self, *answers: Any, **settings: Any) -> None:
+        self.effects: list[HoldTarget | HeldSent] = []
+        super().__init__(ScriptedIncidentIo(*answers), **settings)
+        handle = self.machine.handle
+
+        def recording(event, now, wall):  # type: ignore[no-untyped-def]
+            effects = handle(event, now, wall)
+            self.effects += [e for e in effects if isinstance(e, HoldTarget | HeldSent)]
+            return effects
+
+        self.machine.handle = recording  # type: ignore[method-assign]
+
+
+def rounds(h: Harness, n: int = 3) -> None:
+    """Minutes pass: everything that may start does, and is answered."""
+    for _ in range(n):
+        h.round()
+        h.clock.advance(60)
+
+
+def held(key: str = "k", offset: int = 0, partition: int = 0, n: Any = "held") -> HeldTarget:
+    return HeldTarget(
+        "a", key, "r", {"n": n}, {"alertname": key}, None, "events", partition, offset
+    )
+
+
+def test_a_release_is_sent_moves_no_watermark_and_asks_for_its_tombstone() -> None:
+    h = Recording()
+    h.event(key="one")  # offset 0: read past the held target's source
+    h.event(key="two")
+    h.feed(ReleaseHeld([held(offset=0)]))
+    rounds(h)
+    assert [p["n"] for p in h.http.posted] == [0, 1, "held"]
+    assert h.effects == [HeldSent(OrderingKey("a", "k"), P0, 0)]
+    assert h.ledger.commit_offset(P0) == 2 and h.machine.unfinished() == 0
+
+
+def test_a_release_waits_behind_its_key_and_what_is_fetched_after_waits_behind_it() -> None:
+    h = Recording(destination={"events_per_minute": 1})
+    h.event(key="k")  # offset 0, waiting for the limit
+    h.round()
+    h.event(key="k", status="firing")  # offset 1: queued behind offset 0
+    h.feed(ReleaseHeld([held(key="k", offset=0)]))  # ...then the release
+    h.event(key="k", status="resolved")  # offset 2: behind the release
+    for _ in range(4):
+        h.clock.advance(60)
+        h.round()
+    assert [p["n"] for p in h.http.posted] == [0, 1, "held", 2]
+
+
+def test_a_release_is_made_only_past_what_this_member_read_of_its_partition() -> None:
+    h = Recording()
+    h.feed(ReleaseHeld([held(offset=0)]))  # nothing read yet: its message may come again
+    h.feed(ReleaseHeld([held(offset=0, partition=7)]))  # not ours
+    h.round()
+    assert h.http.posted == []
+    h.feed(NotesRead({P0: (5, None)}))  # the previous owner committed 5
+    h.feed(ReleaseHeld([held(offset=3)]))
+    h.feed(ReleaseHeld([held(offset=5, key="later")]))  # at 5: not read yet
+    rounds(h)
+    assert [p["n"] for p in h.http.posted] == ["held"]
+
+
+def test_one_release_of_a_key_at_a_time() -> None:
+    h = Recording()
+    h.event(key="other")
+    h.feed(ReleaseHeld([held()]))
+    h.start()
+    h.feed(ReleaseHeld([held()]))  # asked again while it is in flight: ignored
+    h.answer_all()
+    rounds(h)
+    assert [p["n"] for p in h.http.posted].count("held") == 1
+    h.feed(ReleaseHeld([held()]))  # ended: the shell tombstoned it, or it would be again
+    rounds(h)
+    assert [p["n"] for p in h.http.posted].count("held") == 2
+
+
+def test_a_revoke_drops_a_waiting_release_and_the_next_owner_releases_it() -> None:
+    h = Recording(destination={"events_per_minute": 1})
+    h.event(key="k")
+    h.round()
+    h.event(key="k")
+    h.feed(ReleaseHeld([held(offset=0)]))  # queued behind offset 1
+    h.feed(LetGo([P0]))
+    h.clock.advance(300)
+    h.round()
+    assert "held" not in [p["n"] for p in h.http.posted] and h.effects == []
+    h.feed(ReleaseHeld([held(offset=0)]))  # not ours any more
+    h.round()
+    assert "held" not in [p["n"] for p in h.http.posted]
+
+
+def test_a_rejected_release_is_dead_lettered_then_its_tombstone_asked() -> None:
+    h = Recording(answer(202), answer(400, {"message": "bad"}))
+    h.event(key="other")
+    h.feed(ReleaseHeld([held()]))
+    rounds(h)
+    assert h.effects == [] and h.dead
+    h.finish_dead_letters()
+    assert h.effects == [HeldSent(OrderingKey("a", "k"), P0, 0)]
+
+
+def test_a_release_kept_quiet_at_its_turn_stays_held() -> None:
+    h = Recording()
+    h.machine.quiet_with(lambda d, wall: "inhibited" if d.payload["n"] == "held" else None)
+    h.event(key="other")
+    h.feed(ReleaseHeld([held()]))
+    rounds(h)
+    assert [p["n"] for p in h.http.posted] == [0] and h.effects == []
+
+
+def test_a_delivery_inhibited_at_its_turn_is_held_unless_a_newer_one_waits() -> None:
+    h = Recording(destination={"events_per_minute": 1})
+    h.event(key="busy")  # takes the only slot of the minute
+    h.round()
+    h.event(key="alone", status="firing")
+    h.event(key="followed", status="firing")
+    h.event(key="followed", status="resolved")
+    h.machine.quiet_with(
+        lambda d, wall: "inhibited" if d.payload.get("status") == "firing" else None
+    )
+    for _ in range(3):
+        h.clock.advance(60)
+        h.round()
+    assert [type(e) for e in h.effects] == [HoldTarget]
+    [hold] = h.effects
+    assert hold.key == OrderingKey("a", "alone") and hold.delivery.message.offset == 1
+    assert [p.get("status") for p in h.http.posted] == [None, "resolved"]

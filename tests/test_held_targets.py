@@ -1,0 +1,143 @@
+"""Held targets in the firing topic (streamer/held_targets.py): this member's writes win
+over what the follower reads until read back; a newer delivery settles a held key (always
+when one is known, and while the topic is not read since the partition was taken); a
+release's end tombstones only the record it released; and the release decision."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from streamer.delivery_events import HeldSent
+from streamer.held_targets import HeldTarget, HeldTargets, held_key, releasable
+from streamer.ledger import OrderingKey
+from streamer.telemetry import Telemetry
+
+P0 = ("events", 0)
+K = OrderingKey("a", "k")
+
+
+def target(offset: int = 3, partition: int = 0, **labels: str) -> HeldTarget:
+    labels = labels or {"alertname": "DiskSlow", "severity": "warning"}
+    return HeldTarget("a", "k", "r", {"title": "t"}, labels, None, "events", partition, offset)
+
+
+class Topic:
+    """The producer's side: what was written, acknowledged when the test says."""
+
+    def __init__(self) -> None:
+        self.written: list[tuple[str, bytes | None]] = []
+        self.acks: list[Any] = []
+
+    def produce(self, key: str, value: bytes | None, acked: Any) -> bool:
+        self.written.append((key, value))
+        self.acks.append(acked)
+        return True
+
+
+def board(
+    topic: Topic | None = None,
+    caught_up: bool = True,
+    inhibited: bool = False,
+    readable: bool = True,
+) -> HeldTargets:
+    return HeldTargets(
+        topic.produce if topic is not None else None,
+        lambda since: caught_up,
+        lambda: readable,
+        lambda rules, labels: inhibited,
+        wall_clock=lambda: 1000.0,
+    )
+
+
+def test_a_record_reads_back_as_it_was_written() -> None:
+    held = target()
+    assert HeldTarget.decode(held.encode()) == held
+    with pytest.raises(ValueError):
+        HeldTarget.decode(held.encode().replace(b'"alertname"', b'"alertname": 1, "x"'))
+
+
+def test_released_only_when_owned_read_since_taken_and_quiet_no_more() -> None:
+    held = [target(partition=0), target(partition=1)]
+    since = {P0: 10.0}
+    assert releasable(held, since, lambda s: True, lambda h: False) == [held[0]]
+    assert releasable(held, since, lambda s: s < 10.0, lambda h: False) == []  # not read yet
+    assert releasable(held, since, lambda s: True, lambda h: True) == []  # still inhibited
+
+
+def test_this_members_writes_win_until_the_follower_reads_them_back() -> None:
+    topic = Topic()
+    held = board(topic)
+    held.hold(target())
+    name = held_key(K)
+    held.settle(K, P0)  # a newer delivery of the key: tombstoned at once, locally
+    assert held.targets() == []
+    held.read(name, target().encode(), 7)  # the follower reads the held record late
+    assert held.targets() == []  # ...an older word: the tombstone stands
+    topic.acks[0](7)
+    topic.acks[1](8)
+    held.read(name, None, 8)  # the tombstone read back: the topic says it now
+    assert held.targets() == []
+    held.read(name, target(offset=9).encode(), 9)  # another member's later word
+    assert held.targets() == [target(offset=9)]
+
+
+def test_a_write_that_failed_leaves_the_topics_word() -> None:
+    topic = Topic()
+    held = board(topic)
+    held.read(held_key(K), target().encode(), 4)
+    held.settle(K, P0)
+    topic.acks[0](None)  # not written
+    assert held.targets() == [target()]
+
+
+def test_a_newer_delivery_settles_its_key_only_when_it_may_be_held() -> None:
+    topic = Topic()
+    held = board(topic, caught_up=True)
+    held.due([P0], 0.0)
+    held.settle(K, P0)  # nothing held, the topic read since the partition was taken
+    assert topic.written == []
+    waiting = board(topic, caught_up=False)
+    waiting.due([P0], 0.0)
+    waiting.settle(K, P0, target=False)  # not a target of any rule: never held
+    assert topic.written == []
+    waiting.settle(K, P0)  # a target, and the previous owner's records not read yet
+    assert topic.written == [(held_key(K), None)]
+
+
+def test_a_releases_end_tombstones_only_the_record_it_released() -> None:
+    topic = Topic()
+    held = board(topic)
+    held.hold(target(offset=3))
+    held.perform(HeldSent(K, P0, 2))  # an older release: a newer state is held since
+    assert held.targets() == [target(offset=3)]
+    held.perform(HeldSent(K, P0, 3))
+    assert held.targets() == [] and topic.written[-1] == (held_key(K), None)
+
+
+def test_due_releases_what_is_quiet_no_more_and_only_then() -> None:
+    held = board()
+    held.hold(target())
+    assert held.due([P0], 0.0) == [target()]
+    assert held.due([P0], 0.5) == []  # looked at a moment ago; nothing changed
+    assert held.due([P0], 1.5) == [target()]  # (the machine ignores a release under way)
+    held.changed()
+    assert held.due([P0], 1.7) == [target()]  # a source resolved: looked at soon
+    assert held.due([], 5.0) == []  # not ours
+    assert board(inhibited=True).due([P0], 0.0) == []
+    unreadable = board(readable=False)
+    unreadable.hold(target())
+    assert unreadable.due([P0], 0.0) == []  # fail open: nothing is released blind
+
+
+def test_a_silence_keeps_a_held_target_held() -> None:
+    class Silences:
+        def matching(self, labels: Any, at: Any) -> list[Any]:
+            return ["s"]
+
+    held = board()
+    held.show(Telemetry(), Silences(), tuple)
+    silenced = HeldTarget("a", "k", "r", {}, {}, {"alert": {"labels": {}}}, "events", 0, 1)
+    held.hold(silenced)
+    assert held.due([P0], 0.0) == []
