@@ -152,6 +152,7 @@ class Silences(Protocol):
 class _Write:
     target: HeldTarget | None  # None: a tombstone
     acked: int | None = None  # its record's offset, once acknowledged
+    read: int = -1  # the key's latest offset the follower read since (acked or not)
 
 
 class HeldTargets:
@@ -174,6 +175,7 @@ class HeldTargets:
         self._read: dict[str, tuple[HeldTarget, int]] = {}  # as read: the record's offset
         self._mine: dict[str, _Write] = {}  # written here, not read back yet
         self._since: dict[Partition, float] = {}  # owned, since when (seen by `due`)
+        self._owned: list[Partition] = []  # as `due` was last told
         self._checked = -math.inf
         self._changed = False
         self._rules: Callable[[], tuple[InhibitRule, ...]] = tuple
@@ -225,8 +227,10 @@ class HeldTargets:
             else:
                 self._read[key] = (target, offset)
             mine = self._mine.get(key)
-            if mine is not None and mine.acked is not None and offset >= mine.acked:
-                del self._mine[key]  # our latest write read back: the topic says it now
+            if mine is not None:
+                mine.read = max(mine.read, offset)  # (its acknowledgement may come later)
+                if mine.acked is not None and offset >= mine.acked:
+                    del self._mine[key]  # our latest write read back: the topic says it now
             self._changed = True
 
     def changed(self) -> None:
@@ -255,8 +259,7 @@ class HeldTargets:
                     del self._mine[key]
                     return
                 write.acked = offset
-                read = self._read.get(key)
-                if read is not None and read[1] >= offset:
+                if write.read >= offset:  # read back before it was acknowledged
                     del self._mine[key]
 
         if not self._produce(key, None if target is None else target.encode(), acked):
@@ -330,13 +333,12 @@ class HeldTargets:
 
     # -- release ---------------------------------------------------------------------------
 
-    def due(self, owned: Collection[Partition], now: float) -> list[HeldTarget]:
+    def due(self, owned: list[Partition], now: float) -> list[HeldTarget]:
         """The held targets to release now (called at every step of the poll loop: cheap
         unless a change or `CHECK_SECONDS` calls for a look, and something is held)."""
-        for p in owned:
-            self._since.setdefault(p, now)
-        for p in [p for p in self._since if p not in owned]:
-            del self._since[p]
+        if owned != self._owned:  # (a rebalance: rare; else one list comparison)
+            self._owned = list(owned)
+            self._since = {p: self._since.get(p, now) for p in self._owned}
         soon = self._changed and now - self._checked >= SOON_SECONDS
         if not soon and now - self._checked < CHECK_SECONDS:
             return []

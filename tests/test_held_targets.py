@@ -141,3 +141,15 @@ def test_a_silence_keeps_a_held_target_held() -> None:
     silenced = HeldTarget("a", "k", "r", {}, {}, {"alert": {"labels": {}}}, "events", 0, 1)
     held.hold(silenced)
     assert held.due([P0], 0.0) == []
+
+
+def test_a_write_read_back_before_its_acknowledgement_is_not_kept() -> None:
+    topic = Topic()
+    held = board(topic, caught_up=False)
+    name = held_key(K)
+    held.settle(K, P0)  # a tombstone (the topic not read yet since P0 was taken)
+    held.read(name, None, 10)  # read back before its acknowledgement came
+    topic.acks[0](10)
+    assert held._mine == {}  # nothing kept for it: memory is bounded by what is held
+    held.read(name, target(offset=3).encode(), 11)  # and the topic's later word counts
+    assert held.targets() == [target(offset=3)]

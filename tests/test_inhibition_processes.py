@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import time
 import urllib.request
 import uuid
 from datetime import UTC, datetime
@@ -180,6 +181,128 @@ def test_a_source_on_one_replica_inhibits_targets_on_another(
                 process.signal(signal.SIGTERM)
         for process in processes:
             assert process.wait() == 0, process.log()[-3000:]
+
+
+def inhibiting_pipeline(infrastructure, fake, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    pipeline = Pipeline(infrastructure, fake, tmp_path, monkeypatch=monkeypatch, partitions=2)
+    config = yaml.safe_load(pipeline.config_path.read_text())
+    config["kafka"]["firing_topic"] = f"firing-{uuid.uuid4().hex[:8]}"
+    config["inhibit_rules"] = [
+        {
+            "name": "zone-down",
+            "source_matchers": ['alertname="ZoneDown"'],
+            "target_matchers": ['severity="warning"'],
+            "equal": ["zone"],
+        }
+    ]
+    pipeline.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    producer = Producer({"bootstrap.servers": infrastructure.bootstrap_servers})
+
+    def produce(partition: int, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            key = event["alert"]["fingerprint"].encode()
+            producer.produce(pipeline.topic, json.dumps(event).encode(), key, partition)
+        assert producer.flush(30) == 0
+
+    return pipeline, produce
+
+
+def titles(fake) -> list[str]:  # type: ignore[no-untyped-def]
+    return [e.payload["title"] for e in fake.events]
+
+
+def stop(processes: list[ServiceProcess]) -> None:
+    for process in processes:
+        if process.process.poll() is None:
+            process.signal(signal.SIGTERM)
+    for process in processes:
+        assert process.wait() == 0, process.log()[-3000:]
+
+
+def test_once_the_source_resolves_each_targets_latest_state_is_delivered_once(
+    infrastructure, fake, tmp_path: Path, monkeypatch
+) -> None:
+    pipeline, produce = inhibiting_pipeline(infrastructure, fake, tmp_path, monkeypatch)
+    processes = [ServiceProcess(pipeline, tmp_path / f"p{i}.log") for i in range(2)]
+    try:
+        pipeline.wait_for(
+            lambda: sorted(owners(processes, pipeline.topic).values()) == [0, 1],
+            "each replica owning one partition",
+        )
+        owned = owners(processes, pipeline.topic)
+        target_owner = processes[owned[1]]
+        assert owned[0] != owned[1]  # the source on one replica, its targets on the other
+        produce(0, [alert_event("ZoneDown", "FIRING", 0, zone="eu-1", severity="critical")])
+        pipeline.wait_for(
+            lambda: bool(pending(target_owner).get("inhibiting")), "the source read as firing"
+        )
+        produce(
+            1,
+            [
+                alert_event("Warn1", "FIRING", 1, zone="eu-1", severity="warning"),
+                alert_event("Warn1", "FIRING", 2, zone="eu-1", severity="warning"),  # latest
+                alert_event("Warn2", "FIRING", 3, zone="eu-1", severity="warning"),
+                alert_event("Warn2", "RESOLVED", 4, zone="eu-1", severity="warning"),  # newer
+            ],
+        )
+        pipeline.wait_for(pipeline_committed(pipeline), "every offset committed")
+        assert [t for t in titles(fake) if t.startswith("Warn")] == ["Warn2 4"]  # the resolve
+        assert pending(target_owner)["inhibition_held"] == 1
+        assert value(metrics(target_owner), "streamer_inhibition_held") == 1
+
+        resolved_at = time.monotonic()
+        produce(0, [alert_event("ZoneDown", "RESOLVED", 5, zone="eu-1", severity="critical")])
+        pipeline.wait_for(lambda: "Warn1 2" in titles(fake), "the held target delivered")
+        took = time.monotonic() - resolved_at
+        pipeline.wait_for(
+            lambda: all(pending(p)["inhibition_held"] == 0 for p in processes),
+            "its held record tombstoned",
+        )
+        sent = [t for t in titles(fake) if t.startswith("Warn")]
+        assert sent == ["Warn2 4", "Warn1 2"], sent  # once; never Warn1 1, never Warn2 3
+        assert took < 5, f"released {took:.1f} s after the source resolved"
+    finally:
+        stop(processes)
+
+
+def test_the_next_owner_releases_what_a_replica_stopped_while_holding(
+    infrastructure, fake, tmp_path: Path, monkeypatch
+) -> None:
+    pipeline, produce = inhibiting_pipeline(infrastructure, fake, tmp_path, monkeypatch)
+    first = ServiceProcess(pipeline, tmp_path / "first.log")
+    processes = [first]
+    try:
+        pipeline.wait_for(lambda: len(owners([first], pipeline.topic)) == 2, "it owns both")
+        produce(0, [alert_event("ZoneDown", "FIRING", 0, zone="eu-1", severity="critical")])
+        pipeline.wait_for(lambda: bool(pending(first).get("inhibiting")), "the source firing")
+        produce(
+            1,
+            [
+                alert_event("Warn1", "FIRING", 1, zone="eu-1", severity="warning"),
+                alert_event("Warn1", "RESOLVED", 2, zone="eu-1", severity="warning"),  # newer
+                alert_event("Warn2", "FIRING", 3, zone="eu-1", severity="warning"),
+            ],
+        )
+        pipeline.wait_for(pipeline_committed(pipeline), "every offset committed")
+        assert pending(first)["inhibition_held"] == 1
+        stop([first])
+
+        second = ServiceProcess(pipeline, tmp_path / "second.log")
+        processes = [second]
+        pipeline.wait_for(lambda: len(owners([second], pipeline.topic)) == 2, "it owns both")
+        pipeline.wait_for(
+            lambda: pending(second).get("inhibition_held") == 1, "the held target read"
+        )
+        assert "Warn2 3" not in titles(fake)  # still inhibited: the source fires
+        produce(0, [alert_event("ZoneDown", "RESOLVED", 4, zone="eu-1", severity="critical")])
+        pipeline.wait_for(lambda: "Warn2 3" in titles(fake), "the next owner releasing it")
+        pipeline.wait_for(
+            lambda: pending(second)["inhibition_held"] == 0, "its held record tombstoned"
+        )
+        sent = [t for t in titles(fake) if t.startswith("Warn")]
+        assert sent == ["Warn1 2", "Warn2 3"], sent  # the stale Warn1 1 never
+    finally:
+        stop([p for p in processes if p.process.returncode is None])
 
 
 def pipeline_committed(pipeline: Pipeline):  # type: ignore[no-untyped-def]
