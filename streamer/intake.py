@@ -50,6 +50,7 @@ from streamer.dispatch import Delivery
 from streamer.held_targets import HeldTargets
 from streamer.inhibition import Inhibition, InhibitRule, alert_labels
 from streamer.ledger import OrderingKey
+from streamer.quiet_log import quiet_log_of
 from streamer.routing import RoutedAlert, Rules
 from streamer.silence_index import labels_of
 from streamer.silences import Silence
@@ -209,7 +210,7 @@ def _not_silenced(
     by = min(found, key=lambda s: (s.starts_at, s.id))  # the same one every time
     said = ("silenced", f"silence {by.id} ({by.matcher_text})")
     counted = {"silence": by.id}
-    return _quieted(source, deliveries, telemetry.silenced, counted, said, counted)
+    return _quieted(source, deliveries, telemetry, telemetry.silenced, counted, said, counted)
 
 
 def _not_inhibited(
@@ -229,12 +230,14 @@ def _not_inhibited(
         return deliveries
     said = ("inhibited", by.describe())
     extra = {"inhibit_rule": by.rule, "inhibited_by": by.source.fingerprint}
-    return _quieted(source, deliveries, telemetry.inhibited, {"rule": by.rule}, said, extra)
+    counter, counted = telemetry.inhibited, {"rule": by.rule}
+    return _quieted(source, deliveries, telemetry, counter, counted, said, extra)
 
 
 def _quieted(
     source: SourceMessage,
     deliveries: tuple[RoutedAlert, ...],
+    telemetry: Telemetry,
     counter: Any,
     counted: Mapping[str, str],
     said: tuple[str, str],
@@ -242,12 +245,14 @@ def _quieted(
 ) -> tuple[RoutedAlert, ...]:
     """The firing deliveries are kept quiet (each counted by `counter` with `counted`, its
     route and stage routing, and logged as `said` (the outcome, and what kept it quiet)
-    with `extra`); the resolves go on."""
+    with `extra`: at info once a minute per reason, `quiet_log.py`); the resolves go on."""
     for d in deliveries:
         if d.payload.status == "resolved":
             continue
         counter.add(1, {**counted, "route": d.route, "stage": "routing"})
-        log.info(
+        quiet_log_of(telemetry).say(
+            log,
+            (said[0], next(iter(counted.values()))),
             "%s[%d]@%d: %s on route %s by %s",
             source.topic,
             source.partition,
@@ -282,7 +287,9 @@ def silenced_at_turn(
     by = min(found, key=lambda s: (s.starts_at, s.id))
     telemetry.silenced.add(1, {"silence": by.id, "route": delivery.route, "stage": "waiting"})
     source = delivery.message
-    log.info(
+    quiet_log_of(telemetry).say(
+        log,
+        ("silenced", by.id),
         "%s[%d]@%d: silenced on route %s by silence %s (%s) while it waited",
         source.topic,
         source.partition,
@@ -320,7 +327,9 @@ def inhibited_at_turn(
         return False
     telemetry.inhibited.add(1, {"rule": by.rule, "route": delivery.route, "stage": "waiting"})
     source = delivery.message
-    log.info(
+    quiet_log_of(telemetry).say(
+        log,
+        ("inhibited", by.rule),
         "%s[%d]@%d: inhibited on route %s by %s while it waited",
         source.topic,
         source.partition,
