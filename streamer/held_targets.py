@@ -268,8 +268,13 @@ class HeldTargets:
                     del self._mine[key]
 
     def hold(self, target: HeldTarget) -> None:
-        """`target` is its key's latest state, inhibited: held until released."""
-        self._write(held_key(target.key), target)
+        """`target` is its key's latest state, inhibited: held until released. Not over a
+        later event of its partition held already (an older job of the key inhibited at its
+        turn after a newer event was held at routing)."""
+        name = held_key(target.key)
+        current = self._current(name)
+        if current is None or current.source != target.source or current.offset <= target.offset:
+            self._write(name, target)
 
     def settle(self, key: OrderingKey, partition: Partition, *, target: bool = True) -> None:
         """A newer delivery of `key` was made at routing: its held state (if any) is stale.

@@ -153,3 +153,12 @@ def test_a_write_read_back_before_its_acknowledgement_is_not_kept() -> None:
     assert held._mine == {}  # nothing kept for it: memory is bounded by what is held
     held.read(name, target(offset=3).encode(), 11)  # and the topic's later word counts
     assert held.targets() == [target(offset=3)]
+
+
+def test_an_older_event_inhibited_at_its_turn_never_replaces_a_newer_one_held() -> None:
+    held = board()
+    held.hold(target(offset=8))  # held at routing
+    held.hold(target(offset=5))  # an older job of the key, inhibited at its turn later
+    assert held.targets() == [target(offset=8)]
+    held.hold(target(offset=9))
+    assert held.targets() == [target(offset=9)]
