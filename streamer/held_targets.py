@@ -132,6 +132,10 @@ class HeldTarget:
         )
 
 
+def _always() -> bool:
+    return True
+
+
 def releasable(
     held: Iterable[HeldTarget],
     since: Mapping[Partition, float],
@@ -276,14 +280,16 @@ class HeldTargets:
         if current is None or current.source != target.source or current.offset <= target.offset:
             self._write(name, target)
 
-    def settle(self, key: OrderingKey, partition: Partition, *, target: bool = True) -> None:
+    def settle(
+        self, key: OrderingKey, partition: Partition, *, target: Callable[[], bool] = _always
+    ) -> None:
         """A newer delivery of `key` was made at routing: its held state (if any) is stale.
-        Written when one is known, or, for a `target` of an inhibit rule, when this member
+        Written when one is known, or, for a `target()` of an inhibit rule, when this member
         may not know yet (it has not read the topic since it took `partition`)."""
         name = held_key(key)
         if self._current(name) is None:
             since = self._since.get(partition)
-            if not target or (since is not None and self._caught_up(since)):
+            if (since is not None and self._caught_up(since)) or not target():
                 return
         self._write(name, None)
 
@@ -304,17 +310,20 @@ class HeldTargets:
         self,
         source: SourceMessage,
         event: Mapping[str, Any],
-        deliveries: Iterable[Any],
+        deliveries: Collection[Any],
         inhibited: Collection[Any],
         rules: tuple[InhibitRule, ...],
     ) -> None:
         """A routed event's deliveries (`RoutedAlert`s): those `inhibited` are held, the
         others settle their keys. Only alert events can be held or settle one."""
         topic, partition, offset = source.topic, source.partition, source.offset
-        own = alert_labels(event)
+        own = alert_labels(event) if deliveries else None
         if own is None:
             return
-        target = any(rule.matches_target(own) for rule in rules)
+
+        def target() -> bool:  # (asked only while this member may not know what is held)
+            return any(rule.matches_target(own) for rule in rules)
+
         for d in deliveries:
             key = OrderingKey(d.destination, d.payload.deduplication_key or "")
             if d not in inhibited:

@@ -100,7 +100,7 @@ def test_a_newer_delivery_settles_its_key_only_when_it_may_be_held() -> None:
     assert topic.written == []
     waiting = board(topic, caught_up=False)
     waiting.due([P0], 0.0)
-    waiting.settle(K, P0, target=False)  # not a target of any rule: never held
+    waiting.settle(K, P0, target=lambda: False)  # not a target of any rule: never held
     assert topic.written == []
     waiting.settle(K, P0)  # a target, and the previous owner's records not read yet
     assert topic.written == [(held_key(K), None)]
