@@ -179,6 +179,13 @@ FIXED = {
     # coordinator.join: a static member back takes what its predecessor kept, not what it
     # was giving up
     "static-rejoin-two-owners": [("short", None, 3839)],
+    # found by `--seeds 3000 --start 5000 --profile short` (2,999 held), a fault of the
+    # simulator's liveness bound, not of the machine: a hostile 429 paused A for 600 s
+    # with 48 events waiting; once the pause was over A ran at 0.9-1.0 of its limit (10 a
+    # window), but the bound owed only half of itself after a pause (102 s for 96 s of
+    # windows): 3 events left at the deadline. Fixed in run.py: the backlog's windows are
+    # owed whole after the pause
+    "pause-then-backlog-bound": [("short", None, 6954)],
 }
 
 
