@@ -147,10 +147,12 @@ class SilenceBook:
         return read_to_now(self.follower, self.clock, timeout, stop)
 
     def wait_read(self, timeout: float, stop: threading.Event | None = None) -> bool:
-        """`read_to_now`, and when it did not, a warning that the replica goes on with the
-        silences read so far (fail open)."""
+        """`read_to_now`, and when it did not (unless `stop` ended the wait), a warning that
+        the replica goes on with the silences read so far (fail open)."""
         if self.read_to_now(timeout, stop):
             return True
+        if stop is not None and stop.is_set():
+            return False  # stopping: it was not waited for the whole bound
         log.warning(
             "the silences in %s were not all read within %.0f s (%s): routing goes on with "
             "the %d read so far, so alerts a silence would mute may be delivered; silences "
