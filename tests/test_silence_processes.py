@@ -186,3 +186,66 @@ def test_fail_open_an_unreadable_silences_topic_never_hides_an_alert(
         pipeline.stop()
     assert "were not all read within 10 s" in caplog.text
     assert "alerts a silence would mute may be delivered" in caplog.text
+
+
+def test_an_expire_from_a_host_whose_clock_runs_ahead_ends_the_silence_at_once(
+    infrastructure, fake, tmp_path, monkeypatch
+) -> None:
+    # issue 24: `silence expire` wrote the CLI host's "now" as the end, and the replicas
+    # kept muting until their clocks reached it (here: an hour)
+    from datetime import timedelta
+
+    from streamer.cli import build_parser
+    from streamer.cli import silence as silence_cli
+
+    silences = f"silences-{uuid.uuid4().hex[:8]}"
+    pipeline = Pipeline(
+        infrastructure, fake, tmp_path, monkeypatch=monkeypatch, kafka={"silence_topic": silences}
+    )
+    ensure_topic({"bootstrap.servers": infrastructure.bootstrap_servers}, silences)
+    replica = ServiceProcess(pipeline, tmp_path / "one.log")
+    try:
+        url = metrics_url(replica, pipeline)
+        pipeline.wait_for(replica.joined, "the replica joined")
+        silence_id = streamer(
+            pipeline, "silence", "add", "--matcher", 'team="a"', "--duration", "2h",
+            "--comment", "maintenance",
+        ).strip()  # fmt: skip
+        pipeline.wait_for(
+            lambda: metric(url, "streamer_silences_active", silence=silence_id) == 1,
+            "the replica shows the silence",
+            limit=30,
+        )
+        during = events("a", 3, "during")
+        pipeline.produce(during)
+        pipeline.wait_committed()
+        assert metric(url, "streamer_messages_silenced_total") == len(during)
+
+        class AnHourAhead(datetime):
+            @classmethod
+            def now(cls, tz=None):  # type: ignore[override]
+                return datetime.now(tz) + timedelta(hours=1)
+
+        monkeypatch.setattr(silence_cli, "datetime", AnHourAhead)
+        args = build_parser().parse_args(
+            ["silence", "expire", "--config", str(pipeline.config_path), silence_id]
+        )
+        assert args.func(args) == 0
+        expired = time.monotonic()
+        pipeline.wait_for(
+            lambda: metric(url, "streamer_silences_active", silence=silence_id) == 0,
+            "the silence no longer active in the replica",
+            limit=10,
+        )
+        print(f"the replica let the silence go {time.monotonic() - expired:.2f} s after expire")
+        after = events("a", 3, "after")
+        pipeline.produce(after)
+        pipeline.wait_for(
+            lambda: delivered_hosts(pipeline) >= {e["check"]["host"] for e in after},
+            "alerts flow again at once",
+            limit=10,
+        )
+    finally:
+        if replica.process.poll() is None:
+            replica.signal(signal.SIGTERM)
+            replica.wait()
