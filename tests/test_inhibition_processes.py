@@ -254,6 +254,7 @@ def test_once_the_source_resolves_each_targets_latest_state_is_delivered_once(
         produce(0, [alert_event("ZoneDown", "RESOLVED", 5, zone="eu-1", severity="critical")])
         pipeline.wait_for(lambda: "Warn1 2" in titles(fake), "the held target delivered")
         took = time.monotonic() - resolved_at
+        print(f"held target delivered {took:.2f} s after its source's resolve was produced")
         pipeline.wait_for(
             lambda: all(pending(p)["inhibition_held"] == 0 for p in processes),
             "its held record tombstoned",

@@ -10,7 +10,7 @@ import pytest
 from streamer.dead_letters import SourceMessage
 from streamer.decoding import EventDecoder, load_schema
 from streamer.firing_state import FiringState
-from streamer.inhibition import fingerprint
+from streamer.inhibition import FiringSource, fingerprint
 from streamer.intake import Inhibited, Muted, works_of
 from streamer.telemetry import Telemetry
 from streamer.testing.events import as_json
@@ -146,3 +146,14 @@ def test_once_the_source_resolves_the_held_target_is_due(rules) -> None:
     assert firing.held.due([("events", 0)], 0.0) == []  # still inhibited
     through(rules, event("RESOLVED", **ZONE_DOWN), firing)
     assert len(firing.held.due([("events", 0)], 0.2)) == 2
+
+
+def test_a_source_that_stops_inhibiting_by_its_until_releases_its_targets(rules) -> None:
+    wall = [NOW.timestamp()]
+    firing = FiringState("firing", None, lambda handle: Follower(), wall_clock=lambda: wall[0])
+    firing.take("zone", FiringSource(ZONE_DOWN, wall[0], wall[0] + 60))  # no resolve comes
+    through(rules, event(**WARNING), firing)
+    firing.held.show(Telemetry(), None, lambda: rules.inhibit_rules)
+    assert firing.held.due([("events", 0)], 0.0) == []
+    wall[0] += 61  # past its `until` (Alertmanager: the target is active again)
+    assert len(firing.held.due([("events", 0)], 1.0)) == 2
