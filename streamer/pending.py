@@ -5,7 +5,8 @@ Invariants: this decides nothing about delivery (it only reads); nothing it repo
 carries a payload or a secret, only destination names, deduplication keys, partitions,
 offsets, ages, reasons, counts, limits and other members' writer ids; and the metrics
 thread never walks the live queues: the poll thread builds an immutable `PendingReport`
-about once a second, the metrics thread reads the latest one. A key's age is how long the
+(`PendingView.due`: about once a second while something reads it, every `QUIET_SECONDS`
+while nothing does), the metrics thread reads the latest one. A key's age is how long the
 key has waited to be sent (a newer event that supersedes its waiting one keeps the key's
 age: incident.io is that stale for it).
 
@@ -44,6 +45,13 @@ from streamer.telemetry import Telemetry
 log = logging.getLogger(__name__)
 
 KEYS_PER_SECOND = 100  # waiting keys a refresh walks per second of its interval, at most
+# While nothing reads the report (no scrape, no `/pending`), it serves the watermark log
+# line and a stall's warning only: it is rebuilt walking at most this many keys a second,
+# and at least every QUIET_SECONDS (those lines are then up to that late). A read asks for
+# the reading pace from the poll thread's next wakeup on: the next read (a scrape later)
+# sees what waits now, and hundreds of keys waiting with nobody looking cost little.
+QUIET_KEYS_PER_SECOND = 20
+QUIET_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -190,8 +198,8 @@ class WatermarkWatch:
 
 
 class PendingView:
-    """The latest report, rebuilt by the poll thread (`refresh`, about once a second), and
-    what reads it from the metrics thread: the oldest-waiting gauges and `/pending`."""
+    """The latest report, rebuilt by the poll thread (`refresh`, when `due`), and what
+    reads it from the metrics thread: the oldest-waiting gauges and `/pending`."""
 
     def __init__(
         self,
@@ -208,15 +216,25 @@ class PendingView:
         telemetry.gauge("streamer.destination.oldest_waiting_age", self._by_destination)
         telemetry.gauge("streamer.partition.oldest_waiting_age", self._by_partition)
         telemetry.gauge("streamer.destination.stalled_seconds", self._stalled)
-        telemetry.pending = lambda: self.report.as_json(self.clock())
+        telemetry.pending = lambda: self.read().as_json(self.clock())
+        self._read = True  # read since the last rebuild (set by the metrics thread)
+
+    def read(self) -> PendingReport:
+        """The latest report (any thread); the poll thread rebuilds it soon after."""
+        self._read = True
+        return self.report
 
     def due(self, now: float) -> bool:
-        """Rebuilt every second; with many keys waiting, about every `KEYS_PER_SECOND`th
-        of their number of seconds (1,000 waiting: every 10 s), so that waiting stays
-        cheap: the ages it reports are worked out when read, only which keys wait and
-        why can be that old."""
+        """Rebuilt every second while it is read; with many keys waiting, about every
+        `KEYS_PER_SECOND`th of their number of seconds (1,000 waiting: every 10 s); while
+        nothing reads it, five times less often, up to every `QUIET_SECONDS`. So waiting
+        stays cheap: the ages it reports are worked out when read, only which keys wait
+        and why can be that old (`/pending` says how old: `as_of_seconds_ago`)."""
         waiting = sum(self.report.waiting.values())
-        return now - self.report.at >= max(1.0, waiting / KEYS_PER_SECOND)
+        every = max(1.0, waiting / KEYS_PER_SECOND)
+        if not self._read:
+            every = max(every, min(QUIET_SECONDS, waiting / QUIET_KEYS_PER_SECOND))
+        return now - self.report.at >= every
 
     def refresh(
         self,
@@ -231,6 +249,7 @@ class PendingView:
         """Rebuilds the report; logs a key that has held a watermark too long, and a
         destination that stalled. `retrying`: the jobs waiting out a backoff (dead letters
         among them are skipped); `workers_free`: a request could start now."""
+        self._read = False
         look = Look(now, destinations, handover, workers_free=workers_free)
         keys = [*look.queued(), *retried(now, destinations, retrying)]
         self.report = pending_report(
@@ -268,7 +287,7 @@ class PendingView:
             )
 
     def _by_destination(self) -> list[tuple[float, dict[str, Any]]]:
-        report, now = self.report, self.clock()
+        report, now = self.read(), self.clock()
         return [
             (max(0.0, now - keys[0].since) if keys else 0.0, {"destination": name})
             for name, keys in report.oldest.items()
@@ -276,7 +295,7 @@ class PendingView:
 
     def _stalled(self) -> list[tuple[float, dict[str, Any]]]:
         """Per destination: seconds stalled and why (0, without a reason, while not)."""
-        report, now = self.report, self.clock()
+        report, now = self.read(), self.clock()
         out: list[tuple[float, dict[str, Any]]] = []
         for name in report.held:
             stall = report.stalled.get(name)
@@ -287,7 +306,7 @@ class PendingView:
         return out
 
     def _by_partition(self) -> list[tuple[float, dict[str, Any]]]:
-        report, now = self.report, self.clock()
+        report, now = self.read(), self.clock()
         return [
             (max(0.0, now - since), partition_attributes(p))
             for p, since in report.oldest_by_partition.items()
