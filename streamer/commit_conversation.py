@@ -17,14 +17,19 @@ Invariants:
   every commit interval. Only their write time would change, and that is what others
   judge a member's freshness by (`GroupBudget.fresh`, 2 x tail): the longest gap they
   can see is `idle_interval` plus a view interval, a tail's worth below it (a failed
-  commit, sent again at the next interval, still fits).
+  commit, sent again at the next interval, still fits). Those notes are not built again
+  either (`_notes`): the ones built when it last changed are committed with a new write
+  time, until a job ends, an offset is fetched, or one of their starts leaves its window.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from collections.abc import Collection, Iterable, Mapping
 
+from streamer.budget import PartitionNote, encode
 from streamer.commits import CommitSchedule
 from streamer.delivery_events import Commit, Effect, ReadNotes
 from streamer.group_budget import GroupBudget
@@ -54,6 +59,10 @@ class CommitConversation:
         self.idle_interval = max(self.interval, budget.tail_seconds - budget.view_interval)
         self._told: tuple[object, ...] | None = None  # at the last complete commit
         self._view_whole = False  # the last view read every partition's note
+        # notes built while the stamp held (`_notes`), reused until `_built_until`
+        self._built: dict[Partition, PartitionNote] = {}
+        self._built_stamp: tuple[object, ...] = ()
+        self._built_until = 0.0
 
     def due(
         self,
@@ -79,7 +88,7 @@ class CommitConversation:
             now,
             force=force,
             only=partitions,
-            notes=lambda due: self.budget.notes(due, now, wall, final=force),
+            notes=lambda due: self._notes(due, now, wall, final=force, told=told),
             claims=self.handover.unclaimed(),
         )
         alone = view and self._alone()
@@ -101,6 +110,44 @@ class CommitConversation:
         if alone:  # what a view would read: our own notes only (after the commit, as then)
             self.group_read(self._group, (), now, wall)
         return effects
+
+    def _notes(
+        self,
+        offsets: Mapping[Partition, int],
+        now: float,
+        wall: float,
+        *,
+        final: bool,
+        told: tuple[object, ...],
+    ) -> dict[Partition, str]:
+        """Each partition's note for its commit at `offsets`. While nothing it says can
+        have changed since it was built (what notes tell, no job ended, no offset fetched,
+        none of its starts left its window), the note built then is committed again with
+        its write time new: walking every waiting delivery and every start in the window
+        for each idle commit was most of what waiting cost (bench/waiting.py)."""
+        if final:  # a revoke's or shutdown's: built now, and nothing is reused after it
+            self._built = {}
+            return self.budget.notes(offsets, now, wall, final=True)
+        ledger = self.ledger
+        stamp = (
+            told,
+            self.schedule.changes,
+            tuple((p, ledger.next_offset(p), ledger.commit_offset(p)) for p in ledger.partitions),
+        )
+        if stamp != self._built_stamp or now >= self._built_until:
+            self._built, self._built_stamp, self._built_until = {}, stamp, math.inf
+        missing = [p for p in offsets if p not in self._built]
+        if missing:
+            self._built.update(self.budget.partition_notes(missing, now, wall, final=False))
+            for state in self.budget.destinations:  # the first start to leave its window
+                for p in missing:
+                    if starts := state.spent.get(p):
+                        until = starts[0] + state.limiter.window
+                        self._built_until = min(self._built_until, until)
+        return {
+            p: encode(dataclasses.replace(self._built[p], written=wall), o)
+            for p, o in offsets.items()
+        }
 
     def _alone(self) -> bool:
         """Every partition the last view read (all of them, none failed) is ours: a view
@@ -194,6 +241,7 @@ class CommitConversation:
     ) -> None:
         """The previous owners' notes: their budget becomes ours, their offsets done are
         skipped; a partition whose note failed stays unread (read again at the next view)."""
+        self._built = {}  # what the previous owners did becomes part of our notes
         for p in failed:
             log.warning("could not read the note of %s[%d] (read again soon)", p[0], p[1])
         for p, (offset, metadata) in notes.items():
@@ -211,9 +259,11 @@ class CommitConversation:
         """Newly assigned: their previous notes are to be read before anything commits."""
         taken = list(partitions)
         self.unread.update(taken)
+        self._built = {}
         return [ReadNotes(taken)]
 
     def let_go(self, partitions: Collection[Partition]) -> None:
+        self._built = {}
         self.schedule.forget(partitions)
         self.unread.difference_update(partitions)
         self.budget.let_go(partitions)

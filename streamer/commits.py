@@ -45,10 +45,13 @@ class CommitSchedule:
         self._terminal = 0
         self._soon = False
         self._claim_sent: dict[Partition, float] = {}
+        # grows with every job that ended (`terminal`, `soon`): equal, no offset map changed
+        self.changes = 0
 
     def terminal(self, count: int = 1) -> None:
         """`count` more messages reached a terminal state."""
         self._terminal += count
+        self.changes += 1
 
     def next_due(self) -> float:
         """When a commit of every partition is due next, by time (`every` aside)."""
@@ -57,6 +60,7 @@ class CommitSchedule:
     def soon(self) -> None:
         """Commit within `SOON` (a delivery or a dead letter became terminal)."""
         self._soon = True
+        self.changes += 1
 
     def offsets_to_send(
         self,

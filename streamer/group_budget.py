@@ -104,10 +104,16 @@ class GroupBudget:
         self, offsets: Mapping[Partition, int], now: float, wall: float, *, final: bool
     ) -> dict[Partition, str]:
         """Each partition's note as the metadata of its commit at `offsets`."""
+        built = self.partition_notes(offsets, now, wall, final=final)
+        return {p: encode(built[p], o) for p, o in offsets.items()}
+
+    def partition_notes(
+        self, partitions: Collection[Partition], now: float, wall: float, *, final: bool
+    ) -> dict[Partition, PartitionNote]:
+        """Each partition's note as it stands now (demand walked once for all of them)."""
         waiting = self._waiting(now)
         return {
-            p: encode(self.note(p, now, wall, final=final, waiting=waiting.get(p, {})), o)
-            for p, o in offsets.items()
+            p: self.note(p, now, wall, final=final, waiting=waiting.get(p, {})) for p in partitions
         }
 
     def note(
