@@ -50,8 +50,10 @@ log = logging.getLogger(__name__)
 __all__ = ["HELD_PREFIX", "HeldTarget", "HeldTargets", "held_key", "releasable"]
 
 HELD_PREFIX = "held\x1f"
-CHECK_SECONDS = 1.0  # while something is held: looked at this often (a source's `until`)
-SOON_SECONDS = 0.1  # after a change (a source resolved): at most this soon
+# while something is held, looked at this often (a source past its `until`, a hand-over's
+# read done, a silence expired): each look asks the board about every held target
+CHECK_SECONDS = 5.0
+SOON_SECONDS = 0.1  # after a change (a source resolved, a partition taken): this soon
 
 # what the topic takes: key, value (None: a tombstone), and what to call with its offset
 # once acknowledged (None: not written); False when it could not be queued
@@ -204,10 +206,9 @@ class HeldTargets:
 
     def targets(self) -> list[HeldTarget]:
         with self._lock:
-            read = {k: t for k, (t, _) in self._read.items()}
-            for k, w in self._mine.items():
-                read[k] = w.target  # type: ignore[assignment]
-            return [t for t in read.values() if t is not None]
+            view: dict[str, HeldTarget | None] = {k: t for k, (t, _) in self._read.items()}
+            view.update((k, w.target) for k, w in self._mine.items())
+            return [t for t in view.values() if t is not None]
 
     def _current(self, key: str) -> HeldTarget | None:
         with self._lock:
@@ -235,7 +236,6 @@ class HeldTargets:
                 mine.read = max(mine.read, offset)  # (its acknowledgement may come later)
                 if mine.acked is not None and offset >= mine.acked:
                     del self._mine[key]  # our latest write read back: the topic says it now
-            self._changed = True
 
     def changed(self) -> None:
         """Something that may release a target happened (a source resolved)."""
@@ -353,6 +353,7 @@ class HeldTargets:
         if owned != self._owned:  # (a rebalance: rare; else one list comparison)
             self._owned = list(owned)
             self._since = {p: self._since.get(p, now) for p in self._owned}
+            self._changed = True
         soon = self._changed and now - self._checked >= SOON_SECONDS
         if not soon and now - self._checked < CHECK_SECONDS:
             return []
