@@ -354,6 +354,8 @@ class HeldTargets:
             self._owned = list(owned)
             self._since = {p: self._since.get(p, now) for p in self._owned}
             self._changed = True
+            if self._since:
+                self._caught_up(max(self._since.values()))  # the follower looks from now
         soon = self._changed and now - self._checked >= SOON_SECONDS
         if not soon and now - self._checked < CHECK_SECONDS:
             return []
@@ -361,6 +363,9 @@ class HeldTargets:
         held = self.targets()
         if not held or not self._readable():
             return []
+        sinces = {self._since[h.source] for h in held if h.source in self._since}
+        if not all(self._caught_up(since) for since in sinces):
+            self._changed = True  # the follower is looking: asked again soon, not in 5 s
         return releasable(held, self._since, self._caught_up, self._quiet)
 
     def _quiet(self, target: HeldTarget) -> bool:

@@ -162,3 +162,12 @@ def test_an_older_event_inhibited_at_its_turn_never_replaces_a_newer_one_held() 
     assert held.targets() == [target(offset=8)]
     held.hold(target(offset=9))
     assert held.targets() == [target(offset=9)]
+
+
+def test_a_target_waiting_for_the_followers_look_is_asked_about_again_soon() -> None:
+    read = [False]
+    held = HeldTargets(None, lambda since: read[0], lambda: True, lambda rules, labels: False)
+    held.hold(target())
+    assert held.due([P0], 0.0) == []  # the previous owner's records not read yet
+    read[0] = True
+    assert held.due([P0], 0.2) == [target()]  # not after the slow look's 5 s
