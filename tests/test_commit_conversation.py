@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 
+from streamer.budget import decode
 from streamer.delivery_events import Commit, Event, Revoked, Revoking, Tick
 from tests.test_delivery_machine import P0, P1, Harness, ScriptedIncidentIo
 
@@ -69,3 +70,37 @@ def test_nothing_of_a_partition_starts_once_its_drain_is_over() -> None:
     staying = h.event(P1, key="b")
     h.round()
     assert h.finished == [staying]
+
+
+def test_a_note_committed_again_after_the_wall_clock_stepped_tells_its_starts_by_the_new_clock() -> (
+    None
+):
+    """The simulator's short seeds 9375 and 9656: an idle member's notes were committed
+    again as built, with a new write time; after its wall clock stepped 40 minutes ahead
+    (NTP, a VM resumed), its starts still told the old clock: read against the new write
+    time they were 40 minutes old, out of every window, and the others started past the
+    limit (9 arrivals in a window of 8 at an API key)."""
+    h = Harness(ScriptedIncidentIo(), commit_interval_seconds=1.0)
+    step = 0.0
+    notes: list[tuple[float, str]] = []  # (when, P0's note)
+    handle = h.machine.handle
+
+    def stepped(event: Event, now: float, wall: float):  # type: ignore[no-untyped-def]
+        effects = handle(event, now, wall + step)
+        commits = [e for e in effects if isinstance(e, Commit) and P0 in e.offsets]
+        notes.extend((now, e.offsets[P0][1]) for e in commits)
+        return effects
+
+    h.machine.handle = stepped  # type: ignore[method-assign]
+    h.event(key="a")
+    h.round()  # one start, at 1000 + raise_after
+    started = h.clock()
+    commit_times(h, 4.0)  # its notes built, then committed again as they are
+    step = 2400.0
+    notes.clear()
+    commit_times(h, 3.0)
+    assert notes
+    for now, text in notes:
+        note = decode(text, 0)
+        [start] = note.spent["a"].starts
+        assert abs((note.written - start) - (now - started)) < 0.5  # its age, told right
