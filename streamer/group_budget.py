@@ -81,11 +81,10 @@ class GroupBudget:
         self.view_interval = view_interval  # how often the group's notes are read
         # a raise waits until the others read our demand (a note and a view away)
         self.raise_after = tail_seconds + view_interval
-        # A live member's notes are written again every commit interval (the write time
-        # changes them), or every tail - view interval while they would tell the same
-        # (commit_conversation.py): one whose write time has not moved for this long by our clock
-        # (theirs may run wrong) is gone (killed, or its partitions idle and nobody's
-        # since): its share is no longer kept for it.
+        # A live member's notes are written again every commit interval, or every tail -
+        # view interval while they would tell the same (commit_conversation.py): one whose
+        # write time has not moved for this long by our clock (theirs may run wrong) is
+        # gone (killed, or its partitions idle): its share is no longer kept for it.
         self.fresh = 2 * tail_seconds
         self._written: dict[str, tuple[float, float]] = {}  # writer: (latest, seen at)
         self._note_written: dict[Partition, tuple[str, float]] = {}  # (writer, written)
@@ -235,15 +234,11 @@ class GroupBudget:
         the last one read): their writers are not taken for gone while we cannot tell."""
         mine = set(self.ledger.partitions)
         limits = self._limits()
-        read = []
-        for p, (offset, metadata) in committed.items():
-            if p in mine and p in self._taken:
-                continue  # its starts are in our limiters
-            note = decode(metadata, offset, limits)
-            # ours, its note not taken over yet: its starts are in no limiter of ours
-            # (read as ours, they counted nowhere: the simulator's short seed 1175)
-            if p not in mine or note.writer not in ("", self.writer):
-                read.append((p, note))
+        taken = mine & self._taken  # their starts are in our limiters
+        read = [(p, decode(m, o, limits)) for p, (o, m) in committed.items() if p not in taken]
+        # ours, its note not taken over yet: its starts are in no limiter of ours (read as
+        # ours, they counted nowhere: the simulator's short seed 1175)
+        read = [(p, n) for p, n in read if p not in mine or n.writer not in ("", self.writer)]
         notes = [note for _, note in read]
         written: dict[str, tuple[float, float]] = {}  # writer: (latest write time, seen at)
         stepped_back = set()
@@ -284,12 +279,15 @@ class GroupBudget:
             if writer not in unseen and now - written[writer][1] >= self.fresh:
                 for theirs in theirs_by_name.values():
                     theirs.limit = theirs.key_limit = 0
+        # a partition whose note was never read (reads failed, none kept) may have demand
+        # (read as none, a member new to the group took 21 of 22: the short seed 8480)
+        unknown = max(0, total_partitions - len(mine | committed.keys()))
         demand = {}
         for state in self.destinations:
             waiting = {w.job.partition for w in state.ready.waiting()}
             waiting |= {p for p, s in state.spent.items() if s and s[-1] > now - self.recent}
             ours = len(waiting & mine)
-            demand[state.name] = (ours, ours + others.get(state.name, 0))
+            demand[state.name] = (ours, ours + others.get(state.name, 0) + unknown)
         self.destinations.share(
             len(mine), total_partitions, demand, now=now, raise_after=self.raise_after
         )
@@ -325,11 +323,10 @@ class GroupBudget:
         known = self._written.get(note.writer)
         if note.writer != self.writer and known is not None and note.written < known[0]:
             # written earlier than a note of its writer we read before: its clock may have
-            # stepped back since, so the later of the two readings (as written just now).
-            # A note we saw written (the same write time) is read from when we first saw
-            # it: read as written now, a dead writer's 429 pause was taken again whole at
-            # each hand-over, and a source started nothing for two windows past the end
-            # of the pause incident.io asked for (the simulator's short seed 935)
+            # stepped back, so the later of the two readings (as written just now). A note
+            # seen written (the same write time) is read from when first seen (read as
+            # written now, a dead writer's 429 pause was taken again whole at each
+            # hand-over: the simulator's short seed 935)
             shift, latest = max(shift, now - note.written), max(latest, now + SKEW)
         if note.done:
             self._done[partition] = note.done
@@ -352,11 +349,8 @@ class GroupBudget:
             except KeyError:
                 continue  # a destination the configuration no longer has
             # read by the writer's write time (invariant 5): late, never early
-            starts = [
-                min(t + shift, latest)
-                for t in spent.starts
-                if t + shift > now - state.limiter.window
-            ]
+            cut = now - state.limiter.window
+            starts = [min(t + shift, latest) for t in spent.starts if t + shift > cut]
             if tail_counts:  # what the writer may have started unseen
                 starts += [now] * min(spent.tail, state.spec.events_per_minute)
             starts = sorted(starts)[-state.spec.events_per_minute :]  # a full window at most

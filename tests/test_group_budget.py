@@ -477,3 +477,17 @@ def test_a_partition_assigned_but_not_yet_taken_over_still_counts_its_writers_st
     assert sum(start(peer_ds, peer_ledger, P1, 100 + i, 2.0) for i in range(10)) == 3
     peer.take_over(P0, note, 3, now=2.5, wall=WALL + 2.5)
     assert sum(start(peer_ds, peer_ledger, P1, 200 + i, 2.5) for i in range(10)) == 0
+
+
+def test_a_partition_whose_note_was_never_read_may_have_demand() -> None:
+    """The simulator's short seed 8480: a member back after a kill -9, new to the group,
+    while every read of the group's notes failed: the other partition's note was never
+    read, and taken for no demand its share grew to 21 of 22 (23 arrivals in a window at
+    the API key, with what the other member started). Unknown, it may have demand."""
+    new, ds, ledger = member(limit=22, writer="new")
+    ledger.assign(P0)
+    [job] = ledger.add(P0, 0, [(OrderingKey("a", "waiting"), "work")])
+    ds["a"].ready.add(job, rank=0)
+    for now in (1.0, 1.0 + new.raise_after + 0.1):  # P1's note failed both times
+        new.observe({P0: (0, None)}, now=now, wall=WALL + now, total_partitions=2)
+    assert ds["a"].limiter.limit <= 11
