@@ -21,6 +21,11 @@ hides an alert that no silence read says to hide.
 
 Expired silences are kept (and listed) for `EXPIRED_KEPT` after they end, then forgotten;
 the writers tombstone the ones they find that old, and compaction removes them.
+
+A silence with `expire_if_unmatched_for` makes a replica's book (`of`, with a writer) start
+a thread that writes "matched at" marks and, when the group's marks say the silence
+matched nothing for that long, its expiry (streamer/silence_expiry.py says why that is
+safe group-wide). Only then does a replica write to the topic.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from streamer.config import Config
 from streamer.kafka_clients import kafka_settings
+from streamer.silence_expiry import MARK_PREFIX, UnmatchedExpiry, mark_value, read_mark
 from streamer.silence_index import Silences
 from streamer.silences import Silence, SilenceError
 from streamer.topic_follower import Follows, TopicFollower, read_to_now
@@ -48,6 +54,8 @@ log = logging.getLogger(__name__)
 __all__ = ["SilenceBook", "ensure_topic", "publish", "read_silences"]
 
 STARTUP_WAIT_SECONDS = 10.0  # at start, the silences are waited for at most this long
+TEND_SECONDS = 15.0  # how often marks and unmatched expiries are written, when any is due
+Records = list[tuple[str, bytes | None]]  # (key, value; None: a tombstone)
 
 
 class SilenceBook:
@@ -60,21 +68,34 @@ class SilenceBook:
         follower: Callable[[Callable[[Message], None]], Follows],
         *,
         clock: Callable[[], float] = time.monotonic,
+        write: Callable[[Records], None] | None = None,
+        expiry: UnmatchedExpiry | None = None,
+        tend_seconds: float = TEND_SECONDS,
     ) -> None:
         self.topic, self.clock = topic, clock
         self._lock = threading.Lock()
         self._silences = Silences()
         self._version = 0  # bumped by every record read: snapshots are cheap to reuse
+        self._write = write  # None: this book never writes (the CLI's reads)
+        self._expiry = expiry or UnmatchedExpiry()
+        self._tend_seconds = tend_seconds
+        self._stop = threading.Event()
+        self._tending: threading.Thread | None = None
         self.follower = follower(self._read)
 
     @classmethod
-    def following(cls, settings: Mapping[str, Any], topic: str) -> SilenceBook:
+    def following(
+        cls,
+        settings: Mapping[str, Any],
+        topic: str,
+        write: Callable[[Records], None] | None = None,
+    ) -> SilenceBook:
         """A book fed by a follower of `topic` (librdkafka `settings`) started now."""
 
         def follower(handle: Callable[[Message], None]) -> Follows:
             return TopicFollower(settings, topic, handle, window_seconds=None).start()
 
-        return cls(topic, follower)
+        return cls(topic, follower, write=write)
 
     @classmethod
     def of(cls, config: Config) -> SilenceBook:
@@ -85,11 +106,14 @@ class SilenceBook:
             "group.id": kafka.group_id,  # one the ACLs allow; never joined nor committed to
             "logger": logging.getLogger("librdkafka"),
         }
-        return cls.following(settings, kafka.silence_topic)
+        return cls.following(settings, kafka.silence_topic, writer(settings, kafka.silence_topic))
 
     def _read(self, message: Message) -> None:
         key, value = message.key(), message.value()
         silence_id = key.decode("utf-8", "replace") if key else ""
+        if silence_id.startswith(MARK_PREFIX):
+            self._read_mark(silence_id.removeprefix(MARK_PREFIX), value, message)
+            return
         if value is None:  # a tombstone
             self.take(silence_id, None)
             return
@@ -110,13 +134,32 @@ class SilenceBook:
             return
         self.take(silence.id, silence)
 
+    def _read_mark(self, silence_id: str, value: bytes | None, message: Message) -> None:
+        try:
+            at = None if value is None else read_mark(value)
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
+            log.warning(
+                "%s[%d]@%d is not a mark, skipped: %s",
+                self.topic,
+                message.partition() or 0,
+                message.offset() or 0,
+                str(e)[:500],
+                extra={"topic": self.topic},
+            )
+            return
+        with self._lock:
+            self._expiry.read_mark(silence_id, at)
+
     def take(self, silence_id: str, silence: Silence | None) -> None:
         """The topic's latest word on `silence_id` (None: forgotten)."""
         with self._lock:
             if silence is None:
                 self._silences.remove(silence_id)
+                self._expiry.forget(silence_id)
             else:
                 self._silences.put(silence)
+                if silence.expire_if_unmatched_for is not None:
+                    self._start_tending()
             self._version += 1
 
     def matching(self, labels: Mapping[str, Any], at: datetime) -> list[Silence]:
@@ -124,7 +167,54 @@ class SilenceBook:
         with self._lock:
             if not len(self._silences):
                 return []
-            return self._silences.matching(labels, at)
+            found = self._silences.matching(labels, at)
+            for s in found:
+                if s.expire_if_unmatched_for is not None:
+                    self._expiry.matched(s.id, at)
+            return found
+
+    def _start_tending(self) -> None:
+        if self._write is None or self._tending is not None:
+            return
+        self._tending = threading.Thread(target=self._tend_loop, name="silence-expiry", daemon=True)
+        self._tending.start()
+
+    def _tend_loop(self) -> None:
+        while not self._stop.wait(self._tend_seconds):
+            try:
+                self.tend(datetime.now(UTC))
+            except Exception as e:  # the brokers: tried again at the next tick
+                log.warning(
+                    "the silences' marks or unmatched expiries could not be written to %s: "
+                    "%s; tried again in %.0f s",
+                    self.topic,
+                    str(e)[:500],
+                    self._tend_seconds,
+                    extra={"topic": self.topic},
+                )
+
+    def tend(self, now: datetime) -> None:
+        """Writes the "matched at" marks due, and, once the topic is read to `now`, the
+        expiries of silences that matched nothing for their `expire_if_unmatched_for`."""
+        if self._write is None:
+            return
+        with self._lock:
+            records: Records = [
+                (MARK_PREFIX + i, mark_value(at)) for i, at in self._expiry.marks_due()
+            ]
+        if self.read_to_now(5.0, self._stop):
+            with self._lock:
+                ended = self._expiry.expiries_due(list(self._silences), now)
+            for s in ended:
+                log.info(
+                    "silence %s expires: it matched nothing for %s",
+                    s.id,
+                    s.expire_if_unmatched_for,
+                    extra={"silence": s.id},
+                )
+                records.append((s.id, json.dumps(s.to_json(), ensure_ascii=False).encode()))
+        if records:
+            self._write(records)
 
     def silences(self, at: datetime | None = None) -> list[Silence]:
         """Every silence read, the long-expired ones forgotten first (`EXPIRED_KEPT`)."""
@@ -169,6 +259,9 @@ class SilenceBook:
         return self.follower.failing_since() is None
 
     def close(self) -> None:
+        self._stop.set()
+        if self._tending is not None:
+            self._tending.join(10)
         self.follower.close()
 
 
@@ -217,6 +310,28 @@ def publish(
         failures.append(f"{left} records not acknowledged within {timeout:.0f} s")
     if failures:
         raise SilenceError(f"writing to {topic} failed: {'; '.join(failures)}")
+
+
+def writer(settings: Mapping[str, Any], topic: str) -> Callable[[Records], None]:
+    """Writes records to `topic`, acknowledged (acks=all) before it returns; one producer,
+    made at the first write."""
+    made: list[Producer] = []
+
+    def write(records: Records) -> None:
+        if not made:
+            made.append(Producer({**_not_consumer(settings), "acks": "all"}))
+        failures: list[str] = []
+
+        def acknowledged(error: KafkaError | None, message: Message) -> None:
+            if error is not None:
+                failures.append(error.str())
+
+        for key, value in records:
+            made[0].produce(topic, key=key.encode(), value=value, on_delivery=acknowledged)
+        if made[0].flush(10.0) or failures:
+            raise SilenceError(f"writing to {topic} failed: {'; '.join(failures) or 'timed out'}")
+
+    return write
 
 
 def read_silences(settings: Mapping[str, Any], topic: str, timeout: float = 30.0) -> SilenceBook:

@@ -30,9 +30,15 @@ MAX_IN_FORCE = 10_000
 
 
 def forgettable(known: Iterable[Silence], written: Iterable[Silence], now: datetime) -> list[str]:
-    """The ids among `known` to tombstone: expired past `EXPIRED_KEPT`, not being written."""
+    """The keys to tombstone: the ids among `known` expired past `EXPIRED_KEPT` and not
+    being written, and the keys of their "matched at" marks (streamer/silence_expiry.py)."""
+    from streamer.silence_expiry import MARK_PREFIX
+
     ids = {s.id for s in written}
-    return [s.id for s in known if s.forgotten(now) and s.id not in ids]
+    old = [s for s in known if s.forgotten(now) and s.id not in ids]
+    return [s.id for s in old] + [
+        MARK_PREFIX + s.id for s in old if s.expire_if_unmatched_for is not None
+    ]
 
 
 def newer_than_topic(

@@ -39,6 +39,7 @@ from streamer.errors import StreamerError
 from streamer.label_matchers import LABELS_PATH, label_matcher
 from streamer.matcher_modes import read_matchers
 from streamer.matchers import Matcher
+from streamer.silence_expiry import MARK_PREFIX
 
 __all__ = [
     "EXPIRED_KEPT",
@@ -111,6 +112,8 @@ class Silence:
     comment: str = ""
     updated_at: datetime | None = None  # when this version was written
     expired: bool = False  # ended by `silence expire`: expired whatever the clocks say
+    # expires by itself once it matched nothing for this long (streamer/silence_expiry.py)
+    expire_if_unmatched_for: timedelta | None = None
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -121,6 +124,11 @@ class Silence:
             raise SilenceError(
                 f"id: {self.id[:MAX_ID]!r} is not an id (printable, at most {MAX_ID} characters)"
             )
+        if self.id.startswith(MARK_PREFIX):  # the key of a "matched at" mark
+            raise SilenceError(f"id: {self.id[:MAX_ID]!r} may not start with {MARK_PREFIX!r}")
+        unmatched = self.expire_if_unmatched_for
+        if unmatched is not None and unmatched <= timedelta(0):
+            raise SilenceError("expire_if_unmatched_for: must be positive")
         if not self.matchers:
             raise SilenceError("matchers: a silence needs at least one (it would mute everything)")
         if all(m.compiled.matches(_EMPTY) for m in self.matchers):
@@ -148,6 +156,7 @@ class Silence:
         created_by: str = "",
         comment: str = "",
         starts_at: datetime | None = None,
+        expire_if_unmatched_for: timedelta | None = None,
     ) -> Silence:
         """A new silence with a fresh id, from `starts_at` (default: `at`) for `duration`."""
         if duration <= timedelta(0):
@@ -167,6 +176,7 @@ class Silence:
             created_by,
             comment,
             updated_at=at,
+            expire_if_unmatched_for=expire_if_unmatched_for,
         )
 
     def state(self, at: datetime) -> State:
@@ -216,6 +226,8 @@ class Silence:
             out["updatedAt"] = _iso(self.updated_at)
         if self.expired:
             out["expired"] = True
+        if self.expire_if_unmatched_for is not None:
+            out["expireIfUnmatchedForSeconds"] = self.expire_if_unmatched_for.total_seconds()
         return out
 
     @classmethod
@@ -234,6 +246,7 @@ class Silence:
         expired = data.get("expired", False)
         if not isinstance(expired, bool):
             raise SilenceError(f"{where}.expired: expected true or false, found {expired!r}")
+        unmatched = _seconds(data, "expireIfUnmatchedForSeconds", where)
         try:
             return cls(
                 silence_id,
@@ -244,6 +257,7 @@ class Silence:
                 _text(data, "comment", where),
                 None if updated in (None, "") else _time(data, "updatedAt", where),
                 expired,
+                unmatched,
             )
         except SilenceError as e:
             raise SilenceError(f"{where} {silence_id}: {e}") from None
@@ -304,6 +318,15 @@ def _time(data: Mapping[str, Any], name: str, where: str) -> datetime:
         return moment.astimezone(UTC)
     except OverflowError:  # e.g. 9999-12-31T23:00:00-05:00: past year 9999 in UTC
         raise SilenceError(f"{where}.{name}: {value!r} is out of range in UTC") from None
+
+
+def _seconds(data: Mapping[str, Any], name: str, where: str) -> timedelta | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
+        raise SilenceError(f"{where}.{name}: expected a positive number of seconds")
+    return timedelta(seconds=value)
 
 
 def _matcher(data: Any, where: str) -> SilenceMatcher:

@@ -7,8 +7,10 @@ settings, so a silence written here applies in every running replica within abou
 not needed. The writers (add, expire, import) also write away (tombstone) silences expired
 longer than `EXPIRED_KEPT` ago, so compaction removes them; add and import refuse to take
 the silences active or pending past `MAX_IN_FORCE`; import never writes over a version the
-topic holds that is newer, or expired. Exit status: 0 done, 1 bad input or configuration
-(the message names the field), 2 the topic could not be read or written.
+topic holds that is newer, or expired. A silence added with `--expire-if-unmatched-for` is
+expired by the replicas themselves (streamer/silence_expiry.py). Exit status: 0 done, 1 bad
+input or configuration (the message names the field), 2 the topic could not be read or
+written.
 """
 
 from __future__ import annotations
@@ -102,6 +104,14 @@ def add_parser(commands: Any) -> None:
     add.add_argument("--comment", required=True, help="why (a ticket, a maintenance)")
     add.add_argument(
         "--author", default=None, help="who asks (default: the user running the command)"
+    )
+    add.add_argument(
+        "--expire-if-unmatched-for",
+        type=duration,
+        metavar="DURATION",
+        help="expire it by itself once no replica saw it match an alert for this long "
+        "(counted from its start; decided by the replicas, which then write to the topic; "
+        "up to 2 minutes more, as their marks lag; keep clocks within 30 s)",
     )
     add.set_defaults(func=cmd_add)
 
@@ -229,6 +239,7 @@ def cmd_add(args: argparse.Namespace) -> int:
             starts_at=args.start,
             created_by=args.author or _user(),
             comment=args.comment,
+            expire_if_unmatched_for=args.expire_if_unmatched_for,
         )
     except SilenceError as e:
         print(f"error: {e}", file=sys.stderr)
