@@ -158,7 +158,7 @@ def _works_of(
     if firing is not None and rules.inhibit_rules and deliveries:
         kept = _not_inhibited(source, event, deliveries, firing, rules, telemetry)
         inhibited, deliveries = tuple(d for d in deliveries if d not in kept), kept
-    if firing is not None and rules.inhibit_rules:  # held till released; or newer: settled
+    if firing is not None:  # held till released; or newer: settled (rules reloaded away too)
         firing.held.routed(source, event, decision.deliveries, inhibited, rules.inhibit_rules)
     if not deliveries and not decision.failures:
         # dropped on purpose (the firehose's common case, kept short), muted, silenced

@@ -157,3 +157,13 @@ def test_a_source_that_stops_inhibiting_by_its_until_releases_its_targets(rules)
     assert firing.held.due([("events", 0)], 0.0) == []
     wall[0] += 61  # past its `until` (Alertmanager: the target is active again)
     assert len(firing.held.due([("events", 0)], 5.0)) == 2
+
+
+def test_a_held_target_is_settled_even_once_the_rules_have_no_inhibit_rule(rules, tmp_path) -> None:
+    firing = board()
+    through(rules, event(**ZONE_DOWN), firing)
+    through(rules, event(**WARNING), firing)
+    assert len(firing.held.targets()) == 2
+    reloaded = config_from(tmp_path, RULES.split("inhibit_rules:")[0]).rules
+    assert len(through(reloaded, event("RESOLVED", **WARNING), firing)) == 2
+    assert firing.held.targets() == []  # never released after the resolve sent since
