@@ -17,8 +17,9 @@ Invariants:
   drops it, and the next owner releases the record from the topic again.
 - **A release kept quiet at its turn stays held**; one accepted or dead-lettered asks for
   its record's tombstone (`HeldSent`). A delivery inhibited at its turn is held
-  (`HoldTarget`) only when no job of its key waits behind it: a newer one says the key's
-  state.
+  (`HoldTarget`) only when no newer job of its key waits behind it (a later offset of its
+  partition, or another partition): a newer one says the key's state; an older one (a
+  resolve it stood for, revived) does not.
 """
 
 from __future__ import annotations
@@ -82,8 +83,15 @@ class HeldReleases:
             if outcome in ("delivered", "dead-lettered") and job.key is not None:
                 return [HeldSent(job.key, job.partition, job.offset)]
             return []  # kept quiet at its turn: it stays held
-        key = job.key  # inhibited with nothing of its key behind it: its latest state
-        if outcome != "inhibited" or key is None or self._ledger.queue_of(key):
+        key = job.key  # inhibited with nothing newer of its key behind it: its latest state
+        if (
+            outcome != "inhibited"
+            or key is None
+            or any(
+                j.partition != job.partition or j.offset > job.offset  # (not a revived resolve)
+                for j in self._ledger.queue_of(key)
+            )
+        ):
             return []
         return [HoldTarget(key, job.work)] if self._ledger.holds(job.partition) else []
 

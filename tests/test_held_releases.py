@@ -144,3 +144,26 @@ def test_a_delivery_inhibited_at_its_turn_is_held_unless_a_newer_one_waits() -> 
     [hold] = h.effects
     assert hold.key == OrderingKey("a", "alone") and hold.delivery.message.offset == 1
     assert [p.get("status") for p in h.http.posted] == [None, "resolved"]
+
+
+def test_a_refire_inhibited_at_its_turn_is_held_though_the_resolve_it_stood_for_is_revived() -> (
+    None
+):
+    """Red team F1: K fired (sent), resolved (waits), fired again (supersedes the resolve);
+    a source fires: the re-fire ends `inhibited`, the older resolve is revived and sent, and
+    the re-fire is still held (the revived resolve is older: it does not say K's state)."""
+    h = Recording(destination={"events_per_minute": 1, "coalesce": "latest"})
+    h.event(key="k", status="firing")  # offset 0: sent
+    h.round()
+    h.event(key="k", status="resolved")  # offset 1: waits for the next minute
+    h.event(key="k", status="firing")  # offset 2: supersedes the waiting resolve
+    h.machine.quiet_with(
+        lambda d, wall: "inhibited" if d.payload.get("status") == "firing" else None
+    )
+    for _ in range(3):
+        h.clock.advance(60)
+        h.round()
+    posted = [(p["n"], p.get("status")) for p in h.http.posted]
+    holds = [e for e in h.effects if isinstance(e, HoldTarget)]
+    assert posted == [(0, "firing"), (1, "resolved")]
+    assert [e.delivery.message.offset for e in holds] == [2]
