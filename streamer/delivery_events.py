@@ -147,9 +147,15 @@ class ConfigChanged:
 @dataclass(frozen=True)
 class ReleaseHeld:
     """Held targets nothing keeps quiet any more (streamer/held_targets.py): each becomes a
-    job of its key, behind what of it waits, moving no watermark (answered `HeldSent`)."""
+    job of its key, behind what of it waits, moving no watermark (answered `HeldSent`).
+    `high`: the consumer's high watermarks of their partitions as it knows them (cached, no
+    request; a partition missing: not known yet); a target is released only once this
+    member has fetched its partition up to the watermark known when it was first asked
+    about (what the previous owner or the backlog says after it is read first). None: the
+    shell knows none (tests): no such wait."""
 
     targets: Sequence[HeldTarget]
+    high: Mapping[Partition, int] | None = None
 
 
 Event = (

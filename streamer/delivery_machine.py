@@ -55,18 +55,12 @@ from streamer.delivery_events import (
     WriteDeadLetter,
 )
 from streamer.destinations import Destinations
-from streamer.dispatch import Delivery, Dispatcher
+from streamer.dispatch import Dispatcher
 from streamer.failure_policy import Backoff
 from streamer.group_budget import GroupBudget
 from streamer.handover import HandOver
-from streamer.held_releases import HeldReleases
-from streamer.instrumentation import (
-    ConsumerLag,
-    MessageSpans,
-    Stats,
-    register_gauges,
-    stats_of,
-)
+from streamer.held_releases import HeldReleases, Quiet, Stale
+from streamer.instrumentation import ConsumerLag, MessageSpans, Stats, register_gauges, stats_of
 from streamer.ledger import DeliveryLedger, Job, Partition
 from streamer.telemetry import Telemetry
 
@@ -224,6 +218,10 @@ class DeliveryMachine:
         return self._ledger.partitions
 
     @property
+    def held_waiting(self) -> bool:  # a release waits for its partition's fetch: ask again
+        return self._held.waiting
+
+    @property
     def busy(self) -> int:
         """Requests in flight (posted, not answered)."""
         return self._out.busy
@@ -256,9 +254,10 @@ class DeliveryMachine:
 
     def drained(self, partitions: Collection[Partition], *, producing: bool) -> bool:
         """A drain of `partitions` may end: all terminal, or waiting cannot change anything
-        (nothing in flight or being produced, nothing that could start before its cut-off)."""
+        (nothing in flight, a release included, or being produced, nothing that could start
+        before its cut-off)."""
         if not any(self._ledger.unfinished(p) for p in partitions):
-            return True
+            return not self._held.in_flight(partitions)  # (a release is no message)
         return not self._out.worth_waiting(producing=producing)
 
     def next_wakeup(self, now: float) -> float:
@@ -292,10 +291,10 @@ class DeliveryMachine:
             committed=self._commits.last_confirmed,
         )
 
-    def quiet_with(self, quiet: Callable[[Delivery, float], str | None]) -> None:
-        """The shell's silences and inhibit rules, asked at each delivery's turn: a delivery
-        `quiet(delivery, wall)` names an outcome for (`silenced`, `inhibited`) ends so."""
-        self._out.quiet = quiet
+    def quiet_with(self, quiet: Quiet, *, stale: Stale | None = None) -> None:
+        """Asked at each delivery's turn: silences and inhibit rules (`quiet(delivery, wall)`:
+        an outcome, or None), a release's record `stale(key, partition, offset)`: `settled`."""
+        self._out.quiet = self._held.at_turn(quiet, stale)
 
     def register_gauges(self, lag: ConsumerLag) -> None:
         """The gauges read from the parts (the metrics thread reads them as they stand)."""
@@ -313,6 +312,7 @@ class DeliveryMachine:
     # -- out: answers and dead letters -----------------------------------------------------
 
     def _answered(self, event: Answered) -> None:
+        self._held.answered(event.job)
         verdict = self._out.answered(event.job, event.answer, self._wall)
         if verdict == "accepted":
             self._end(event.job)
@@ -358,6 +358,7 @@ class DeliveryMachine:
             self._release(job)
         for job, outcome in quieted:
             self._end(job, outcome)
+        self._held.posted(post.job for post in posts)
         self._effects += posts
         self._effects += self._backpressure.caps(self._ledger)
         self._effects += self._commit.due(now, self._wall)

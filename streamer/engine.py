@@ -47,7 +47,6 @@ from streamer.delivery_events import (
     HoldTarget,
     LetGo,
     Post,
-    ReleaseHeld,
     Revoked,
     Revoking,
     Tick,
@@ -119,7 +118,8 @@ class Engine:
                 silences=self.silences,
                 firing=self.firing,
                 rules=self.config.rules.inhibit_rules,
-            )
+            ),
+            stale=lambda key, source, offset: not self.firing.held.holds(key, source, offset),
         )
         self.consumer = consumer or make_consumer(
             config,
@@ -289,8 +289,8 @@ class Engine:
                 time.sleep(min(wait, BUSY_WAIT))
         self.producer.poll(0)
         self._collect()
-        if held := self.firing.held.due(machine.partitions, self.clock()):
-            self._feed(ReleaseHeld(held))  # targets nothing keeps quiet now
+        if held := self.firing.held.due(machine.partitions, self.clock(), machine.held_waiting):
+            self._feed(self.firing.held.released(held, self.consumer))  # nothing keeps quiet
         self._feed(Tick())
         self._take_reloaded()
 

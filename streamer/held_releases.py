@@ -8,9 +8,10 @@ Invariants:
   (`DeliveryLedger.add_held`) behind whatever of the key waits, and what is fetched later
   waits behind it. It is made only for a partition this assignment owns, and only once
   this member has read past its source message (past the previous owner's committed
-  offset, or what it fetched itself): a message read again after a hand-over routes its
-  key again and says its state itself, so an older message read again is never sent
-  after a release of a newer one.
+  offset, or what it fetched itself) and up to the partition's high watermark as known
+  when it was first asked about (`ReleaseHeld.high`): a message read again after a
+  hand-over, or waiting in the backlog, routes its key first and says its state itself
+  (settling the record), so an older state is never released after a newer one was sent.
 - **One release of a key at a time.** A release of a key already being released here is
   ignored until that one ends (a shell asks level-triggered: again and again).
 - **It moves no watermark** (ledger invariant 5) and is fenced like any job: a revoke
@@ -24,14 +25,17 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 from streamer.dead_letters import SourceMessage
 from streamer.delivery_events import Effect, HeldSent, HoldTarget, ReleaseHeld
 from streamer.dispatch import Delivery
 from streamer.ledger import DeliveryLedger, Job, OrderingKey, Partition
 
-__all__ = ["HeldReleases"]
+__all__ = ["HeldReleases", "Quiet", "Stale"]
+
+Quiet = Callable[[Delivery, float], str | None]  # at a delivery's turn: an outcome, or None
+Stale = Callable[[OrderingKey, Partition, int], bool]  # a release's record settled since
 
 
 class HeldReleases:
@@ -39,6 +43,12 @@ class HeldReleases:
         self._ledger = ledger
         self._releasing: dict[OrderingKey, Job] = {}
         self._read_from: dict[Partition, int] = {}  # the previous owner's committed offset
+        # per key asked about: its partition's high watermark when first asked (fetched up
+        # to it before its release: a newer state behind it, read again or in the backlog,
+        # is routed first and settles it)
+        self._high: dict[OrderingKey, int] = {}
+        self._posted: dict[int, Job] = {}  # releases in flight (a drain waits for them)
+        self.waiting = False  # a target was held back for its partition's fetch: ask again
 
     def noted(self, notes: Mapping[Partition, tuple[int, str | None]]) -> None:
         """The previous owners' committed offsets (read at assignment)."""
@@ -49,12 +59,19 @@ class HeldReleases:
     def release(self, event: ReleaseHeld, destinations: Collection[str]) -> list[Job]:
         """The jobs made for `event`'s targets that are active now."""
         active = []
+        asked = {t.key for t in event.targets}
+        self._high = {k: h for k, h in self._high.items() if k in asked}
+        self.waiting = False
         for target in event.targets:
             p, key = target.source, target.key
             if key in self._releasing or target.destination not in destinations:
                 continue
             if not self._ledger.holds(p) or target.offset >= self._read_past(p):
                 continue
+            if event.high is not None and not self._fetched_to_high(key, p, event.high):
+                self.waiting = True
+                continue
+            self._high.pop(key, None)
             if p in self._read_from:  # an idle partition is claimed all the same
                 self._ledger.read_from(p, self._read_from[p])
             delivery = Delivery(
@@ -71,6 +88,41 @@ class HeldReleases:
             if now_active:
                 active.append(job)
         return active
+
+    def _fetched_to_high(
+        self, key: OrderingKey, p: Partition, high: Mapping[Partition, int]
+    ) -> bool:
+        if key not in self._high:
+            if high.get(p, -1) < 0:
+                return False  # not known yet (no fetch answered since the take)
+            self._high[key] = high[p]
+        return self._read_past(p) >= self._high[key]
+
+    def posted(self, jobs: Iterable[Job]) -> None:
+        self._posted.update((id(job), job) for job in jobs if job.held)
+
+    def answered(self, job: Job) -> None:
+        self._posted.pop(id(job), None)
+
+    def in_flight(self, partitions: Collection[Partition]) -> bool:
+        """A release of `partitions` is posted and not answered yet."""
+        return any(job.partition in partitions for job in self._posted.values())
+
+    def at_turn(self, quiet: Quiet, stale: Stale | None) -> Quiet:
+        """The question asked at a delivery's turn: a release whose record was settled since
+        it was made (a newer delivery of its key: its resolve fetched behind it) ends
+        `settled`, with no request and no tombstone asked (the settle wrote one); else the
+        shell's silences and inhibit rules (`quiet`)."""
+
+        def asked(delivery: Delivery, wall: float) -> str | None:
+            job = self._releasing.get(  # (a record's key is its body's: held_record.py)
+                OrderingKey(delivery.destination, str(delivery.payload.get("deduplication_key")))
+            )
+            if job is None or job.work is not delivery or job.key is None or stale is None:
+                return quiet(delivery, wall)
+            return "settled" if stale(job.key, job.partition, job.offset) else quiet(delivery, wall)
+
+        return asked
 
     def _read_past(self, p: Partition) -> int:
         fetched = self._ledger.next_offset(p)
@@ -106,6 +158,7 @@ class HeldReleases:
                 del self._releasing[key]
         for p in partitions:
             self._read_from.pop(p, None)
+        self._high.clear()  # (asked again, with watermarks of the new assignment)
 
     def __len__(self) -> int:
         return len(self._releasing)

@@ -1,137 +1,62 @@
 """Held targets: the latest inhibited state of each key, kept in the firing topic until its
 source stops inhibiting it, then delivered (issue 24: "When the source resolves, the
-targets' latest state is delivered"; README, "Inhibition").
+targets' latest state is delivered"; README, "Inhibition"; the record: held_record.py).
 
 - **Written.** A firing delivery an inhibit rule keeps quiet (at routing, or at its turn
   when no newer job of its key waits behind it) writes a *held* record to
-  `kafka.firing_topic`, keyed `held\\x1f<destination>\\x1f<deduplication key>` (apart from
-  the sources' fingerprints), with what sending it later takes: its route, payload, labels
-  and source message (topic, partition, offset). Written before its event's offset can be
-  committed (`FiringState.before_commit` waits for every record of the producer).
+  `kafka.firing_topic` with what sending it later takes, and its `until`. Written before
+  its event's offset can be committed (`FiringState.before_commit`).
 - **Superseded.** A newer delivery of the same key made at routing (sent, a resolve,
   silenced) tombstones it; a newer inhibited one replaces it. So a held record is always
-  its key's latest state with nothing newer after it (per partition: a key fed from two
-  partitions has no order across them anyway).
+  its key's latest state (per partition: two partitions have no order anyway).
 - **Released** (`due`, level-triggered: when a source resolves, and every
   `CHECK_SECONDS` while something is held) by the member that owns the record's source
   partition, once nothing inhibits nor silences it, the topic reads, and the follower
-  has read every record acknowledged before this member took the partition (the
-  previous owner's tombstones: releasing before reading them could send a stale state
-  after a newer one). The machine makes it a job of its key (`ReleaseHeld`); once
-  accepted or dead-lettered, the record is tombstoned if it is still the one released
-  (`HeldSent`). A member killed between incident.io's 202 and that tombstone makes the
-  next owner send it once more (at least once).
+  has read every record acknowledged before this member took the partition; the machine
+  also waits until its partition is fetched to the high watermark (`ReleaseHeld.high`),
+  and drops it at its turn if its record was settled since. Once accepted or
+  dead-lettered, the record is tombstoned if it is still the one released (`HeldSent`).
+  Killed between incident.io's 202 and that tombstone, the next owner sends it again.
+- **Ended.** Past its `until` it is tombstoned, never sent (counted, logged at info).
 - **Local first.** The writer applies its records at once; what the follower reads of a
   key this member wrote is not applied until it has read that write back (an older
-  record read late must not bring back a state tombstoned since).
+  record read late must not bring back a state tombstoned since). A write that fails
+  keeps its local word and is written again at each look (a failed tombstone never lets
+  the older firing out again).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from streamer.dead_letters import SourceMessage
-from streamer.delivery_events import HeldSent, HoldTarget
+from streamer.delivery_events import HeldSent, HoldTarget, ReleaseHeld
+from streamer.held_record import HELD_PREFIX, HeldTarget, held_key, high_watermarks, until_of
 from streamer.inhibition import InhibitRule, alert_labels
 from streamer.ledger import OrderingKey, Partition
 from streamer.silence_index import labels_of
-from streamer.telemetry import Telemetry
+from streamer.telemetry import Tally, Telemetry
 
 log = logging.getLogger(__name__)
 
 __all__ = ["HELD_PREFIX", "HeldTarget", "HeldTargets", "held_key", "releasable"]
 
-HELD_PREFIX = "held\x1f"
 # while something is held, looked at this often (a source past its `until`, a hand-over's
 # read done, a silence expired): each look asks the board about every held target
 CHECK_SECONDS = 5.0
 SOON_SECONDS = 0.1  # after a change (a source resolved, a partition taken): this soon
+FAILED_SAID_EVERY = 12  # a write that keeps failing: warned at its 1st, 13th... attempt
 
 # what the topic takes: key, value (None: a tombstone), and what to call with its offset
 # once acknowledged (None: not written); False when it could not be queued
 Produce = Callable[[str, bytes | None, Callable[[int | None], None]], bool]
-
-
-def held_key(key: OrderingKey) -> str:
-    return f"{HELD_PREFIX}{key.destination}\x1f{key.deduplication_key}"
-
-
-@dataclass(frozen=True)
-class HeldTarget:
-    """An inhibited delivery's state, as written to the firing topic."""
-
-    destination: str
-    deduplication_key: str
-    route: str
-    body: Mapping[str, Any]
-    alert_labels: Mapping[str, str]
-    labels: Mapping[str, Any] | None  # what silences test
-    topic: str
-    partition: int
-    offset: int
-    event_time: float | None = None
-
-    @property
-    def key(self) -> OrderingKey:
-        return OrderingKey(self.destination, self.deduplication_key)
-
-    @property
-    def source(self) -> Partition:
-        return (self.topic, self.partition)
-
-    def encode(self) -> bytes:
-        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True, default=str).encode()
-
-    @classmethod
-    def decode(cls, value: bytes) -> HeldTarget:
-        r = json.loads(value)
-        labels, body = r["alert_labels"], r["body"]
-        if not isinstance(labels, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-        ):
-            raise ValueError("alert_labels: not a map of texts")
-        if not isinstance(body, dict) or not isinstance(r.get("labels") or {}, dict):
-            raise ValueError("body, labels: not maps")
-        event_time = r.get("event_time")
-        if event_time is not None and not math.isfinite(float(event_time)):
-            raise ValueError("event_time: not a finite time")
-        return cls(
-            str(r["destination"]),
-            str(r["deduplication_key"]),
-            str(r["route"]),
-            body,
-            labels,
-            r.get("labels"),
-            str(r["topic"]),
-            int(r["partition"]),
-            int(r["offset"]),
-            None if event_time is None else float(event_time),
-        )
-
-    @classmethod
-    def of(cls, key: OrderingKey, delivery: Any) -> HeldTarget:
-        """A routed `Delivery` (streamer/dispatch.py) of `key`, inhibited at its turn."""
-        m = delivery.message
-        return cls(
-            key.destination,
-            key.deduplication_key,
-            delivery.route,
-            dict(delivery.payload),
-            dict(delivery.alert_labels or {}),
-            delivery.labels,
-            m.topic,
-            m.partition,
-            m.offset,
-            delivery.event_time,
-        )
 
 
 def _always() -> bool:
@@ -159,6 +84,8 @@ class _Write:
     target: HeldTarget | None  # None: a tombstone
     acked: int | None = None  # its record's offset, once acknowledged
     read: int = -1  # the key's latest offset the follower read since (acked or not)
+    failed: int = 0  # attempts not written (kept, written again at the next look)
+    failing: bool = False  # its latest attempt was not written
 
 
 class HeldTargets:
@@ -174,8 +101,10 @@ class HeldTargets:
         inhibited: Callable[[tuple[InhibitRule, ...], Mapping[str, str]], bool],
         *,
         wall_clock: Callable[[], float] = time.time,
+        resolve_timeout: float = 300.0,
     ) -> None:
         self._produce, self._caught_up, self._readable = produce, caught_up, readable
+        self.resolve_timeout = resolve_timeout  # how long a target without an end is held
         self._inhibited, self.wall_clock = inhibited, wall_clock
         self._lock = threading.Lock()
         self._read: dict[str, tuple[HeldTarget, int]] = {}  # as read: the record's offset
@@ -183,9 +112,11 @@ class HeldTargets:
         self._since: dict[Partition, float] = {}  # owned, since when (seen by `due`)
         self._owned: list[Partition] = []  # as `due` was last told
         self._checked = -math.inf
-        self._changed = False
+        self._changed = self._gave = False  # (`_gave`: the last look released some)
         self._rules: Callable[[], tuple[InhibitRule, ...]] = tuple
         self._silences: Silences | None = None
+        self.counts: dict[str, int] = {}  # `ended` (dropped), `write_failed`
+        self._tally: Any = None  # streamer.telemetry.Tally, once shown
 
     @classmethod
     def beside(cls, firing: Any) -> HeldTargets:
@@ -197,6 +128,7 @@ class HeldTargets:
             lambda: bool(firing.readable()),
             lambda rules, labels: firing.inhibition(rules, labels) is not None,
             wall_clock=firing.wall_clock,
+            resolve_timeout=firing.resolve_timeout,
         )
 
     # -- the view --------------------------------------------------------------------------
@@ -222,8 +154,9 @@ class HeldTargets:
         target = None
         if value is not None:
             try:
-                target = HeldTarget.decode(value.encode() if isinstance(value, str) else value)
-            except (ValueError, KeyError, TypeError, RecursionError) as e:
+                raw = value.encode() if isinstance(value, str) else value
+                target = HeldTarget.decode(raw, key)
+            except (ValueError, KeyError, TypeError, RecursionError, OverflowError) as e:
                 log.warning("a held target's record @%d is not one, skipped: %s", offset, e)
                 return
         with self._lock:
@@ -243,24 +176,36 @@ class HeldTargets:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def _write(self, key: str, target: HeldTarget | None) -> None:
-        write = _Write(target)
+    def holds(self, key: OrderingKey, source: Partition, offset: int) -> bool:
+        """Whether the record of `source`@`offset` is still `key`'s held state (a release's
+        turn: a newer delivery of its key may have settled it since it was made)."""
+        current = self._current(held_key(key))
+        return current is not None and (current.source, current.offset) == (source, offset)
+
+    def _count(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
+        if self._tally is not None:
+            self._tally.add(1, {"what": what})
+
+    def _write(self, key: str, target: HeldTarget | None, failed: int = 0) -> bool:
+        """Writes `key`'s state; False if it could not be queued (kept: written again)."""
+        write = _Write(target, failed=failed)
         with self._lock:
             if self._produce is None:  # nothing to read back: this view is the only one
                 self._read.pop(key, None)
                 if target is None:
                     self._mine.pop(key, None)
-                    return
+                    return True
             self._mine[key] = write
         if self._produce is None:
-            return
+            return True
 
         def acked(offset: int | None) -> None:
             with self._lock:
                 if self._mine.get(key) is not write:
                     return  # a later write of the key decides
-                if offset is None:  # not written: the topic's word stands
-                    del self._mine[key]
+                if offset is None:  # not written: our word stands, written again
+                    self._failed(key, write)
                     return
                 write.acked = offset
                 if write.read >= offset:  # read back before it was acknowledged
@@ -269,7 +214,36 @@ class HeldTargets:
         if not self._produce(key, None if target is None else target.encode(), acked):
             with self._lock:
                 if self._mine.get(key) is write:
-                    del self._mine[key]
+                    self._failed(key, write)
+            return False
+        return True
+
+    def _failed(self, key: str, write: _Write) -> None:
+        """A write not done (its delivery report an error, or the producer's queue full): the
+        older word in the topic must not come back (a tombstone's older firing released
+        after its resolve), so ours is kept and written again at each look."""
+        write.failed, write.failing = write.failed + 1, True
+        self._count("write_failed")
+        if write.failed % FAILED_SAID_EVERY == 1:
+            log.warning(
+                "a held target's %s was not written to the firing topic (attempt %d): kept "
+                "here, written again every %.0f s",
+                "tombstone" if write.target is None else "record",
+                write.failed,
+                CHECK_SECONDS,
+            )
+
+    def _rewrite(self) -> None:
+        """The writes that failed, again (the first one refused at once ends this look's:
+        a full queue costs one wait per look, not one per record)."""
+        with self._lock:
+            failing = [(k, w) for k, w in self._mine.items() if w.failing]
+        for key, write in failing:
+            with self._lock:
+                if self._mine.get(key) is not write:
+                    continue
+            if not self._write(key, write.target, write.failed):
+                return
 
     def hold(self, target: HeldTarget) -> None:
         """`target` is its key's latest state, inhibited: held until released. Not over a
@@ -296,7 +270,8 @@ class HeldTargets:
     def perform(self, effect: HoldTarget | HeldSent) -> None:
         """The machine's word: a delivery inhibited at its turn, or a release ended."""
         if isinstance(effect, HoldTarget):
-            self.hold(HeldTarget.of(effect.key, effect.delivery))
+            until = self.wall_clock() + self.resolve_timeout  # (its event's end is not known)
+            self.hold(HeldTarget.of(effect.key, effect.delivery, until))
             return
         name = held_key(effect.key)
         current = self._current(name)
@@ -342,14 +317,17 @@ class HeldTargets:
                     partition,
                     offset,
                     event_time.timestamp() if isinstance(event_time, datetime) else None,
+                    until_of(event, self.wall_clock() + self.resolve_timeout),
                 )
             )
 
     # -- release ---------------------------------------------------------------------------
 
-    def due(self, owned: list[Partition], now: float) -> list[HeldTarget]:
+    def due(self, owned: list[Partition], now: float, waiting: bool = False) -> list[HeldTarget]:
         """The held targets to release now (called at every step of the poll loop: cheap
-        unless a change or `CHECK_SECONDS` calls for a look, and something is held)."""
+        unless a change or `CHECK_SECONDS` calls for a look, and something is held);
+        `waiting`: the machine held one back for its partition's fetch (asked again soon)."""
+        self._changed = self._changed or (waiting and self._gave)  # (it asked the machine)
         if owned != self._owned:  # (a rebalance: rare; else one list comparison)
             self._owned = list(owned)
             self._since = {p: self._since.get(p, now) for p in self._owned}
@@ -359,14 +337,38 @@ class HeldTargets:
         soon = self._changed and now - self._checked >= SOON_SECONDS
         if not soon and now - self._checked < CHECK_SECONDS:
             return []
-        self._checked, self._changed = now, False
+        self._checked, self._changed, self._gave = now, False, False
+        self._rewrite()
         held = self.targets()
         if not held or not self._readable():
             return []
         sinces = {self._since[h.source] for h in held if h.source in self._since}
         if not all(self._caught_up(since) for since in sinces):
             self._changed = True  # the follower is looking: asked again soon, not in 5 s
-        return releasable(held, self._since, self._caught_up, self._quiet)
+        mine = releasable(held, self._since, self._caught_up, self._ended)
+        due = [h for h in mine if not self._quiet(h)]
+        self._gave = bool(due)
+        return due
+
+    def _ended(self, h: HeldTarget) -> bool:
+        """A target past its end (`HeldTarget.ends`) is dropped, never released as firing
+        (Alertmanager notifies nothing for an alert resolved before it was sent)."""
+        wall, end = self.wall_clock(), h.ends(self.resolve_timeout)
+        if end is None or end > wall:
+            return False
+        log.info(
+            "a held target of %s ended %.0f s ago while inhibited: dropped, not sent",
+            h.destination,
+            wall - end,
+            extra={"destination": h.destination, "deduplication_key": h.deduplication_key},
+        )
+        self._count("ended")
+        self._write(held_key(h.key), None)
+        return True
+
+    def released(self, held: list[HeldTarget], consumer: Any) -> ReleaseHeld:
+        """`held` for the machine, with the consumer's high watermarks (`high_watermarks`)."""
+        return ReleaseHeld(held, high_watermarks(consumer, held))
 
     def _quiet(self, target: HeldTarget) -> bool:
         if self._inhibited(self._rules(), target.alert_labels):
@@ -385,6 +387,12 @@ class HeldTargets:
         """`/pending` counts the held targets (`inhibition_held`), and so does a gauge;
         what keeps one quiet: these silences, and the inhibit rules in force (`rules()`)."""
         self._silences, self._rules = silences, rules
+        self._tally = Tally(
+            telemetry.provider.get_meter("streamer"),
+            "streamer.inhibition.held_outcomes",
+            "Held targets dropped (`what`: ended, past their until) or whose record was not "
+            "written (write_failed: kept, written again)",
+        )
         pending = telemetry.pending
         telemetry.pending = lambda: {**pending(), "inhibition_held": len(self)}
         telemetry.gauge("streamer.inhibition.held", lambda: [(float(len(self)), {})])

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from streamer.delivery_events import HeldSent, HoldTarget, LetGo, NotesRead, ReleaseHeld
+from streamer.delivery_events import HeldSent, HoldTarget, LetGo, NotesRead, ReleaseHeld, Revoking
 from streamer.held_targets import HeldTarget
 from streamer.ledger import OrderingKey
-from tests.test_delivery_machine import P0, Harness, ScriptedIncidentIo, answer
+from tests.test_delivery_machine import P0, P1, Harness, ScriptedIncidentIo, answer
 
 
 class Recording(Harness):
@@ -37,9 +37,8 @@ def rounds(h: Harness, n: int = 3) -> None:
 
 
 def held(key: str = "k", offset: int = 0, partition: int = 0, n: Any = "held") -> HeldTarget:
-    return HeldTarget(
-        "a", key, "r", {"n": n}, {"alertname": key}, None, "events", partition, offset
-    )
+    body = {"n": n, "deduplication_key": key}
+    return HeldTarget("a", key, "r", body, {"alertname": key}, None, "events", partition, offset)
 
 
 def test_a_release_is_sent_moves_no_watermark_and_asks_for_its_tombstone() -> None:
@@ -167,3 +166,63 @@ def test_a_refire_inhibited_at_its_turn_is_held_though_the_resolve_it_stood_for_
     holds = [e for e in h.effects if isinstance(e, HoldTarget)]
     assert posted == [(0, "firing"), (1, "resolved")]
     assert [e.delivery.message.offset for e in holds] == [2]
+
+
+def test_the_next_owner_releases_only_once_it_fetched_to_the_watermark_of_its_take() -> None:
+    """Red team F3: the previous owner held K@0, then routed and sent K@1 (its resolve) and
+    was killed before its tombstone and its commit (committed: 1). The next owner reads the
+    held record and the source has resolved; released before K@1 is fetched again, K@0
+    would reopen the incident. Its partition's high watermark (2) holds it back until the
+    fetch reaches it; K@1 is routed first and settles it."""
+    h = Recording()
+    h.feed(NotesRead({P0: (1, None)}))
+    h.feed(ReleaseHeld([held(offset=0)], {}))  # the watermark not known yet: waits
+    assert h.machine.held_waiting
+    h.feed(ReleaseHeld([held(offset=0)], {P0: 2}))
+    assert h.machine.held_waiting
+    rounds(h)
+    assert h.http.posted == []
+    h.offsets[P0] = 1
+    h.event(key="k", status="resolved")  # fetched: it settles the record (the shell's side)
+    rounds(h)
+    assert [(p["n"], p.get("status")) for p in h.http.posted] == [(1, "resolved")]
+    h.feed(ReleaseHeld([held(key="other", offset=0)], {P0: 2}))  # fetched to 2: released
+    rounds(h)
+    assert not h.machine.held_waiting and [p["n"] for p in h.http.posted][-1] == "held"
+
+
+def test_a_release_whose_record_was_settled_before_its_turn_ends_without_a_request() -> None:
+    """Red team F4: the source and the target resolve together; the source's resolve is
+    read first and the target's held firing becomes a job; the target's own resolve,
+    fetched behind it, settles the record. At its turn the release is no longer its key's
+    held state: it ends, nothing is posted, no tombstone is asked (the settle wrote one)."""
+    h = Recording(destination={"events_per_minute": 1})
+    settled: set[OrderingKey] = set()
+    h.machine.quiet_with(lambda d, wall: None, stale=lambda key, p, o: key in settled)
+    h.event(key="busy")  # offset 0: takes the minute's slot
+    h.round()
+    h.feed(ReleaseHeld([held(offset=0)]))
+    h.event(key="k", status="resolved")  # offset 1: behind the release
+    settled.add(OrderingKey("a", "k"))  # routing settled the record
+    for _ in range(3):
+        h.clock.advance(60)
+        h.round()
+    assert [(p["n"], p.get("status")) for p in h.http.posted] == [(0, None), (1, "resolved")]
+    assert h.effects == [] and h.machine.unfinished() == 0
+
+
+def test_a_drain_waits_for_a_release_in_flight() -> None:
+    """Red team F7: a drain whose partition has no unfinished message but a release in
+    flight does not end until it is answered (the next owner could post a newer state of
+    its key first, and would send it again)."""
+    h = Recording()
+    h.event(key="other")
+    h.round()
+    h.feed(ReleaseHeld([held(offset=0)]))
+    h.start()
+    assert [p.payload["n"] for p in h.in_flight] == ["held"]
+    h.feed(Revoking([P0], deadline=h.clock() + 30.0))
+    assert not h.machine.drained([P0], producing=False)
+    assert h.machine.drained([P1], producing=False)
+    h.answer_all()
+    assert h.machine.drained([P0], producing=False)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from streamer.delivery_events import HeldSent
+from streamer.delivery_events import HeldSent, HoldTarget
 from streamer.held_targets import HeldTarget, HeldTargets, held_key, releasable
 from streamer.ledger import OrderingKey
 from streamer.telemetry import Telemetry
@@ -20,7 +20,8 @@ K = OrderingKey("a", "k")
 
 def target(offset: int = 3, partition: int = 0, **labels: str) -> HeldTarget:
     labels = labels or {"alertname": "DiskSlow", "severity": "warning"}
-    return HeldTarget("a", "k", "r", {"title": "t"}, labels, None, "events", partition, offset)
+    body = {"title": "t", "status": "firing", "deduplication_key": "k"}
+    return HeldTarget("a", "k", "r", body, labels, None, "events", partition, offset)
 
 
 class Topic:
@@ -37,13 +38,13 @@ class Topic:
 
 
 def board(
-    topic: Topic | None = None,
+    topic: Any = None,
     caught_up: bool = True,
     inhibited: bool = False,
     readable: bool = True,
 ) -> HeldTargets:
     return HeldTargets(
-        topic.produce if topic is not None else None,
+        topic if callable(topic) else topic.produce if topic is not None else None,
         lambda since: caught_up,
         lambda: readable,
         lambda rules, labels: inhibited,
@@ -83,13 +84,36 @@ def test_this_members_writes_win_until_the_follower_reads_them_back() -> None:
     assert held.targets() == [target(offset=9)]
 
 
-def test_a_write_that_failed_leaves_the_topics_word() -> None:
+def test_a_failed_tombstone_keeps_its_word_and_is_written_again_at_the_next_look() -> None:
+    """Red team F2: a tombstone whose delivery report fails, or that the producer's queue
+    refuses, never gives back the topic's older word (a held firing released after its
+    resolve): kept, written again at each look until acknowledged, counted."""
     topic = Topic()
     held = board(topic)
+    held.due([P0], 0.0)
     held.read(held_key(K), target().encode(), 4)
     held.settle(K, P0)
-    topic.acks[0](None)  # not written
-    assert held.targets() == [target()]
+    topic.acks[0](None)  # its delivery report: not written
+    assert held.targets() == [] and held.due([P0], 10.0) == []
+    assert topic.written[1:] == [(held_key(K), None)]  # written again at the look
+    topic.acks[1](9)
+    held.read(held_key(K), None, 9)
+    assert held.targets() == [] and held.counts == {"write_failed": 1}
+    refused = board(lambda key, value, acked: False)  # type: ignore[arg-type]
+    refused.due([P0], 0.0)
+    refused.read(held_key(K), target().encode(), 4)
+    refused.settle(K, P0)  # the queue full: not queued
+    assert refused.targets() == [] and refused.due([P0], 10.0) == []
+
+
+def test_a_failed_hold_is_kept_and_released_when_its_source_resolves() -> None:
+    topic = Topic()
+    held = board(topic)
+    held.due([P0], 0.0)
+    held.hold(target())
+    topic.acks[0](None)
+    assert held.due([P0], 10.0) == [target()]  # (not lost: still held, and written again)
+    assert [k for k, _ in topic.written] == [held_key(K), held_key(K)]
 
 
 def test_a_newer_delivery_settles_its_key_only_when_it_may_be_held() -> None:
@@ -171,3 +195,60 @@ def test_a_target_waiting_for_the_followers_look_is_asked_about_again_soon() -> 
     assert held.due([P0], 0.0) == []  # the previous owner's records not read yet
     read[0] = True
     assert held.due([P0], 0.2) == [target()]  # not after the slow look's 5 s
+
+
+def test_a_target_past_its_until_is_dropped_not_released() -> None:
+    """Red team F5: a held target whose end passed is tombstoned without sending, counted;
+    one without an `until` (an older record) ends at its event time + resolve_timeout."""
+    topic = Topic()
+    held = board(topic)  # wall clock 1000, resolve_timeout 300
+    held.due([P0], 0.0)
+    ended = HeldTarget(**{**target().__dict__, "until": 999.0})
+    held.read(held_key(K), ended.encode(), 4)
+    assert held.due([P0], 10.0) == []
+    assert topic.written == [(held_key(K), None)] and held.counts == {"ended": 1}
+    old = board(Topic())
+    old.due([P0], 0.0)
+    old.read(held_key(K), HeldTarget(**{**target().__dict__, "event_time": 600.0}).encode(), 4)
+    assert old.due([P0], 10.0) == []  # 600 + 300 < 1000: ended
+    fresh = board(Topic())
+    fresh.due([P0], 0.0)
+    fresh.read(held_key(K), HeldTarget(**{**target().__dict__, "event_time": 800.0}).encode(), 4)
+    fresh.read(held_key(OrderingKey("a", "u")), target().encode().replace(b'"k"', b'"u"'), 5)
+    assert len(fresh.due([P0], 10.0)) == 2  # not ended yet, or no time known: released
+
+
+def test_a_hold_at_routing_keeps_the_events_end_and_at_its_turn_the_resolve_timeout() -> None:
+    topic = Topic()
+    held = board(topic)
+    held.perform(HoldTarget(K, _delivery()))
+    assert HeldTarget.decode(topic.written[0][1] or b"").until == 1300.0
+
+
+def _delivery() -> Any:
+    from streamer.dead_letters import SourceMessage
+    from streamer.dispatch import Delivery
+
+    body = {"title": "t", "status": "firing", "deduplication_key": "k"}
+    return Delivery(SourceMessage("events", 0, 3, None, None, ()), "r", "a", body)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        (b'"deduplication_key": "k"', b'"deduplication_key": "other"'),  # its content's key
+        (b'"status": "firing"', b'"status": "resolved"'),
+        (b'"title": "t"', b'"title": 5'),
+        (b'"offset": 3', b'"offset": Infinity'),
+        (b'"offset": 3', b'"offset": 1e999'),
+    ],
+)
+def test_a_hostile_record_is_skipped(change: tuple[bytes, bytes]) -> None:
+    """Red team F12: content naming another key than its record key, a body that is not a
+    firing alert event, numbers that are not offsets: skipped, never sent."""
+    held = board(Topic())
+    held.due([P0], 0.0)
+    value = target().encode()
+    assert change[0] in value
+    held.read(held_key(K), value.replace(*change), 4)
+    assert held.targets() == [] and held.due([P0], 10.0) == []

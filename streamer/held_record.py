@@ -1,0 +1,174 @@
+"""A held target's record in the firing topic (streamer/held_targets.py): its key, what it
+holds, and how a record read back is checked before it can ever be sent.
+
+- **Keyed by its state's key.** `held\\x1f<destination>\\x1f<deduplication key>`; a record
+  whose content names another key than the one it is filed under is not one (releasing it
+  would tombstone the other key and send it again at every look).
+- **Sent as written, only if it is an alert event.** Its body is checked as incident.io's
+  payload (`AlertEventPayload`, a firing, its field limits) with the record's
+  deduplication key; anything else is skipped with a warning (never POSTed).
+- **It ends.** `until`: the target event's `ends_at`, else the time of holding plus
+  `inhibition.resolve_timeout_seconds`, as for sources. A target past it has ended: it is
+  dropped (tombstoned), never released as firing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Collection, Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from confluent_kafka import TopicPartition
+
+from streamer.alert_event import FIELD_LIMITS, payload_errors
+from streamer.ledger import OrderingKey, Partition
+
+__all__ = ["HELD_PREFIX", "HeldTarget", "held_key", "high_watermarks", "until_of"]
+
+HELD_PREFIX = "held\x1f"
+
+
+def held_key(key: OrderingKey) -> str:
+    return f"{HELD_PREFIX}{key.destination}\x1f{key.deduplication_key}"
+
+
+def _time(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name}: not a time")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{name}: not a finite time")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class HeldTarget:
+    """An inhibited delivery's state, as written to the firing topic."""
+
+    destination: str
+    deduplication_key: str
+    route: str
+    body: Mapping[str, Any]
+    alert_labels: Mapping[str, str]
+    labels: Mapping[str, Any] | None  # what silences test
+    topic: str
+    partition: int
+    offset: int
+    event_time: float | None = None
+    until: float | None = None  # when it ends if nothing says so before (None: old record)
+
+    @property
+    def key(self) -> OrderingKey:
+        return OrderingKey(self.destination, self.deduplication_key)
+
+    @property
+    def source(self) -> Partition:
+        return (self.topic, self.partition)
+
+    def ends(self, resolve_timeout: float) -> float | None:
+        """When it has ended: `until`; a record written without one, its event time plus
+        `resolve_timeout`; None: unknown (released as before)."""
+        if self.until is not None:
+            return self.until
+        return None if self.event_time is None else self.event_time + resolve_timeout
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True, default=str).encode()
+
+    @classmethod
+    def decode(cls, value: bytes, key: str | None = None) -> HeldTarget:
+        """The record `value` filed under `key` (checked when given); ValueError if it is
+        not a held target's."""
+        try:
+            r = json.loads(value)
+            if not isinstance(r, dict):
+                raise ValueError("not a map")
+            target = cls._of(r)
+        except (KeyError, TypeError, OverflowError, RecursionError) as e:
+            raise ValueError(f"{type(e).__name__}: {e}") from None
+        if key is not None and held_key(target.key) != key:
+            raise ValueError("its destination and deduplication key are not its record key's")
+        body = dict(target.body)
+        if body.get("status") != "firing" or body.get("deduplication_key") != (
+            target.deduplication_key
+        ):
+            raise ValueError("body: not a firing of its deduplication key")
+        errors = payload_errors(body, require_deduplication_key=True)
+        over = [f for f, limit in FIELD_LIMITS.items() if len(str(body.get(f) or "")) > limit]
+        if errors or over:
+            said = "; ".join([e.message for e in errors] + [f"{f}: too long" for f in over])
+            raise ValueError(f"body: not an alert event: {said}")
+        return target
+
+    @classmethod
+    def _of(cls, r: Mapping[str, Any]) -> HeldTarget:
+        labels, body = r["alert_labels"], r["body"]
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        ):
+            raise ValueError("alert_labels: not a map of texts")
+        if not isinstance(body, dict) or not isinstance(r.get("labels") or {}, dict):
+            raise ValueError("body, labels: not maps")
+        offset, partition = r["offset"], r["partition"]
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in (offset, partition)):
+            raise ValueError("partition, offset: not whole numbers")
+        return cls(
+            str(r["destination"]),
+            str(r["deduplication_key"]),
+            str(r["route"]),
+            body,
+            labels,
+            r.get("labels"),
+            str(r["topic"]),
+            partition,
+            offset,
+            _time(r.get("event_time"), "event_time"),
+            _time(r.get("until"), "until"),
+        )
+
+    @classmethod
+    def of(cls, key: OrderingKey, delivery: Any, until: float | None = None) -> HeldTarget:
+        """A routed `Delivery` (streamer/dispatch.py) of `key`, inhibited at its turn."""
+        m = delivery.message
+        return cls(
+            key.destination,
+            key.deduplication_key,
+            delivery.route,
+            dict(delivery.payload),
+            dict(delivery.alert_labels or {}),
+            delivery.labels,
+            m.topic,
+            m.partition,
+            m.offset,
+            delivery.event_time,
+            until,
+        )
+
+
+def until_of(event: Mapping[str, Any], otherwise: float) -> float:
+    """A target alert event's end: its `ends_at`, else `otherwise` (held at + resolve_timeout)."""
+    alert = event.get("alert")
+    ends_at = alert.get("ends_at") if isinstance(alert, Mapping) else None
+    return ends_at.timestamp() if isinstance(ends_at, datetime) else otherwise
+
+
+def high_watermarks(consumer: Any, held: Collection[HeldTarget]) -> dict[Partition, int] | None:
+    """The consumer's high watermarks of `held`'s partitions as it knows them (cached from
+    its fetches: no request, nothing waits); a partition not fetched yet is missing. None:
+    this consumer cannot tell (a test double)."""
+    ask = getattr(consumer, "get_watermark_offsets", None)
+    if ask is None:
+        return None
+    high = {}
+    for topic, partition in {h.source for h in held}:
+        try:
+            marks = ask(TopicPartition(topic, partition), cached=True)
+        except Exception:  # (not known: the release waits, asked again)
+            continue
+        if marks is not None and marks[1] >= 0:
+            high[(topic, partition)] = int(marks[1])
+    return high
