@@ -92,7 +92,9 @@ class GroupBudget:
         self._done: dict[Partition, OffsetRanges] = {}  # inherited offset maps
         # inherited partly done messages: offset -> digests of their jobs that ended
         self._partly: dict[Partition, Mapping[int, tuple[str, ...]]] = {}
-        self._tails_taken: set[str] = set()  # writers whose tail was already counted
+        # writer: when its note whose tail was counted was written; a later one may hide a
+        # new tail (short seed 12999: a live writer's hand-over counted it, its kill not)
+        self._tails_taken: dict[str, float] = {}
         self._taken: set[Partition] = set()  # owned, the previous owner's note taken over
         # built-at times of commits on their way (None: not every partition's note)
         self._commits: deque[float | None] = deque()
@@ -332,17 +334,16 @@ class GroupBudget:
             self._done[partition] = note.done
         if note.partly:
             self._partly[partition] = note.partly
-        # Our own note (an eager rebalance handed the partition back): its starts are in
-        # our limiters already; only the partition's share of them is remembered again.
+        # our own note (an eager rebalance handed it back): its starts are in our limiters
         ours = note.writer == self.writer
-        tail_counts = not ours and not note.final and note.writer not in self._tails_taken
+        counted = self._tails_taken.get(note.writer)
+        tail_counts = not ours and not note.final and (counted is None or note.written > counted)
         if tail_counts:
-            self._tails_taken.add(note.writer)
+            self._tails_taken[note.writer] = note.written
         if note.overflow and not ours:  # its budget did not fit: every window counts as full
             for state in self.destinations:
-                full = [now] * state.spec.events_per_minute
-                state.limiter.inherit(full)
-                state.key_limiter.inherit(full)
+                for limiter in (state.limiter, state.key_limiter):
+                    limiter.inherit([now] * state.spec.events_per_minute)
         for name, spent in note.spent.items():
             try:
                 state = self.destinations[name]

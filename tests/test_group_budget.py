@@ -491,3 +491,31 @@ def test_a_partition_whose_note_was_never_read_may_have_demand() -> None:
     for now in (1.0, 1.0 + new.raise_after + 0.1):  # P1's note failed both times
         new.observe({P0: (0, None)}, now=now, wall=WALL + now, total_partitions=2)
     assert ds["a"].limiter.limit <= 11
+
+
+def test_a_writers_tail_counted_at_a_hand_over_is_counted_again_at_a_later_one() -> None:
+    """The simulator's short seed 12999: a member took a partition over from a live writer
+    (its tail counted then, early), and 15 s later, once the writer was killed, its other
+    partition; the writer's tail counted once per writer, its last unconfirmed starts
+    (made after the first hand-over) were counted by no one: 17 arrivals in a window of
+    16. A note written later than the one whose tail was counted may hide a new tail."""
+    old, old_ds, old_ledger = member(limit=10, writer="old")
+    old_ledger.assign(P0)
+    old_ledger.assign(P1)
+    old.promise_tails()
+    tail = old_ds["a"].limiter.tail
+    assert tail is not None
+    first = old.notes({P1: 0}, now=1.0, wall=WALL + 1.0, final=False)[P1]
+    new, new_ds, new_ledger = member(limit=10, writer="new")
+    new_ledger.assign(P1)
+    new.take_over(P1, first, 0, now=1.0, wall=WALL + 1.0)  # its tail counted, at 1.0
+    note = old.notes({P0: 0}, now=10.0, wall=WALL + 10.0, final=False)[P0]
+    hidden = sum(start(old_ds, old_ledger, P0, i, 10.5) for i in range(20))  # then a kill
+    assert hidden == tail
+    new_ledger.assign(P0)
+    new.take_over(P0, note, 0, now=16.0, wall=WALL + 16.0)
+    # once the first count has left the window, the hidden starts still count
+    later = 1.0 + new_ds["a"].limiter.window + 0.1
+    assert later < 10.5 + new_ds["a"].limiter.window
+    more = sum(start(new_ds, new_ledger, P0, 100 + i, later) for i in range(20))
+    assert hidden + more <= 10

@@ -199,6 +199,13 @@ FIXED = {
     # started: 23 arrivals in a window of 22 at an API key. Fixed: a partition whose note
     # was never read counts as having demand (group_budget.observe)
     "never-read-note-no-demand": [("short", None, 8480)],
+    # found by `--seeds 3000 --start 10000 --profile short` (2,999 held; open before it): a
+    # member took a partition over from a live writer (its tail counted then), and 15 s
+    # later, once that writer was killed, its other partition: the tail was counted once
+    # per writer, so the writer's last unconfirmed starts were counted by no one: 17
+    # arrivals in a window of 16. Fixed: a note written later than the one whose tail was
+    # counted counts its tail again (group_budget.take_over)
+    "tail-counted-once-per-writer": [("short", None, 12999)],
 }
 
 
