@@ -202,7 +202,7 @@ class DeliveryMachine:
                 self._total_partitions = event.total_partitions
                 self._configure(event.destinations, event.tokens)
             case ReleaseHeld():
-                for job in self._held.release(event, {d.name for d in self._destinations}):
+                for job in self._held.release(event, self._effects):
                     self._activate(job)
         return self._effects
 
@@ -217,9 +217,7 @@ class DeliveryMachine:
     def partitions(self) -> list[Partition]:
         return self._ledger.partitions
 
-    @property
-    def held_waiting(self) -> bool:  # a release waits for its partition's fetch: ask again
-        return self._held.waiting
+    held_waiting = property(lambda self: self._held.waiting)  # one waits for a fetch: ask again
 
     @property
     def busy(self) -> int:
@@ -397,4 +395,5 @@ class DeliveryMachine:
         self, destinations: Mapping[str, Destination], tokens: Mapping[str, SecretStr]
     ) -> None:
         self._destinations.configure(destinations, tokens)
+        self._held.configured = set(destinations)  # (a removed one keeps its state there)
         self._budget.share_by_ownership(self._total_partitions, self._now)

@@ -25,6 +25,7 @@ from confluent_kafka import TopicPartition
 
 from streamer.alert_event import FIELD_LIMITS, payload_errors
 from streamer.ledger import OrderingKey, Partition
+from streamer.silence_index import labels_of
 
 __all__ = ["HELD_PREFIX", "HeldTarget", "held_key", "high_watermarks", "until_of"]
 
@@ -128,6 +129,32 @@ class HeldTarget:
             offset,
             _time(r.get("event_time"), "event_time"),
             _time(r.get("until"), "until"),
+        )
+
+    @classmethod
+    def routed(
+        cls,
+        key: OrderingKey,
+        d: Any,
+        own: Mapping[str, str],
+        event: Mapping[str, Any],
+        source: Any,
+        until: float,
+    ) -> HeldTarget:
+        """A `RoutedAlert` `d` of `key` (of the alert `event` read at `source`), held."""
+        event_time = event.get("event_time")
+        return cls(
+            key.destination,
+            key.deduplication_key,
+            d.route,
+            d.payload.model_dump(mode="json", exclude_none=True),
+            own,
+            labels_of(event),
+            source.topic,
+            source.partition,
+            source.offset,
+            event_time.timestamp() if isinstance(event_time, datetime) else None,
+            until,
         )
 
     @classmethod

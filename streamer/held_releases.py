@@ -25,12 +25,15 @@ Invariants:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection, Iterable, Mapping
 
 from streamer.dead_letters import SourceMessage
 from streamer.delivery_events import Effect, HeldSent, HoldTarget, ReleaseHeld
 from streamer.dispatch import Delivery
 from streamer.ledger import DeliveryLedger, Job, OrderingKey, Partition
+
+log = logging.getLogger(__name__)
 
 __all__ = ["HeldReleases", "Quiet", "Stale"]
 
@@ -41,6 +44,7 @@ Stale = Callable[[OrderingKey, Partition, int], bool]  # a release's record sett
 class HeldReleases:
     def __init__(self, ledger: DeliveryLedger) -> None:
         self._ledger = ledger
+        self.configured: Collection[str] = ()  # the destinations configured now
         self._releasing: dict[OrderingKey, Job] = {}
         self._read_from: dict[Partition, int] = {}  # the previous owner's committed offset
         # per key asked about: its partition's high watermark when first asked (fetched up
@@ -56,15 +60,27 @@ class HeldReleases:
             if self._ledger.holds(p) and offset >= 0:
                 self._read_from[p] = offset
 
-    def release(self, event: ReleaseHeld, destinations: Collection[str]) -> list[Job]:
-        """The jobs made for `event`'s targets that are active now."""
+    def release(self, event: ReleaseHeld, effects: list[Effect]) -> list[Job]:
+        """The jobs made for `event`'s targets that are active now. A target of a
+        destination no longer configured is dropped (its tombstone asked: `HeldSent`)."""
         active = []
         asked = {t.key for t in event.targets}
         self._high = {k: h for k, h in self._high.items() if k in asked}
         self.waiting = False
         for target in event.targets:
             p, key = target.source, target.key
-            if key in self._releasing or target.destination not in destinations:
+            if target.destination not in self.configured and self._ledger.holds(p):
+                log.warning(
+                    "a held target of destination %s, no longer configured, is dropped",
+                    target.destination,
+                    extra={
+                        "destination": target.destination,
+                        "deduplication_key": key.deduplication_key,
+                    },
+                )
+                effects.append(HeldSent(key, p, target.offset))
+                continue
+            if key in self._releasing:
                 continue
             if not self._ledger.holds(p) or target.offset >= self._read_past(p):
                 continue

@@ -41,7 +41,6 @@ from streamer.delivery_events import HeldSent, HoldTarget, ReleaseHeld
 from streamer.held_record import HELD_PREFIX, HeldTarget, held_key, high_watermarks, until_of
 from streamer.inhibition import InhibitRule, alert_labels
 from streamer.ledger import OrderingKey, Partition
-from streamer.silence_index import labels_of
 from streamer.telemetry import Tally, Telemetry
 
 log = logging.getLogger(__name__)
@@ -288,10 +287,11 @@ class HeldTargets:
         deliveries: Collection[Any],
         inhibited: Collection[Any],
         rules: tuple[InhibitRule, ...],
+        silenced: Collection[Any] = (),
     ) -> None:
-        """A routed event's deliveries (`RoutedAlert`s): those `inhibited` are held, the
-        others settle their keys. Only alert events can be held or settle one."""
-        topic, partition, offset = source.topic, source.partition, source.offset
+        """A routed event's deliveries (`RoutedAlert`s): those `inhibited` are held, and
+        those `silenced` of a key held (its latest state: released once neither silenced
+        nor inhibited); the others settle their keys. Only alert events count."""
         own = alert_labels(event) if deliveries else None
         if own is None:
             return
@@ -301,25 +301,11 @@ class HeldTargets:
 
         for d in deliveries:
             key = OrderingKey(d.destination, d.payload.deduplication_key or "")
-            if d not in inhibited:
-                self.settle(key, (topic, partition), target=target)
-                continue
-            event_time = event.get("event_time")
-            self.hold(
-                HeldTarget(
-                    key.destination,
-                    key.deduplication_key,
-                    d.route,
-                    d.payload.model_dump(mode="json", exclude_none=True),
-                    own,
-                    labels_of(event),
-                    topic,
-                    partition,
-                    offset,
-                    event_time.timestamp() if isinstance(event_time, datetime) else None,
-                    until_of(event, self.wall_clock() + self.resolve_timeout),
-                )
-            )
+            if d in inhibited or (d in silenced and self._current(held_key(key)) is not None):
+                until = until_of(event, self.wall_clock() + self.resolve_timeout)
+                self.hold(HeldTarget.routed(key, d, own, event, source, until))
+            else:
+                self.settle(key, (source.topic, source.partition), target=target)
 
     # -- release ---------------------------------------------------------------------------
 

@@ -159,7 +159,10 @@ def _works_of(
         kept = _not_inhibited(source, event, deliveries, firing, rules, telemetry)
         inhibited, deliveries = tuple(d for d in deliveries if d not in kept), kept
     if firing is not None:  # held till released; or newer: settled (rules reloaded away too)
-        firing.held.routed(source, event, decision.deliveries, inhibited, rules.inhibit_rules)
+        quiet = tuple(d for d in decision.deliveries if d not in deliveries) if silenced else ()
+        firing.held.routed(
+            source, event, decision.deliveries, inhibited, rules.inhibit_rules, quiet
+        )
     if not deliveries and not decision.failures:
         # dropped on purpose (the firehose's common case, kept short), muted, silenced
         # or inhibited

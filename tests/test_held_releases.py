@@ -226,3 +226,22 @@ def test_a_drain_waits_for_a_release_in_flight() -> None:
     assert h.machine.drained([P1], producing=False)
     h.answer_all()
     assert h.machine.drained([P0], producing=False)
+
+
+def test_a_held_target_of_a_destination_removed_is_dropped_never_posted() -> None:
+    """Red team F9: a reload removed its destination: the release is never POSTed (the
+    running process keeps the old destination's state), its tombstone is asked."""
+    from pydantic import SecretStr
+
+    from streamer.config.model import Destination, TokenSource
+    from streamer.delivery_events import ConfigChanged
+
+    h = Recording()
+    h.event(key="other")
+    rounds(h)
+    spec = Destination(alert_source_config_id="SRC-B", token=TokenSource(env="T"))
+    h.feed(ConfigChanged({"b": spec}, {"b": SecretStr("tb")}, 2))  # "a" removed
+    h.feed(ReleaseHeld([held(offset=0)]))
+    rounds(h)
+    assert "held" not in [p.get("n") for p in h.http.posted]
+    assert h.effects == [HeldSent(OrderingKey("a", "k"), P0, 0)]

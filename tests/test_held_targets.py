@@ -252,3 +252,28 @@ def test_a_hostile_record_is_skipped(change: tuple[bytes, bytes]) -> None:
     assert change[0] in value
     held.read(held_key(K), value.replace(*change), 4)
     assert held.targets() == [] and held.due([P0], 10.0) == []
+
+
+def test_a_silenced_resend_of_a_held_key_replaces_it_and_a_sent_one_settles_it() -> None:
+    """Red team F11: K held (inhibited); K's next firing is silenced at routing: it is K's
+    latest state, held in place of the older one (released once neither silenced nor
+    inhibited), not settled. A silenced firing of a key not held holds nothing."""
+    from datetime import UTC, datetime
+
+    from streamer.alert_event import AlertEventPayload
+    from streamer.dead_letters import SourceMessage
+    from streamer.routing import RoutedAlert
+
+    ends = datetime.fromtimestamp(5000.0, UTC)
+    event = {"alert": {"status": "FIRING", "labels": {"alertname": "DiskSlow"}, "ends_at": ends}}
+    d = RoutedAlert("r", "a", AlertEventPayload(title="t", status="firing", deduplication_key="k"))
+    other = RoutedAlert(
+        "r", "a", AlertEventPayload(title="t", status="firing", deduplication_key="o")
+    )
+    held = board()
+    held.routed(SourceMessage("events", 0, 3, None, b"", ()), event, [d], [d], ())
+    held.routed(SourceMessage("events", 0, 4, None, b"", ()), event, [d, other], [], (), [d, other])
+    [now] = held.targets()
+    assert (now.key, now.offset, now.until) == (K, 4, 5000.0)
+    held.routed(SourceMessage("events", 0, 5, None, b"", ()), event, [d], [], ())  # sent
+    assert held.targets() == []

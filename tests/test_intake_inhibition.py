@@ -3,7 +3,7 @@ not sent while a source fires, its resolve always is; counted and logged with th
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -167,3 +167,21 @@ def test_a_held_target_is_settled_even_once_the_rules_have_no_inhibit_rule(rules
     reloaded = config_from(tmp_path, RULES.split("inhibit_rules:")[0]).rules
     assert len(through(reloaded, event("RESOLVED", **WARNING), firing)) == 2
     assert firing.held.targets() == []  # never released after the resolve sent since
+
+
+def test_a_silenced_resend_of_a_held_key_is_held_in_its_place(rules) -> None:
+    """Red team F11: a held key's next firing, silenced at routing, is its latest state: it
+    replaces the held record (checked against silences again at release), never settles it."""
+    from streamer.silence_index import Silences
+    from streamer.silences import Silence, parse_matchers
+
+    firing = board()
+    through(rules, event(**ZONE_DOWN), firing)
+    through(rules, event(**WARNING), firing)
+    matchers, _ = parse_matchers(['alertname="DiskSlow"'])
+    quiet = Silence.new(matchers, duration=timedelta(hours=1), at=NOW - timedelta(minutes=1))
+    source = SourceMessage("events", 0, 9, b"k", as_json(event(**WARNING)), ())
+    decoders = {"events": EventDecoder("json", load_schema(SCHEMA))}
+    book = Silences([quiet])
+    works_of(source, decoders, rules, Telemetry(), NOW, silences=book, firing=firing)
+    assert sorted(h.offset for h in firing.held.targets()) == [9, 9]
