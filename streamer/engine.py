@@ -342,6 +342,7 @@ class Engine:
         self.telemetry.health.joined = True  # an empty assignment is a joined member too
         taken = [(tp.topic, tp.partition) for tp in partitions]
         self.dead_letters.taken(taken)  # letters are checked against the topic from here
+        self.firing.held.taken(taken)  # held targets: released once read from here
         self._feed(Assigned(taken, self._total_partitions))
         log.info("assigned %s", names(partitions), extra={"partitions": names(partitions)})
 
@@ -364,11 +365,8 @@ class Engine:
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._feed(LetGo([(tp.topic, tp.partition) for tp in partitions], lost=True))
-        log.warning(
-            "lost %s: nothing committed for them",
-            names(partitions),
-            extra={"partitions": names(partitions)},
-        )
+        lost = names(partitions)
+        log.warning("lost %s: nothing committed for them", lost, extra={"partitions": lost})
 
     # -- shutdown --------------------------------------------------------------------------
 

@@ -110,6 +110,7 @@ class HeldTargets:
         self._mine: dict[str, _Write] = {}  # written here, not read back yet
         self._since: dict[Partition, float] = {}  # owned, since when (seen by `due`)
         self._owned: list[Partition] = []  # as `due` was last told
+        self._taken: set[Partition] = set()  # assigned since (`taken`)
         self._checked = -math.inf
         self._changed = self._gave = False  # (`_gave`: the last look released some)
         self._rules: Callable[[], tuple[InhibitRule, ...]] = tuple
@@ -168,6 +169,11 @@ class HeldTargets:
                 mine.read = max(mine.read, offset)  # (its acknowledgement may come later)
                 if mine.acked is not None and offset >= mine.acked:
                     del self._mine[key]  # our latest write read back: the topic says it now
+
+    def taken(self, partitions: Collection[Partition]) -> None:
+        """Partitions assigned (again, maybe lost and taken back within one poll): released
+        only once the follower has read every record acknowledged before the next look."""
+        self._taken.update(partitions)
 
     def changed(self) -> None:
         """Something that may release a target happened (a source resolved)."""
@@ -314,9 +320,9 @@ class HeldTargets:
         unless a change or `CHECK_SECONDS` calls for a look, and something is held);
         `waiting`: the machine held one back for its partition's fetch (asked again soon)."""
         self._changed = self._changed or (waiting and self._gave)  # (it asked the machine)
-        if owned != self._owned:  # (a rebalance: rare; else one list comparison)
-            self._owned = list(owned)
-            self._since = {p: self._since.get(p, now) for p in self._owned}
+        if owned != self._owned or self._taken:  # (a rebalance: rare; else one comparison)
+            self._owned, taken, self._taken = list(owned), self._taken, set()
+            self._since = {p: now if p in taken else self._since.get(p, now) for p in owned}
             self._changed = True
             if self._since:
                 self._caught_up(max(self._since.values()))  # the follower looks from now

@@ -277,3 +277,14 @@ def test_a_silenced_resend_of_a_held_key_replaces_it_and_a_sent_one_settles_it()
     assert (now.key, now.offset, now.until) == (K, 4, 5000.0)
     held.routed(SourceMessage("events", 0, 5, None, b"", ()), event, [d], [], ())  # sent
     assert held.targets() == []
+
+
+def test_a_partition_lost_and_taken_back_within_one_poll_is_read_again_from_then() -> None:
+    """Red team F13: `due` sees the same owned list, but the take resets its `since`."""
+    sinces: list[float] = []
+    held = HeldTargets(None, lambda s: sinces.append(s) or True, lambda: True, lambda r, x: False)
+    held.due([P0], 0.0)
+    held.taken([P0])  # lost and taken again (on_lost, then on_assign)
+    held.hold(target())
+    held.due([P0], 100.0)
+    assert held._since[P0] == 100.0 and sinces[-1] == 100.0
