@@ -143,6 +143,7 @@ class Engine:
         # inhibit rules' sources, written with this producer, read in full from now on
         self.firing = firing or FiringState.of(config, self.producer)
         self.firing.show(self.telemetry, lambda: self.config.rules.inhibit_rules, self.silences)
+        self.firing.held.muted_routes = lambda at: self.config.rules.quiet_routes(at)
 
     @property
     def stats(self) -> Stats:

@@ -115,6 +115,9 @@ class HeldTargets:
         self._changed = self._gave = False  # (`_gave`: the last look released some)
         self._rules: Callable[[], tuple[InhibitRule, ...]] = tuple
         self._silences: Silences | None = None
+        # the routes a time interval keeps quiet at a time (the engine's rules): a release
+        # waits while its route is muted, as a notification would (README "Which time")
+        self.muted_routes: Callable[[datetime], Iterable[tuple[Any, ...]]] = lambda at: ()
         self.counts: dict[str, int] = {}  # `ended` (dropped), `write_failed`
         self._tally: Any = None  # streamer.telemetry.Tally, once shown
 
@@ -338,7 +341,9 @@ class HeldTargets:
         if not all(self._caught_up(since) for since in sinces):
             self._changed = True  # the follower is looking: asked again soon, not in 5 s
         mine = releasable(held, self._since, self._caught_up, self._ended)
-        due = [h for h in mine if not self._quiet(h)]
+        at = datetime.fromtimestamp(self.wall_clock(), UTC)
+        muted = {r[0] for r in self.muted_routes(at)} if mine else set()  # (once per look)
+        due = [h for h in mine if h.route not in muted and not self._quiet(h, at)]
         self._gave = bool(due)
         return due
 
@@ -362,12 +367,11 @@ class HeldTargets:
         """`held` for the machine, with the consumer's high watermarks (`high_watermarks`)."""
         return ReleaseHeld(held, high_watermarks(consumer, held))
 
-    def _quiet(self, target: HeldTarget) -> bool:
+    def _quiet(self, target: HeldTarget, at: datetime) -> bool:
         if self._inhibited(self._rules(), target.alert_labels):
             return True
         if self._silences is None or target.labels is None:
             return False
-        at = datetime.fromtimestamp(self.wall_clock(), UTC)
         return bool(self._silences.matching(target.labels, at))
 
     def show(

@@ -288,3 +288,16 @@ def test_a_partition_lost_and_taken_back_within_one_poll_is_read_again_from_then
     held.hold(target())
     held.due([P0], 100.0)
     assert held._since[P0] == 100.0 and sinces[-1] == 100.0
+
+
+def test_a_release_waits_while_its_route_is_muted() -> None:
+    """Red team F6: a target held at 10:00 whose source resolves at 02:00, inside its
+    route's mute interval, stays held (as a notification would); released once it ends."""
+    muted = [("r", "mute_time_intervals", ("nights",))]
+    held = board(Topic())
+    held.muted_routes = lambda at: muted
+    held.due([P0], 0.0)
+    held.hold(target())
+    assert held.due([P0], 10.0) == [] and held.targets() == [target()]
+    muted.clear()
+    assert held.due([P0], 20.0) == [target()]
