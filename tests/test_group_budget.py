@@ -519,3 +519,22 @@ def test_a_writers_tail_counted_at_a_hand_over_is_counted_again_at_a_later_one()
     assert later < 10.5 + new_ds["a"].limiter.window
     more = sum(start(new_ds, new_ledger, P0, 100 + i, later) for i in range(20))
     assert hidden + more <= 10
+
+
+def test_a_raise_is_taken_only_at_a_view_that_read_every_note() -> None:
+    """The simulator's long seed 1103: while reads of the group's notes failed, three
+    members each took a raise (10 to 13 of 40) that the others could not read, each
+    counting the others at their old 10: 41 arrivals in a window. A raise waits for a
+    view that read every note (the others' announcements with it)."""
+    hot, hot_ds, hot_ledger = member(limit=30, writer="hot")
+    hot_ledger.assign(P0)
+    hot_ds.share(1, 3)
+    [job] = hot_ledger.add(P0, 0, [(OrderingKey("a", "hot"), "work")])
+    hot_ds["a"].ready.add(job, rank=0)
+    quiet = {("events", 1): (0, None), ("events", 2): (0, None)}
+    hot.observe(quiet, now=1.0, wall=WALL + 1.0, total_partitions=3)  # the raise asked
+    later = 1.0 + hot.raise_after
+    hot.observe(quiet, now=later, wall=WALL + later, total_partitions=3, unread=[P1])
+    assert hot_ds["a"].limiter.limit == 10  # a note could not be read: not yet
+    hot.observe(quiet, now=later + 1, wall=WALL + later + 1, total_partitions=3)
+    assert hot_ds["a"].limiter.limit >= 27
