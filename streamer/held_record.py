@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Collection, Mapping
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -27,7 +28,10 @@ from streamer.alert_event import FIELD_LIMITS, payload_errors
 from streamer.ledger import OrderingKey, Partition
 from streamer.silence_index import labels_of
 
-__all__ = ["HELD_PREFIX", "HeldTarget", "held_key", "high_watermarks", "until_of"]
+__all__ = ["HELD_PREFIX", "HeldTarget", "TakeHighs", "held_key", "high_watermarks", "until_of"]
+
+HIGH_TIMEOUT_SECONDS = 2.0  # a take's high watermark: the broker's answer, waited this long
+HIGH_AGAIN_SECONDS = 5.0  # not answered: asked again this much later (released meanwhile: none)
 
 HELD_PREFIX = "held\x1f"
 
@@ -183,19 +187,56 @@ def until_of(event: Mapping[str, Any], otherwise: float) -> float:
     return ends_at.timestamp() if isinstance(ends_at, datetime) else otherwise
 
 
-def high_watermarks(consumer: Any, held: Collection[HeldTarget]) -> dict[Partition, int] | None:
-    """The consumer's high watermarks of `held`'s partitions as it knows them (cached from
-    its fetches: no request, nothing waits); a partition not fetched yet is missing. None:
-    this consumer cannot tell (a test double)."""
+def high_watermarks(
+    consumer: Any, partitions: Collection[Partition], timeout: float
+) -> dict[Partition, int] | None:
+    """`partitions`' high watermarks as the broker says now (a request each, at most
+    `timeout` s: the consumer's cached value may be from an earlier assignment, older than
+    what the previous owner wrote since); a partition not answered is missing. None: this
+    consumer cannot tell (a test double)."""
     ask = getattr(consumer, "get_watermark_offsets", None)
     if ask is None:
         return None
     high = {}
-    for topic, partition in {h.source for h in held}:
+    for topic, partition in partitions:
         try:
-            marks = ask(TopicPartition(topic, partition), cached=True)
+            marks = ask(TopicPartition(topic, partition), timeout=timeout, cached=False)
         except Exception:  # (not known: the release waits, asked again)
             continue
         if marks is not None and marks[1] >= 0:
             high[(topic, partition)] = int(marks[1])
     return high
+
+
+class TakeHighs:
+    """Per partition taken, its high watermark as the broker said after the take (asked
+    once per take, only for a partition with a held target to release, `HIGH_TIMEOUT_SECONDS`
+    at most; not answered: asked again `HIGH_AGAIN_SECONDS` later, and meanwhile it is
+    missing, so its releases wait). Forgotten when the partition is let go or taken again.
+    The poll thread's."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._high: dict[Partition, int] = {}
+        self._again: dict[Partition, float] = {}  # not answered: asked again from then
+
+    def taken(self, partitions: Iterable[Partition]) -> None:
+        for p in partitions:
+            self._high.pop(p, None)
+            self._again.pop(p, None)
+
+    def owned(self, partitions: Collection[Partition]) -> None:
+        self._high = {p: h for p, h in self._high.items() if p in partitions}
+        self._again = {p: t for p, t in self._again.items() if p in partitions}
+
+    def of(self, consumer: Any, held: Iterable[HeldTarget]) -> dict[Partition, int] | None:
+        """The high watermarks of `held`'s partitions known for their take (None: this
+        consumer cannot tell); asks the broker about those not asked yet."""
+        sources, now = {h.source for h in held}, self._clock()
+        ask = [p for p in sources if p not in self._high and self._again.get(p, now) <= now]
+        answered = high_watermarks(consumer, ask, HIGH_TIMEOUT_SECONDS)
+        if answered is None:
+            return None
+        self._high.update(answered)
+        self._again.update((p, now + HIGH_AGAIN_SECONDS) for p in ask if p not in answered)
+        return {p: self._high[p] for p in sources if p in self._high}

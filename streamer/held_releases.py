@@ -8,9 +8,9 @@ Invariants:
   (`DeliveryLedger.add_held`) behind whatever of the key waits, and what is fetched later
   waits behind it. It is made only for a partition this assignment owns, and only once
   this member has read past its source message (past the previous owner's committed
-  offset, or what it fetched itself) and up to the partition's high watermark as known
-  when it was first asked about (`ReleaseHeld.high`): a message read again after a
-  hand-over, or waiting in the backlog, routes its key first and says its state itself
+  offset, or what it fetched itself) and up to the partition's high watermark as the
+  broker said after this take (`ReleaseHeld.high`, held_record.TakeHighs): a message read
+  again after a hand-over, or waiting in the backlog, routes its key first and says its state itself
   (settling the record), so an older state is never released after a newer one was sent.
 - **One release of a key at a time.** A release of a key already being released here is
   ignored until that one ends (a shell asks level-triggered: again and again).
@@ -59,6 +59,7 @@ class HeldReleases:
         for p, (offset, _) in notes.items():
             if self._ledger.holds(p) and offset >= 0:
                 self._read_from[p] = offset
+        self._high.clear()  # (a take: its gates are asked again, with the take's watermarks)
 
     def release(self, event: ReleaseHeld, effects: list[Effect]) -> list[Job]:
         """The jobs made for `event`'s targets that are active now. A target of a

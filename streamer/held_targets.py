@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from streamer.dead_letters import SourceMessage
 from streamer.delivery_events import HeldSent, HoldTarget, ReleaseHeld
-from streamer.held_record import HELD_PREFIX, HeldTarget, held_key, high_watermarks, until_of
+from streamer.held_record import HELD_PREFIX, HeldTarget, TakeHighs, held_key, until_of
 from streamer.inhibition import InhibitRule, alert_labels
 from streamer.ledger import OrderingKey, Partition
 from streamer.telemetry import Tally, Telemetry
@@ -111,6 +111,7 @@ class HeldTargets:
         self._since: dict[Partition, float] = {}  # owned, since when (seen by `due`)
         self._owned: list[Partition] = []  # as `due` was last told
         self._taken: set[Partition] = set()  # assigned since (`taken`)
+        self.highs = TakeHighs()  # each take's high watermarks (`released`)
         self._checked = -math.inf
         self._changed = self._gave = False  # (`_gave`: the last look released some)
         self._rules: Callable[[], tuple[InhibitRule, ...]] = tuple
@@ -177,6 +178,7 @@ class HeldTargets:
         """Partitions assigned (again, maybe lost and taken back within one poll): released
         only once the follower has read every record acknowledged before the next look."""
         self._taken.update(partitions)
+        self.highs.taken(partitions)  # (the cached high may be of an earlier take)
 
     def changed(self) -> None:
         """Something that may release a target happened (a source resolved)."""
@@ -325,6 +327,7 @@ class HeldTargets:
         self._changed = self._changed or (waiting and self._gave)  # (it asked the machine)
         if owned != self._owned or self._taken:  # (a rebalance: rare; else one comparison)
             self._owned, taken, self._taken = list(owned), self._taken, set()
+            self.highs.owned(owned)
             self._since = {p: now if p in taken else self._since.get(p, now) for p in owned}
             self._changed = True
             if self._since:
@@ -364,8 +367,9 @@ class HeldTargets:
         return True
 
     def released(self, held: list[HeldTarget], consumer: Any) -> ReleaseHeld:
-        """`held` for the machine, with the consumer's high watermarks (`high_watermarks`)."""
-        return ReleaseHeld(held, high_watermarks(consumer, held))
+        """`held` for the machine, with their partitions' high watermarks as the broker said
+        after this member took them (`TakeHighs`)."""
+        return ReleaseHeld(held, self.highs.of(consumer, held))
 
     def _quiet(self, target: HeldTarget, at: datetime) -> bool:
         if self._inhibited(self._rules(), target.alert_labels):

@@ -245,3 +245,16 @@ def test_a_held_target_of_a_destination_removed_is_dropped_never_posted() -> Non
     rounds(h)
     assert "held" not in [p.get("n") for p in h.http.posted]
     assert h.effects == [HeldSent(OrderingKey("a", "k"), P0, 0)]
+
+
+def test_a_keys_watermark_gate_is_of_its_take() -> None:
+    """Red team 2, x1: the high recorded at a key's first ask is forgotten at a take (the
+    notes read): the take's own high decides."""
+    h = Recording()
+    h.feed(NotesRead({P0: (1, None)}))
+    h.feed(ReleaseHeld([held(offset=0)], {P0: 5}))
+    assert h.machine.held_waiting
+    h.feed(NotesRead({P0: (1, None)}))  # taken again: the broker now says 1
+    h.feed(ReleaseHeld([held(offset=0)], {P0: 1}))
+    rounds(h)
+    assert not h.machine.held_waiting and [p["n"] for p in h.http.posted] == ["held"]

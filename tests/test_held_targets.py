@@ -301,3 +301,40 @@ def test_a_release_waits_while_its_route_is_muted() -> None:
     assert held.due([P0], 10.0) == [] and held.targets() == [target()]
     muted.clear()
     assert held.due([P0], 20.0) == [target()]
+
+
+class Consumer:
+    """librdkafka's watermarks: the cached high of this member's last fetch of P0, from an
+    earlier assignment (1), and the broker's (2: the previous owner wrote since)."""
+
+    def __init__(self) -> None:
+        self.asked: list[bool] = []
+        self.down = False
+
+    def get_watermark_offsets(self, tp: Any, timeout: float, cached: bool) -> tuple[int, int]:
+        self.asked.append(cached)
+        assert timeout <= 2
+        if self.down:
+            raise RuntimeError("timed out")
+        return (0, 1) if cached else (0, 2)
+
+
+def test_a_release_is_given_the_brokers_high_watermark_once_per_take() -> None:
+    """Red team 2, x1: the consumer's cached high survives an assignment (a member that
+    owned P0 before gets the high of its old fetch, before the previous owner's resolve):
+    a take asks the broker once, asks again only after a failure and a wait, and forgets
+    it when the partition is taken again."""
+    now = [0.0]
+    held, consumer = board(), Consumer()
+    held.highs = type(held.highs)(lambda: now[0])
+    held.hold(target(offset=0))
+    consumer.down = True
+    assert held.released(held.targets(), consumer).high == {}  # not known: it waits
+    assert held.released(held.targets(), consumer).high == {} and consumer.asked == [False]
+    now[0], consumer.down = 5.0, False
+    assert held.released(held.targets(), consumer).high == {P0: 2}
+    assert held.released(held.targets(), consumer).high == {P0: 2}
+    assert consumer.asked == [False, False]  # once per take, never the cache
+    held.taken([P0])
+    assert held.released(held.targets(), consumer).high == {P0: 2}
+    assert consumer.asked == [False, False, False]
