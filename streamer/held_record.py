@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import TopicPartition
 
@@ -28,7 +28,20 @@ from streamer.alert_event import FIELD_LIMITS, payload_errors
 from streamer.ledger import OrderingKey, Partition
 from streamer.silence_index import labels_of
 
-__all__ = ["HELD_PREFIX", "HeldTarget", "TakeHighs", "held_key", "high_watermarks", "until_of"]
+__all__ = [
+    "HELD_PREFIX",
+    "NOWHERE",
+    "At",
+    "HeldTarget",
+    "HeldWrite",
+    "Produce",
+    "Silences",
+    "TakeHighs",
+    "held_key",
+    "high_watermarks",
+    "releasable",
+    "until_of",
+]
 
 HIGH_TIMEOUT_SECONDS = 2.0  # a take's high watermark: the broker's answer, waited this long
 HIGH_AGAIN_SECONDS = 5.0  # not answered: asked again this much later (released meanwhile: none)
@@ -240,3 +253,49 @@ class TakeHighs:
         self._high.update(answered)
         self._again.update((p, now + HIGH_AGAIN_SECONDS) for p in ask if p not in answered)
         return {p: self._high[p] for p in sources if p in self._high}
+
+
+def releasable(
+    held: Iterable[HeldTarget],
+    since: Mapping[Partition, float],
+    caught_up: Callable[[float], bool],
+    quiet: Callable[[HeldTarget], bool],
+) -> list[HeldTarget]:
+    """The held targets this member may release now: of a partition it owns (`since`: when
+    it took it), the follower having read every record acknowledged before then, nothing
+    keeping them quiet (`quiet`: inhibited or silenced now). Pure."""
+    return [h for h in held if h.source in since and caught_up(since[h.source]) and not quiet(h)]
+
+
+# what the topic takes: key, value (None: a tombstone), and what to call with its offset
+# once acknowledged (None: not written); False when it could not be queued
+Produce = Callable[[str, bytes | None, Callable[[int | None], None]], bool]
+At = tuple[Partition | None, int]  # a state's event (None, -1: not known)
+NOWHERE: At = (None, -1)
+
+
+class Silences(Protocol):
+    def matching(self, labels: Mapping[str, Any], at: Any) -> list[Any]: ...
+
+
+@dataclass
+class HeldWrite:
+    """A write of a key's state by this member (held_targets.py, "Local first")."""
+
+    target: HeldTarget | None  # None: a tombstone
+    acked: int | None = None  # its record's offset, once acknowledged
+    read: int = -1  # the key's latest offset the follower read since (acked or not)
+    failed: int = 0  # attempts not written (kept, written again at the next look)
+    failing: bool = False  # its latest attempt was not written
+    # the state's place: the event held, or the one that settled it (-1: not known); a
+    # failing write is dropped once its partition is let go, or a newer record is read
+    at: At = NOWHERE
+
+    def superseded_by(self, target: HeldTarget | None) -> bool:
+        """Failing, and `target` (read) is a newer state of its partition: another's."""
+        return (
+            self.failing
+            and target is not None
+            and target.source == self.at[0]
+            and (target.offset > self.at[1])
+        )

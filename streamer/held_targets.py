@@ -22,7 +22,8 @@ targets' latest state is delivered"; README, "Inhibition"; the record: held_reco
   key this member wrote is not applied until it has read that write back (an older
   record read late must not bring back a state tombstoned since). A write that fails
   keeps its local word and is written again at each look (a failed tombstone never lets
-  the older firing out again).
+  the older firing out again), until its partition is let go or a newer record of its
+  partition's key is read (the next owner's word is never written over).
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ import math
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
+from streamer import held_record as record
 from streamer.dead_letters import SourceMessage
 from streamer.delivery_events import HeldSent, HoldTarget, ReleaseHeld
-from streamer.held_record import HELD_PREFIX, HeldTarget, TakeHighs, held_key, until_of
+from streamer.held_record import HELD_PREFIX, HeldTarget, held_key, releasable, until_of
 from streamer.inhibition import InhibitRule, alert_labels
 from streamer.ledger import OrderingKey, Partition
 from streamer.telemetry import Tally, Telemetry
@@ -53,39 +54,6 @@ CHECK_SECONDS = 5.0
 SOON_SECONDS = 0.1  # after a change (a source resolved, a partition taken): this soon
 FAILED_SAID_EVERY = 12  # a write that keeps failing: warned at its 1st, 13th... attempt
 
-# what the topic takes: key, value (None: a tombstone), and what to call with its offset
-# once acknowledged (None: not written); False when it could not be queued
-Produce = Callable[[str, bytes | None, Callable[[int | None], None]], bool]
-
-
-def _always() -> bool:
-    return True
-
-
-def releasable(
-    held: Iterable[HeldTarget],
-    since: Mapping[Partition, float],
-    caught_up: Callable[[float], bool],
-    quiet: Callable[[HeldTarget], bool],
-) -> list[HeldTarget]:
-    """The held targets this member may release now: of a partition it owns (`since`: when
-    it took it), the follower having read every record acknowledged before then, nothing
-    keeping them quiet (`quiet`: inhibited or silenced now). Pure."""
-    return [h for h in held if h.source in since and caught_up(since[h.source]) and not quiet(h)]
-
-
-class Silences(Protocol):
-    def matching(self, labels: Mapping[str, Any], at: Any) -> list[Any]: ...
-
-
-@dataclass
-class _Write:
-    target: HeldTarget | None  # None: a tombstone
-    acked: int | None = None  # its record's offset, once acknowledged
-    read: int = -1  # the key's latest offset the follower read since (acked or not)
-    failed: int = 0  # attempts not written (kept, written again at the next look)
-    failing: bool = False  # its latest attempt was not written
-
 
 class HeldTargets:
     """The held records as the firing topic says (this member's writes first), their
@@ -94,7 +62,7 @@ class HeldTargets:
 
     def __init__(
         self,
-        produce: Produce | None,
+        produce: record.Produce | None,
         caught_up: Callable[[float], bool],
         readable: Callable[[], bool],
         inhibited: Callable[[tuple[InhibitRule, ...], Mapping[str, str]], bool],
@@ -107,15 +75,15 @@ class HeldTargets:
         self._inhibited, self.wall_clock = inhibited, wall_clock
         self._lock = threading.Lock()
         self._read: dict[str, tuple[HeldTarget, int]] = {}  # as read: the record's offset
-        self._mine: dict[str, _Write] = {}  # written here, not read back yet
+        self._mine: dict[str, record.HeldWrite] = {}  # written here, not read back yet
         self._since: dict[Partition, float] = {}  # owned, since when (seen by `due`)
         self._owned: list[Partition] = []  # as `due` was last told
         self._taken: set[Partition] = set()  # assigned since (`taken`)
-        self.highs = TakeHighs()  # each take's high watermarks (`released`)
+        self.highs = record.TakeHighs()  # each take's high watermarks (`released`)
         self._checked = -math.inf
         self._changed = self._gave = False  # (`_gave`: the last look released some)
         self._rules: Callable[[], tuple[InhibitRule, ...]] = tuple
-        self._silences: Silences | None = None
+        self._silences: record.Silences | None = None
         # the routes a time interval keeps quiet at a time (the engine's rules): a release
         # waits while its route is muted, as a notification would (README "Which time")
         self.muted_routes: Callable[[datetime], Iterable[tuple[Any, ...]]] = lambda at: ()
@@ -169,6 +137,9 @@ class HeldTargets:
             else:
                 self._read[key] = (target, offset)
             mine = self._mine.get(key)
+            if mine is not None and mine.superseded_by(target):
+                del self._mine[key]  # a newer state of its key, written by another
+                return
             if mine is not None:
                 mine.read = max(mine.read, offset)  # (its acknowledgement may come later)
                 if mine.acked is not None and offset >= mine.acked:
@@ -197,9 +168,13 @@ class HeldTargets:
         if self._tally is not None:
             self._tally.add(1, {"what": what})
 
-    def _write(self, key: str, target: HeldTarget | None, failed: int = 0) -> bool:
-        """Writes `key`'s state; False if it could not be queued (kept: written again)."""
-        write = _Write(target, failed=failed)
+    def _write(
+        self, key: str, target: HeldTarget | None, failed: int = 0, at: record.At = record.NOWHERE
+    ) -> bool:
+        """Writes `key`'s state (`at`: a tombstone's settling event); False if it could not
+        be queued (kept: written again)."""
+        at = (target.source, target.offset) if target is not None else at
+        write = record.HeldWrite(target, failed=failed, at=at)
         with self._lock:
             if self._produce is None:  # nothing to read back: this view is the only one
                 self._read.pop(key, None)
@@ -228,7 +203,7 @@ class HeldTargets:
             return False
         return True
 
-    def _failed(self, key: str, write: _Write) -> None:
+    def _failed(self, key: str, write: record.HeldWrite) -> None:
         """A write not done (its delivery report an error, or the producer's queue full): the
         older word in the topic must not come back (a tombstone's older firing released
         after its resolve), so ours is kept and written again at each look."""
@@ -252,8 +227,16 @@ class HeldTargets:
             with self._lock:
                 if self._mine.get(key) is not write:
                     continue
-            if not self._write(key, write.target, write.failed):
+            if not self._write(key, write.target, write.failed, write.at):
                 return
+
+    def _let_go(self, partitions: Collection[Partition]) -> None:
+        """Failing writes of partitions let go (or lost and taken back) are dropped: the
+        next owner says their keys' states now, and must never be written over."""
+        with self._lock:
+            for key, write in list(self._mine.items()):
+                if write.failing and write.at[0] in partitions:
+                    del self._mine[key]
 
     def hold(self, target: HeldTarget) -> None:
         """`target` is its key's latest state, inhibited: held until released. Not over a
@@ -265,7 +248,12 @@ class HeldTargets:
             self._write(name, target)
 
     def settle(
-        self, key: OrderingKey, partition: Partition, *, target: Callable[[], bool] = _always
+        self,
+        key: OrderingKey,
+        partition: Partition,
+        offset: int = -1,
+        *,
+        target: Callable[[], bool] = lambda: True,
     ) -> None:
         """A newer delivery of `key` was made at routing: its held state (if any) is stale.
         Written when one is known, or, for a `target()` of an inhibit rule, when this member
@@ -275,7 +263,7 @@ class HeldTargets:
             since = self._since.get(partition)
             if (since is not None and self._caught_up(since)) or not target():
                 return
-        self._write(name, None)
+        self._write(name, None, at=(partition, offset))
 
     def perform(self, effect: HoldTarget | HeldSent) -> None:
         """The machine's word: a delivery inhibited at its turn, or a release ended."""
@@ -289,7 +277,7 @@ class HeldTargets:
             effect.partition,
             effect.offset,
         ):
-            self._write(name, None)
+            self._write(name, None, at=(effect.partition, effect.offset))
 
     def routed(
         self,
@@ -316,7 +304,7 @@ class HeldTargets:
                 until = until_of(event, self.wall_clock() + self.resolve_timeout)
                 self.hold(HeldTarget.routed(key, d, own, event, source, until))
             else:
-                self.settle(key, (source.topic, source.partition), target=target)
+                self.settle(key, (source.topic, source.partition), source.offset, target=target)
 
     # -- release ---------------------------------------------------------------------------
 
@@ -326,6 +314,7 @@ class HeldTargets:
         `waiting`: the machine held one back for its partition's fetch (asked again soon)."""
         self._changed = self._changed or (waiting and self._gave)  # (it asked the machine)
         if owned != self._owned or self._taken:  # (a rebalance: rare; else one comparison)
+            self._let_go((set(self._owned) - set(owned)) | self._taken)
             self._owned, taken, self._taken = list(owned), self._taken, set()
             self.highs.owned(owned)
             self._since = {p: now if p in taken else self._since.get(p, now) for p in owned}
@@ -363,7 +352,7 @@ class HeldTargets:
             extra={"destination": h.destination, "deduplication_key": h.deduplication_key},
         )
         self._count("ended")
-        self._write(held_key(h.key), None)
+        self._write(held_key(h.key), None, at=(h.source, h.offset))
         return True
 
     def released(self, held: list[HeldTarget], consumer: Any) -> ReleaseHeld:
@@ -381,7 +370,7 @@ class HeldTargets:
     def show(
         self,
         telemetry: Telemetry,
-        silences: Silences | None,
+        silences: record.Silences | None,
         rules: Callable[[], tuple[InhibitRule, ...]],
     ) -> None:
         """`/pending` counts the held targets (`inhibition_held`), and so does a gauge;

@@ -338,3 +338,41 @@ def test_a_release_is_given_the_brokers_high_watermark_once_per_take() -> None:
     held.taken([P0])
     assert held.released(held.targets(), consumer).high == {P0: 2}
     assert consumer.asked == [False, False, False]
+
+
+def test_a_failing_write_is_dropped_when_its_partition_is_let_go() -> None:
+    """Red team 2, x2: a member cut off from the brokers loses P0 with its hold unwritten;
+    back, it must never write its old word over the next owner's (a firing released after
+    its resolve, or a newer hold deleted)."""
+    for settled in (False, True):
+        topic = Topic()
+        a = board(topic)
+        a.due([P0], 0.0)
+        a.hold(target(offset=5))
+        if settled:  # its K@6 resolve settles the record read back: its tombstone fails
+            topic.acks[-1](0)
+            a.read(held_key(K), target(offset=5).encode(), 0)
+            a.settle(K, P0, 6)
+        topic.acks[-1](None)
+        a.due([], 10.0)  # P0 went to another member
+        a.read(held_key(K), target(offset=9).encode(), 43)  # its newer hold
+        written = len(topic.written)
+        a.due([P0], 20.0)
+        assert [k for k, _ in topic.written[written:] if k == held_key(K)] == []
+        assert a.targets() == [target(offset=9)]
+
+
+def test_a_failing_write_is_retired_by_a_newer_record_of_its_partition_only() -> None:
+    topic = Topic()
+    a = board(topic)
+    a.due([P0], 0.0)
+    a.hold(target(offset=5))
+    topic.acks[-1](None)
+    a.read(held_key(K), target(offset=4).encode(), 40)  # older, read late: ours stands
+    assert a.targets() == [target(offset=5)]
+    a.read(held_key(K), target(offset=2, partition=1).encode(), 41)  # no order across
+    assert a.targets() == [target(offset=5)]
+    a.read(held_key(K), target(offset=7).encode(), 42)  # newer: another's word stands
+    written = len(topic.written)
+    a.due([P0], 10.0)
+    assert topic.written[written:] == [] and a.targets() == [target(offset=7)]
