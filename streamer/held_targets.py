@@ -52,6 +52,7 @@ __all__ = ["HELD_PREFIX", "HeldTarget", "HeldTargets", "held_key", "releasable"]
 # read done, a silence expired): each look asks the board about every held target
 CHECK_SECONDS = 5.0
 SOON_SECONDS = 0.1  # after a change (a source resolved, a partition taken): this soon
+WAITING_SECONDS = 1.0  # a release held back for its partition's fetch: asked again so often
 FAILED_SAID_EVERY = 12  # a write that keeps failing: warned at its 1st, 13th... attempt
 
 
@@ -311,8 +312,9 @@ class HeldTargets:
     def due(self, owned: list[Partition], now: float, waiting: bool = False) -> list[HeldTarget]:
         """The held targets to release now (called at every step of the poll loop: cheap
         unless a change or `CHECK_SECONDS` calls for a look, and something is held);
-        `waiting`: the machine held one back for its partition's fetch (asked again soon)."""
-        self._changed = self._changed or (waiting and self._gave)  # (it asked the machine)
+        `waiting`: the machine held one back for its partition's fetch (asked again, at most
+        every WAITING_SECONDS: a backlog to fetch needs the poll thread)."""
+        waited = waiting and self._gave  # (the last look's release waits)
         if owned != self._owned or self._taken:  # (a rebalance: rare; else one comparison)
             self._let_go((set(self._owned) - set(owned)) | self._taken)
             self._owned, taken, self._taken = list(owned), self._taken, set()
@@ -322,6 +324,7 @@ class HeldTargets:
             if self._since:
                 self._caught_up(max(self._since.values()))  # the follower looks from now
         soon = self._changed and now - self._checked >= SOON_SECONDS
+        soon = soon or (waited and now - self._checked >= WAITING_SECONDS)
         if not soon and now - self._checked < CHECK_SECONDS:
             return []
         self._checked, self._changed, self._gave = now, False, False

@@ -376,3 +376,21 @@ def test_a_failing_write_is_retired_by_a_newer_record_of_its_partition_only() ->
     written = len(topic.written)
     a.due([P0], 10.0)
     assert topic.written[written:] == [] and a.targets() == [target(offset=7)]
+
+
+def test_a_release_waiting_for_its_partitions_fetch_is_asked_about_once_a_second() -> None:
+    """Red team 2, x4: while the machine holds a release back for a backlog, looks (each
+    asks the board about every held target) come once a second, not ten times."""
+    asked = [0]
+
+    def inhibited(rules: Any, labels: Any) -> bool:
+        asked[0] += 1
+        return False
+
+    held = HeldTargets(None, lambda s: True, lambda: True, inhibited, wall_clock=lambda: 1000.0)
+    held.hold(target(offset=0))
+    waiting, now = False, 0.0
+    for _ in range(600):  # a minute of poll steps, 0.1 s apart
+        assert held.due([P0], now, waiting) in ([], [target(offset=0)])
+        waiting, now = True, now + 0.1
+    assert 55 <= asked[0] <= 61
