@@ -133,7 +133,9 @@ class HeldReleases:
 
         def asked(delivery: Delivery, wall: float) -> str | None:
             job = self._releasing.get(  # (a record's key is its body's: held_record.py)
-                OrderingKey(delivery.destination, str(delivery.payload.get("deduplication_key")))
+                OrderingKey(
+                    delivery.destination, str(delivery.payload.get("deduplication_key") or "")
+                )
             )
             if job is None or job.work is not delivery or job.key is None or stale is None:
                 return quiet(delivery, wall)

@@ -258,3 +258,21 @@ def test_a_keys_watermark_gate_is_of_its_take() -> None:
     h.feed(ReleaseHeld([held(offset=0)], {P0: 1}))
     rounds(h)
     assert not h.machine.held_waiting and [p["n"] for p in h.http.posted] == ["held"]
+
+
+def test_a_release_of_an_empty_deduplication_key_is_found_at_its_turn() -> None:
+    """Red team 2, x3: routing keys a delivery without a deduplication key as ""; at its
+    turn a release of that key is found as such (it was looked up as "None"), so one
+    settled since ends without a request."""
+    h = Recording(destination={"events_per_minute": 1})
+    settled: set[OrderingKey] = set()
+    h.machine.quiet_with(lambda d, wall: None, stale=lambda key, p, o: key in settled)
+    h.event(key="busy")  # offset 0: takes the minute's slot
+    h.round()
+    body = {"n": "held"}  # (no deduplication_key: none rendered)
+    h.feed(ReleaseHeld([HeldTarget("a", "", "r", body, {}, None, "events", 0, 0)]))
+    settled.add(OrderingKey("a", ""))  # a newer delivery of the key settled the record
+    for _ in range(3):
+        h.clock.advance(60)
+        h.round()
+    assert [p["n"] for p in h.http.posted] == [0] and h.effects == []

@@ -394,3 +394,17 @@ def test_a_release_waiting_for_its_partitions_fetch_is_asked_about_once_a_second
         assert held.due([P0], now, waiting) in ([], [target(offset=0)])
         waiting, now = True, now + 0.1
     assert 55 <= asked[0] <= 61
+
+
+@pytest.mark.parametrize("said", [{}, {"deduplication_key": ""}])
+def test_a_hold_of_an_empty_deduplication_key_reads_back_for_every_member(said: Any) -> None:
+    """Red team 2, x3: a route's template renders the key empty (routing keys it ""); the
+    record was skipped by every reader, so the hold was lost at a hand-over."""
+    body = {"title": "t", "status": "firing", **said}
+    t = HeldTarget("a", "", "r", body, {"alertname": "x"}, None, "events", 0, 3)
+    topic = Topic()
+    board(topic).hold(t)
+    other = board()
+    for key, value in topic.written:
+        other.read(key, value, 0)
+    assert other.targets() == [t]
