@@ -144,6 +144,7 @@ class Engine:
         self.firing = firing or FiringState.of(config, self.producer)
         self.firing.show(self.telemetry, lambda: self.config.rules.inhibit_rules, self.silences)
         self.firing.held.muted_routes = lambda at: self.config.rules.quiet_routes(at)
+        self.firing.held.routes = lambda: {r.path: r.destination for r in self.config.rules.walk()}
 
     @property
     def stats(self) -> Stats:

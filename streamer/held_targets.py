@@ -88,6 +88,7 @@ class HeldTargets:
         # the routes a time interval keeps quiet at a time (the engine's rules): a release
         # waits while its route is muted, as a notification would (README "Which time")
         self.muted_routes: Callable[[datetime], Iterable[tuple[Any, ...]]] = lambda at: ()
+        self.routes: Callable[[], Mapping[str, str | None]] = dict  # path: its destination
         self.counts: dict[str, int] = {}  # `ended` (dropped), `write_failed`
         self._tally: Any = None  # streamer.telemetry.Tally, once shown
 
@@ -338,6 +339,10 @@ class HeldTargets:
         mine = releasable(held, self._since, self._caught_up, self._ended)
         at = datetime.fromtimestamp(self.wall_clock(), UTC)
         muted = {r[0] for r in self.muted_routes(at)} if mine else set()  # (once per look)
+        if muted:  # a route a reload renamed or removed: muted while one to its destination is
+            known = self.routes()
+            to = {known.get(path) for path in muted}
+            muted |= {h.route for h in mine if h.route not in known and h.destination in to}
         due = [h for h in mine if h.route not in muted and not self._quiet(h, at)]
         self._gave = bool(due)
         return due

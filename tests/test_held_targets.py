@@ -408,3 +408,15 @@ def test_a_hold_of_an_empty_deduplication_key_reads_back_for_every_member(said: 
     for key, value in topic.written:
         other.read(key, value, 0)
     assert other.targets() == [t]
+
+
+def test_a_renamed_routes_release_waits_while_a_route_to_its_destination_is_muted() -> None:
+    """Red team 2, x5: held under route "r"; a reload renamed it (or removed it). Its path
+    no longer names a route: it waits while a route to its destination is muted."""
+    held = board()
+    held.hold(target(offset=3))  # route "r", destination "a"
+    held.routes = lambda: {"r-renamed": "a", "other": "b"}
+    held.muted_routes = lambda at: [("r-renamed", "mute_time_intervals", ("nights",))]
+    assert held.due([P0], 0.0) == []
+    held.muted_routes = lambda at: [("other", "mute_time_intervals", ("nights",))]
+    assert held.due([P0], 10.0) == [target(offset=3)]  # another destination's: released
