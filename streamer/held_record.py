@@ -226,7 +226,8 @@ class TakeHighs:
     """Per partition taken, its high watermark as the broker said after the take (asked
     once per take, only for a partition with a held target to release, `HIGH_TIMEOUT_SECONDS`
     at most; not answered: asked again `HIGH_AGAIN_SECONDS` later, and meanwhile it is
-    missing, so its releases wait). Forgotten when the partition is let go or taken again.
+    missing, so its releases wait; the first not answered ends a look's asking).
+    Forgotten when the partition is let go or taken again.
     The poll thread's."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -247,12 +248,16 @@ class TakeHighs:
         """The high watermarks of `held`'s partitions known for their take (None: this
         consumer cannot tell); asks the broker about those not asked yet."""
         sources, now = {h.source for h in held}, self._clock()
-        ask = [p for p in sources if p not in self._high and self._again.get(p, now) <= now]
-        answered = high_watermarks(consumer, ask, HIGH_TIMEOUT_SECONDS)
-        if answered is None:
+        if getattr(consumer, "get_watermark_offsets", None) is None:
             return None
-        self._high.update(answered)
-        self._again.update((p, now + HIGH_AGAIN_SECONDS) for p in ask if p not in answered)
+        for p in sorted(
+            q for q in sources if q not in self._high and self._again.get(q, now) <= now
+        ):
+            answered = high_watermarks(consumer, [p], HIGH_TIMEOUT_SECONDS) or {}
+            if p not in answered:  # (the broker not answering: one wait per look, not per one)
+                self._again[p] = now + HIGH_AGAIN_SECONDS
+                break
+            self._high[p] = answered[p]
         return {p: self._high[p] for p in sources if p in self._high}
 
 

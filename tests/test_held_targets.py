@@ -338,6 +338,11 @@ def test_a_release_is_given_the_brokers_high_watermark_once_per_take() -> None:
     held.taken([P0])
     assert held.released(held.targets(), consumer).high == {P0: 2}
     assert consumer.asked == [False, False, False]
+    held.hold(target(offset=1, partition=1))  # down: one wait per look, not per partition
+    held.taken([P0])
+    consumer.down = True
+    assert held.released(held.targets(), consumer).high == {}
+    assert consumer.asked == [False] * 4
 
 
 def test_a_failing_write_is_dropped_when_its_partition_is_let_go() -> None:
