@@ -87,7 +87,7 @@ class GroupBudget:
         # gone (killed, or its partitions idle): its share is no longer kept for it.
         self.fresh = 2 * tail_seconds
         self._written: dict[str, tuple[float, float]] = {}  # writer: (latest, seen at)
-        self._note_written: dict[Partition, tuple[str, float]] = {}  # (writer, written)
+        self._note_written: dict[Partition, tuple[str, float, float]] = {}  # writer, t, seen
         self._next_view = 0.0
         self._done: dict[Partition, OffsetRanges] = {}  # inherited offset maps
         # inherited partly done messages: offset -> digests of their jobs that ended
@@ -241,17 +241,22 @@ class GroupBudget:
         # ours, its note not taken over yet: its starts are in no limiter of ours (read as
         # ours, they counted nowhere: the simulator's short seed 1175)
         read = [(p, n) for p, n in read if p not in mine or n.writer not in ("", self.writer)]
-        notes = [note for _, note in read]
         written: dict[str, tuple[float, float]] = {}  # writer: (latest write time, seen at)
-        stepped_back = set()
+        stepped_back, stale = set(), set()
         for p, note in read:
             # a partition's note written again, earlier by its writer's clock than the one
             # before: that clock stepped back, and what we knew of it is no longer safe
-            last = self._note_written.get(p)
-            if last is not None and last[0] == note.writer and note.written < last[1]:
+            last = self._note_written.get(p) or ("", 0.0, now)
+            same = last[0] == note.writer
+            if same and note.written < last[1]:
                 stepped_back.add(note.writer)
-            self._note_written[p] = (note.writer, note.written)
-        for note in notes:
+            seen = last[2] if same and note.written == last[1] else now
+            self._note_written[p] = (note.writer, note.written, seen)
+            # not written again for `fresh` by our clock: no longer its writer's, who let it
+            # go (its share stays in its notes since: the short seed 14492 kept 10 for good)
+            if now - seen >= self.fresh and p not in unread:
+                stale.add(p)
+        for _, note in read:
             before = written.get(note.writer) or (
                 None if note.writer in stepped_back else self._written.get(note.writer)
             )
@@ -263,7 +268,7 @@ class GroupBudget:
         # per other member, per destination: its starts and announced shares
         members: dict[str, dict[str, _Theirs]] = {}
         others: dict[str, int] = {}
-        for note in notes:
+        for p, note in read:
             shift, latest = self._reading(note, now, wall)
             for name, spent in note.spent.items():
                 others[name] = others.get(name, 0) + (spent.waiting > 0)
@@ -271,8 +276,9 @@ class GroupBudget:
                     continue  # a partition we let go: its starts are in our limiters
                 theirs = members.setdefault(note.writer, {}).setdefault(name, _Theirs())
                 theirs.starts += [min(t + shift, latest) for t in spent.starts]
-                theirs.limit = max(theirs.limit, spent.limit)
-                theirs.key_limit = max(theirs.key_limit, spent.key_limit)
+                if p not in stale:  # a live writer's share is in each note it writes
+                    theirs.limit = max(theirs.limit, spent.limit)
+                    theirs.key_limit = max(theirs.key_limit, spent.key_limit)
         # a note kept from an earlier read has not changed since: no news, not news of a
         # death (the simulator's short seed 703: every read failing for 6 s, a member
         # dropped its peers' shares and started 14 of 15 while they started 2)
@@ -295,22 +301,15 @@ class GroupBudget:
         self.destinations.share(len(mine), total_partitions, demand, now=now, raise_after=after)
         for state in self.destinations:
             named = [(w, t) for w, m in members.items() if (t := m.get(state.name))]
-            state.limiter.set_ceiling(
-                state.spec.events_per_minute,
-                [(t.starts, t.limit) for _, t in named],
-                writers=[w for w, _ in named],
-            )
+            counted, writers = [(t.starts, t.limit) for _, t in named], [w for w, _ in named]
+            state.limiter.set_ceiling(state.spec.events_per_minute, counted, writers=writers)
         for limiter, limit, names in self.destinations.limiters():
             per_member = [(w, [m[n] for n in names if n in m]) for w, m in members.items()]
             per_member = [(w, ts) for w, ts in per_member if ts]
-            limiter.set_ceiling(
-                limit,
-                [
-                    ([x for t in ts for x in t.starts], max(t.key_limit for t in ts))
-                    for _, ts in per_member
-                ],
-                writers=[w for w, _ in per_member],
-            )
+            starts = [[x for t in ts for x in t.starts] for _, ts in per_member]
+            shares = [max(t.key_limit for t in ts) for _, ts in per_member]
+            writers = [w for w, _ in per_member]
+            limiter.set_ceiling(limit, zip(starts, shares, strict=True), writers=writers)
 
     # -- taking partitions over and letting them go ----------------------------------------
 

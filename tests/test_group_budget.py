@@ -538,3 +538,32 @@ def test_a_raise_is_taken_only_at_a_view_that_read_every_note() -> None:
     assert hot_ds["a"].limiter.limit == 10  # a note could not be read: not yet
     hot.observe(quiet, now=later + 1, wall=WALL + later + 1, total_partitions=3)
     assert hot_ds["a"].limiter.limit >= 27
+
+
+def test_a_note_its_writer_no_longer_writes_keeps_no_share_for_it() -> None:
+    """The simulator's short seed 14492: a member's last note on a partition it let go
+    was not final (a periodic commit answered after the revoke's), it announced the whole
+    limit (10), and the next owner never committed that partition again. The writer, live,
+    kept writing notes elsewhere (its share now 1), so it never looked gone, and a reader
+    counted it as 10 for good: one start a window. A note not written again for `fresh`
+    is no longer its writer's: its starts count, its share does not (its live writer's
+    share is in the notes it writes now)."""
+    p2 = ("events", 2)
+    old, old_ds, old_ledger = member(limit=10, writer="m1")
+    old_ledger.assign(P0)
+    old_ledger.assign(p2)
+    old_ds["a"].limiter.set_limit(10)  # all the demand was its own
+    left = old.notes({p2: 0}, now=1.0, wall=WALL + 1.0, final=False)[p2]
+    old.let_go([p2])
+    old_ledger.revoke(p2)
+    old_ds.share(1, 3, {"a": (0, 1)})  # no demand any more: the floor (1; its key's 20)
+    reader, reader_ds, reader_ledger = member(limit=10, writer="m0")
+    reader_ledger.assign(P1)
+    now = 1.0
+    while now < 1.0 + reader.fresh + 1.0:
+        now += 0.5
+        note = old.notes({P0: 0}, now=now, wall=WALL + now, final=False)[P0]
+        group = {P0: (0, note), P1: (0, None), p2: (0, left)}
+        reader.observe(group, now=now, wall=WALL + now - 12.6, total_partitions=3)
+    reader_ds["a"].limiter.set_limit(10)  # its share aside: the ceiling alone
+    assert sum(start(reader_ds, reader_ledger, P1, i, now) for i in range(10)) == 9
