@@ -84,6 +84,10 @@ class CommitConversation:
         watermarks = self.ledger.commit_offsets()
         for p in self.unread:
             watermarks.pop(p, None)
+        if not force:  # a revoke's final note stays the last word (answered after it, a
+            # periodic commit built before `LetGo` would overwrite it with a non-final one)
+            for p in [p for p in watermarks if self.handover.last_start(p) == -math.inf]:
+                del watermarks[p]
         offsets = self.schedule.offsets_to_send(
             watermarks,
             now,

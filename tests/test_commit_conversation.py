@@ -72,6 +72,32 @@ def test_nothing_of_a_partition_starts_once_its_drain_is_over() -> None:
     assert h.finished == [staying]
 
 
+def test_a_revoked_partitions_final_note_is_not_overwritten_before_it_is_let_go() -> None:
+    # short seed 14492: a periodic commit answered after the revoke's final one left a
+    # non-final note announcing a whole share on a partition no one committed again
+    h = Harness(ScriptedIncidentIo(), commit_interval_seconds=1.0)
+    h.start()
+    h.event(P0, key="a")
+    h.event(P1, key="b")
+    h.round()
+    h.feed(Revoking([P0], deadline=h.clock() + 30.0))
+    h.feed(Revoked([P0]))  # its final note goes out in a synchronous commit
+    commits: list[Commit] = []
+    handle = h.machine.handle
+
+    def recording(event: Event, now: float, wall: float):  # type: ignore[no-untyped-def]
+        effects = handle(event, now, wall)
+        commits.extend(e for e in effects if isinstance(e, Commit))
+        return effects
+
+    h.machine.handle = recording  # type: ignore[method-assign]
+    for _ in range(30):  # LetGo comes late: periodic commits meanwhile
+        h.clock.advance(0.1)
+        h.feed(Tick())
+    assert commits and all(P0 not in c.offsets for c in commits)
+    assert any(P1 in c.offsets for c in commits)
+
+
 def test_a_note_committed_again_after_the_wall_clock_stepped_tells_its_starts_by_the_new_clock() -> (
     None
 ):
