@@ -449,7 +449,7 @@ def test_rules_test_refuses_a_time_it_cannot_read(tmp_path: Path) -> None:
         timeout=120,
         cwd=tmp_path,
     )
-    assert done.returncode == 2 and "expected an ISO 8601 time" in done.stderr
+    assert done.returncode == 2 and "is not an ISO 8601 time" in done.stderr
 
 
 def test_the_routes_muted_right_now_are_listed_with_their_intervals(tmp_path: Path) -> None:

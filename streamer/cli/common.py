@@ -1,5 +1,5 @@
-"""What several commands share: the `--config` and `--metrics-*` options, signals, and
-printing a configuration's warnings.
+"""What several commands share: the `--config` and `--metrics-*` options, times given on
+the command line, signals, and printing a configuration's warnings.
 
 Each option is declared once here and given to a command as an argparse parent, so a
 flag reads the same (name, metavar, help) in every command that takes it.
@@ -11,6 +11,7 @@ import argparse
 import signal
 import sys
 import threading
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
@@ -45,6 +46,18 @@ def metrics_options(*, host: str | None) -> argparse.ArgumentParser:
             help="address to serve them on (default: %(default)s, reachable by Kubernetes)",
         )
     return parent
+
+
+def iso_time(text: str) -> datetime:
+    """An option's ISO 8601 time (UTC when it names no zone); argparse names the option in
+    its error."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time (e.g. 2026-12-07T18:30:00Z)"
+        ) from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def stop_on_sigterm() -> None:

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime
 from typing import Any
 
-from streamer.cli.common import config_option
+from streamer.cli.common import config_option, iso_time
 
 
 def add_parser(commands: Any) -> None:
@@ -40,12 +39,12 @@ def add_parser(commands: Any) -> None:
     )
     replay.add_argument(
         "--since",
-        type=_when,
+        type=iso_time,
         metavar="TIME",
         help="only letters dead-lettered at or after TIME (ISO 8601; UTC if no zone)",
     )
     replay.add_argument(
-        "--until", type=_when, metavar="TIME", help="only letters dead-lettered before TIME"
+        "--until", type=iso_time, metavar="TIME", help="only letters dead-lettered before TIME"
     )
     replay.add_argument("--key", help="only letters whose Kafka key is KEY")
     replay.add_argument(
@@ -78,18 +77,6 @@ def add_parser(commands: Any) -> None:
         "--dry-run", action="store_true", help="report what would be replayed, send nothing"
     )
     replay.set_defaults(func=cmd_dlq_replay)
-
-
-def _when(text: str) -> datetime:
-    from datetime import UTC
-
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an ISO 8601 time (e.g. 2026-11-26T09:00:00+00:00)"
-        ) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def cmd_dlq_replay(args: argparse.Namespace) -> int:

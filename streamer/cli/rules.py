@@ -11,8 +11,8 @@ import argparse
 import sys
 from typing import Any
 
-from streamer.cli.common import config_option, warn_of
-from streamer.cli.rules_test import cmd_rules_test, instant, outcome_of, read_events
+from streamer.cli.common import config_option, iso_time, warn_of
+from streamer.cli.rules_test import cmd_rules_test, outcome_of, read_events
 
 
 def add_parser(commands: Any) -> None:
@@ -73,7 +73,7 @@ def add_parser(commands: Any) -> None:
     )
     test.add_argument(
         "--at",
-        type=instant,
+        type=iso_time,
         metavar="TIME",
         help="ask routes' time intervals about TIME (ISO 8601, e.g. 2026-12-07T18:30:00+01:00; "
         "without an offset, UTC) instead of now, the time the service asks about",

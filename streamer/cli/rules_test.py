@@ -155,15 +155,3 @@ def _silences(args: argparse.Namespace, config: Any) -> tuple[Any, str | None]:
 
             return None, logs.MASK.mask(f"{config.file.kafka.silence_topic}: {e}")
     return None, None
-
-
-def instant(text: str) -> Any:
-    from datetime import UTC, datetime
-
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--at {text!r}: expected an ISO 8601 time, e.g. 2026-12-07T18:30:00Z"
-        ) from None
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from streamer.cli.common import config_option
+from streamer.cli.common import config_option, iso_time
 from streamer.silence_writes import (
     MAX_IN_FORCE,
     forgettable,
@@ -55,14 +55,6 @@ def duration(text: str) -> timedelta:
         return timedelta(seconds=seconds)
     except OverflowError:  # argparse reports only ValueError, TypeError and its own error
         raise argparse.ArgumentTypeError(f"{text!r}: too long for a silence") from None
-
-
-def moment(text: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def add_parser(commands: Any) -> None:
@@ -99,7 +91,7 @@ def add_parser(commands: Any) -> None:
     )
     add.add_argument("--duration", type=duration, required=True, help="how long: 2h, 1h30m, 1d, 1w")
     add.add_argument(
-        "--start", type=moment, metavar="TIME", help="when it starts (ISO 8601; default: now)"
+        "--start", type=iso_time, metavar="TIME", help="when it starts (ISO 8601; default: now)"
     )
     add.add_argument("--comment", required=True, help="why (a ticket, a maintenance)")
     add.add_argument(
