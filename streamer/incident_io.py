@@ -16,22 +16,20 @@ Invariants (docs/design.md, guarantees 8 and 9):
 
 Decisions about the answer live in `failure_policy`; this module only speaks HTTP.
 
-Mechanism: httpx's timeouts are per phase and per socket read, so a peer that trickles
-restarts them with every byte. Here every socket operation (connect, TLS handshake,
-each read, each send) gets the smaller of its phase timeout and what is left of the
-request's deadline, from a network backend handed to httpcore's connection pool; once
-nothing is left, the next operation fails as a timeout. Every blocking call thus ends
-by the deadline on its own: no watchdog thread, no socket closed under another thread's
-feet. httpcore is driven directly (httpx's transport takes no network backend, and the
-Client's per-request machinery, which this API does not use, cost a third of a
-request's CPU: bench/delivery.py); its errors are translated to httpx's.
+Mechanism: every socket operation is cut to what is left of the request's deadline
+(`http_deadline`: httpx's timeouts are per read, so a peer trickling bytes would restart
+them). Without a proxy, each worker thread keeps one connection per origin and h11 does
+the exchange on it (`http_connection`: httpcore's pool and httpx's Client machinery cost
+most of a request's CPU and buy nothing for one request at a time per thread); through a
+proxy (HTTP forward, CONNECT tunnel, SOCKS), httpcore's proxy pools do it, over the same
+deadline backend. Both raise httpcore's errors, translated here to httpx's.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import socket
+import ssl
 import threading
 import time
 import urllib.request
@@ -44,13 +42,15 @@ import httpx
 from pydantic import SecretStr
 
 from streamer import __version__
+from streamer.http_connection import KEEPALIVE_EXPIRY, DirectOrigin
+from streamer.http_deadline import DeadlineBackend
 
 PATH = "/v2/alert_events/http/{alert_source_config_id}"
 USER_AGENT = f"streamer/{__version__}"
+_USER_AGENT = USER_AGENT.encode()
 # incident.io's answers are a few hundred bytes; failure_policy reads request_id, errors
 # and rate_limit from the first few KiB. A longer body is a broken or hostile peer.
 MAX_ANSWER_BODY = 64 * 1024
-KEEPALIVE_EXPIRY = 5.0  # seconds an idle connection is kept (httpx's default)
 
 
 @dataclass(frozen=True)
@@ -70,116 +70,6 @@ class PostsAlertEvents(Protocol):
     ) -> Answer: ...
 
     def close(self) -> None: ...
-
-
-class _DeadlineBackend(httpcore.NetworkBackend):
-    """httpcore's socket backend, with every operation cut to the current request's deadline.
-
-    One per connection pool, and each pool is used by one thread: `deadline` is that
-    thread's current request's (time.monotonic()); infinite between requests.
-    """
-
-    def __init__(self) -> None:
-        self.deadline = math.inf
-        self._sockets = httpcore.SyncBackend()
-
-    def budget(self, timeout: float | None, expired: type[httpcore.TimeoutException]) -> float:
-        """What an operation may wait: its phase timeout, cut to the deadline (never 0)."""
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise expired("timed out (the request's deadline passed)")
-        return left if timeout is None else min(timeout, left)
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.NetworkStream:
-        # socket.create_connection gives each address the whole timeout; here all the
-        # addresses share one budget.
-        try:
-            addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as e:
-            raise httpcore.ConnectError(str(e)) from e
-        failure: httpcore.ConnectError | None = None
-        for *_, address in addresses:
-            try:
-                stream = self._sockets.connect_tcp(
-                    str(address[0]),
-                    port,
-                    timeout=self.budget(timeout, httpcore.ConnectTimeout),
-                    local_address=local_address,
-                    socket_options=socket_options,
-                )
-            except httpcore.ConnectError as e:
-                failure = e
-                continue
-            return _DeadlineStream(stream, self)
-        raise failure or httpcore.ConnectError(f"no address for {host}")
-
-    def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.NetworkStream:
-        raise httpcore.ConnectError("unix sockets are not used for incident.io")
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
-
-
-class _DeadlineStream(httpcore.NetworkStream):
-    def __init__(
-        self, stream: httpcore.NetworkStream, backend: _DeadlineBackend, tls_layers: int = 0
-    ) -> None:
-        self._stream = stream
-        self._backend = backend
-        self._tls_layers = tls_layers
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max_bytes, self._backend.budget(timeout, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        # httpcore's write restarts the timeout with every partial send: a peer reading a
-        # byte at a time would stretch it. One send at a time, each cut to the deadline.
-        if self._tls_layers > 1:  # TLS through a TLS proxy: only httpcore's stream can write
-            self._stream.write(buffer, self._backend.budget(timeout, httpcore.WriteTimeout))
-            return
-        sock: socket.socket = self._stream.get_extra_info("socket")
-        view = memoryview(buffer)
-        while view:
-            try:
-                sock.settimeout(self._backend.budget(timeout, httpcore.WriteTimeout))
-                view = view[sock.send(view) :]
-            except TimeoutError as e:
-                raise httpcore.WriteTimeout(str(e)) from e
-            except OSError as e:
-                raise httpcore.WriteError(str(e)) from e
-
-    def close(self) -> None:
-        self._stream.close()
-
-    def start_tls(
-        self,
-        ssl_context: Any,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.NetworkStream:
-        # The TLS handshake keeps one deadline for all its reads and writes (CPython's
-        # _ssl), so cutting its timeout is enough.
-        budget = self._backend.budget(timeout, httpcore.ConnectTimeout)
-        return _DeadlineStream(
-            self._stream.start_tls(ssl_context, server_hostname, budget),
-            self._backend,
-            self._tls_layers + 1,
-        )
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)
 
 
 # httpcore's errors and httpx's equivalents, most specific first.
@@ -216,13 +106,51 @@ def _translated(error: Exception) -> httpx.TransportError:
 @dataclass(frozen=True)
 class _Target:
     url: httpx.URL
-    core_url: httpcore.URL
+    path: bytes  # the request target
     host: bytes  # the Host header
-    origin: str  # scheme://host:port, one connection pool per thread each
+    origin: str  # scheme://host:port, one way there (_Origin) per thread each
+
+
+class _Origin(Protocol):
+    """A thread's way to one origin; its backend's deadline bounds each exchange."""
+
+    backend: DeadlineBackend
+
+    def exchange(
+        self, path: bytes, headers: list[tuple[bytes, bytes]], body: bytes, cap: int, timeout: float
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]: ...
+
+    def close(self) -> None: ...
+
+
+class _ProxiedOrigin:
+    """A thread's way to one origin through a proxy: httpcore's proxy pool."""
+
+    def __init__(self, pool: httpcore.ConnectionPool, backend: DeadlineBackend, url: httpx.URL):
+        self.backend = backend
+        self._pool = pool
+        self._scheme, self._host, self._port = url.raw_scheme, url.raw_host, url.port
+
+    def exchange(
+        self, path: bytes, headers: list[tuple[bytes, bytes]], body: bytes, cap: int, timeout: float
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        phases = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+        url = httpcore.URL(scheme=self._scheme, host=self._host, port=self._port, target=path)
+        request = httpcore.Request(
+            b"POST", url, headers=headers, content=body, extensions={"timeout": phases}
+        )
+        response = self._pool.handle_request(request)
+        try:
+            return response.status, response.headers, _read_capped(response.iter_stream(), cap)
+        finally:
+            response.close()  # a body left unread closes the connection
+
+    def close(self) -> None:
+        self._pool.close()
 
 
 class IncidentIoClient:
-    """POSTs alert events on keep-alive connections, one pool per worker thread and origin.
+    """POSTs alert events on keep-alive connections, kept per worker thread and origin.
 
     Proxies come from HTTP(S)_PROXY / NO_PROXY as with httpx's defaults, and so do the
     trusted certificates (SSL_CERT_FILE / SSL_CERT_DIR, else certifi's). `timeout` is
@@ -231,45 +159,38 @@ class IncidentIoClient:
 
     def __init__(self, *, timeout: float = 10.0) -> None:
         self._timeout = timeout
-        self._extensions = {
-            "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
-        }
-        # Threads sharing one connection pool contend for its lock: each has its own.
+        # Threads sharing connections would contend for them: each keeps its own.
         self._local = threading.local()
-        self._pools: list[httpcore.ConnectionPool] = []
+        self._origins: list[_Origin] = []
         self._lock = threading.Lock()
         self._targets: dict[tuple[str, str], _Target] = {}
         self._authorizations: dict[str, bytes] = {}
-        self._ssl_context: Any = None
+        self._ssl_context: ssl.SSLContext | None = None
 
-    def _pool(self, target: _Target) -> tuple[httpcore.ConnectionPool, _DeadlineBackend]:
-        pools: dict[str, tuple[httpcore.ConnectionPool, _DeadlineBackend]] | None = getattr(
-            self._local, "by_origin", None
-        )
-        if pools is None:
-            pools = self._local.by_origin = {}
-        found = pools.get(target.origin)
+    def _origin(self, target: _Target) -> _Origin:
+        origins: dict[str, _Origin] | None = getattr(self._local, "by_origin", None)
+        if origins is None:
+            origins = self._local.by_origin = {}
+        found = origins.get(target.origin)
         if found is None:
-            backend = _DeadlineBackend()
-            found = pools[target.origin] = (self._make_pool(target.url, backend), backend)
+            found = origins[target.origin] = self._make_origin(target.url)
             with self._lock:
-                self._pools.append(found[0])
+                self._origins.append(found)
         return found
 
-    def _make_pool(self, url: httpx.URL, backend: _DeadlineBackend) -> httpcore.ConnectionPool:
+    def _make_origin(self, url: httpx.URL) -> _Origin:
         with self._lock:
             if self._ssl_context is None:
                 self._ssl_context = httpx.create_ssl_context()  # loads certificates: once
+                self._ssl_context.set_alpn_protocols(["http/1.1"])
             ssl_context = self._ssl_context
         proxy_url = None
         if not urllib.request.proxy_bypass(url.host):
             proxy_url = urllib.request.getproxies().get(url.scheme)
         if proxy_url is None:
-            return httpcore.ConnectionPool(
-                ssl_context=ssl_context,
-                keepalive_expiry=KEEPALIVE_EXPIRY,
-                network_backend=backend,
-            )
+            port = url.port or (443 if url.scheme == "https" else 80)
+            return DirectOrigin(url.scheme, url.raw_host.decode("ascii"), port, ssl_context)
+        backend = DeadlineBackend()
         proxy = httpx.Proxy(url=proxy_url)
         proxy_core_url = httpcore.URL(
             scheme=proxy.url.raw_scheme,
@@ -277,8 +198,9 @@ class IncidentIoClient:
             port=proxy.url.port,
             target=proxy.url.raw_path,
         )
+        pool: httpcore.ConnectionPool
         if proxy.url.scheme in ("http", "https"):
-            return httpcore.HTTPProxy(
+            pool = httpcore.HTTPProxy(
                 proxy_url=proxy_core_url,
                 proxy_auth=proxy.raw_auth,
                 proxy_headers=proxy.headers.raw,
@@ -287,15 +209,17 @@ class IncidentIoClient:
                 keepalive_expiry=KEEPALIVE_EXPIRY,
                 network_backend=backend,
             )
-        if proxy.url.scheme in ("socks5", "socks5h"):
-            return httpcore.SOCKSProxy(
+        elif proxy.url.scheme in ("socks5", "socks5h"):
+            pool = httpcore.SOCKSProxy(
                 proxy_url=proxy_core_url,
                 proxy_auth=proxy.raw_auth,
                 ssl_context=ssl_context,
                 keepalive_expiry=KEEPALIVE_EXPIRY,
                 network_backend=backend,
             )
-        raise httpx.ProxyError(f"proxy scheme {proxy.url.scheme!r}: use http, https or socks5")
+        else:
+            raise httpx.ProxyError(f"proxy scheme {proxy.url.scheme!r}: use http, https or socks5")
+        return _ProxiedOrigin(pool, backend, url)
 
     def _target(self, base_url: str, alert_source_config_id: str) -> _Target:
         """Where to POST (raises httpx.InvalidURL, httpx.UnsupportedProtocol)."""
@@ -308,9 +232,7 @@ class IncidentIoClient:
                 raise httpx.UnsupportedProtocol(f"not an http(s) URL: {url.scheme}://{url.host}")
             target = self._targets[key] = _Target(
                 url,
-                httpcore.URL(
-                    scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
-                ),
+                url.raw_path,
                 url.netloc,
                 f"{url.scheme}://{url.netloc.decode('ascii')}",
             )
@@ -342,28 +264,20 @@ class IncidentIoClient:
         deadline = time.monotonic() + self._timeout
         target = self._target(base_url, alert_source_config_id)
         content = json.dumps(payload, separators=(",", ":")).encode()
-        request = httpcore.Request(
-            b"POST",
-            target.core_url,
-            headers=[
-                (b"Host", target.host),
-                (b"Authorization", self._authorization(token)),
-                (b"Content-Type", b"application/json"),
-                (b"User-Agent", USER_AGENT.encode()),
-                (b"Content-Length", str(len(content)).encode()),
-            ],
-            content=content,
-            extensions=self._extensions,
-        )
-        pool, backend = self._pool(target)
+        headers = [
+            (b"Host", target.host),
+            (b"Authorization", self._authorization(token)),
+            (b"Content-Type", b"application/json"),
+            (b"User-Agent", _USER_AGENT),
+            (b"Content-Length", b"%d" % len(content)),
+        ]
+        origin = self._origin(target)
         unsendable = False
-        backend.deadline = deadline
+        origin.backend.deadline = deadline
         try:
-            response = pool.handle_request(request)
-            try:
-                body = _read_capped(response.iter_stream())
-            finally:
-                response.close()  # a body left unread closes the connection
+            status, answer_headers, body = origin.exchange(
+                target.path, headers, content, MAX_ANSWER_BODY, self._timeout
+            )
         except httpcore.LocalProtocolError:
             unsendable = True
         except (
@@ -375,25 +289,25 @@ class IncidentIoClient:
         ) as e:
             raise _translated(e) from e
         finally:
-            backend.deadline = math.inf
+            origin.backend.deadline = math.inf
         if unsendable:
             # Raised outside the except block: no __context__ that would quote the value.
             raise httpx.LocalProtocolError(_UNSENDABLE)
-        return Answer(response.status, httpx.Headers(response.headers), body)
+        return Answer(status, httpx.Headers(answer_headers), body)
 
     def close(self) -> None:
         with self._lock:
-            for pool in self._pools:
-                pool.close()
+            for origin in self._origins:
+                origin.close()
 
 
-def _read_capped(chunks: Iterable[bytes]) -> bytes:
-    """The first MAX_ANSWER_BODY bytes; stops reading there, whatever the peer sends."""
+def _read_capped(chunks: Iterable[bytes], cap: int) -> bytes:
+    """The first `cap` bytes; stops reading there, whatever the peer sends."""
     read: list[bytes] = []
     size = 0
     for chunk in chunks:
         read.append(chunk)
         size += len(chunk)
-        if size >= MAX_ANSWER_BODY:
+        if size >= cap:
             break
-    return b"".join(read)[:MAX_ANSWER_BODY]
+    return b"".join(read)[:cap]

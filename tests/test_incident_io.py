@@ -265,20 +265,42 @@ def peer() -> Iterator[Callable[[Callable[[Peer, socket.socket], None]], Peer]]:
         p.close()
 
 
+@pytest.fixture(params=["direct", "proxy"])
+def via(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Callable[[Peer], str]:
+    """The base URL that reaches a peer: itself, or any host through it as the HTTP proxy.
+
+    Without a proxy the client speaks h11 on its own connection; through one, httpcore's
+    proxy pool does: each way meets the hostile peers."""
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    if request.param == "direct":
+        monkeypatch.delenv("HTTP_PROXY", raising=False)
+        monkeypatch.delenv("http_proxy", raising=False)
+        return lambda server: server.url
+
+    def through(server: Peer) -> str:
+        monkeypatch.setenv("HTTP_PROXY", server.url)
+        return "http://api.incident.invalid"
+
+    return through
+
+
 @pytest.mark.parametrize(
     "behave", [wait_for_hang_up, trickled_headers, trickled_body], ids=lambda f: f.__name__
 )
 def test_a_slow_peer_gets_a_timeout_and_a_closed_connection(
     behave: Callable[[Peer, socket.socket], None],
     peer: Callable[..., Peer],
+    via: Callable[[Peer], str],
     make_client: Callable[..., PostsAlertEvents],
 ) -> None:
     # Each of these outlives httpx's per-read timeout; the client ends them at its deadline
     # (bench/slow_peers.py measures how close to it).
     server = peer(behave)
+    url = via(server)
     client = make_client(timeout=0.5)
     with pytest.raises(httpx.ReadTimeout):
-        client.post_alert_event(server.url, "SRC_A", SecretStr("t"), PAYLOAD)
+        client.post_alert_event(url, "SRC_A", SecretStr("t"), PAYLOAD)
     assert server.closed.wait(5), "the client hung up"
     assert len(server.requests) == 1
 
@@ -308,11 +330,14 @@ def test_a_connect_that_hangs_gets_a_connect_timeout(
 
 
 def test_only_the_start_of_a_huge_body_is_read_and_the_connection_is_dropped(
-    peer: Callable[..., Peer], make_client: Callable[..., PostsAlertEvents]
+    peer: Callable[..., Peer],
+    via: Callable[[Peer], str],
+    make_client: Callable[..., PostsAlertEvents],
 ) -> None:
     server = peer(huge_body)
+    url = via(server)
     client = make_client(timeout=5)
-    answer = client.post_alert_event(server.url, "SRC_A", SecretStr("t"), PAYLOAD)
+    answer = client.post_alert_event(url, "SRC_A", SecretStr("t"), PAYLOAD)
     assert answer.status == 500
     assert len(answer.body) == MAX_ANSWER_BODY
     assert answer.body.startswith(b'{"type": "internal_server_error"')
@@ -320,7 +345,7 @@ def test_only_the_start_of_a_huge_body_is_read_and_the_connection_is_dropped(
     assert server.sent < HUGE // 10
     # Not returned to the pool: the next request opens a new connection (the peer serves
     # one request per connection; the rest of the first body would garble a reuse).
-    again = client.post_alert_event(server.url, "SRC_A", SecretStr("t"), PAYLOAD)
+    again = client.post_alert_event(url, "SRC_A", SecretStr("t"), PAYLOAD)
     assert again.status == 500 and len(server.requests) == 2
 
 
@@ -335,7 +360,9 @@ def test_a_body_under_the_cap_keeps_its_connection(recorder: str) -> None:
 
 
 def test_a_redirect_is_returned_not_followed(
-    peer: Callable[..., Peer], make_client: Callable[..., PostsAlertEvents]
+    peer: Callable[..., Peer],
+    via: Callable[[Peer], str],
+    make_client: Callable[..., PostsAlertEvents],
 ) -> None:
     def moved(peer: Peer, connection: socket.socket) -> None:
         connection.sendall(
@@ -344,7 +371,7 @@ def test_a_redirect_is_returned_not_followed(
         )
 
     server = peer(moved)
-    answer = make_client().post_alert_event(server.url, "SRC_A", SecretStr("t"), PAYLOAD)
+    answer = make_client().post_alert_event(via(server), "SRC_A", SecretStr("t"), PAYLOAD)
     assert answer.status == 308
     assert answer.headers["location"] == "http://127.0.0.1:1/new?token=x"
     assert len(server.requests) == 1
@@ -458,3 +485,30 @@ def test_a_429_with_a_4000_digit_retry_after_pauses_for_the_cap(
         answer.status, answer.headers, answer.body, attempt=0, first_attempt_at=0, now=1000.0
     )
     assert decision == RateLimited(1000.0 + MAX_RETRY_AFTER)
+
+
+def test_a_kept_connection_the_peer_hung_up_is_not_written_to(
+    peer: Callable[..., Peer], make_client: Callable[..., PostsAlertEvents]
+) -> None:
+    """Idle keep-alive connections get closed by servers: the next request opens another."""
+    hung_up = threading.Event()
+
+    def answer_then_hang_up(peer: Peer, connection: socket.socket) -> None:
+        connection.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n{}")
+        connection.shutdown(socket.SHUT_RDWR)
+        hung_up.set()
+
+    server = peer(answer_then_hang_up)
+    client = make_client(timeout=5)
+    assert client.post_alert_event(server.url, "SRC_A", SecretStr("t"), PAYLOAD).status == 202
+    assert hung_up.wait(5)
+    assert client.post_alert_event(server.url, "SRC_A", SecretStr("t"), PAYLOAD).status == 202
+    assert len(server.requests) == 2
+
+
+def test_an_interim_1xx_is_skipped_for_the_answer(
+    peer: Callable[..., Peer], make_client: Callable[..., PostsAlertEvents]
+) -> None:
+    server = peer(answer_with("100 Continue\r\n\r\nHTTP/1.1 202 Accepted", b"", b"{}"))
+    answer = make_client(timeout=5).post_alert_event(server.url, "SRC_A", SecretStr("t"), PAYLOAD)
+    assert (answer.status, answer.body) == (202, b"{}")
