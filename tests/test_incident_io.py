@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import ClassVar
 
 import httpx
@@ -173,9 +175,13 @@ class Peer:
     fails); `sent` counts the bytes it managed to write.
     """
 
-    def __init__(self, behave: Callable[[Peer, socket.socket], None]) -> None:
+    def __init__(
+        self, behave: Callable[[Peer, socket.socket], None], tls: ssl.SSLContext | None = None
+    ) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.listener.getsockname()[1]}"
+        self._tls = tls
         self.closed = threading.Event()
         self.requests: list[bytes] = []
         self.sent = 0
@@ -193,8 +199,14 @@ class Peer:
                 continue
             except OSError:
                 return
+            connection.settimeout(10)
+            if self._tls is not None:
+                try:
+                    connection = self._tls.wrap_socket(connection, server_side=True)
+                except OSError:
+                    connection.close()
+                    continue
             with connection:
-                connection.settimeout(10)
                 self.requests.append(read_request(connection))
                 try:
                     self._behave(self, connection)
@@ -256,8 +268,10 @@ def huge_body(peer: Peer, connection: socket.socket) -> None:
 def peer() -> Iterator[Callable[[Callable[[Peer, socket.socket], None]], Peer]]:
     made: list[Peer] = []
 
-    def make(behave: Callable[[Peer, socket.socket], None]) -> Peer:
-        made.append(Peer(behave))
+    def make(
+        behave: Callable[[Peer, socket.socket], None], tls: ssl.SSLContext | None = None
+    ) -> Peer:
+        made.append(Peer(behave, tls))
         return made[-1]
 
     yield make
@@ -265,24 +279,36 @@ def peer() -> Iterator[Callable[[Callable[[Peer, socket.socket], None]], Peer]]:
         p.close()
 
 
-@pytest.fixture(params=["direct", "proxy"])
-def via(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Callable[[Peer], str]:
-    """The base URL that reaches a peer: itself, or any host through it as the HTTP proxy.
+TLS = Path(__file__).parent / "tls"  # a test CA and its certificate for 127.0.0.1 (100 years)
 
-    Without a proxy the client speaks h11 on its own connection; through one, httpcore's
-    proxy pool does: each way meets the hostile peers."""
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
-    if request.param == "direct":
-        monkeypatch.delenv("HTTP_PROXY", raising=False)
-        monkeypatch.delenv("http_proxy", raising=False)
-        return lambda server: server.url
 
-    def through(server: Peer) -> str:
+def server_tls() -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(TLS / "localhost.pem")
+    return context
+
+
+@pytest.fixture(params=["direct", "tls", "proxy"])
+def reach(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, peer: Callable[..., Peer]
+) -> Callable[[Callable[[Peer, socket.socket], None]], tuple[Peer, str]]:
+    """A peer that behaves so, and the base URL that reaches it: the peer's own, over TLS,
+    or any host's through the peer as the HTTP proxy.
+
+    Without a proxy the client speaks h11 on its own socket (or TLS socket);
+    through one, httpcore's proxy pool does: each way meets the hostile peers."""
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SSL_CERT_FILE", str(TLS / "ca.pem"))
+
+    def make(behave: Callable[[Peer, socket.socket], None]) -> tuple[Peer, str]:
+        server = peer(behave, server_tls() if request.param == "tls" else None)
+        if request.param != "proxy":
+            return server, server.url
         monkeypatch.setenv("HTTP_PROXY", server.url)
-        return "http://api.incident.invalid"
+        return server, "http://api.incident.invalid"
 
-    return through
+    return make
 
 
 @pytest.mark.parametrize(
@@ -290,14 +316,12 @@ def via(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Call
 )
 def test_a_slow_peer_gets_a_timeout_and_a_closed_connection(
     behave: Callable[[Peer, socket.socket], None],
-    peer: Callable[..., Peer],
-    via: Callable[[Peer], str],
+    reach: Callable[..., tuple[Peer, str]],
     make_client: Callable[..., PostsAlertEvents],
 ) -> None:
     # Each of these outlives httpx's per-read timeout; the client ends them at its deadline
     # (bench/slow_peers.py measures how close to it).
-    server = peer(behave)
-    url = via(server)
+    server, url = reach(behave)
     client = make_client(timeout=0.5)
     with pytest.raises(httpx.ReadTimeout):
         client.post_alert_event(url, "SRC_A", SecretStr("t"), PAYLOAD)
@@ -330,12 +354,9 @@ def test_a_connect_that_hangs_gets_a_connect_timeout(
 
 
 def test_only_the_start_of_a_huge_body_is_read_and_the_connection_is_dropped(
-    peer: Callable[..., Peer],
-    via: Callable[[Peer], str],
-    make_client: Callable[..., PostsAlertEvents],
+    reach: Callable[..., tuple[Peer, str]], make_client: Callable[..., PostsAlertEvents]
 ) -> None:
-    server = peer(huge_body)
-    url = via(server)
+    server, url = reach(huge_body)
     client = make_client(timeout=5)
     answer = client.post_alert_event(url, "SRC_A", SecretStr("t"), PAYLOAD)
     assert answer.status == 500
@@ -360,9 +381,7 @@ def test_a_body_under_the_cap_keeps_its_connection(recorder: str) -> None:
 
 
 def test_a_redirect_is_returned_not_followed(
-    peer: Callable[..., Peer],
-    via: Callable[[Peer], str],
-    make_client: Callable[..., PostsAlertEvents],
+    reach: Callable[..., tuple[Peer, str]], make_client: Callable[..., PostsAlertEvents]
 ) -> None:
     def moved(peer: Peer, connection: socket.socket) -> None:
         connection.sendall(
@@ -370,8 +389,8 @@ def test_a_redirect_is_returned_not_followed(
             b"Content-Length: 0\r\n\r\n"
         )
 
-    server = peer(moved)
-    answer = make_client().post_alert_event(via(server), "SRC_A", SecretStr("t"), PAYLOAD)
+    server, url = reach(moved)
+    answer = make_client().post_alert_event(url, "SRC_A", SecretStr("t"), PAYLOAD)
     assert answer.status == 308
     assert answer.headers["location"] == "http://127.0.0.1:1/new?token=x"
     assert len(server.requests) == 1
@@ -512,3 +531,39 @@ def test_an_interim_1xx_is_skipped_for_the_answer(
     server = peer(answer_with("100 Continue\r\n\r\nHTTP/1.1 202 Accepted", b"", b"{}"))
     answer = make_client(timeout=5).post_alert_event(server.url, "SRC_A", SecretStr("t"), PAYLOAD)
     assert (answer.status, answer.body) == (202, b"{}")
+
+
+@pytest.fixture
+def tls_recorder() -> Iterator[str]:
+    """The keep-alive recorder over TLS, with the test CA's certificate for 127.0.0.1."""
+    _Recorder.seen, _Recorder.client_ports = [], []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    server.socket = server_tls().wrap_socket(server.socket, server_side=True)
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
+    yield f"https://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_tls_connection_is_kept_alive_across_requests(
+    tls_recorder: str, monkeypatch: pytest.MonkeyPatch, make_client: Callable[..., PostsAlertEvents]
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(TLS / "ca.pem"))
+    client = make_client(timeout=5)
+    answers = [
+        client.post_alert_event(tls_recorder, "SRC_A", SecretStr("t"), PAYLOAD) for _ in "abc"
+    ]
+    assert [(a.status, a.body) for a in answers] == [(202, b'{"status": "success"}')] * 3
+    assert len(_Recorder.client_ports) == 3 and len(set(_Recorder.client_ports)) == 1
+
+
+def test_a_certificate_no_trusted_authority_signed_is_refused(
+    tls_recorder: str, monkeypatch: pytest.MonkeyPatch, make_client: Callable[..., PostsAlertEvents]
+) -> None:
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        make_client(timeout=5).post_alert_event(tls_recorder, "SRC_A", SecretStr("t"), PAYLOAD)
+    assert _Recorder.seen == []
