@@ -39,12 +39,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from confluent_kafka import Message
 
 from streamer.dead_letters import PREFIX
-from streamer.topic_follower import TopicFollower
+from streamer.topic_follower import Followers, Follows, following
 
 log = logging.getLogger(__name__)
 
@@ -163,15 +163,6 @@ def source_of(
         return None
 
 
-class Follows(Protocol):
-    """What the index needs of a `TopicFollower` (tests pass a plain one)."""
-
-    def caught_up(self, since: float) -> bool: ...
-    def failing_since(self) -> float | None: ...
-    def problem(self) -> str: ...
-    def close(self) -> None: ...
-
-
 class DeadLetterIndex:
     """The dead-letter topic's source offsets, as read by a follower (see the module
     docstring). `verdict` is asked on the poll thread; the follower adds on its own."""
@@ -199,14 +190,13 @@ class DeadLetterIndex:
         *,
         clock: Callable[[], float] = time.monotonic,
         patience: float = PATIENCE_SECONDS,
+        followers: Followers | None = None,
     ) -> DeadLetterIndex:
-        """An index fed by a follower of `topic` started now (librdkafka `settings`)."""
-
-        def follower(handle: Callable[[Message], None]) -> Follows:
-            return TopicFollower(
-                settings, topic, handle, window_seconds=WINDOW_SECONDS, clock=clock
-            ).start()
-
+        """An index fed by a follower of `topic` started now: one of `followers`, else
+        with a reader of its own (librdkafka `settings`)."""
+        follower = following(
+            settings, topic, window_seconds=WINDOW_SECONDS, followers=followers, clock=clock
+        )
         return cls(topic, follower, clock=clock, patience=patience)
 
     def _read(self, message: Message) -> None:

@@ -29,7 +29,8 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from streamer.config import Config
 from streamer.dead_letter_index import DeadLetterIndex, SourceOffset, Verdict
 from streamer.dead_letters import DeadLetter, fitted
-from streamer.kafka_clients import kafka_settings
+from streamer.kafka_clients import follower_settings
+from streamer.topic_follower import Followers
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +63,17 @@ class DeadLetterWriter:
         self._asking: OrderedDict[SourceOffset, float] = OrderedDict()
 
     @classmethod
-    def of(cls, producer: Producer, config: Config) -> DeadLetterWriter:
+    def of(
+        cls, producer: Producer, config: Config, followers: Followers | None = None
+    ) -> DeadLetterWriter:
         """The configured dead-letter topic, letters cut to the producer's message size,
-        checked against the letters already there (a follower starts reading it now)."""
+        checked against the letters already there (a follower starts reading it now: one
+        of `followers`, the service's shared reader, when given)."""
         kafka = config.file.kafka
         limit = int(kafka.properties.get("message.max.bytes", DEFAULT_LIMIT))
-        settings = {
-            **kafka_settings(config),
-            "group.id": kafka.group_id,  # one the ACLs allow; never joined nor committed to
-            "logger": logging.getLogger("librdkafka"),
-        }
-        index = DeadLetterIndex.following(settings, kafka.dead_letter_topic)
+        index = DeadLetterIndex.following(
+            follower_settings(config), kafka.dead_letter_topic, followers=followers
+        )
         return cls(producer, kafka.dead_letter_topic, limit, index=index)
 
     def taken(self, partitions: Iterable[tuple[str, int]]) -> None:

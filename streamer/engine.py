@@ -61,6 +61,7 @@ from streamer.intake import Work, quiet_at_turn, works_of
 from streamer.kafka_clients import (
     PartitionCounts,
     decoders_of,
+    follower_settings,
     make_consumer,
     make_producer,
     names,
@@ -70,6 +71,7 @@ from streamer.ledger import Job, Partition
 from streamer.reload import ConfigReloader
 from streamer.silence_book import STARTUP_WAIT_SECONDS, SilenceBook
 from streamer.telemetry import Telemetry
+from streamer.topic_follower import Followers
 
 log = logging.getLogger(__name__)
 
@@ -98,16 +100,16 @@ class Engine:
         firing: FiringState | None = None,
     ) -> None:
         self.telemetry = telemetry or Telemetry()
-        # the silences topic, read in full from now on (streamer/silence_book.py)
-        self.silences = silences or SilenceBook.of(config)
+        # the silences, dead-letter and firing topics, read in full by one reader from now on
+        self.followers = Followers(follower_settings(config))
+        self.silences = silences or SilenceBook.of(config, self.followers)
         self.reloader = ConfigReloader(
             config, count=lambda result: self.telemetry.config_reloads.add(1, {"result": result})
         )
         self.settings: DeliverySettings = config.file.delivery
         self.clock, self.wall_clock = clock, wall_clock
         self.lag = ConsumerLag()
-        s = self.settings
-        self.http: PostsAlertEvents = http or IncidentIoClient(timeout=s.request_timeout_seconds)
+        self.http = http or IncidentIoClient(timeout=self.settings.request_timeout_seconds)
         self.machine = DeliveryMachine.of(config, now=clock(), telemetry=self.telemetry)
         # a silence read after an event was routed still mutes its deliveries that wait
         self.machine.quiet_with(
@@ -127,10 +129,10 @@ class Engine:
             on_statistics=self.lag.on_statistics,
         )
         self.producer = producer or make_producer(config)
-        self.dead_letters = DeadLetterWriter.of(self.producer, config)
+        self.dead_letters = DeadLetterWriter.of(self.producer, config, self.followers)
         self.partition_counts = PartitionCounts(self.consumer)
         self.broker = BrokerEffects(self.consumer, self._feed, self._every_partition)
-        self._workers = ThreadPoolExecutor(s.workers, thread_name_prefix="deliver")
+        self._workers = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="deliver")
         self._answers: queue.SimpleQueue[tuple[Job, Answer | Exception]] = queue.SimpleQueue()
         self._events: deque[Event] = deque()
         self._feeding = False
@@ -140,8 +142,7 @@ class Engine:
         self._total_partitions = 0
         self._apply_config(config)
         self.machine.register_gauges(self.lag)
-        # inhibit rules' sources, written with this producer, read in full from now on
-        self.firing = firing or FiringState.of(config, self.producer)
+        self.firing = firing or FiringState.of(config, self.producer, self.followers)
         self.firing.show(self.telemetry, lambda: self.config.rules.inhibit_rules, self.silences)
         self.firing.held.muted_routes = lambda at: self.config.rules.quiet_routes(at)
         self.firing.held.routes = lambda: {r.path: r.destination for r in self.config.rules.walk()}
@@ -169,11 +170,8 @@ class Engine:
         return self._total_partitions
 
     def _every_partition(self) -> list[Partition]:
-        return [
-            (topic.name, i)
-            for topic in self.config.file.topics
-            for i in range(self.partition_counts.total([topic.name]))
-        ]
+        counts = {t.name: self.partition_counts.total([t.name]) for t in self.config.file.topics}
+        return [(name, i) for name, count in counts.items() for i in range(count)]
 
     # -- the machine's door, and its effects ----------------------------------------------
 
@@ -396,5 +394,6 @@ class Engine:
             self.dead_letters.close()  # its follower of the dead-letter topic
             self.silences.close()
             self.firing.close()
+            self.followers.close()
             self._workers.shutdown(wait=False, cancel_futures=True)
             self.http.close()

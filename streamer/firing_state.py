@@ -60,10 +60,10 @@ from streamer.inhibition import (
     fingerprint,
     source_state,
 )
-from streamer.kafka_clients import kafka_settings
+from streamer.kafka_clients import follower_settings, kafka_settings
 from streamer.silence_book import ensure_topic
 from streamer.telemetry import Telemetry
-from streamer.topic_follower import Follows, TopicFollower, read_to_now
+from streamer.topic_follower import Followers, Follows, following, read_to_now
 
 log = logging.getLogger(__name__)
 
@@ -138,25 +138,19 @@ class FiringState:
         settings: Mapping[str, Any],
         topic: str,
         producer: Produces | None,
-        *,
         resolve_timeout: float = 300.0,
+        followers: Followers | None = None,
     ) -> FiringState:
-        def follower(handle: Callable[[Message], None]) -> Follows:
-            return TopicFollower(settings, topic, handle, window_seconds=None).start()
-
+        follower = following(settings, topic, window_seconds=None, followers=followers)
         return cls(topic, producer, follower, resolve_timeout=resolve_timeout)
 
     @classmethod
-    def of(cls, config: Config, producer: Produces | None) -> FiringState:
+    def of(
+        cls, config: Config, producer: Produces | None, followers: Followers | None = None
+    ) -> FiringState:
         """The configured firing topic (created, compacted, when missing and the rules have
-        inhibit rules), followed with the service's Kafka settings; records written with
-        `producer` (the engine's)."""
+        inhibit rules), followed (by `followers` when given); written with `producer`."""
         kafka = config.file.kafka
-        settings = {
-            **kafka_settings(config),
-            "group.id": kafka.group_id,  # one the ACLs allow; never joined nor committed to
-            "logger": logging.getLogger("librdkafka"),
-        }
         try:  # only where inhibit rules are used: no topic (nor ACL warning) for others
             if config.rules.inhibit_rules and ensure_topic(
                 kafka_settings(config), kafka.firing_topic
@@ -170,7 +164,8 @@ class FiringState:
                 extra={"topic": kafka.firing_topic},
             )
         timeout = config.file.inhibition.resolve_timeout_seconds
-        return cls.following(settings, kafka.firing_topic, producer, resolve_timeout=timeout)
+        settings = follower_settings(config)
+        return cls.following(settings, kafka.firing_topic, producer, timeout, followers)
 
     # -- the follower's side (its thread) -------------------------------------------------
 

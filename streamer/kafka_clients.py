@@ -59,6 +59,15 @@ def kafka_settings(config: Config) -> dict[str, Any]:
     }
 
 
+def follower_settings(config: Config) -> dict[str, Any]:
+    """The settings of a reader of a topic read in full (topic_follower.py)."""
+    return {
+        **kafka_settings(config),
+        "group.id": config.file.kafka.group_id,  # one the ACLs allow; never joined
+        "logger": logging.getLogger("librdkafka"),
+    }
+
+
 def consumer_settings(config: Config) -> dict[str, Any]:
     """Defaults an operator may override (properties:), then what no-loss depends on."""
     kafka = config.file.kafka

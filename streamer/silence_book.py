@@ -43,11 +43,11 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from streamer.config import Config
-from streamer.kafka_clients import kafka_settings
+from streamer.kafka_clients import follower_settings
 from streamer.silence_expiry import MARK_PREFIX, UnmatchedExpiry, mark_value, read_mark
 from streamer.silence_index import Silences
 from streamer.silences import Silence, SilenceError
-from streamer.topic_follower import Follows, TopicFollower, read_to_now
+from streamer.topic_follower import Followers, Follows, following, read_to_now
 
 log = logging.getLogger(__name__)
 
@@ -89,24 +89,19 @@ class SilenceBook:
         settings: Mapping[str, Any],
         topic: str,
         write: Callable[[Records], None] | None = None,
+        followers: Followers | None = None,
     ) -> SilenceBook:
-        """A book fed by a follower of `topic` (librdkafka `settings`) started now."""
-
-        def follower(handle: Callable[[Message], None]) -> Follows:
-            return TopicFollower(settings, topic, handle, window_seconds=None).start()
-
+        """A book fed by a follower of `topic` started now: one of `followers`, else with
+        a reader of its own (librdkafka `settings`)."""
+        follower = following(settings, topic, window_seconds=None, followers=followers)
         return cls(topic, follower, write=write)
 
     @classmethod
-    def of(cls, config: Config) -> SilenceBook:
-        """The configured silences topic, followed with the service's Kafka settings."""
-        kafka = config.file.kafka
-        settings = {
-            **kafka_settings(config),
-            "group.id": kafka.group_id,  # one the ACLs allow; never joined nor committed to
-            "logger": logging.getLogger("librdkafka"),
-        }
-        return cls.following(settings, kafka.silence_topic, writer(settings, kafka.silence_topic))
+    def of(cls, config: Config, followers: Followers | None = None) -> SilenceBook:
+        """The configured silences topic, followed with the service's Kafka settings (by
+        `followers`, the service's shared reader, when given)."""
+        settings, topic = follower_settings(config), config.file.kafka.silence_topic
+        return cls.following(settings, topic, writer(settings, topic), followers)
 
     def _read(self, message: Message) -> None:
         key, value = message.key(), message.value()

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamer import topic_follower
-from streamer.topic_follower import PENDING_LOOKS, FollowProgress, TopicFollower
+from streamer.topic_follower import PENDING_LOOKS, Followers, FollowProgress, TopicFollower
 
 # -- the rule, with plain values -----------------------------------------------------------
 
@@ -115,8 +115,11 @@ class StandInClient:
     partitions: int | None = 1  # None: no such topic
     stopping = False
 
+    made = 0  # clients made (each one's librdkafka threads wake while idle)
+
     def __init__(self, settings) -> None:
         self.settings = settings
+        type(self).made += 1
 
     def list_topics(self, topic: str, timeout: float):
         missing = KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)
@@ -196,7 +199,7 @@ def test_an_empty_or_missing_topic_is_caught_up_within_a_brief_poll_of_the_quest
     polls the question waited up to 1 s per topic; it must wait about one round trip."""
     stand_in.partitions = partitions
     follower = TopicFollower({}, "t", lambda m: None, window_seconds=None, clock=stand_in.clock)
-    follower._stop = StandInStop(stand_in)
+    follower.own._stop = StandInStop(stand_in)
     follower.start()
     try:
         assert stand_in.polled.acquire(timeout=10)  # first look done, waiting for a record
@@ -328,3 +331,65 @@ def test_a_topic_that_does_not_exist_holds_nothing_and_is_followed_once_created(
         assert handled.values == [b"first"] and follower.failing_since() is None
     finally:
         follower.close()
+
+
+@pytest.mark.parametrize("partitions", [1, None], ids=["empty", "missing"])
+def test_several_topics_are_read_by_one_client_while_nothing_is_asked(stand_in, partitions) -> None:
+    """The service follows three topics (dead letters, silences, firing sources); each
+    librdkafka client's threads wake several times a second while nothing happens, so
+    they share one reader, which also asks the broker its questions while it has nothing
+    assigned (a missing topic's look every few seconds included)."""
+    stand_in.partitions = partitions
+    followers = Followers({}, clock=stand_in.clock)
+    followers._stop = StandInStop(stand_in)
+    topics = [followers.follow(t, lambda m: None, window_seconds=None) for t in "abc"]
+    try:
+        for _ in range(10):  # the first looks, then 9 polls (RETRY_SECONDS looks between)
+            assert stand_in.polled.acquire(timeout=10)
+            stand_in.ticks.release()
+        since = stand_in.clock.now
+        assert all(answered_at(stand_in, t, since) - since <= 1.0 + 0.01 for t in topics)
+        assert stand_in.made == (1 if partitions is None else 2)  # and an asker, while reading
+    finally:
+        stand_in.stopping = True
+        followers.close()
+
+
+@pytest.mark.integration
+def test_topics_followed_together_are_each_read_in_full_and_left_alone(infrastructure) -> None:
+    """One reader, three topics: each handler gets its own topic's records; a topic that
+    does not exist yet is caught up at once and read once created; a topic left is no
+    longer handed over while the others still are."""
+    present, later, left = (
+        new_topic(infrastructure),
+        f"later-{uuid.uuid4().hex[:8]}",
+        new_topic(infrastructure),
+    )
+    producer = Producer({"bootstrap.servers": infrastructure.bootstrap_servers})
+    for topic in (present, left):
+        for i in range(4):
+            producer.produce(topic, value=f"{topic}-{i}".encode(), partition=i % 2)
+    assert producer.flush(30) == 0
+    handled = {t: Handled() for t in (present, later, left)}
+    followers = Followers({"bootstrap.servers": infrastructure.bootstrap_servers})
+    followed = {t: followers.follow(t, handled[t], window_seconds=None) for t in handled}
+    try:
+        started = time.monotonic()
+        wait_until(lambda: all(f.caught_up(started) for f in followed.values()), "caught up")
+        for topic in (present, left):
+            assert sorted(handled[topic].values) == [f"{topic}-{i}".encode() for i in range(4)]
+        assert handled[later].values == []
+        followed[left].close()
+        admin = AdminClient({"bootstrap.servers": infrastructure.bootstrap_servers})
+        admin.create_topics([NewTopic(later, num_partitions=1)])[later].result(30)
+        for topic in (present, later, left):
+            producer.produce(topic, value=b"after")
+        assert producer.flush(30) == 0
+        asked = time.monotonic()
+        wait_until(lambda: followed[present].caught_up(asked), "caught up with the present topic")
+        wait_until(lambda: followed[later].caught_up(asked), "caught up with the later topic")
+        assert handled[present].values[-1] == b"after" and handled[later].values == [b"after"]
+        assert b"after" not in handled[left].values
+        assert all(f.failing_since() is None for t, f in followed.items() if t != left)
+    finally:
+        followers.close()
