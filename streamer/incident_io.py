@@ -9,7 +9,7 @@ Invariants (docs/design.md, guarantees 8 and 9):
   land after the next owner's request for the same key. (Name resolution is the one
   step no socket timeout bounds: the system resolver's own timeouts apply.)
 - At most `MAX_ANSWER_BODY` bytes of an answer are read. A longer body is not drained:
-  its connection is closed, never returned to the pool.
+  its connection is closed, never reused.
 - Redirects are never followed: a 3xx is an answer, for `failure_policy` to judge.
 - The token travels in the `Authorization` header only (a token in a URL ends up in
   logs), and no error raised here carries a header value.
@@ -51,6 +51,7 @@ _USER_AGENT = USER_AGENT.encode()
 # incident.io's answers are a few hundred bytes; failure_policy reads request_id, errors
 # and rate_limit from the first few KiB. A longer body is a broken or hostile peer.
 MAX_ANSWER_BODY = 64 * 1024
+_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps would build one per call
 
 
 @dataclass(frozen=True)
@@ -263,7 +264,7 @@ class IncidentIoClient:
         """
         deadline = time.monotonic() + self._timeout
         target = self._target(base_url, alert_source_config_id)
-        content = json.dumps(payload, separators=(",", ":")).encode()
+        content = _JSON.encode(payload).encode()
         headers = [
             (b"Host", target.host),
             (b"Authorization", self._authorization(token)),
