@@ -159,6 +159,11 @@ class CommitConversation:
             for p, o in offsets.items()
         }
 
+    def next_view(self) -> float:
+        """When the next view is due. Alone, none wakes the loop while it waits (a view
+        would read only our own notes): it is taken with the next commit."""
+        return math.inf if self._alone() and not self.unread else self.budget.next_view()
+
     def _alone(self) -> bool:
         """Every partition the last view read (all of them, none failed) is ours: a view
         would read only our own notes, which `observe` skips, so none is asked for. A

@@ -263,7 +263,7 @@ class DeliveryMachine:
         commit, a view, a registry retry); `now` if something can happen already. A
         queue's head counts only if a worker is free and its partition may start (an
         answer, a claim or its settle wakes the shell for the others)."""
-        times = [self._commits.next_due(), self._budget.next_view()]
+        times = [self._commits.next_due(), self._commit.next_view()]
         if (timer := self._out.next_timer()) is not None:
             times.append(timer)
         if self._out.busy < self.settings.workers:
@@ -273,7 +273,8 @@ class DeliveryMachine:
                 if self._handover.may_start(partition, max(now, start))
             ]
         times += self._backpressure.blocked_until()
-        if self._handover.unclaimed():
+        # a claim is a commit: of a partition whose offset is known (a message wakes it)
+        if any(self._ledger.commit_offset(p) is not None for p in self._handover.unclaimed()):
             times.append(now + CLAIM_RETRY)
         if (settled := self._handover.settled_at(now)) is not None:
             times.append(settled)

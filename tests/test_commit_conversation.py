@@ -130,3 +130,22 @@ def test_a_note_committed_again_after_the_wall_clock_stepped_tells_its_starts_by
         note = decode(text, 0)
         [start] = note.spent["a"].starts
         assert abs((note.written - start) - (now - started)) < 0.5  # its age, told right
+
+
+def test_a_member_alone_waiting_on_a_limit_wakes_for_its_commits_not_for_views() -> None:
+    """Owning every partition, a view would read only the member's own notes: while
+    deliveries wait on a rate limit, the loop sleeps from commit to commit (each wakeup
+    costs CPU: bench/waiting.py), not from view to view."""
+    h = Harness(ScriptedIncidentIo(), {"events_per_minute": 1}, commit_interval_seconds=1.0)
+    h.event(key="a")
+    h.event(key="b")
+    h.round()  # a sent; b waits a minute for the limit
+    commit_times(h, 6.0)  # idle by now
+    wakeups, end = 0, h.clock() + 20.0
+    while h.clock() < end:  # the engine's loop: asleep until the next thing that can happen
+        h.clock.advance(max(0.002, h.machine.next_wakeup(h.clock()) - h.clock()))
+        h.feed(Tick())
+        wakeups += 1
+    idle = h.machine._budget.tail_seconds - h.machine._budget.view_interval  # 2 s
+    assert wakeups <= 20.0 / idle + 1  # a view each second would wake it 20 times
+    assert len(h.http.posted) == 1  # b still waits
