@@ -11,6 +11,11 @@ stays in force; the same bad content is not reported again until it changes.
 
 Watching by content works for every way a file is replaced: in-place edits, an editor's
 write-and-rename, and Kubernetes' ConfigMap update, which swaps the `..data` symlink.
+Reading and hashing a big file at every check costs CPU while nothing changes (50,000
+routes: 8 MiB, 5 ms a check), so a file whose stat (inode, size, modification and change
+times) is the same as at the last hash is not read again, while its last change is older
+than a timestamp's granularity at that hash (an edit in the same tick could keep every
+field); and every `REHASH_SECONDS` it is hashed whatever its stat says.
 """
 
 from __future__ import annotations
@@ -31,6 +36,23 @@ log = logging.getLogger(__name__)
 # A reload that takes longer is refused (10,000 routes take ~1.2 s of CPU to load and
 # compile: this is for files far past any real need, and machines far too busy).
 MAX_LOAD_SECONDS = 60.0
+
+
+REHASH_SECONDS = 60.0
+SETTLED_NS = 1_000_000_000  # a file's timestamps tick coarsely (the kernel's clock tick)
+
+
+def _stat(paths: list[Path]) -> tuple[tuple[int, ...], ...]:
+    """What changes when a file does (stat follows a ConfigMap's symlinks)."""
+    stamps: list[tuple[int, ...]] = []
+    for path in paths:
+        try:
+            s = path.stat()
+        except OSError as e:
+            stamps.append((-1, e.errno or 0))
+            continue
+        stamps.append((s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns))
+    return tuple(stamps)
 
 
 def _fingerprint(config_path: Path, token_files: list[Path]) -> str:
@@ -73,6 +95,8 @@ class ConfigReloader:
         self._on_applied = on_applied
         self._count = count
         self._seen = _fingerprint(current.path, _token_files(current))
+        self._stamp: tuple[tuple[int, ...], ...] = ()  # the files' stat at the last hash
+        self._hashed_at = -REHASH_SECONDS
 
     def check(self) -> bool:
         """Reloads if the file changed; True when a new configuration was applied."""
@@ -87,8 +111,15 @@ class ConfigReloader:
         is valid (not applied yet: `apply` swaps it in). May run on another thread than
         the one that reads `current`: a big file's compile then never stalls the poll
         loop. A load that took longer than `max_seconds` is refused: the old rules stay."""
-        path = self.current.path
-        fingerprint = _fingerprint(path, _token_files(self.current))
+        path, tokens = self.current.path, _token_files(self.current)
+        stamp, now = _stat([path, *tokens]), time.monotonic()
+        if stamp == self._stamp and now - self._hashed_at < REHASH_SECONDS:
+            return None
+        # trusted from the next check on only if no file changed within a tick of now
+        settled = time.time_ns() - SETTLED_NS
+        self._stamp = stamp if all(s[0] < 0 or max(s[2:]) < settled for s in stamp) else ()
+        self._hashed_at = now
+        fingerprint = _fingerprint(path, tokens)
         if fingerprint == self._seen:
             return None
         self._seen = fingerprint
