@@ -128,6 +128,9 @@ class WaitingQueue:
         self._entries: dict[OrderingKey | None, Waiting] = {}
         self._heap: list[tuple[int, float, int, OrderingKey | None]] = []
         self._seq = itertools.count()
+        # keys waiting per partition (none: absent), kept as entries come and go, so the
+        # notes' demand and each view ask it per partition, not per waiting delivery
+        self._per_partition: dict[Partition, int] = {}
 
     def add(self, job: Job, *, rank: int, since: float = 0.0, place: Waiting | None = None) -> None:
         """Queues `job` (waiting since `since`), or back in its key's earlier `place`."""
@@ -167,6 +170,7 @@ class WaitingQueue:
         if entry is None or entry.job is not job:
             raise ValueError("remove() of a job that is not waiting")
         del self._entries[job.key]
+        self._uncount(job.partition)
         return entry
 
     def restore(self, entry: Waiting) -> None:
@@ -178,7 +182,12 @@ class WaitingQueue:
         dropped = [w.job for w in self._entries.values() if w.job.partition in partitions]
         for job in dropped:
             del self._entries[job.key]
+            self._uncount(job.partition)
         return dropped
+
+    def per_partition(self) -> Mapping[Partition, int]:
+        """How many keys wait per partition (only partitions with some); read-only."""
+        return self._per_partition
 
     def waiting(self) -> Iterator[Waiting]:
         """Every entry, in no particular order."""
@@ -195,13 +204,24 @@ class WaitingQueue:
         return bool(self._entries)
 
     def _put(self, entry: Waiting, *, reordered: bool = True) -> None:
+        if (before := self._entries.get(entry.job.key)) is not None:
+            self._uncount(before.job.partition)
         self._entries[entry.job.key] = entry
+        p = entry.job.partition
+        self._per_partition[p] = self._per_partition.get(p, 0) + 1
         if not reordered:  # the same order: its heap item is current already
             return
         heapq.heappush(self._heap, (*entry.order, entry.job.key))
         if len(self._heap) > 2 * len(self._entries) + 64:  # stale items: rebuild
             self._heap = [(*w.order, k) for k, w in self._entries.items()]
             heapq.heapify(self._heap)
+
+    def _uncount(self, partition: Partition) -> None:
+        left = self._per_partition[partition] - 1
+        if left:
+            self._per_partition[partition] = left
+        else:
+            del self._per_partition[partition]
 
     def _first(self) -> Waiting | None:
         while self._heap:

@@ -158,6 +158,8 @@ class Dispatcher:
                     released.append(job)
                     continue
                 if not self.handover.may_start(job.partition, now):
+                    if not self._any_may_start(state, now):
+                        break  # all would be passed over (a claim settling: the backlog)
                     passed_over.append(state.ready.remove(job))  # left to the next owner
                     continue
                 outcome = self.quiet(job.work, wall) if self.quiet is not None else None
@@ -189,6 +191,14 @@ class Dispatcher:
                 workers_free=self.busy < self.settings.workers,
             )
         return started, released, quieted
+
+    def _any_may_start(self, state: DestinationState, now: float) -> bool:
+        """Whether a partition with deliveries waiting in `state`'s queue may start now.
+        None may: the walk stops instead of passing over every waiting delivery one by one
+        (each step of a claim's settle, with a backlog of thousands). Nothing is released
+        by stopping: a queue holds no fenced job (a partition let go leaves its queues at
+        once, `Destinations.drop`; an answer or a timer of one is released, not queued)."""
+        return any(self.handover.may_start(p, now) for p in state.ready.per_partition())
 
     # -- waiting: coalescing and priority ----------------------------------------------------
 

@@ -166,9 +166,8 @@ class GroupBudget:
         started recently (a hot key's next event is not queued while one is in flight)."""
         out: dict[Partition, dict[str, int]] = {}
         for state in self.destinations:
-            for w in state.ready.waiting():
-                counts = out.setdefault(w.job.partition, {})
-                counts[state.name] = counts.get(state.name, 0) + 1
+            for p, count in state.ready.per_partition().items():
+                out.setdefault(p, {})[state.name] = count
             for p, starts in state.spent.items():
                 if starts and starts[-1] > now - self.recent:
                     out.setdefault(p, {}).setdefault(state.name, 1)
@@ -292,7 +291,7 @@ class GroupBudget:
         unknown = max(0, total_partitions - len(mine | committed.keys()))
         demand = {}
         for state in self.destinations:
-            waiting = {w.job.partition for w in state.ready.waiting()}
+            waiting = set(state.ready.per_partition())
             waiting |= {p for p, s in state.spent.items() if s and s[-1] > now - self.recent}
             ours = len(waiting & mine)
             demand[state.name] = (ours, ours + others.get(state.name, 0) + unknown)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import pytest
@@ -87,9 +88,11 @@ def test_passed_over_entries_come_back_in_their_place_and_drop_takes_a_partition
     entry = queue.remove(queue[0])
     queue.restore(entry)
     assert queue.first() is jobs[0]
+    assert queue.per_partition() == {P0: 3, P1: 3}
     dropped = queue.drop({P0})
     assert set(map(id, dropped)) == {id(j) for j in jobs if j.partition == P0}
     assert len(queue) == 3 and all(queue[0].partition == P1 for _ in range(1))
+    assert queue.per_partition() == {P1: 3}  # (what the notes' demand reads)
 
 
 @dataclass
@@ -236,6 +239,11 @@ class CoalescingMachine(RuleBasedStateMachine):
         for queue in self.queues.values():
             keys = [w.job.key for w in queue.waiting()]
             assert len(keys) == len(set(keys))
+
+    @invariant()
+    def the_count_per_partition_is_what_waits(self) -> None:
+        for queue in self.queues.values():
+            assert queue.per_partition() == Counter(w.job.partition for w in queue.waiting())
 
     @invariant()
     def a_key_with_nothing_left_ended_with_its_newest_event_and_never_skips_on_none(
