@@ -11,6 +11,7 @@ tests/test_topic_follower.py); `read_to_now` is a reader's wait for it.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -18,6 +19,8 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from confluent_kafka import Message
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PENDING_LOOKS", "FollowProgress", "FollowedTopic", "Follows", "Hub", "read_to_now"]
 
@@ -68,8 +71,12 @@ class FollowProgress:
         self._looks: deque[tuple[float, dict[int, int]]] = deque(maxlen=PENDING_LOOKS)
         self.caught_up_at: float | None = None
 
-    def start(self, partition: int, offset: int) -> None:
-        """Reading `partition` begins at `offset` (nothing below it is of interest)."""
+    def start(self, partition: int, offset: int, *, again: bool = False) -> None:
+        """Reading `partition` begins at `offset` (nothing below it is of interest).
+        `again`: below what was read of it, its log being another (the topic deleted and
+        created again): the looks waiting for the old log's ends are dropped."""
+        if again:
+            self._looks.clear()
         self._next[partition] = offset
         self._settle()
 
@@ -161,3 +168,22 @@ class FollowedTopic:
     def close(self) -> None:
         """No longer followed (its records are no longer handed over)."""
         self.hub.leave(self)
+
+    def settled(self) -> None:
+        """A look reached proves the topic reads: no longer failing (the hub's lock held)."""
+        if self.failing is not None and self.progress.caught_up(self.failing):
+            log.info("%s reads again", self.topic, extra={"topic": self.topic})
+            self.failing, self.trouble = None, None
+
+    def failed(self, now: float, problem: str) -> None:
+        """Nothing could be read of it at `now`, because of `problem` (the hub's lock held)."""
+        if self.failing is None:
+            self.failing = now
+            log.warning(
+                "%s cannot be read (%s); trying again every %.0f s",
+                self.topic,
+                problem,
+                RETRY_SECONDS,
+                extra={"topic": self.topic},
+            )
+        self.trouble = problem

@@ -115,6 +115,8 @@ class Followers:
 
     def add(self, followed: FollowedTopic) -> None:
         with self.lock:
+            if self._stop.is_set():  # nothing would read it: never caught up, never failing
+                raise RuntimeError(f"{self.name} is closed: {followed.topic} cannot be followed")
             if followed.topic in self._topics:
                 raise ValueError(f"{followed.topic} is followed already")
             self._topics[followed.topic] = followed
@@ -158,8 +160,11 @@ class Followers:
             return list(self._topics.values())
 
     def _follow(self, reader: Consumer) -> None:
-        for followed in self._following():  # a new reader: nothing assigned yet
-            followed.assigned, followed.looked_at, followed.missing = set(), -RETRY_SECONDS, False
+        with self.lock:  # a new reader: nothing assigned yet, so nothing to unassign
+            self._left = []
+            for followed in self._topics.values():
+                followed.assigned, followed.looked_at = set(), -RETRY_SECONDS
+                followed.missing = False
         while not self._stop.is_set():
             with self.lock:
                 topics = list(self._topics.values())
@@ -223,22 +228,31 @@ class Followers:
         """Asks for `followed`'s ends (a look: caught up once read up to them); returns its
         partitions not assigned yet, from where to read them. A failure is this topic's
         alone: reported, and looked at again in RETRY_SECONDS."""
-        asked = self.clock()
         try:
             asker = self._asking(reader, reading)
+            # the look's time: before its first question (a partition added, and written
+            # to, while the metadata is asked is in no later look's answer)
+            asked = self.clock()
             new = self._new_partitions(asker, followed)
             if new is None:  # no such topic (yet): everything it held when asked is read
                 followed.missing, followed.looked_at = True, asked
                 with self.lock:  # (a first dead letter does not wait 30 s for it)
                     followed.progress.look(asked, {})
-                    self._settled(followed)
+                    followed.settled()
                 return []
-            # asked from now (making the asker may take a while): a later look answers more
-            followed.missing, followed.looked_at = False, self.clock()
+            followed.missing, followed.looked_at = False, asked
             marks = {p: self._watermarks(asker, followed.topic, p) for p in followed.assigned | new}
-            starts = self._starts(asker, followed, new, marks)
+            with self.lock:  # ends below what was read: another log (the topic created again)
+                gone = {p for p, (_, high) in marks.items() if high < followed.progress.next(p)}
+            if again := gone & followed.assigned:
+                reader.incremental_unassign([TopicPartition(followed.topic, p) for p in again])
+                followed.assigned -= again
+            starts = self._starts(asker, followed, new | gone, marks)
             with self.lock:  # after a failure: go on from where reading stopped
-                starts = {p: max(o, followed.progress.next(p)) for p, o in starts.items()}
+                starts = {
+                    p: o if p in gone else max(o, followed.progress.next(p))
+                    for p, o in starts.items()
+                }
             if starts:
                 followed.assigned.update(starts)
                 log.info(
@@ -246,9 +260,9 @@ class Followers:
                 )
             with self.lock:
                 for partition, offset in starts.items():
-                    followed.progress.start(partition, offset)
+                    followed.progress.start(partition, offset, again=partition in gone)
                 followed.progress.look(followed.looked_at, {p: h for p, (_, h) in marks.items()})
-                self._settled(followed)
+                followed.settled()
             return [TopicPartition(followed.topic, p, o) for p, o in sorted(starts.items())]
         except Exception as e:  # never raised to anyone: reported, and looked at again
             followed.looked_at = self.clock()
@@ -310,46 +324,27 @@ class Followers:
         with self.lock:
             followed = self._topics.get(name) if name is not None else None
         error = message.error()
-        if error is not None:
-            if error.code() == KafkaError._PARTITION_EOF:
-                if followed is not None and partition is not None and offset is not None:
-                    with self.lock:
-                        followed.progress.read(partition, offset)
-                        self._settled(followed)
-                return
+        if error is not None and error.code() != KafkaError._PARTITION_EOF:
             # a topic's error is its own; one of the client's (no topic) is every topic's
-            self._failed([followed] if followed is not None else self._following(), error.str())
+            if name is None or followed is not None:
+                self._failed([followed] if followed is not None else self._following(), error.str())
             return
-        if followed is None or partition is None or offset is None:
-            return  # a topic no longer followed: fetched before it was left
-        try:
-            followed.handle(message)  # before the progress: caught up means handled
-        except Exception:
-            log.exception("a record of %s[%d]@%d could not be read", name, partition, offset)
-        with self.lock:
-            followed.progress.read(partition, offset + 1)
-            self._settled(followed)
-
-    @staticmethod
-    def _settled(followed: FollowedTopic) -> None:
-        """A look reached proves the topic reads: no longer failing (lock held)."""
-        if followed.failing is not None and followed.progress.caught_up(followed.failing):
-            log.info("%s reads again", followed.topic, extra={"topic": followed.topic})
-            followed.failing, followed.trouble = None, None
+        if followed is None or partition not in followed.assigned or offset is None:
+            return  # fetched for a follower that left (its topic maybe followed again since)
+        if error is None:
+            try:
+                followed.handle(message)  # before the progress: caught up means handled
+            except Exception:
+                log.exception("a record of %s[%d]@%d could not be read", name, partition, offset)
+            offset += 1
+        with self.lock:  # (an end reached is progress too)
+            followed.progress.read(partition, offset)
+            followed.settled()
 
     def _failed(self, topics: Iterable[FollowedTopic], problem: str) -> None:
         with self.lock:
             for followed in topics:
-                if followed.failing is None:
-                    followed.failing = self.clock()
-                    log.warning(
-                        "%s cannot be read (%s); trying again every %.0f s",
-                        followed.topic,
-                        problem,
-                        RETRY_SECONDS,
-                        extra={"topic": followed.topic},
-                    )
-                followed.trouble = problem
+                followed.failed(self.clock(), problem)
 
 
 class TopicFollower(FollowedTopic):
