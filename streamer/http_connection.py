@@ -1,18 +1,19 @@
-"""One POST and its answer over a kept-alive HTTP/1.1 connection, as cheaply as h11 allows.
+"""One POST and its answer over a kept-alive HTTP/1.1 connection, each worker thread its own.
 
 The direct way to incident.io (no proxy), in place of httpcore's connection pool: each
 worker thread keeps at most one connection per origin and only ever runs one request at a
 time on it, so the pool's queueing, locks, tracing and per-request objects buy nothing
-here and cost most of a request's CPU. h11 stays: it writes the request and parses every
-byte of the answer, so a broken or hostile peer meets the same parser as with httpx.
+here and cost most of a request's CPU. The request is written whole, in one send; its
+headers are the client's own, checked once per target and token (`incident_io`). The
+answer is read by `http_answer`.
 
 Invariants (those of `incident_io`, kept here):
 
 - Every read and send goes through a `DeadlineStream`: the exchange ends by the request's
   deadline whatever the peer does.
 - At most `cap` bytes of a body are kept, and reading stops there; a connection is kept
-  only when h11 saw both the request and its answer complete (a body left unread, a
-  `Connection: close`, an error: the connection is closed, never reused).
+  only when its answer was read to its end (`ReadAnswer.reusable`) after the whole
+  request was sent: a body left unread, a `Connection: close`, an error: it is closed.
 - A connection idle for `KEEPALIVE_EXPIRY`, or that the peer hung up (readable while
   idle), is closed before a request rather than written to.
 - Errors are httpcore's, as its pool raises them, for `incident_io` to translate.
@@ -24,22 +25,20 @@ import math
 import ssl
 import time
 
-import h11
 import httpcore
 
+from streamer.http_answer import read_answer
 from streamer.http_deadline import DeadlineBackend, DeadlineStream
 
 KEEPALIVE_EXPIRY = 5.0  # seconds an idle connection is kept (httpx's default)
 READ_SIZE = 64 * 1024  # bytes asked of the socket per read (httpcore's)
-MAX_HEAD = 100 * 1024  # the longest status line and headers h11 buffers (httpcore's)
 
 
 class Http11Connection:
-    """One TCP (or TLS) connection and its h11 state, used by one thread."""
+    """One TCP (or TLS) connection, used by one thread."""
 
     def __init__(self, stream: DeadlineStream) -> None:
         self._stream = stream
-        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         self._expires = math.inf
 
     def reusable(self) -> bool:
@@ -49,57 +48,28 @@ class Http11Connection:
         self, path: bytes, headers: list[tuple[bytes, bytes]], body: bytes, cap: int
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
         """A POST: (status, headers, at most `cap` bytes of the body, whether kept)."""
-        state = self._h11
         self._expires = math.inf
-        try:
-            request = h11.Request(method=b"POST", target=path, headers=headers)
-            # One send for the whole request: one system call, one segment.
-            wire = state.send(request) + state.send(h11.Data(data=body))
-            wire += state.send(h11.EndOfMessage())
-        except h11.LocalProtocolError as e:
-            raise httpcore.LocalProtocolError(str(e)) from e
+        wire = [b"POST ", path, b" HTTP/1.1\r\n"]
+        for name, value in headers:
+            wire += (name, b": ", value, b"\r\n")
+        wire += (b"\r\n", body)
         written = True
         try:
-            self._stream.write(wire)
+            self._stream.write(b"".join(wire))  # one send: one system call, one segment
         except httpcore.WriteError:
             # As httpcore: a server may answer (a 413, a 401) and close before reading
             # the whole request; its answer is still read.
             written = False
-        event = self._next_event()
-        while isinstance(event, h11.InformationalResponse):  # 1xx: the answer is to come
-            event = self._next_event()
-        if not isinstance(event, h11.Response):
-            raise httpcore.RemoteProtocolError(f"no answer but {type(event).__name__}")
-        status, headers = event.status_code, event.headers.raw_items()
-        read: list[bytes] = []
-        size = 0
-        while size < cap:
-            event = self._next_event()
-            if not isinstance(event, h11.Data):
-                break  # its end (h11 raises for a body cut short)
-            read.append(event.data)
-            size += len(event.data)
-        kept = written and state.our_state is h11.DONE and state.their_state is h11.DONE
+        answer = read_answer(self._read, cap)
+        kept = written and answer.reusable
         if kept:
-            state.start_next_cycle()
             self._expires = time.monotonic() + KEEPALIVE_EXPIRY
         else:
             self.close()
-        return status, headers, b"".join(read)[:cap], kept
+        return answer.status, answer.headers, answer.body, kept
 
-    def _next_event(self) -> h11.Event | type[h11.PAUSED]:
-        state = self._h11
-        while True:
-            try:
-                event = state.next_event()
-            except h11.RemoteProtocolError as e:
-                raise httpcore.RemoteProtocolError(str(e)) from e
-            if event is not h11.NEED_DATA:
-                return event  # type: ignore[return-value]
-            data = self._stream.read(READ_SIZE)
-            if not data and state.their_state is h11.SEND_RESPONSE:
-                raise httpcore.RemoteProtocolError("the server closed without answering")
-            state.receive_data(data)
+    def _read(self) -> bytes:
+        return self._stream.read(READ_SIZE)
 
     def close(self) -> None:
         self._stream.close()

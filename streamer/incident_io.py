@@ -18,17 +18,18 @@ Decisions about the answer live in `failure_policy`; this module only speaks HTT
 
 Mechanism: every socket operation is cut to what is left of the request's deadline
 (`http_deadline`: httpx's timeouts are per read, so a peer trickling bytes would restart
-them). Without a proxy, each worker thread keeps one connection per origin and h11 does
-the exchange on it (`http_connection`: httpcore's pool and httpx's Client machinery cost
-most of a request's CPU and buy nothing for one request at a time per thread); through a
-proxy (HTTP forward, CONNECT tunnel, SOCKS), httpcore's proxy pools do it, over the same
-deadline backend. Both raise httpcore's errors, translated here to httpx's.
+them). Without a proxy, each worker thread keeps one connection per origin, writes the
+request whole and reads the answer itself (`http_connection`, `http_answer`: httpcore's
+pool and h11 cost most of a request's CPU and buy nothing for one POST at a time per
+thread); through a proxy (HTTP forward, CONNECT tunnel, SOCKS), httpcore's proxy pools
+do it, over the same deadline backend. Both raise httpcore's errors, translated here.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import ssl
 import threading
 import time
@@ -51,6 +52,7 @@ _USER_AGENT = USER_AGENT.encode()
 # incident.io's answers are a few hundred bytes; failure_policy reads request_id, errors
 # and rate_limit from the first few KiB. A longer body is a broken or hostile peer.
 MAX_ANSWER_BODY = 64 * 1024
+_VISIBLE = re.compile(rb"[\x21-\x7e]+")  # printable ASCII, no space
 _JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps would build one per call
 
 
@@ -231,6 +233,10 @@ class IncidentIoClient:
             url = httpx.URL(base_url.rstrip("/") + path)
             if url.scheme not in ("http", "https") or not url.host:
                 raise httpx.UnsupportedProtocol(f"not an http(s) URL: {url.scheme}://{url.host}")
+            # Written into the request line and Host as they are (httpx allows neither
+            # spaces nor control characters in a URL: checked again, once).
+            if not (_VISIBLE.fullmatch(url.raw_path) and _VISIBLE.fullmatch(url.netloc)):
+                raise httpx.InvalidURL("a URL with a space or a control character")
             target = self._targets[key] = _Target(
                 url,
                 url.raw_path,
@@ -243,7 +249,8 @@ class IncidentIoClient:
         secret = token.get_secret_value()
         header = self._authorizations.get(secret)
         if header is None:
-            # Checked here, never handed to h11: its error would quote the header value.
+            # Checked here, never handed to h11 (through a proxy): its error would quote
+            # the header value; written as it is without one.
             if not (secret and secret.isascii() and secret.isprintable() and " " not in secret):
                 raise ValueError(_BAD_TOKEN)
             header = self._authorizations[secret] = f"Bearer {secret}".encode("ascii")
