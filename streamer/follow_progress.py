@@ -25,7 +25,13 @@ log = logging.getLogger(__name__)
 __all__ = ["PENDING_LOOKS", "FollowProgress", "FollowedTopic", "Follows", "Hub", "read_to_now"]
 
 PENDING_LOOKS = 16  # watermark looks waiting to be reached; older ones are covered by newer
-RETRY_SECONDS = 2.0  # after a failure to read a topic, or while it does not exist
+# after a failure to read a topic, first, then twice as long each time up to the most (a
+# topic whose requests time out blocks the one thread for REQUEST_TIMEOUT at each look)
+RETRY_SECONDS, MAX_RETRY_SECONDS = 2.0, 16.0
+# a topic that does not exist is looked for this often while no reader waits for it (an
+# asking client kept for it would wake for nothing; the first silence in a topic created
+# after the start reaches a running replica within this)
+MISSING_SECONDS = 10.0
 # after a topic is added or a question asked, its reader polls briefly for this long
 # (topic_follower.py: EAGER_POLL_SECONDS), so a question is answered within a round trip
 EAGER_SECONDS = 3.0
@@ -142,6 +148,17 @@ class FollowedTopic:
         self.assigned: set[int] = set()
         self.looked_at = -RETRY_SECONDS
         self.missing = False  # the topic did not exist at the last look
+        self.retries = 0  # failed looks since it last read
+
+    def look_due(self, now: float) -> tuple[bool, bool]:
+        """Is a look at the topic due (the hub's lock held), and does a reader wait for it?"""
+        asked = self.wanted is not None and self.wanted > self.looked_at
+        if self.failing is not None:  # proving the failure over, less often the longer
+            retry = min(MAX_RETRY_SECONDS, RETRY_SECONDS * 2 ** max(0, self.retries - 1))
+            return now - self.looked_at >= retry, asked
+        if self.missing:  # created since?
+            return asked or now - self.looked_at >= MISSING_SECONDS, asked
+        return asked or not self.assigned, asked  # a reader waits; or just added
 
     def caught_up(self, since: float) -> bool:
         """Has every record acknowledged before `since` been handled? When not yet, the
@@ -173,17 +190,18 @@ class FollowedTopic:
         """A look reached proves the topic reads: no longer failing (the hub's lock held)."""
         if self.failing is not None and self.progress.caught_up(self.failing):
             log.info("%s reads again", self.topic, extra={"topic": self.topic})
-            self.failing, self.trouble = None, None
+            self.failing, self.trouble, self.retries = None, None, 0
 
     def failed(self, now: float, problem: str) -> None:
         """Nothing could be read of it at `now`, because of `problem` (the hub's lock held)."""
         if self.failing is None:
             self.failing = now
             log.warning(
-                "%s cannot be read (%s); trying again every %.0f s",
+                "%s cannot be read (%s); trying again in %.0f s, then less often (%.0f s at most)",
                 self.topic,
                 problem,
                 RETRY_SECONDS,
+                MAX_RETRY_SECONDS,
                 extra={"topic": self.topic},
             )
-        self.trouble = problem
+        self.trouble, self.retries = problem, self.retries + 1

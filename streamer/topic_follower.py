@@ -169,7 +169,8 @@ class Followers:
             with self.lock:
                 topics = list(self._topics.values())
                 left, self._left = self._left, []
-                eager = self.clock() < self.eager_until
+                now = self.clock()
+                eager = now < self.eager_until
             for followed in left:
                 if followed.assigned:
                     reader.incremental_unassign(
@@ -177,9 +178,16 @@ class Followers:
                     )
             # every due look asked before any partition is assigned: while nothing is
             # assigned the reader asks itself (`_asking`), the start-up's looks included
-            due = [t for t in topics if self._look_due(t)]
+            with self.lock:
+                due = [(t, asked) for t in topics for on, asked in [t.look_due(now)] if on]
             reading = any(t.assigned for t in topics)
-            if new := [tp for t in due for tp in self._look(reader, t, reading=reading)]:
+            # a missing topic no reader waits for is asked by the reader (no asker kept for it)
+            new = [
+                tp
+                for t, asked in due
+                for tp in self._look(reader, t, reading=reading and (asked or not t.missing))
+            ]
+            if new:
                 reader.incremental_assign(new)
             if self._asker is not None and self.clock() - self._asked_at > ASKER_IDLE_SECONDS:
                 asker, self._asker = self._asker, None
@@ -195,18 +203,6 @@ class Followers:
                 continue
             for message in [first, *reader.consume(500, 0)]:
                 self._take(message)
-
-    def _look_due(self, followed: FollowedTopic) -> bool:
-        now = self.clock()
-        with self.lock:
-            wanted, failing = followed.wanted, followed.failing is not None
-        if failing:  # proving the failure over, at most every RETRY_SECONDS
-            return now - followed.looked_at >= RETRY_SECONDS
-        if wanted is not None and wanted > followed.looked_at:  # a reader waits for it
-            return True
-        if followed.missing:  # created since?
-            return now - followed.looked_at >= RETRY_SECONDS
-        return not followed.assigned  # just added
 
     def _asking(self, reader: Consumer, reading: bool) -> Consumer:
         """The client that asks the broker questions (metadata, watermarks, offsets): the
@@ -227,7 +223,7 @@ class Followers:
     ) -> list[TopicPartition]:
         """Asks for `followed`'s ends (a look: caught up once read up to them); returns its
         partitions not assigned yet, from where to read them. A failure is this topic's
-        alone: reported, and looked at again in RETRY_SECONDS."""
+        alone: reported, and looked at again later (`FollowedTopic.look_due`)."""
         try:
             asker = self._asking(reader, reading)
             # the look's time: before its first question (a partition added, and written

@@ -8,7 +8,7 @@ import uuid
 from types import SimpleNamespace
 
 import pytest
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -392,4 +392,78 @@ def test_topics_followed_together_are_each_read_in_full_and_left_alone(infrastru
         assert b"after" not in handled[left].values
         assert all(f.failing_since() is None for t, f in followed.items() if t != left)
     finally:
+        followers.close()
+
+
+def looks_over(stand_in, followers, seconds: float) -> None:
+    """Lets the followers' thread run `seconds` of the stand-in's clock, poll by poll."""
+    end = stand_in.clock.now + seconds
+    while stand_in.clock.now < end:
+        stand_in.ticks.release()
+        assert stand_in.polled.acquire(timeout=10), "the followers' thread stopped polling"
+
+
+@pytest.fixture
+def asked(stand_in):
+    """The topics each metadata question asked about; `missing` topics do not exist,
+    `refusing` ones fail (as a broker that times out would)."""
+    questions: list[str] = []
+    stand_in.missing, stand_in.refusing = set(), set()
+    real = stand_in.list_topics
+
+    def list_topics(self, topic: str, timeout: float):
+        questions.append(topic)
+        if topic in stand_in.refusing:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+        if topic in stand_in.missing:
+            missing = KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)
+            return SimpleNamespace(topics={topic: SimpleNamespace(error=missing, partitions={})})
+        return real(self, topic, timeout)
+
+    stand_in.list_topics = list_topics
+    return questions
+
+
+def test_a_missing_topic_no_one_waits_for_is_looked_for_rarely_and_keeps_no_client(
+    stand_in, asked
+) -> None:
+    """The firing topic does not exist where no inhibit rule is used, while the others are
+    read: looking for it every 2 s kept a second client awake for good."""
+    stand_in.missing = {"missing"}
+    followers = Followers({}, clock=stand_in.clock)
+    followers._stop = StandInStop(stand_in)
+    for topic in ("read", "missing"):
+        followers.follow(topic, lambda m: None, window_seconds=None)
+    try:
+        assert stand_in.polled.acquire(timeout=10)
+        looks_over(stand_in, followers, 35.0)  # the start's asking client idles out
+        made, before = stand_in.made, len(asked)
+        looks_over(stand_in, followers, 60.0)
+        assert 5 <= asked[before:].count("missing") <= 7  # every 10 s, not every 2 s (30)
+        assert stand_in.made == made and followers._asker is None  # the reader asked
+        followed = followers._topics["missing"]
+        since = stand_in.clock.now + 0.001
+        assert answered_at(stand_in, followed, since) - since <= 1.0 + 0.01  # asked: at once
+    finally:
+        stand_in.stopping = True
+        followers.close()
+
+
+def test_a_topic_that_fails_is_tried_again_less_often_the_longer_it_fails(stand_in, asked) -> None:
+    """A topic whose questions time out blocks the one thread for each of them: tried every
+    2 s, it held the other topics' records back most of the time."""
+    stand_in.refusing = {"failing"}
+    followers = Followers({}, clock=stand_in.clock)
+    followers._stop = StandInStop(stand_in)
+    failing = followers.follow("failing", lambda m: None, window_seconds=None)
+    try:
+        assert stand_in.polled.acquire(timeout=10)
+        looks_over(stand_in, followers, 60.0)
+        assert 5 <= asked.count("failing") <= 7  # 2, 4, 8, 16, 16 s apart (not 30 looks)
+        assert failing.failing_since() is not None
+        stand_in.refusing = set()
+        looks_over(stand_in, followers, 17.0)
+        assert failing.failing_since() is None  # read again within the longest wait
+    finally:
+        stand_in.stopping = True
         followers.close()
