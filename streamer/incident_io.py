@@ -43,7 +43,7 @@ import httpx
 from pydantic import SecretStr
 
 from streamer import __version__
-from streamer.http_connection import KEEPALIVE_EXPIRY, DirectOrigin
+from streamer.http_connection import DirectOrigin
 from streamer.http_deadline import DeadlineBackend
 
 PATH = "/v2/alert_events/http/{alert_source_config_id}"
@@ -99,10 +99,19 @@ _BAD_TOKEN = (
 )
 
 
+# PROXY_REUSE: through a proxy a connection is used once. httpcore reuses one after h11
+# read an answer even when more bytes followed it (an answer nobody asked for, from a
+# broken proxy or peer), and the next request would take those as its answer: a 429 or
+# 500 read as the stale 202 loses that alert (red team /tmp/red4, F2). A connect per POST
+# is the price, where a proxy is used.
+# h11 quotes what it could not parse of an answer: a peer may have echoed the token there
+_MALFORMED = "the answer is not valid HTTP/1.1"
+
+
 def _translated(error: Exception) -> httpx.TransportError:
     for core, ours in _ERRORS:
         if isinstance(error, core):
-            return ours(str(error))
+            return ours(_MALFORMED if isinstance(error, httpcore.ProtocolError) else str(error))
     return httpx.TransportError(type(error).__name__)
 
 
@@ -209,7 +218,7 @@ class IncidentIoClient:
                 proxy_headers=proxy.headers.raw,
                 ssl_context=ssl_context,
                 proxy_ssl_context=proxy.ssl_context,
-                keepalive_expiry=KEEPALIVE_EXPIRY,
+                keepalive_expiry=0,  # never reused: see PROXY_REUSE
                 network_backend=backend,
             )
         elif proxy.url.scheme in ("socks5", "socks5h"):
@@ -217,7 +226,7 @@ class IncidentIoClient:
                 proxy_url=proxy_core_url,
                 proxy_auth=proxy.raw_auth,
                 ssl_context=ssl_context,
-                keepalive_expiry=KEEPALIVE_EXPIRY,
+                keepalive_expiry=0,  # never reused: see PROXY_REUSE
                 network_backend=backend,
             )
         else:
@@ -280,7 +289,7 @@ class IncidentIoClient:
             (b"Content-Length", b"%d" % len(content)),
         ]
         origin = self._origin(target)
-        unsendable = False
+        unsendable, malformed = False, None
         origin.backend.deadline = deadline
         try:
             status, answer_headers, body = origin.exchange(
@@ -288,19 +297,22 @@ class IncidentIoClient:
             )
         except httpcore.LocalProtocolError:
             unsendable = True
+        except httpcore.ProtocolError as e:  # its text may quote the answer: not chained
+            malformed = _translated(e)
         except (
             httpcore.NetworkError,
             httpcore.TimeoutException,
-            httpcore.ProtocolError,
             httpcore.ProxyError,
             httpcore.UnsupportedProtocol,
         ) as e:
             raise _translated(e) from e
         finally:
             origin.backend.deadline = math.inf
+        # Raised outside the except blocks: no __context__ that would quote a header value.
         if unsendable:
-            # Raised outside the except block: no __context__ that would quote the value.
             raise httpx.LocalProtocolError(_UNSENDABLE)
+        if malformed is not None:
+            raise malformed
         return Answer(status, httpx.Headers(answer_headers), body)
 
     def close(self) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import socket
 import ssl
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -567,3 +569,51 @@ def test_a_certificate_no_trusted_authority_signed_is_refused(
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         make_client(timeout=5).post_alert_event(tls_recorder, "SRC_A", SecretStr("t"), PAYLOAD)
     assert _Recorder.seen == []
+
+
+def test_bytes_after_an_answer_are_never_taken_for_the_next_ones_answer(
+    reach: Callable[..., tuple[Peer, str]], make_client: Callable[..., PostsAlertEvents]
+) -> None:
+    """A broken peer or proxy sends an answer nobody asked for after the real one: read as
+    the next request's answer, a 429 or 500 would pass for that stale 202 (an alert lost;
+    through a proxy, red team /tmp/red4 F2)."""
+    numbers = itertools.count(1)
+
+    def answer_and_more(peer: Peer, connection: socket.socket) -> None:
+        while True:
+            body = b'{"req":%d}' % next(numbers)
+            connection.sendall(
+                b"HTTP/1.1 202 Accepted\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                + b'HTTP/1.1 202 Accepted\r\nContent-Length: 13\r\n\r\n{"fake":true}'
+            )
+            data = b""
+            while b"\r\n\r\n" not in data:  # a next request on this connection, if any
+                if not (chunk := connection.recv(65536)):
+                    return
+                data += chunk
+
+    _, url = reach(answer_and_more)
+    client = make_client(timeout=5)
+    bodies = [client.post_alert_event(url, "SRC_A", SecretStr("t"), PAYLOAD).body for _ in "ab"]
+    assert bodies == [b'{"req":1}', b'{"req":2}']
+
+
+def test_a_malformed_answer_quoting_the_token_is_reported_without_it(
+    reach: Callable[..., tuple[Peer, str]], make_client: Callable[..., PostsAlertEvents]
+) -> None:
+    """A peer that echoes the Authorization header into a line it breaks: the parser's
+    error quotes that line; the error raised (and its chain) must not (red team F3)."""
+
+    def echo_broken(peer: Peer, connection: socket.socket) -> None:
+        auth = re.search(rb"(?i)authorization: *([^\r]*)", peer.requests[-1])[1]  # type: ignore[index]
+        connection.sendall(b"HTTP/1.1 202 Accepted\r\nX-Echo " + auth + b"\r\n\r\n")
+
+    _, url = reach(echo_broken)
+    token = "the-" + "s3cret"  # (a traceback quotes the source line)
+    with pytest.raises(httpx.TransportError) as failed:
+        make_client(timeout=5).post_alert_event(url, "SRC_A", SecretStr(token), PAYLOAD)
+    error: BaseException | None = failed.value
+    assert "the-s3cret" not in "".join(traceback.format_exception(failed.value))
+    while error is not None:
+        assert "the-s3cret" not in repr(error) + str(error)
+        error = error.__cause__ or error.__context__
