@@ -135,7 +135,7 @@ class Engine:
         self._workers = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="deliver")
         self._answers: queue.SimpleQueue[tuple[Job, Answer | Exception]] = queue.SimpleQueue()
         self._events: deque[Event] = deque()
-        self._feeding = False
+        self._feeding, self._polled = False, 0.0
         self._decoders: dict[str, EventDecoder] = {}
         self._registry = registry_of(config)
         self._reloaded: queue.SimpleQueue[Config] = queue.SimpleQueue()
@@ -264,20 +264,21 @@ class Engine:
         wait = min(MAX_WAIT, max(MIN_WAIT, machine.next_wakeup(now) - now))
         if len(self.producer) > 0:  # dead letters on their way: their acks come by polling
             wait = min(wait, BUSY_WAIT)
-        room = machine.room()
-        fetched = 0
-        if consume and room > 0:
-            # Never fetch past the cap. poll() returns as soon as one message arrives
-            # (consume(n, timeout) would wait for a full batch); then take whatever else is
-            # already fetched without waiting. With requests in flight, wait for their
-            # answers instead (below), which wake the queue at once.
+        room, fetched = machine.room(), 0
+        # answers due (each wakes the loop): the consumer is polled at most every BUSY_WAIT
+        # (a poll costs ~70 us of CPU); a message or a rebalance waits that long at most
+        fetch = consume and (not machine.busy or now - self._polled >= BUSY_WAIT)
+        self._polled = now if fetch else self._polled
+        if fetch and room > 0:
+            # Never fetch past the cap. poll() returns at the first message (consume(n, t)
+            # waits for a full batch); then takes what else is fetched, without waiting.
             first = self.consumer.poll(0 if machine.busy else wait)
             batch = [] if first is None else [first]
             if first is not None and room > 1:
                 batch += self.consumer.consume(min(500, room - 1), 0)
             self._ingest(batch)
             fetched = len(batch)
-        elif consume:
+        elif fetch:
             # At the cap: still serve rebalance callbacks. Partitions are paused, but one
             # just assigned may hand over a message; it is ingested, never dropped.
             handed_over = self.consumer.poll(0 if machine.busy else wait)
