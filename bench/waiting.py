@@ -1,7 +1,7 @@
 """Waiting costs nothing: CPU while deliveries wait on a rate limit (issue 26).
 
-Run: `make bench-waiting` (or `python bench/waiting.py [--sources N] [--per-source N]`;
-~2 min). A backlog of distinct keys (hundreds waiting per alert source) is produced up
+Run: `make bench-waiting` (or `python bench/waiting.py [--sources N] [--per-source N]
+[--existing-topics]`; ~2 min). A backlog of distinct keys (hundreds waiting per alert source) is produced up
 front, then the service (in this process; the incident.io double in its own) drains it
 into SOURCES alert sources limited to 120 events a minute each, `coalesce: none`. Most of
 the time everything waits for the next window.
@@ -19,6 +19,7 @@ backlog's producer is gone before the service starts), from the first accepted a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import itertools
 import os
@@ -28,18 +29,34 @@ from pathlib import Path
 
 import httpx
 import yaml
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 from delivery import TOKEN, FakeProcess, event, make_topic, pipeline_config, run_engine
 
 from streamer.testing.infra import local_infrastructure
 
 PER_MINUTE = 120
+SILENCES, FIRING = "streamer.silences", "streamer.firing"  # the defaults' topics
 
 
-def drain(infra, folder: Path, sources: int, per_source: int) -> dict[str, float]:
+def drain(
+    infra, folder: Path, sources: int, per_source: int, existing: bool = False
+) -> dict[str, float]:
     teams = [f"t{n}" for n in range(sources)]
     with FakeProcess(*(f"SRC-{t}" for t in teams), per_minute=PER_MINUTE) as fake:
         topic = make_topic(infra)
+        if existing:  # as in production: the topics the service reads in full are there
+            admin = AdminClient({"bootstrap.servers": infra.bootstrap_servers})
+            created = admin.create_topics(
+                [
+                    NewTopic(f"{topic}-dlq", num_partitions=3),
+                    NewTopic(SILENCES, num_partitions=1, config={"cleanup.policy": "compact"}),
+                    NewTopic(FIRING, num_partitions=1, config={"cleanup.policy": "compact"}),
+                ]
+            )
+            for future in created.values():
+                with contextlib.suppress(KafkaException):  # there already (an earlier run)
+                    future.result(30)
         producer = Producer({"bootstrap.servers": infra.bootstrap_servers})
         now = int(time.time() * 1000)
         for i in range(per_source * sources):
@@ -130,10 +147,16 @@ def main() -> None:
     parser.add_argument(
         "--per-source", type=int, default=240, help="backlog per source (default 240)"
     )
+    parser.add_argument(
+        "--existing-topics",
+        action="store_true",
+        help="create the dead-letter, silences and firing topics first (as in production; "
+        "by default they do not exist, and the service looks for them every 2 s)",
+    )
     args = parser.parse_args()
     os.environ["BENCH_TOKEN"] = TOKEN  # what the double expects (bench/delivery.py's)
     with local_infrastructure() as infra, tempfile.TemporaryDirectory() as tmp:
-        ours = drain(infra, Path(tmp), args.sources, args.per_source)
+        ours = drain(infra, Path(tmp), args.sources, args.per_source, args.existing_topics)
         baseline = raw(args.sources, args.per_source)
     print(
         f"streamer: {ours['accepted']:.0f} alerts ({ours['429s']:.0f} 429s) in "
