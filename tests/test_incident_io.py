@@ -85,16 +85,23 @@ class _Recorder(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def recorder() -> Iterator[str]:
+def serving_recorder(tls: ssl.SSLContext | None) -> Iterator[str]:
+    """The keep-alive recorder's base URL while it serves (over TLS with `tls`)."""
     _Recorder.seen, _Recorder.client_ports = [], []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
     ).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def recorder() -> Iterator[str]:
+    yield from serving_recorder(None)
 
 
 def test_requests_go_through_the_proxy_the_environment_names(
@@ -538,15 +545,7 @@ def test_an_interim_1xx_is_skipped_for_the_answer(
 @pytest.fixture
 def tls_recorder() -> Iterator[str]:
     """The keep-alive recorder over TLS, with the test CA's certificate for 127.0.0.1."""
-    _Recorder.seen, _Recorder.client_ports = [], []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    server.socket = server_tls().wrap_socket(server.socket, server_side=True)
-    threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    ).start()
-    yield f"https://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    yield from serving_recorder(server_tls())
 
 
 def test_a_tls_connection_is_kept_alive_across_requests(
