@@ -135,7 +135,7 @@ class Engine:
         self._workers = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="deliver")
         self._answers: queue.SimpleQueue[tuple[Job, Answer | Exception]] = queue.SimpleQueue()
         self._events: deque[Event] = deque()
-        self._feeding, self._polled = False, 0.0
+        self._feeding, self._polled, self._producer_polled = False, 0.0, 0.0
         self._decoders: dict[str, EventDecoder] = {}
         self._registry = registry_of(config)
         self._reloaded: queue.SimpleQueue[Config] = queue.SimpleQueue()
@@ -258,11 +258,10 @@ class Engine:
         self.telemetry.health.progressed()
         machine = self.machine
         # Sleep until the next thing that can happen: a message (poll wakes at once), an
-        # answer (the queue wakes at once), or what the machine knows of: a slot, a retry,
-        # a commit, a view (`next_wakeup`). Waiting on a rate limit then costs nothing.
+        # answer (the queue wakes at once), or what the machine knows of (`next_wakeup`).
         now = self.clock()
         wait = min(MAX_WAIT, max(MIN_WAIT, machine.next_wakeup(now) - now))
-        if len(self.producer) > 0:  # dead letters on their way: their acks come by polling
+        if producing := len(self.producer) > 0:  # records on their way: acks come by polling
             wait = min(wait, BUSY_WAIT)
         room, fetched = machine.room(), 0
         # answers due (each wakes the loop): the consumer is polled at most every BUSY_WAIT
@@ -270,8 +269,7 @@ class Engine:
         fetch = consume and (not machine.busy or now - self._polled >= BUSY_WAIT)
         self._polled = now if fetch else self._polled
         if fetch and room > 0:
-            # Never fetch past the cap. poll() returns at the first message (consume(n, t)
-            # waits for a full batch); then takes what else is fetched, without waiting.
+            # Never past the cap; poll() returns at the first message, then the rest fetched
             first = self.consumer.poll(0 if machine.busy else wait)
             batch = [] if first is None else [first]
             if first is not None and room > 1:
@@ -288,7 +286,9 @@ class Engine:
             self._collect(wait=min(wait, BUSY_WAIT) if machine.busy else 0.0)
             if not consume and not machine.busy:  # draining: nothing to fetch
                 time.sleep(min(wait, BUSY_WAIT))
-        self.producer.poll(0)
+        if producing or now - self._producer_polled >= 1.0:  # else only its logs (~0.1 ms)
+            self.producer.poll(0)
+            self._producer_polled = now
         self._collect()
         if held := self.firing.held.due(machine.partitions, self.clock(), machine.held_waiting):
             self._feed(self.firing.held.released(held, self.consumer))  # nothing keeps quiet
